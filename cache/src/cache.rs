@@ -1,0 +1,505 @@
+//! The block cache over the unified namespace: the one entry point the daemon uses.
+//!
+//! A block read tries the memory tier, then the SSD tier (never moving the block between
+//! them), then fetches from the UFS. Concurrent misses on one block share a single fetch: the
+//! first reader spawns it and registers a shared future, later readers join. The spawned
+//! fetch finishes even if every reader goes away, so no work is wasted by a cancelled client.
+//! Fetches hold permits of the in-flight byte budget, so a burst of misses waits instead of
+//! growing memory without bound. The fetched block goes to the memory tier before the readers
+//! are answered and to the SSD tier right after, with the fetch still registered, so a reader
+//! arriving meanwhile joins instead of fetching again.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::block::{BlockId, BlockRef, blocks_for};
+use crate::config::CacheConfig;
+use crate::error::{Error, Result};
+use crate::meta::{DirEntry, Metadata, Stat};
+use crate::mount::{Mount, MountSpec, MountTable, Resolved};
+use crate::path::LogicalPath;
+use crate::stats;
+use crate::tier::{MemoryTier, SsdTier, Tier, TierStatus};
+use crate::ufs::FileMeta;
+
+/// How a read treats the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadType {
+    /// Cache blocks on a miss; hits never move blocks between tiers.
+    #[default]
+    Cache,
+    /// Use cached blocks when present, otherwise read the UFS without caching.
+    NoCache,
+}
+
+/// An open file: its mount and the metadata every block id is derived from.
+#[derive(Debug, Clone)]
+pub struct FileHandle {
+    pub path: LogicalPath,
+    pub mount: Arc<Mount>,
+    pub meta: FileMeta,
+}
+
+/// Progress of a `load`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadProgress {
+    pub files_total: u64,
+    pub files_done: u64,
+    pub files_failed: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub bytes_cached_before: u64,
+    pub done: bool,
+    pub first_error: Option<String>,
+}
+
+/// Everything `Status` reports.
+#[derive(Debug, Clone)]
+pub struct CacheStatus {
+    pub tiers: Vec<TierStatus>,
+    pub counters: stats::Counters,
+    pub block_size: u64,
+    pub metadata_entries: u64,
+    pub metadata_bytes: u64,
+    pub inflight_bytes: u64,
+    pub inflight_capacity: u64,
+    pub uptime: Duration,
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, Arc<Error>>>>;
+
+const BUDGET_UNIT: u64 = 4096;
+
+/// The cache.
+pub struct Cache {
+    cfg: CacheConfig,
+    mounts: MountTable,
+    meta: Metadata,
+    memory: Arc<MemoryTier>,
+    ssd: Option<Arc<SsdTier>>,
+    inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
+    budget: Arc<Semaphore>,
+    started: Instant,
+}
+
+impl Cache {
+    /// Builds the tiers (rebuilding the SSD index) and the mounts of `specs`.
+    pub fn open(cfg: CacheConfig, specs: Vec<MountSpec>) -> Result<Arc<Self>> {
+        cfg.validate()?;
+        let memory = Arc::new(MemoryTier::new(&cfg.memory, cfg.block_size.0)?);
+        let ssd = match &cfg.ssd {
+            Some(s) => Some(Arc::new(SsdTier::open(s)?)),
+            None => None,
+        };
+        if memory.status().capacity == 0 && ssd.as_ref().is_none_or(|s| s.status().capacity == 0) {
+            warn!("no cache capacity configured: every read passes through to the UFS uncached");
+        }
+        let mounts = MountTable::default();
+        for spec in specs {
+            mounts.add(spec, &cfg.ufs)?;
+        }
+        let permits = (cfg.ufs.max_inflight_bytes.0 / BUDGET_UNIT) as usize;
+        Ok(Arc::new(Cache {
+            meta: Metadata::new(cfg.metadata.clone(), cfg.ssd.as_ref().map(|s| s.dir.clone())),
+            memory,
+            ssd,
+            mounts,
+            inflight: Arc::default(),
+            budget: Arc::new(Semaphore::new(permits)),
+            started: Instant::now(),
+            cfg,
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    /// The mount table.
+    pub fn mounts(&self) -> &MountTable {
+        &self.mounts
+    }
+
+    /// The memory tier (its arena can be shared with other processes).
+    pub fn memory(&self) -> &Arc<MemoryTier> {
+        &self.memory
+    }
+
+    /// Mounts `spec` at runtime.
+    pub fn mount_add(&self, spec: MountSpec) -> Result<Arc<Mount>> {
+        self.mounts.add(spec, &self.cfg.ufs)
+    }
+
+    /// Removes the mount at `path`; its cached blocks age out by eviction.
+    pub fn mount_remove(&self, path: &LogicalPath) -> Result<()> {
+        let m = self.mounts.remove(path)?;
+        self.meta.invalidate(&m, "");
+        Ok(())
+    }
+
+    /// What `path` is.
+    pub async fn stat(&self, path: &LogicalPath) -> Result<Stat> {
+        match self.mounts.resolve(path)? {
+            Resolved::Virtual(_) => Ok(Stat::Dir),
+            Resolved::InMount(m, rel) => self.meta.stat(&m, &rel).await,
+        }
+    }
+
+    /// The children of `path` (files and directories), or with `recursive` every file below it.
+    pub async fn list(&self, path: &LogicalPath, recursive: bool) -> Result<Vec<(LogicalPath, Stat)>> {
+        match self.mounts.resolve(path)? {
+            Resolved::Virtual(children) if !recursive => children
+                .into_iter()
+                .map(|c| Ok((path.join(&c)?, Stat::Dir)))
+                .collect(),
+            Resolved::Virtual(children) => {
+                let mut out = Vec::new();
+                for c in children {
+                    out.extend(Box::pin(self.list(&path.join(&c)?, true)).await?);
+                }
+                Ok(out)
+            }
+            Resolved::InMount(m, rel) => {
+                match self.meta.stat(&m, &rel).await? {
+                    Stat::File(f) => return Ok(vec![(path.clone(), Stat::File(f))]),
+                    Stat::Dir => {}
+                }
+                if recursive {
+                    self.meta
+                        .walk(&m, &rel)
+                        .await?
+                        .into_iter()
+                        .map(|f| Ok((m.point.join(&f.rel)?, Stat::File(f))))
+                        .collect()
+                } else {
+                    self.meta
+                        .list(&m, &rel)
+                        .await?
+                        .into_iter()
+                        .map(|DirEntry { name, stat }| Ok((path.join(&name)?, stat)))
+                        .collect()
+                }
+            }
+        }
+    }
+
+    /// Opens a file for reading (metadata only; no UFS request with a manifest).
+    pub async fn open_file(&self, path: &LogicalPath) -> Result<FileHandle> {
+        match self.mounts.resolve(path)? {
+            Resolved::Virtual(_) => Err(Error::IsDirectory {
+                path: path.to_string(),
+            }),
+            Resolved::InMount(mount, rel) => match self.meta.stat(&mount, &rel).await? {
+                Stat::Dir => Err(Error::IsDirectory {
+                    path: path.to_string(),
+                }),
+                Stat::File(meta) => Ok(FileHandle {
+                    path: path.clone(),
+                    mount,
+                    meta,
+                }),
+            },
+        }
+    }
+
+    /// The blocks covering `range` of `fh`.
+    pub fn blocks(&self, fh: &FileHandle, range: Range<u64>) -> Vec<BlockRef> {
+        blocks_for(fh.mount.ufs.uri(), &fh.meta, self.cfg.block_size.0, range)
+    }
+
+    /// Bytes of `fh` held by any tier.
+    pub fn cached_bytes(&self, fh: &FileHandle) -> u64 {
+        self.blocks(fh, 0..fh.meta.size)
+            .iter()
+            .filter(|b| self.is_cached(b.id))
+            .map(|b| b.range.end - b.range.start)
+            .sum()
+    }
+
+    fn is_cached(&self, id: BlockId) -> bool {
+        self.memory.contains(id) || self.ssd.as_ref().is_some_and(|s| s.contains(id))
+    }
+
+    /// Streams bytes `range` of `fh` in order, `readahead` blocks fetched ahead.
+    pub fn read(
+        self: &Arc<Self>,
+        fh: FileHandle,
+        range: Range<u64>,
+        read_type: ReadType,
+        readahead: usize,
+    ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
+        let size = fh.meta.size;
+        if range.start > size || range.end < range.start {
+            return Err(Error::Range {
+                path: fh.path.to_string(),
+                offset: range.start,
+                length: range.end.saturating_sub(range.start),
+                size,
+            });
+        }
+        let range = range.start..range.end.min(size);
+        let blocks = self.blocks(&fh, range.clone());
+        let this = self.clone();
+        let fh = Arc::new(fh);
+        Ok(futures::stream::iter(blocks)
+            .map(move |b| {
+                let (this, fh) = (this.clone(), fh.clone());
+                async move {
+                    let data = this.get_block(&fh, &b, read_type).await;
+                    if let Err(e) = &data {
+                        if matches!(e.root(), Error::Changed { .. }) {
+                            let _ = this.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
+                        }
+                    }
+                    let data = data?;
+                    let from = range.start.max(b.range.start) - b.range.start;
+                    let to = range.end.min(b.range.end) - b.range.start;
+                    Ok((b.range.start + from, data.slice(from as usize..to as usize)))
+                }
+            })
+            .buffered(readahead.max(1)))
+    }
+
+    /// One block of `fh`, from a tier or the UFS.
+    pub async fn get_block(&self, fh: &FileHandle, b: &BlockRef, read_type: ReadType) -> Result<Bytes> {
+        let len = b.range.end - b.range.start;
+        if let Some(data) = self.memory.get(b.id) {
+            stats::hit("memory", len);
+            return Ok(data);
+        }
+        if let Some(ssd) = &self.ssd {
+            if ssd.contains(b.id) {
+                let (ssd, id) = (ssd.clone(), b.id);
+                if let Ok(Some(data)) = tokio::task::spawn_blocking(move || ssd.get(id)).await {
+                    stats::hit("ssd", len);
+                    return Ok(data);
+                }
+            }
+        }
+        let fetch = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&b.id) {
+                Some(f) => {
+                    stats::singleflight_join();
+                    Some(f.clone())
+                }
+                None if read_type == ReadType::NoCache => None,
+                None => {
+                    // Re-check under the lock: a fetch may have completed since the tier check.
+                    if let Some(data) = self.memory.get(b.id) {
+                        stats::hit("memory", len);
+                        return Ok(data);
+                    }
+                    let f = self.spawn_fetch(fh, b);
+                    inflight.insert(b.id, f.clone());
+                    Some(f)
+                }
+            }
+        };
+        let Some(fetch) = fetch else {
+            let _permits = self.reserve(len).await?;
+            let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
+            stats::miss(len);
+            return Ok(data);
+        };
+        fetch.await.map_err(Error::Shared)
+    }
+
+    async fn reserve(&self, len: u64) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let units = len.div_ceil(BUDGET_UNIT).max(1) as u32;
+        self.budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| Error::Budget {
+                what: "in-flight fetch budget closed",
+            })
+    }
+
+    fn spawn_fetch(&self, fh: &FileHandle, b: &BlockRef) -> SharedFetch {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let budget = self.budget.clone();
+        let memory = self.memory.clone();
+        let ssd = self.ssd.clone();
+        let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
+        let span = info_span!("fetch_block", path = %fh.path, block = block.index);
+        let inflight = self.inflight.clone();
+        tokio::spawn(
+            async move {
+                let len = block.range.end - block.range.start;
+                let units = len.div_ceil(BUDGET_UNIT).max(1) as u32;
+                let res = match budget.acquire_many_owned(units).await {
+                    Ok(_permits) => {
+                        let res = mount.ufs.get_range(&meta, block.range.clone()).await;
+                        if let Ok(data) = &res {
+                            stats::miss(len);
+                            memory.put(block.id, data);
+                        }
+                        let shared = res.map_err(Arc::new);
+                        let _ = tx.send(shared.clone());
+                        if let (Ok(data), Some(ssd)) = (&shared, ssd) {
+                            let (id, data) = (block.id, data.clone());
+                            let _ = tokio::task::spawn_blocking(move || ssd.put(id, &data)).await;
+                        }
+                        shared.map(|_| ())
+                    }
+                    Err(_) => Err(Arc::new(Error::Budget {
+                        what: "in-flight fetch budget closed",
+                    })),
+                };
+                if let Err(e) = res {
+                    debug!(error = %e, "block fetch failed");
+                }
+                lock(&inflight).remove(&block.id);
+            }
+            .instrument(span),
+        );
+        rx.map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(Arc::new(Error::Budget {
+                    what: "block fetch was dropped",
+                }))
+            })
+        })
+        .boxed()
+        .shared()
+    }
+
+    /// Warms the cache with every file under `path`, `parallelism` files at a time; progress
+    /// arrives on the returned channel, the last message with `done` set.
+    pub async fn load(
+        self: &Arc<Self>,
+        path: &LogicalPath,
+        parallelism: usize,
+    ) -> Result<mpsc::Receiver<LoadProgress>> {
+        let files = self.files_under(path).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut p = LoadProgress {
+                files_total: files.len() as u64,
+                bytes_total: files.iter().map(|f| f.meta.size).sum(),
+                ..LoadProgress::default()
+            };
+            p.bytes_cached_before = files.iter().map(|f| this.cached_bytes(f)).sum();
+            let _ = tx.send(p.clone()).await;
+            let mut results = futures::stream::iter(files)
+                .map(|fh| {
+                    let this = this.clone();
+                    async move {
+                        let mut res = Ok(());
+                        for b in this.blocks(&fh, 0..fh.meta.size) {
+                            if let Err(e) = this.get_block(&fh, &b, ReadType::Cache).await {
+                                res = Err(format!("{}: {e}", fh.path));
+                                break;
+                            }
+                        }
+                        (fh.meta.size, res)
+                    }
+                })
+                .buffer_unordered(parallelism.max(1));
+            let mut last_sent = Instant::now();
+            while let Some((size, res)) = results.next().await {
+                match res {
+                    Ok(()) => {
+                        p.files_done += 1;
+                        p.bytes_done += size;
+                    }
+                    Err(e) => {
+                        p.files_failed += 1;
+                        p.first_error.get_or_insert(e);
+                    }
+                }
+                if last_sent.elapsed() > Duration::from_millis(100) {
+                    last_sent = Instant::now();
+                    if tx.send(p.clone()).await.is_err() {
+                        // Nobody watches; keep loading anyway (the cache still benefits).
+                    }
+                }
+            }
+            p.done = true;
+            let _ = tx.send(p).await;
+        });
+        Ok(rx)
+    }
+
+    /// Drops every cached block of the files under `path`: (blocks, bytes) freed.
+    pub async fn free(&self, path: &LogicalPath) -> Result<(u64, u64)> {
+        let (mut blocks, mut bytes) = (0, 0);
+        for fh in self.files_under(path).await? {
+            for b in self.blocks(&fh, 0..fh.meta.size) {
+                let in_mem = self.memory.remove(b.id);
+                let in_ssd = self.ssd.as_ref().is_some_and(|s| s.remove(b.id));
+                if in_mem || in_ssd {
+                    blocks += 1;
+                    bytes += b.range.end - b.range.start;
+                }
+            }
+        }
+        Ok((blocks, bytes))
+    }
+
+    /// Drops cached metadata for `path` (and the manifest of its mount).
+    pub fn invalidate(&self, path: &LogicalPath) -> Result<u64> {
+        match self.mounts.resolve(path)? {
+            Resolved::InMount(m, rel) => Ok(self.meta.invalidate(&m, &rel)),
+            Resolved::Virtual(_) => Ok(self
+                .mounts
+                .list()
+                .iter()
+                .filter(|m| m.point.strip_prefix(path).is_some())
+                .map(|m| self.meta.invalidate(m, ""))
+                .sum()),
+        }
+    }
+
+    async fn files_under(&self, path: &LogicalPath) -> Result<Vec<FileHandle>> {
+        let mut out = Vec::new();
+        for (p, stat) in self.list(path, true).await? {
+            if let Stat::File(meta) = stat {
+                let Resolved::InMount(mount, _) = self.mounts.resolve(&p)? else {
+                    continue;
+                };
+                out.push(FileHandle {
+                    path: p,
+                    mount,
+                    meta,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Usage and counters.
+    pub fn status(&self) -> CacheStatus {
+        let mut tiers = vec![self.memory.status()];
+        if let Some(s) = &self.ssd {
+            tiers.push(s.status());
+        }
+        let (entries, bytes) = self.meta.usage();
+        let cap_units = self.cfg.ufs.max_inflight_bytes.0 / BUDGET_UNIT;
+        CacheStatus {
+            tiers,
+            counters: stats::snapshot(),
+            block_size: self.cfg.block_size.0,
+            metadata_entries: entries,
+            metadata_bytes: bytes,
+            inflight_bytes: (cap_units - self.budget.available_permits() as u64) * BUDGET_UNIT,
+            inflight_capacity: cap_units * BUDGET_UNIT,
+            uptime: self.started.elapsed(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

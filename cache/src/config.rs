@@ -1,0 +1,357 @@
+//! Typed configuration of the cache, with loaderd's tuning defaults.
+//!
+//! The defaults are the lessons of production deployments, not knobs to discover: a long
+//! metadata TTL (datasets are immutable by convention), reserved free space between a high and
+//! a low watermark so eviction never runs block by block, and no tier promotion on reads.
+//! Sizes accept integers (bytes) or strings such as `"4MiB"`; durations accept seconds or
+//! strings such as `"90s"`, `"10m"`, `"24h"`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+/// Everything the block cache needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Fixed block size; files are split into blocks of this size (small files are one block).
+    pub block_size: ByteSize,
+    /// The memory tier (a shared-memory arena).
+    pub memory: MemoryTierConfig,
+    /// The SSD tier; absent means memory only (no persistence across restarts).
+    pub ssd: Option<SsdTierConfig>,
+    /// List/stat caching and dataset manifests.
+    pub metadata: MetadataConfig,
+    /// Requests to the under file systems.
+    pub ufs: UfsConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            block_size: ByteSize(4 << 20),
+            memory: MemoryTierConfig::default(),
+            ssd: None,
+            metadata: MetadataConfig::default(),
+            ufs: UfsConfig::default(),
+        }
+    }
+}
+
+/// Eviction thresholds as fractions of a tier's capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watermarks {
+    /// Eviction starts when an insert would push usage above this fraction.
+    pub high: f64,
+    /// Eviction frees down to this fraction, so the next misses find room without evicting.
+    pub low: f64,
+}
+
+impl Default for Watermarks {
+    fn default() -> Self {
+        Watermarks {
+            high: 0.95,
+            low: 0.80,
+        }
+    }
+}
+
+/// The memory tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryTierConfig {
+    /// Arena size; 0 disables the tier.
+    pub capacity: ByteSize,
+    /// Eviction watermarks.
+    #[serde(flatten)]
+    pub watermarks: Watermarks,
+}
+
+impl Default for MemoryTierConfig {
+    fn default() -> Self {
+        MemoryTierConfig {
+            capacity: ByteSize(1 << 30),
+            watermarks: Watermarks::default(),
+        }
+    }
+}
+
+/// The SSD tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsdTierConfig {
+    /// Directory holding blocks and dataset manifests.
+    pub dir: PathBuf,
+    /// Bytes of blocks the tier may hold; 0 disables block caching on SSD (manifests stay).
+    pub capacity: ByteSize,
+    /// Eviction watermarks.
+    #[serde(flatten, default)]
+    pub watermarks: Watermarks,
+}
+
+/// List/stat caching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// How long a listing, stat or manifest is trusted before the UFS is asked again.
+    pub ttl: Secs,
+    /// Memory the metadata cache may use (estimated); beyond it, oldest entries go first.
+    pub max_bytes: ByteSize,
+    /// LIST a mount once into a persisted manifest, so opening a file costs no HEAD request.
+    pub manifest: bool,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            ttl: Secs(Duration::from_secs(24 * 3600)),
+            max_bytes: ByteSize(256 << 20),
+            manifest: true,
+        }
+    }
+}
+
+/// Requests to the under file systems.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UfsConfig {
+    /// Deadline of one request (a GET of one block, a LIST page, a HEAD).
+    pub timeout: Secs,
+    /// Retries after a failed request (transient errors only), with exponential backoff.
+    pub retries: u32,
+    /// First backoff; doubled per retry up to `max_backoff`.
+    pub initial_backoff: Secs,
+    /// Backoff ceiling.
+    pub max_backoff: Secs,
+    /// Memory for block fetches in flight; misses beyond it wait.
+    pub max_inflight_bytes: ByteSize,
+}
+
+impl Default for UfsConfig {
+    fn default() -> Self {
+        UfsConfig {
+            timeout: Secs(Duration::from_secs(30)),
+            retries: 4,
+            initial_backoff: Secs(Duration::from_millis(100)),
+            max_backoff: Secs(Duration::from_secs(5)),
+            max_inflight_bytes: ByteSize(256 << 20),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Checks values that types cannot; errors name the TOML key.
+    pub fn validate(&self) -> Result<()> {
+        let bs = self.block_size.0;
+        if !(4096..=(256 << 20)).contains(&bs) {
+            return Err(Error::config(
+                "cache.block_size",
+                "must be between 4KiB and 256MiB",
+            ));
+        }
+        check_watermarks("cache.memory", &self.memory.watermarks)?;
+        if let Some(ssd) = &self.ssd {
+            check_watermarks("cache.ssd", &ssd.watermarks)?;
+            if ssd.dir.as_os_str().is_empty() {
+                return Err(Error::config("cache.ssd.dir", "must not be empty"));
+            }
+        }
+        if self.ufs.max_inflight_bytes.0 < bs {
+            return Err(Error::config(
+                "cache.ufs.max_inflight_bytes",
+                "must be at least one block",
+            ));
+        }
+        if self.ufs.timeout.0.is_zero() {
+            return Err(Error::config("cache.ufs.timeout", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+fn check_watermarks(section: &str, w: &Watermarks) -> Result<()> {
+    if !(w.high > 0.0 && w.high <= 1.0) {
+        return Err(Error::config(
+            format!("{section}.high"),
+            "must be in (0, 1]",
+        ));
+    }
+    if !(w.low >= 0.0 && w.low < w.high) {
+        return Err(Error::config(
+            format!("{section}.low"),
+            "must be in [0, high)",
+        ));
+    }
+    Ok(())
+}
+
+/// A byte count, written as an integer or a string with a unit (`"512KiB"`, `"4MiB"`, `"2GB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"4MiB"`, `"4M"`, `"4194304"`; units are powers of 1024 except `KB`/`MB`/`GB`/`TB`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size such as 4MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        };
+        Ok(ByteSize((num * mult as f64) as u64))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if b >= 1 << shift && b % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", b >> shift);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration, written as seconds or a string with a unit (`"500ms"`, `"90s"`, `"10m"`, `"24h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Secs(pub Duration);
+
+impl Secs {
+    /// Parses `"500ms"`, `"90s"`, `"10m"`, `"24h"`, `"2d"` or a plain number of seconds.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration such as 90s"))?;
+        let secs = match unit.trim() {
+            "ms" => num / 1000.0,
+            "" | "s" => num,
+            "m" => num * 60.0,
+            "h" => num * 3600.0,
+            "d" => num * 86400.0,
+            other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+        };
+        Ok(Secs(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else {
+            let s = ms / 1000;
+            match s {
+                s if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
+                s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+                s => write!(f, "{s}s"),
+            }
+        }
+    }
+}
+
+impl Serialize for Secs {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Float(f64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Secs(Duration::from_secs(n))),
+            Raw::Float(x) if x >= 0.0 => Ok(Secs(Duration::from_secs_f64(x))),
+            Raw::Float(x) => Err(serde::de::Error::custom(format!("negative duration {x}"))),
+            Raw::Str(s) => Secs::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(ByteSize::parse("4MiB").unwrap().0, 4 << 20);
+        assert_eq!(ByteSize::parse("4m").unwrap().0, 4 << 20);
+        assert_eq!(ByteSize::parse("2GB").unwrap().0, 2_000_000_000);
+        assert_eq!(ByteSize::parse("123").unwrap().0, 123);
+        assert!(ByteSize::parse("4 parsecs").is_err());
+        assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(Secs::parse("90s").unwrap().0, Duration::from_secs(90));
+        assert_eq!(Secs::parse("10m").unwrap().0, Duration::from_secs(600));
+        assert_eq!(Secs::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert_eq!(Secs(Duration::from_secs(86400)).to_string(), "24h");
+        assert_eq!(Secs(Duration::from_millis(100)).to_string(), "100ms");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = CacheConfig::default();
+        c.memory.watermarks.low = 0.99;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("cache.memory.low"), "{err}");
+        let mut c = CacheConfig::default();
+        c.block_size = ByteSize(10);
+        assert!(c.validate().unwrap_err().to_string().contains("cache.block_size"));
+    }
+}

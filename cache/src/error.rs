@@ -1,0 +1,90 @@
+//! Errors of the cache crate, by meaning. Callers branch on the variant, never on text.
+
+use std::path::PathBuf;
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the cache, the namespace or the UFS below it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The logical path names nothing in the UFS.
+    #[error("not found: {path} ({uri})")]
+    NotFound { path: String, uri: String },
+    /// The logical path is under no mount.
+    #[error("no mount covers {path}")]
+    NoMount { path: String },
+    /// The path is malformed or escapes its mount.
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    /// A directory was given where a file is needed.
+    #[error("{path} is a directory")]
+    IsDirectory { path: String },
+    /// The object changed in the UFS since its metadata was cached; the caller may retry.
+    #[error("{path} changed in the UFS while it was read")]
+    Changed { path: String },
+    /// The UFS refused or failed the request after retries.
+    #[error("UFS error on {uri}: {source}")]
+    Ufs {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The UFS did not answer in time.
+    #[error("UFS timed out after {secs:.1}s on {uri}")]
+    UfsTimeout { uri: String, secs: f64 },
+    /// The requested range does not fit the file.
+    #[error("range {offset}+{length} is outside {path} ({size} bytes)")]
+    Range {
+        path: String,
+        offset: u64,
+        length: u64,
+        size: u64,
+    },
+    /// A configuration value is invalid; `key` names it as in the TOML file.
+    #[error("invalid config `{key}`: {reason}")]
+    Config { key: String, reason: String },
+    /// A mount point is taken, nested in another, or unknown.
+    #[error("mount {path}: {reason}")]
+    Mount { path: String, reason: String },
+    /// Local I/O failed (SSD tier, manifests, shared memory).
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon's memory budget for this kind of data is used up.
+    #[error("memory budget exhausted: {what}")]
+    Budget { what: &'static str },
+    /// A single-flight fetch that this read waited on failed.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
+}
+
+impl Error {
+    /// The innermost error, looking through shared single-flight results.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+
+    pub(crate) fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Occupancy accounting and eviction, shared by every tier.
+//!
+//! [`Occupancy`] owns a tier's capacity, usage and watermarks and asks a pluggable
+//! [`EvictionPolicy`] for victims. Eviction starts only when an admission would cross the high
+//! watermark and then frees down to the low one, so a steady stream of misses finds reserved
+//! free space instead of evicting one block per miss.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::block::BlockId;
+use crate::config::Watermarks;
+
+/// Chooses which block leaves a full tier. Implementations see every admission, access and
+/// removal; a later policy can use the sampler's future order (Belady) behind the same trait.
+pub trait EvictionPolicy: Send + Sync + std::fmt::Debug {
+    /// A block entered the tier.
+    fn admitted(&mut self, id: BlockId);
+    /// A block was read.
+    fn touched(&mut self, id: BlockId);
+    /// A block left the tier (evicted, freed or found corrupt).
+    fn removed(&mut self, id: BlockId);
+    /// The next block to evict, removed from the policy's bookkeeping.
+    fn pop_victim(&mut self) -> Option<BlockId>;
+}
+
+/// Least recently used.
+#[derive(Debug, Default)]
+pub struct Lru {
+    tick: u64,
+    by_tick: BTreeMap<u64, BlockId>,
+    ticks: HashMap<BlockId, u64>,
+}
+
+impl Lru {
+    fn bump(&mut self, id: BlockId) {
+        if let Some(old) = self.ticks.get(&id) {
+            self.by_tick.remove(old);
+        }
+        self.tick += 1;
+        self.by_tick.insert(self.tick, id);
+        self.ticks.insert(id, self.tick);
+    }
+}
+
+impl EvictionPolicy for Lru {
+    fn admitted(&mut self, id: BlockId) {
+        self.bump(id);
+    }
+
+    fn touched(&mut self, id: BlockId) {
+        if self.ticks.contains_key(&id) {
+            self.bump(id);
+        }
+    }
+
+    fn removed(&mut self, id: BlockId) {
+        if let Some(t) = self.ticks.remove(&id) {
+            self.by_tick.remove(&t);
+        }
+    }
+
+    fn pop_victim(&mut self) -> Option<BlockId> {
+        let (_, id) = self.by_tick.pop_first()?;
+        self.ticks.remove(&id);
+        Some(id)
+    }
+}
+
+/// Why a block was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The tier has no capacity (disabled or zero).
+    Disabled,
+    /// The block alone is larger than the high watermark allows.
+    TooLarge,
+}
+
+/// Capacity, usage and the eviction policy of one tier.
+#[derive(Debug)]
+pub struct Occupancy {
+    capacity: u64,
+    watermarks: Watermarks,
+    used: u64,
+    sizes: HashMap<BlockId, u64>,
+    policy: Box<dyn EvictionPolicy>,
+    evictions: u64,
+}
+
+impl Occupancy {
+    /// An empty tier of `capacity` bytes.
+    pub fn new(capacity: u64, watermarks: Watermarks, policy: Box<dyn EvictionPolicy>) -> Self {
+        Occupancy {
+            capacity,
+            watermarks,
+            used: 0,
+            sizes: HashMap::new(),
+            policy,
+            evictions: 0,
+        }
+    }
+
+    fn high(&self) -> u64 {
+        (self.capacity as f64 * self.watermarks.high) as u64
+    }
+
+    fn low(&self) -> u64 {
+        (self.capacity as f64 * self.watermarks.low) as u64
+    }
+
+    /// Accounts `size` bytes for `id`, returning the blocks evicted to make room (their bytes
+    /// are already released here; the caller deletes their storage).
+    pub fn admit(&mut self, id: BlockId, size: u64) -> Result<Vec<BlockId>, Refused> {
+        if self.capacity == 0 {
+            return Err(Refused::Disabled);
+        }
+        if size > self.high() {
+            return Err(Refused::TooLarge);
+        }
+        if self.sizes.contains_key(&id) {
+            self.policy.touched(id);
+            return Ok(Vec::new());
+        }
+        let mut victims = Vec::new();
+        if self.used + size > self.high() {
+            let target = self.low().saturating_sub(size);
+            while self.used > target {
+                match self.evict_one() {
+                    Some(v) => victims.push(v),
+                    None => break,
+                }
+            }
+        }
+        self.used += size;
+        self.sizes.insert(id, size);
+        self.policy.admitted(id);
+        Ok(victims)
+    }
+
+    /// Evicts the policy's next victim, if any.
+    pub fn evict_one(&mut self) -> Option<BlockId> {
+        loop {
+            let v = self.policy.pop_victim()?;
+            if let Some(sz) = self.sizes.remove(&v) {
+                self.used -= sz;
+                self.evictions += 1;
+                return Some(v);
+            }
+        }
+    }
+
+    /// Records a read of `id`.
+    pub fn touch(&mut self, id: BlockId) {
+        self.policy.touched(id);
+    }
+
+    /// Forgets `id` (freed or corrupt); returns its size if it was present.
+    pub fn remove(&mut self, id: BlockId) -> Option<u64> {
+        let sz = self.sizes.remove(&id)?;
+        self.used -= sz;
+        self.policy.removed(id);
+        Some(sz)
+    }
+
+    /// Whether `id` is accounted here.
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.sizes.contains_key(&id)
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Bytes of capacity.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Blocks held.
+    pub fn blocks(&self) -> u64 {
+        self.sizes.len() as u64
+    }
+
+    /// Blocks evicted since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// The watermarks.
+    pub fn watermarks(&self) -> Watermarks {
+        self.watermarks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn occ(cap: u64) -> Occupancy {
+        Occupancy::new(cap, Watermarks { high: 0.9, low: 0.5 }, Box::new(Lru::default()))
+    }
+
+    #[test]
+    fn evicts_down_to_low_watermark_in_lru_order() {
+        let mut o = occ(100);
+        for i in 0..9 {
+            assert!(o.admit(BlockId(i), 10).unwrap().is_empty());
+        }
+        o.touch(BlockId(0));
+        // 90 used; one more block crosses the high watermark: free down to 50 - 10.
+        let victims = o.admit(BlockId(100), 10).unwrap();
+        assert_eq!(victims, (1..6).map(BlockId).collect::<Vec<_>>());
+        assert_eq!(o.used(), 50);
+        // The reserved space absorbs the next misses without evicting.
+        for i in 200..204 {
+            assert!(o.admit(BlockId(i), 10).unwrap().is_empty());
+        }
+        assert!(o.contains(BlockId(0)), "touched block survives");
+        assert_eq!(o.evictions(), 5);
+    }
+
+    #[test]
+    fn refuses_disabled_and_oversized() {
+        assert_eq!(occ(0).admit(BlockId(1), 1), Err(Refused::Disabled));
+        assert_eq!(occ(100).admit(BlockId(1), 91), Err(Refused::TooLarge));
+    }
+
+    #[test]
+    fn remove_releases_bytes() {
+        let mut o = occ(100);
+        o.admit(BlockId(1), 30).unwrap();
+        assert_eq!(o.remove(BlockId(1)), Some(30));
+        assert_eq!(o.used(), 0);
+        assert_eq!(o.evict_one(), None);
+    }
+}

@@ -1,0 +1,224 @@
+//! The mount table: logical mount points of the unified namespace mapped to UFS URIs.
+//!
+//! Mount points never nest (neither is a prefix of another), so resolving a path is one
+//! longest-prefix lookup with a single answer. Paths above mount points are synthetic
+//! directories whose children are the next segments of the mount points below them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::UfsConfig;
+use crate::error::{Error, Result};
+use crate::path::LogicalPath;
+use crate::ufs::{Ufs, is_secret_option};
+
+/// A mount as written in the config file or sent by `loaderctl mount add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    /// Logical mount point, e.g. `/imagenet`.
+    pub path: String,
+    /// UFS URI, e.g. `s3://bucket/prefix` or `file:///data`.
+    pub uri: String,
+    /// Backend options (S3: `endpoint`, `region`, `allow_http`, credentials, ...).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl MountSpec {
+    /// The options with secret values replaced, safe to log or return.
+    pub fn redacted_options(&self) -> BTreeMap<String, String> {
+        self.options
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_option(k) {
+                    "<redacted>".to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+/// A live mount.
+#[derive(Debug)]
+pub struct Mount {
+    /// Where it appears in the namespace.
+    pub point: LogicalPath,
+    /// The spec it was made from (holds secrets: show only `redacted_options`).
+    pub spec: MountSpec,
+    /// The backend.
+    pub ufs: Ufs,
+}
+
+/// What a logical path refers to.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// A path inside a mount: the mount and the path relative to its root ("" for the root).
+    InMount(Arc<Mount>, String),
+    /// A directory above one or more mount points, with its child names.
+    Virtual(BTreeSet<String>),
+}
+
+/// All mounts of one daemon.
+#[derive(Debug, Default)]
+pub struct MountTable {
+    mounts: RwLock<BTreeMap<LogicalPath, Arc<Mount>>>,
+}
+
+impl MountTable {
+    /// Adds a mount, refusing duplicates and nesting.
+    pub fn add(&self, spec: MountSpec, ufs_cfg: &UfsConfig) -> Result<Arc<Mount>> {
+        let point = LogicalPath::parse(&spec.path)?;
+        let err = |reason: String| Error::Mount {
+            path: point.to_string(),
+            reason,
+        };
+        {
+            let mounts = self.read();
+            for existing in mounts.keys() {
+                if existing == &point {
+                    return Err(err("already mounted".into()));
+                }
+                if point.strip_prefix(existing).is_some() || existing.strip_prefix(&point).is_some()
+                {
+                    return Err(err(format!("overlaps the mount at {existing}")));
+                }
+            }
+        }
+        let ufs = Ufs::open(&spec.uri, &spec.options, ufs_cfg)?;
+        let mount = Arc::new(Mount {
+            point: point.clone(),
+            spec,
+            ufs,
+        });
+        let mut mounts = self.write();
+        if mounts.keys().any(|e| point.strip_prefix(e).is_some() || e.strip_prefix(&point).is_some()) {
+            return Err(err("a concurrent mount took this point".into()));
+        }
+        mounts.insert(point, mount.clone());
+        Ok(mount)
+    }
+
+    /// Adds an already-built mount (tests wrap stores in fault injectors this way).
+    pub fn insert(&self, mount: Mount) -> Arc<Mount> {
+        let m = Arc::new(mount);
+        self.write().insert(m.point.clone(), m.clone());
+        m
+    }
+
+    /// Removes the mount at exactly `path`.
+    pub fn remove(&self, path: &LogicalPath) -> Result<Arc<Mount>> {
+        self.write().remove(path).ok_or_else(|| Error::Mount {
+            path: path.to_string(),
+            reason: "no mount at this path".into(),
+        })
+    }
+
+    /// Every mount, by mount point.
+    pub fn list(&self) -> Vec<Arc<Mount>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Finds what `path` refers to.
+    pub fn resolve(&self, path: &LogicalPath) -> Result<Resolved> {
+        let mounts = self.read();
+        // The only candidate mount is the greatest key <= path that is a segment prefix.
+        if let Some((point, mount)) = mounts.range(..=path.clone()).next_back() {
+            if let Some(rel) = path.strip_prefix(point) {
+                return Ok(Resolved::InMount(mount.clone(), rel.to_string()));
+            }
+        }
+        let mut children = BTreeSet::new();
+        for point in mounts.keys() {
+            if let Some(rest) = point.strip_prefix(path) {
+                if let Some(first) = rest.split('/').next().filter(|s| !s.is_empty()) {
+                    children.insert(first.to_string());
+                }
+            }
+        }
+        if children.is_empty() && !path.is_root() {
+            return Err(Error::NoMount {
+                path: path.to_string(),
+            });
+        }
+        Ok(Resolved::Virtual(children))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<LogicalPath, Arc<Mount>>> {
+        self.mounts.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<LogicalPath, Arc<Mount>>> {
+        self.mounts.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &str, dir: &std::path::Path) -> MountSpec {
+        MountSpec {
+            path: path.into(),
+            uri: format!("file://{}", dir.display()),
+            options: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn resolves_longest_prefix_and_virtual_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let t = MountTable::default();
+        let cfg = UfsConfig::default();
+        t.add(spec("/data/a", d.path()), &cfg).unwrap();
+        t.add(spec("/data/b", d.path()), &cfg).unwrap();
+        t.add(spec("/x", d.path()), &cfg).unwrap();
+        match t.resolve(&LogicalPath::parse("/data/a/k/v.jpg").unwrap()).unwrap() {
+            Resolved::InMount(m, rel) => {
+                assert_eq!(m.point.as_str(), "/data/a");
+                assert_eq!(rel, "k/v.jpg");
+            }
+            other => panic!("{other:?}"),
+        }
+        match t.resolve(&LogicalPath::parse("/data").unwrap()).unwrap() {
+            Resolved::Virtual(c) => assert_eq!(c.into_iter().collect::<Vec<_>>(), ["a", "b"]),
+            other => panic!("{other:?}"),
+        }
+        match t.resolve(&LogicalPath::root()).unwrap() {
+            Resolved::Virtual(c) => assert_eq!(c.into_iter().collect::<Vec<_>>(), ["data", "x"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            t.resolve(&LogicalPath::parse("/data/ab").unwrap()),
+            Err(Error::NoMount { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_nesting_and_duplicates() {
+        let d = tempfile::tempdir().unwrap();
+        let t = MountTable::default();
+        let cfg = UfsConfig::default();
+        t.add(spec("/data", d.path()), &cfg).unwrap();
+        assert!(t.add(spec("/data", d.path()), &cfg).is_err());
+        assert!(t.add(spec("/data/x", d.path()), &cfg).is_err());
+        assert!(t.add(spec("/", d.path()), &cfg).is_err());
+        t.remove(&LogicalPath::parse("/data").unwrap()).unwrap();
+        t.add(spec("/data/x", d.path()), &cfg).unwrap();
+    }
+
+    #[test]
+    fn redacts_secrets() {
+        let mut s = spec("/s", std::path::Path::new("/"));
+        s.options.insert("secret_access_key".into(), "hunter2".into());
+        s.options.insert("region".into(), "us-east-1".into());
+        let r = s.redacted_options();
+        assert_eq!(r["secret_access_key"], "<redacted>");
+        assert_eq!(r["region"], "us-east-1");
+    }
+}

@@ -1,0 +1,110 @@
+//! Counters of the cache, kept twice on purpose: process-wide atomics that `Status` reads
+//! exactly, and `metrics` facade counters that the daemon exports to Prometheus.
+//!
+//! Metric names (all prefixed `loaderd_`): `cache_hits_total{tier}`, `cache_misses_total`,
+//! `cache_bytes_read_total{source=cache|ufs}`, `cache_evictions_total{tier}`,
+//! `cache_corrupt_blocks_total`, `cache_passthrough_total{reason}`, `ufs_requests_total{op}`,
+//! `ufs_bytes_total`, `ufs_retries_total`, `ufs_errors_total`, `singleflight_joins_total`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use metrics::counter;
+
+/// A snapshot of the process-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_from_cache: u64,
+    pub bytes_from_ufs: u64,
+    pub ufs_gets: u64,
+    pub ufs_lists: u64,
+    pub ufs_heads: u64,
+    pub ufs_errors: u64,
+    pub corrupt_blocks: u64,
+    pub singleflight_joins: u64,
+}
+
+static HITS: AtomicU64 = AtomicU64::new(0);
+static MISSES: AtomicU64 = AtomicU64::new(0);
+static BYTES_CACHE: AtomicU64 = AtomicU64::new(0);
+static BYTES_UFS: AtomicU64 = AtomicU64::new(0);
+static UFS_GETS: AtomicU64 = AtomicU64::new(0);
+static UFS_LISTS: AtomicU64 = AtomicU64::new(0);
+static UFS_HEADS: AtomicU64 = AtomicU64::new(0);
+static UFS_ERRORS: AtomicU64 = AtomicU64::new(0);
+static CORRUPT: AtomicU64 = AtomicU64::new(0);
+static JOINS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads every counter.
+pub fn snapshot() -> Counters {
+    Counters {
+        hits: HITS.load(Relaxed),
+        misses: MISSES.load(Relaxed),
+        bytes_from_cache: BYTES_CACHE.load(Relaxed),
+        bytes_from_ufs: BYTES_UFS.load(Relaxed),
+        ufs_gets: UFS_GETS.load(Relaxed),
+        ufs_lists: UFS_LISTS.load(Relaxed),
+        ufs_heads: UFS_HEADS.load(Relaxed),
+        ufs_errors: UFS_ERRORS.load(Relaxed),
+        corrupt_blocks: CORRUPT.load(Relaxed),
+        singleflight_joins: JOINS.load(Relaxed),
+    }
+}
+
+pub(crate) fn hit(tier: &'static str, bytes: u64) {
+    HITS.fetch_add(1, Relaxed);
+    BYTES_CACHE.fetch_add(bytes, Relaxed);
+    counter!("loaderd_cache_hits_total", "tier" => tier).increment(1);
+    counter!("loaderd_cache_bytes_read_total", "source" => "cache").increment(bytes);
+}
+
+pub(crate) fn miss(bytes: u64) {
+    MISSES.fetch_add(1, Relaxed);
+    BYTES_UFS.fetch_add(bytes, Relaxed);
+    counter!("loaderd_cache_misses_total").increment(1);
+    counter!("loaderd_cache_bytes_read_total", "source" => "ufs").increment(bytes);
+}
+
+pub(crate) fn eviction(tier: &'static str, blocks: u64) {
+    counter!("loaderd_cache_evictions_total", "tier" => tier).increment(blocks);
+}
+
+pub(crate) fn corrupt_block() {
+    CORRUPT.fetch_add(1, Relaxed);
+    counter!("loaderd_cache_corrupt_blocks_total").increment(1);
+}
+
+pub(crate) fn passthrough(reason: &'static str) {
+    counter!("loaderd_cache_passthrough_total", "reason" => reason).increment(1);
+}
+
+pub(crate) fn singleflight_join() {
+    JOINS.fetch_add(1, Relaxed);
+    counter!("loaderd_singleflight_joins_total").increment(1);
+}
+
+pub(crate) fn ufs_get(bytes: u64) {
+    UFS_GETS.fetch_add(1, Relaxed);
+    counter!("loaderd_ufs_requests_total", "op" => "get").increment(1);
+    counter!("loaderd_ufs_bytes_total").increment(bytes);
+}
+
+pub(crate) fn ufs_list() {
+    UFS_LISTS.fetch_add(1, Relaxed);
+    counter!("loaderd_ufs_requests_total", "op" => "list").increment(1);
+}
+
+pub(crate) fn ufs_head() {
+    UFS_HEADS.fetch_add(1, Relaxed);
+    counter!("loaderd_ufs_requests_total", "op" => "head").increment(1);
+}
+
+pub(crate) fn ufs_retry() {
+    counter!("loaderd_ufs_retries_total").increment(1);
+}
+
+pub(crate) fn ufs_error() {
+    UFS_ERRORS.fetch_add(1, Relaxed);
+    counter!("loaderd_ufs_errors_total").increment(1);
+}

@@ -1,0 +1,229 @@
+//! The memory tier: blocks in a shared-memory arena, handed out as zero-copy `Bytes`.
+//!
+//! Each block occupies a buddy-allocated slot of the arena. A reader's `Bytes` keeps the slot
+//! alive through an `Arc`, so eviction only unlinks a block from the index; its slot returns to
+//! the allocator when the last reader drops its view. Accounting charges the slot size.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::{Tier, TierStatus};
+use crate::alloc::{Buddy, Slot};
+use crate::block::BlockId;
+use crate::config::MemoryTierConfig;
+use crate::error::Result;
+use crate::evict::{Lru, Occupancy};
+use crate::shm::Arena;
+use crate::stats;
+
+/// A live block in the arena; frees its slot on drop.
+struct Region {
+    arena: Arc<Arena>,
+    alloc: Arc<Mutex<Buddy>>,
+    slot: Slot,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Region {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the slot belongs to this region alone until `Drop` returns it, and its bytes
+        // were written once before the region was shared; nobody writes them afterwards.
+        unsafe { self.arena.slice(self.slot.offset as usize, self.len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        lock(&self.alloc).free(self.slot);
+    }
+}
+
+struct Index {
+    occ: Occupancy,
+    blocks: HashMap<BlockId, Arc<Region>>,
+}
+
+/// Blocks in a memfd arena.
+pub struct MemoryTier {
+    arena: Option<Arc<Arena>>,
+    alloc: Arc<Mutex<Buddy>>,
+    index: Mutex<Index>,
+}
+
+impl MemoryTier {
+    /// An arena of `cfg.capacity` bytes for blocks of at most `block_size` (capacity 0: a tier
+    /// that holds nothing).
+    pub fn new(cfg: &MemoryTierConfig, block_size: u64) -> Result<Self> {
+        let buddy = Buddy::new(cfg.capacity.0, block_size);
+        let arena = if buddy.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Arena::new("loaderd-memory-tier", buddy.len() as usize)?))
+        };
+        let occ = Occupancy::new(buddy.len(), cfg.watermarks, Box::new(Lru::default()));
+        Ok(MemoryTier {
+            arena,
+            alloc: Arc::new(Mutex::new(buddy)),
+            index: Mutex::new(Index {
+                occ,
+                blocks: HashMap::new(),
+            }),
+        })
+    }
+
+    /// The arena, for handing regions to other processes.
+    pub fn arena(&self) -> Option<&Arc<Arena>> {
+        self.arena.as_ref()
+    }
+
+    /// Reserves a slot for `len` bytes under `id`, evicting as needed.
+    fn reserve(&self, id: BlockId, len: usize, arena: &Arc<Arena>) -> Option<Region> {
+        let mut idx = lock(&self.index);
+        let charged = Buddy::slot_size(len as u64);
+        let victims = idx.occ.admit(id, charged).ok()?;
+        let evicted = victims.len() as u64;
+        for v in victims {
+            idx.blocks.remove(&v);
+        }
+        let slot = loop {
+            if let Some(slot) = lock(&self.alloc).alloc(len as u64) {
+                break Some(slot);
+            }
+            // Fragmented (or slots still held by readers): evict more until a slot fits.
+            match idx.occ.evict_one() {
+                Some(v) if v != id => {
+                    idx.blocks.remove(&v);
+                    stats::eviction("memory", 1);
+                }
+                _ => break None,
+            }
+        };
+        stats::eviction("memory", evicted);
+        let Some(slot) = slot else {
+            idx.occ.remove(id);
+            stats::passthrough("memory_full");
+            return None;
+        };
+        Some(Region {
+            arena: arena.clone(),
+            alloc: self.alloc.clone(),
+            slot,
+            len,
+        })
+    }
+}
+
+impl Tier for MemoryTier {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn get(&self, id: BlockId) -> Option<Bytes> {
+        let region = {
+            let mut idx = lock(&self.index);
+            let r = idx.blocks.get(&id)?.clone();
+            idx.occ.touch(id);
+            r
+        };
+        Some(Bytes::from_owner(ArcRegion(region)))
+    }
+
+    fn put(&self, id: BlockId, data: &Bytes) -> bool {
+        let Some(arena) = &self.arena else {
+            return false;
+        };
+        if lock(&self.index).blocks.contains_key(&id) {
+            return true;
+        }
+        let Some(region) = self.reserve(id, data.len(), arena) else {
+            return false;
+        };
+        // SAFETY: the slot was just allocated to `region` and is not shared yet; no slice of
+        // it exists.
+        unsafe { arena.write(region.slot.offset as usize, data) };
+        let mut idx = lock(&self.index);
+        if !idx.occ.contains(id) {
+            // Evicted while we copied; the region frees itself.
+            return false;
+        }
+        idx.blocks.insert(id, Arc::new(region));
+        true
+    }
+
+    fn remove(&self, id: BlockId) -> bool {
+        let mut idx = lock(&self.index);
+        idx.occ.remove(id);
+        idx.blocks.remove(&id).is_some()
+    }
+
+    fn contains(&self, id: BlockId) -> bool {
+        lock(&self.index).blocks.contains_key(&id)
+    }
+
+    fn status(&self) -> TierStatus {
+        let idx = lock(&self.index);
+        TierStatus {
+            name: "memory",
+            capacity: idx.occ.capacity(),
+            used: idx.occ.used(),
+            blocks: idx.blocks.len() as u64,
+            evictions: idx.occ.evictions(),
+            watermarks: idx.occ.watermarks(),
+            location: "memfd".into(),
+        }
+    }
+}
+
+/// `Bytes::from_owner` needs an owner that is `AsRef<[u8]>`.
+struct ArcRegion(Arc<Region>);
+
+impl AsRef<[u8]> for ArcRegion {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref().as_ref()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, Watermarks};
+
+    fn tier(cap: u64) -> MemoryTier {
+        let cfg = MemoryTierConfig {
+            capacity: ByteSize(cap),
+            watermarks: Watermarks { high: 0.9, low: 0.7 },
+        };
+        MemoryTier::new(&cfg, 64 << 10).unwrap()
+    }
+
+    #[test]
+    fn conformance() {
+        super::super::conformance::run(&tier(1 << 20));
+    }
+
+    #[test]
+    fn readers_keep_evicted_bytes_valid() {
+        let t = tier(1 << 20);
+        let data = Bytes::from(vec![7u8; 60 << 10]);
+        assert!(t.put(BlockId(1), &data));
+        let held = t.get(BlockId(1)).unwrap();
+        for i in 2..100 {
+            t.put(BlockId(i), &Bytes::from(vec![i as u8; 60 << 10]));
+        }
+        assert!(!t.contains(BlockId(1)), "evicted");
+        assert_eq!(held, data, "a reader's view survives eviction");
+    }
+
+    #[test]
+    fn zero_capacity_holds_nothing() {
+        let t = tier(0);
+        assert!(!t.put(BlockId(1), &Bytes::from_static(b"x")));
+        assert_eq!(t.status().capacity, 0);
+    }
+}

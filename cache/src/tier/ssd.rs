@@ -1,0 +1,295 @@
+//! The SSD tier: one file per block under `<dir>/blocks/<2 hex>/<32 hex>.blk`.
+//!
+//! Each file starts with a 40-byte header (magic, block id, length, CRC32C of the data). The
+//! checksum is verified on every read; a mismatch deletes the file, counts a corrupt block and
+//! reports a miss, so the caller refetches instead of returning wrong bytes. Files are written
+//! to a temporary name and renamed, and the index is rebuilt from the headers on start, so a
+//! restarted daemon keeps its SSD data (oldest modification time first in LRU order).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use super::{Tier, TierStatus};
+use crate::block::BlockId;
+use crate::config::SsdTierConfig;
+use crate::error::{Error, Result};
+use crate::evict::{Lru, Occupancy};
+use crate::stats;
+
+const MAGIC: &[u8; 8] = b"LDBLK\0\0\x01";
+const HEADER: usize = 40;
+
+/// Blocks as checksummed files.
+pub struct SsdTier {
+    root: PathBuf,
+    occ: Mutex<Occupancy>,
+    tmp_seq: AtomicU64,
+}
+
+impl SsdTier {
+    /// Opens (creating) the tier and rebuilds its index from the files present.
+    pub fn open(cfg: &SsdTierConfig) -> Result<Self> {
+        let root = cfg.dir.join("blocks");
+        fs::create_dir_all(&root).map_err(|e| Error::io("creating SSD tier", &root, e))?;
+        let mut found = Vec::new();
+        let mut dropped = 0u64;
+        for sub in read_dir(&root)? {
+            if !sub.is_dir() {
+                continue;
+            }
+            for file in read_dir(&sub)? {
+                match scan(&file) {
+                    Some((id, len, mtime)) => found.push((mtime, id, len)),
+                    None => {
+                        dropped += 1;
+                        let _ = fs::remove_file(&file);
+                    }
+                }
+            }
+        }
+        found.sort();
+        let mut occ = Occupancy::new(cfg.capacity.0, cfg.watermarks, Box::new(Lru::default()));
+        let mut unwanted = Vec::new();
+        for (_, id, len) in found {
+            match occ.admit(id, len + HEADER as u64) {
+                Ok(victims) => unwanted.extend(victims),
+                Err(_) => unwanted.push(id),
+            }
+        }
+        info!(dir = %cfg.dir.display(), blocks = occ.blocks(), bytes = occ.used(), dropped, "SSD tier index rebuilt");
+        let tier = SsdTier {
+            root,
+            occ: Mutex::new(occ),
+            tmp_seq: AtomicU64::new(0),
+        };
+        unwanted.into_iter().for_each(|id| tier.delete(id));
+        Ok(tier)
+    }
+
+    fn path_of(&self, id: BlockId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join(&hex[..2]).join(format!("{hex}.blk"))
+    }
+
+    fn delete(&self, id: BlockId) {
+        let p = self.path_of(id);
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %p.display(), error = %e, "could not delete SSD block");
+            }
+        }
+    }
+
+    fn drop_corrupt(&self, id: BlockId, why: &str) {
+        warn!(block = %id, why, "corrupt SSD block dropped; it will be refetched");
+        stats::corrupt_block();
+        lock(&self.occ).remove(id);
+        self.delete(id);
+    }
+
+    fn write_file(&self, id: BlockId, data: &[u8]) -> std::io::Result<()> {
+        let path = self.path_of(id);
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut header = [0u8; HEADER];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..24].copy_from_slice(&id.0.to_le_bytes());
+        header[24..32].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        header[32..36].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        let res = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&header)?;
+            f.write_all(data)?;
+            fs::rename(&tmp, &path)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+}
+
+impl Tier for SsdTier {
+    fn name(&self) -> &'static str {
+        "ssd"
+    }
+
+    fn get(&self, id: BlockId) -> Option<Bytes> {
+        if !lock(&self.occ).contains(id) {
+            return None;
+        }
+        let path = self.path_of(id);
+        let mut buf = Vec::new();
+        if let Err(e) = fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut buf)) {
+            self.drop_corrupt(id, &format!("unreadable: {e}"));
+            return None;
+        }
+        if buf.len() < HEADER || &buf[..8] != MAGIC {
+            self.drop_corrupt(id, "bad header");
+            return None;
+        }
+        let hid = u128::from_le_bytes(buf[8..24].try_into().ok()?);
+        let len = u64::from_le_bytes(buf[24..32].try_into().ok()?);
+        let crc = u32::from_le_bytes(buf[32..36].try_into().ok()?);
+        if hid != id.0 || len != (buf.len() - HEADER) as u64 {
+            self.drop_corrupt(id, "header does not match");
+            return None;
+        }
+        if crc32c::crc32c(&buf[HEADER..]) != crc {
+            self.drop_corrupt(id, "checksum mismatch");
+            return None;
+        }
+        lock(&self.occ).touch(id);
+        Some(Bytes::from(buf).slice(HEADER..))
+    }
+
+    fn put(&self, id: BlockId, data: &Bytes) -> bool {
+        let victims = match lock(&self.occ).admit(id, data.len() as u64 + HEADER as u64) {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        stats::eviction("ssd", victims.len() as u64);
+        for v in victims {
+            self.delete(v);
+        }
+        if self.path_of(id).exists() {
+            return true;
+        }
+        match self.write_file(id, data) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(block = %id, error = %e, "SSD tier write failed; serving uncached");
+                stats::passthrough("ssd_write_failed");
+                lock(&self.occ).remove(id);
+                false
+            }
+        }
+    }
+
+    fn remove(&self, id: BlockId) -> bool {
+        let present = lock(&self.occ).remove(id).is_some();
+        if present {
+            self.delete(id);
+        }
+        present
+    }
+
+    fn contains(&self, id: BlockId) -> bool {
+        lock(&self.occ).contains(id)
+    }
+
+    fn status(&self) -> TierStatus {
+        let occ = lock(&self.occ);
+        TierStatus {
+            name: "ssd",
+            capacity: occ.capacity(),
+            used: occ.used(),
+            blocks: occ.blocks(),
+            evictions: occ.evictions(),
+            watermarks: occ.watermarks(),
+            location: self
+                .root
+                .parent()
+                .unwrap_or(&self.root)
+                .display()
+                .to_string(),
+        }
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = fs::read_dir(dir).map_err(|e| Error::io("reading SSD tier", dir, e))?;
+    Ok(rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+}
+
+/// Reads a block file's header: (id, data length, mtime) if the file looks whole.
+fn scan(path: &Path) -> Option<(BlockId, u64, std::time::SystemTime)> {
+    let name = path.file_name()?.to_str()?;
+    let id = BlockId::from_hex(name.strip_suffix(".blk")?)?;
+    let mut f = fs::File::open(path).ok()?;
+    let meta = f.metadata().ok()?;
+    let mut h = [0u8; HEADER];
+    f.read_exact(&mut h).ok()?;
+    let len = u64::from_le_bytes(h[24..32].try_into().ok()?);
+    let whole = &h[..8] == MAGIC
+        && u128::from_le_bytes(h[8..24].try_into().ok()?) == id.0
+        && meta.len() == len + HEADER as u64;
+    whole.then(|| (id, len, meta.modified().unwrap_or(std::time::UNIX_EPOCH)))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, Watermarks};
+
+    fn cfg(dir: &Path, cap: u64) -> SsdTierConfig {
+        SsdTierConfig {
+            dir: dir.to_path_buf(),
+            capacity: ByteSize(cap),
+            watermarks: Watermarks { high: 0.9, low: 0.7 },
+        }
+    }
+
+    #[test]
+    fn conformance() {
+        let d = tempfile::tempdir().unwrap();
+        super::super::conformance::run(&SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap());
+    }
+
+    #[test]
+    fn reopen_keeps_blocks_and_drops_torn_files() {
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 5000])).collect();
+        {
+            let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+            for (i, b) in data.iter().enumerate() {
+                assert!(t.put(BlockId(i as u128), b));
+            }
+        }
+        // Truncate one file: a torn write must not survive the restart.
+        let torn = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap().path_of(BlockId(3));
+        let f = fs::OpenOptions::new().write(true).open(&torn).unwrap();
+        f.set_len(100).unwrap();
+        let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        assert_eq!(t.status().blocks, 9);
+        for (i, b) in data.iter().enumerate() {
+            let got = t.get(BlockId(i as u128));
+            if i == 3 {
+                assert!(got.is_none());
+            } else {
+                assert_eq!(got.as_ref(), Some(b));
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_block_is_a_miss_and_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        assert!(t.put(BlockId(9), &Bytes::from(vec![1u8; 4096])));
+        let p = t.path_of(BlockId(9));
+        let mut raw = fs::read(&p).unwrap();
+        raw[HEADER + 100] ^= 0xff;
+        fs::write(&p, raw).unwrap();
+        let before = stats::snapshot().corrupt_blocks;
+        assert!(t.get(BlockId(9)).is_none());
+        assert!(!p.exists());
+        assert!(!t.contains(BlockId(9)));
+        assert!(stats::snapshot().corrupt_blocks > before);
+    }
+}

@@ -1,0 +1,9 @@
+//! Protobuf messages and tonic services of loaderd's control API.
+//!
+//! One package, `loaderd.v1`: the `Loader` service that `loaderctl`, the Python client and the
+//! FUSE view talk to over the daemon's Unix socket (or loopback TCP).
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+pub mod v1 {
+    tonic::include_proto!("loaderd.v1");
+}
