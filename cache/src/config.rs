@@ -232,6 +232,13 @@ impl std::fmt::Display for ByteSize {
     }
 }
 
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        ByteSize::parse(s)
+    }
+}
+
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
@@ -293,6 +300,13 @@ impl std::fmt::Display for Secs {
                 s => write!(f, "{s}s"),
             }
         }
+    }
+}
+
+impl std::str::FromStr for Secs {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Secs::parse(s)
     }
 }
 

@@ -88,3 +88,46 @@ impl Error {
         }
     }
 }
+
+/// Coarse classes of [`Error`], for mapping onto protocol status codes and errnos in one
+/// exhaustive place per boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    InvalidArgument,
+    IsDirectory,
+    Changed,
+    Unavailable,
+    PermissionDenied,
+    Timeout,
+    ResourceExhausted,
+    Internal,
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use object_store::Error as O;
+        match self {
+            Error::NotFound { .. } | Error::NoMount { .. } => ErrorKind::NotFound,
+            Error::InvalidPath { .. }
+            | Error::Range { .. }
+            | Error::Config { .. }
+            | Error::Mount { .. } => ErrorKind::InvalidArgument,
+            Error::IsDirectory { .. } => ErrorKind::IsDirectory,
+            Error::Changed { .. } => ErrorKind::Changed,
+            Error::Ufs { source, .. } => match source {
+                O::PermissionDenied { .. } | O::Unauthenticated { .. } => {
+                    ErrorKind::PermissionDenied
+                }
+                O::NotFound { .. } => ErrorKind::NotFound,
+                O::Precondition { .. } | O::NotModified { .. } => ErrorKind::Changed,
+                _ => ErrorKind::Unavailable,
+            },
+            Error::UfsTimeout { .. } => ErrorKind::Timeout,
+            Error::Budget { .. } => ErrorKind::ResourceExhausted,
+            Error::Io { .. } => ErrorKind::Internal,
+            Error::Shared(inner) => inner.kind(),
+        }
+    }
+}

@@ -25,7 +25,7 @@ pub mod ufs;
 
 pub use cache::{Cache, CacheStatus, FileHandle, LoadProgress, ReadType};
 pub use config::{ByteSize, CacheConfig, Secs};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use meta::Stat;
 pub use mount::MountSpec;
 pub use path::LogicalPath;

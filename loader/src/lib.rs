@@ -1,1 +1,15 @@
-//! loaderd.
+//! loaderd: the daemon and `loaderctl`, as a library so tests and benches run the same code.
+//!
+//! * [`config`]: TOML + flags + env configuration with our tuning defaults.
+//! * [`daemon`]: listeners, signals, graceful shutdown ([`daemon::run`]).
+//! * [`server`]: the gRPC `Loader` service over the cache.
+//! * [`http`]: Prometheus metrics and health.
+//! * [`client`]: connecting to a daemon.
+//! * [`ctl`]: `loaderctl` commands, including `bench read` and the sample dataset generator.
+
+pub mod client;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod http;
+pub mod server;

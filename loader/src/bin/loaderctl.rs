@@ -1,1 +1,5 @@
-fn main() {}
+//! `loaderctl`: command-line client of loaderd (see `loaderctl --help`).
+
+fn main() -> anyhow::Result<()> {
+    loaderd::ctl::main()
+}

@@ -1,1 +1,200 @@
-fn main() {}
+//! `loaderd`: the caching data-loader daemon. Flags override the config file; every flag
+//! also reads a `LOADERD_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use loaderd::config::DaemonConfig;
+use loaderd_cache::config::{SsdTierConfig, Watermarks};
+use loaderd_cache::{ByteSize, MountSpec, Secs};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "loaderd", version, about = "Caching data loader daemon for deep-learning training")]
+struct Args {
+    /// TOML config file.
+    #[arg(long, env = "LOADERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective config (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// gRPC Unix socket.
+    #[arg(long, env = "LOADERD_SOCKET", help_heading = "Server")]
+    socket: Option<PathBuf>,
+    /// Group allowed to use the socket.
+    #[arg(long, env = "LOADERD_SOCKET_GROUP", help_heading = "Server")]
+    socket_group: Option<String>,
+    /// Also serve gRPC on this TCP address (keep it on loopback).
+    #[arg(long, env = "LOADERD_TCP_ADDR", help_heading = "Server")]
+    tcp_addr: Option<SocketAddr>,
+    /// Prometheus metrics address, or `off`.
+    #[arg(long, env = "LOADERD_METRICS_ADDR", help_heading = "Server")]
+    metrics_addr: Option<String>,
+    /// Log filter, e.g. `info` or `loaderd_cache=debug`; RUST_LOG wins when set.
+    #[arg(long, env = "LOADERD_LOG_LEVEL", help_heading = "Server")]
+    log_level: Option<String>,
+
+    /// Mount a UFS: `/point=s3://bucket/prefix` or `/point=file:///dir` (repeatable).
+    #[arg(long = "mount", value_name = "POINT=URI", help_heading = "Namespace")]
+    mounts: Vec<String>,
+    /// Option of a mount: `/point:key=value` (endpoint, region, allow_http, ...; repeatable).
+    #[arg(long = "mount-option", value_name = "POINT:KEY=VALUE", help_heading = "Namespace")]
+    mount_options: Vec<String>,
+
+    /// Block size, e.g. 4MiB.
+    #[arg(long, env = "LOADERD_BLOCK_SIZE", help_heading = "Cache")]
+    block_size: Option<ByteSize>,
+    /// Memory tier capacity, e.g. 8GiB (0 disables it).
+    #[arg(long, env = "LOADERD_MEMORY_CAPACITY", help_heading = "Cache")]
+    memory_capacity: Option<ByteSize>,
+    /// Memory tier high watermark (fraction).
+    #[arg(long, help_heading = "Cache")]
+    memory_high: Option<f64>,
+    /// Memory tier low watermark (fraction).
+    #[arg(long, help_heading = "Cache")]
+    memory_low: Option<f64>,
+    /// SSD tier directory (enables the tier).
+    #[arg(long, env = "LOADERD_SSD_DIR", help_heading = "Cache")]
+    ssd_dir: Option<PathBuf>,
+    /// SSD tier capacity, e.g. 100GiB.
+    #[arg(long, env = "LOADERD_SSD_CAPACITY", help_heading = "Cache")]
+    ssd_capacity: Option<ByteSize>,
+    /// SSD tier high watermark (fraction).
+    #[arg(long, help_heading = "Cache")]
+    ssd_high: Option<f64>,
+    /// SSD tier low watermark (fraction).
+    #[arg(long, help_heading = "Cache")]
+    ssd_low: Option<f64>,
+    /// How long listings and manifests are trusted, e.g. 24h.
+    #[arg(long, env = "LOADERD_METADATA_TTL", help_heading = "Cache")]
+    metadata_ttl: Option<Secs>,
+    /// Do not LIST mounts into persisted manifests; HEAD/LIST per path instead.
+    #[arg(long, help_heading = "Cache")]
+    no_manifest: bool,
+    /// Deadline of one UFS request, e.g. 30s.
+    #[arg(long, env = "LOADERD_UFS_TIMEOUT", help_heading = "Cache")]
+    ufs_timeout: Option<Secs>,
+    /// Retries of a failed UFS request.
+    #[arg(long, env = "LOADERD_UFS_RETRIES", help_heading = "Cache")]
+    ufs_retries: Option<u32>,
+}
+
+fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
+    let s = &mut cfg.server;
+    if let Some(v) = &args.socket {
+        s.socket = v.clone();
+    }
+    if let Some(v) = &args.socket_group {
+        s.socket_group = Some(v.clone());
+    }
+    if let Some(v) = args.tcp_addr {
+        s.tcp_addr = Some(v);
+    }
+    if let Some(v) = &args.metrics_addr {
+        s.metrics_addr = match v.as_str() {
+            "off" | "" => None,
+            a => Some(a.parse().with_context(|| format!("--metrics-addr {a:?}"))?),
+        };
+    }
+    if let Some(v) = &args.log_level {
+        s.log_level = v.clone();
+    }
+    let c = &mut cfg.cache;
+    if let Some(v) = args.block_size {
+        c.block_size = v;
+    }
+    if let Some(v) = args.memory_capacity {
+        c.memory.capacity = v;
+    }
+    if let Some(v) = args.memory_high {
+        c.memory.watermarks.high = v;
+    }
+    if let Some(v) = args.memory_low {
+        c.memory.watermarks.low = v;
+    }
+    if let Some(dir) = &args.ssd_dir {
+        let ssd = c.ssd.get_or_insert_with(|| SsdTierConfig {
+            dir: dir.clone(),
+            capacity: ByteSize(16 << 30),
+            watermarks: Watermarks::default(),
+        });
+        ssd.dir = dir.clone();
+    }
+    if args.ssd_capacity.is_some() || args.ssd_high.is_some() || args.ssd_low.is_some() {
+        let Some(ssd) = c.ssd.as_mut() else {
+            bail!("--ssd-capacity/--ssd-high/--ssd-low need --ssd-dir or [cache.ssd] in the config");
+        };
+        if let Some(v) = args.ssd_capacity {
+            ssd.capacity = v;
+        }
+        if let Some(v) = args.ssd_high {
+            ssd.watermarks.high = v;
+        }
+        if let Some(v) = args.ssd_low {
+            ssd.watermarks.low = v;
+        }
+    }
+    if let Some(v) = args.metadata_ttl {
+        c.metadata.ttl = v;
+    }
+    if args.no_manifest {
+        c.metadata.manifest = false;
+    }
+    if let Some(v) = args.ufs_timeout {
+        c.ufs.timeout = v;
+    }
+    if let Some(v) = args.ufs_retries {
+        c.ufs.retries = v;
+    }
+    for m in &args.mounts {
+        let (path, uri) = m
+            .split_once('=')
+            .with_context(|| format!("--mount {m:?}: expected POINT=URI"))?;
+        cfg.mount.push(MountSpec {
+            path: path.to_string(),
+            uri: uri.to_string(),
+            options: Default::default(),
+        });
+    }
+    for o in &args.mount_options {
+        let (point, kv) = o
+            .split_once(':')
+            .with_context(|| format!("--mount-option {o:?}: expected POINT:KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--mount-option {o:?}: expected POINT:KEY=VALUE"))?;
+        let mount = cfg
+            .mount
+            .iter_mut()
+            .find(|m| m.path == point)
+            .with_context(|| format!("--mount-option {o:?}: no mount at {point}"))?;
+        mount.options.insert(k.to_string(), v.to_string());
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut cfg = match &args.config {
+        Some(path) => DaemonConfig::from_file(path)?,
+        None => DaemonConfig::default(),
+    };
+    apply(&args, &mut cfg)?;
+    cfg.validate()?;
+    if args.print_config {
+        print!("{}", cfg.to_redacted_toml());
+        return Ok(());
+    }
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.server.log_level))
+        .context("invalid log filter (server.log_level)")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("loaderd")
+        .build()?
+        .block_on(loaderd::daemon::run(cfg))
+}

@@ -1,0 +1,79 @@
+//! Connecting to a daemon over its Unix socket (or TCP).
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use loaderd_proto::v1::loader_client::LoaderClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::daemon::{CONNECTION_WINDOW, MAX_MESSAGE, STREAM_WINDOW};
+
+/// A client of the `Loader` service.
+pub type Client = LoaderClient<Channel>;
+
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "cannot reach loaderd at {}: {source} (is the daemon running? set --socket or LOADERD_SOCKET)",
+        socket.display()
+    )]
+    Unix {
+        socket: PathBuf,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot reach loaderd at {addr}: {source}")]
+    Tcp {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+}
+
+fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::try_from(uri.to_string())?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true))
+}
+
+fn tune(c: Client) -> Client {
+    c.max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// Connects over the Unix socket at `socket`.
+pub async fn connect_unix(socket: &Path) -> Result<Client, ConnectError> {
+    let path = socket.to_path_buf();
+    let err = |source| ConnectError::Unix {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    // The URI is required by the HTTP/2 layer but unused: the connector dials the socket.
+    let channel = endpoint("http://loaderd.sock")
+        .map_err(err)?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(err)?;
+    Ok(tune(LoaderClient::new(channel)))
+}
+
+/// Connects over TCP to `addr` (`host:port` or `http://host:port`).
+pub async fn connect_tcp(addr: &str) -> Result<Client, ConnectError> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let err = |source| ConnectError::Tcp {
+        addr: addr.to_string(),
+        source,
+    };
+    let channel = endpoint(&uri).map_err(err)?.connect().await.map_err(err)?;
+    Ok(tune(LoaderClient::new(channel)))
+}

@@ -1,0 +1,165 @@
+//! The daemon's configuration: a TOML file, overridden by flags and `LOADERD_*` environment
+//! variables (see `loaderd --help`), validated in one place, printable without secrets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use loaderd_cache::{CacheConfig, MountSpec};
+use serde::{Deserialize, Serialize};
+
+/// Everything `loaderd` runs with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    /// Mounts of the namespace (`[[mount]]` tables).
+    pub mount: Vec<MountSpec>,
+}
+
+/// Listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The gRPC Unix socket (owner/group access only).
+    pub socket: PathBuf,
+    /// Group given access to the socket (by name); default: the daemon's own group.
+    pub socket_group: Option<String>,
+    /// Optional gRPC over TCP; keep it on loopback unless the network is trusted.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Prometheus `/metrics` and `/healthz`; `None` turns the endpoint off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Blocks a Read streams ahead of the one being sent.
+    pub readahead_blocks: usize,
+    /// Files a Load warms concurrently unless the request says otherwise.
+    pub load_parallelism: usize,
+    /// Log filter (`info`, `loaderd=debug,...`); `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            socket: default_socket(),
+            socket_group: None,
+            tcp_addr: None,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            readahead_blocks: 4,
+            load_parallelism: 32,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// `/run/loaderd/loaderd.sock` for root, else `/tmp/loaderd-<uid>/loaderd.sock`.
+pub fn default_socket() -> PathBuf {
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        PathBuf::from("/run/loaderd/loaderd.sock")
+    } else {
+        PathBuf::from(format!("/tmp/loaderd-{uid}/loaderd.sock"))
+    }
+}
+
+/// A configuration problem, naming the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error(transparent)]
+    Cache(#[from] loaderd_cache::Error),
+}
+
+impl DaemonConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks what types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cache.validate()?;
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        };
+        if self.server.socket.as_os_str().is_empty() {
+            return Err(invalid("server.socket", "must not be empty"));
+        }
+        if self.server.readahead_blocks == 0 {
+            return Err(invalid("server.readahead_blocks", "must be at least 1"));
+        }
+        if self.server.load_parallelism == 0 {
+            return Err(invalid("server.load_parallelism", "must be at least 1"));
+        }
+        for (i, m) in self.mount.iter().enumerate() {
+            if m.path.is_empty() || m.uri.is_empty() {
+                return Err(invalid(&format!("mount[{i}]"), "needs `path` and `uri`"));
+            }
+        }
+        Ok(())
+    }
+
+    /// TOML with secret option values replaced, safe to print.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for m in &mut shown.mount {
+            m.options = m.redacted_options();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_durations_and_mounts() {
+        let cfg: DaemonConfig = toml::from_str(
+            r#"
+            [server]
+            socket = "/tmp/x.sock"
+            [cache]
+            block_size = "1MiB"
+            memory = { capacity = "64MiB", high = 0.9, low = 0.6 }
+            ssd = { dir = "/tmp/ssd", capacity = "10GiB" }
+            metadata = { ttl = "10m" }
+            [[mount]]
+            path = "/imagenet"
+            uri = "s3://bucket/imagenet"
+            options = { endpoint = "http://127.0.0.1:9000", secret_access_key = "hunter2" }
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cache.block_size.0, 1 << 20);
+        assert_eq!(cfg.cache.memory.watermarks.low, 0.6);
+        assert_eq!(cfg.cache.ssd.as_ref().unwrap().watermarks.high, 0.95);
+        let shown = cfg.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("endpoint"));
+        let back: DaemonConfig = toml::from_str(&shown).unwrap();
+        assert_eq!(back.cache.block_size, cfg.cache.block_size);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<DaemonConfig>("[cache]\nblok_size = 4").unwrap_err();
+        assert!(err.to_string().contains("blok_size"), "{err}");
+    }
+}

@@ -1,0 +1,504 @@
+//! `loaderctl`: the command-line client of a loaderd daemon.
+
+mod bench;
+pub mod dataset;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use loaderd_proto::v1 as pb;
+use serde_json::json;
+use tonic::Code;
+
+use crate::client::{self, Client};
+use crate::config::default_socket;
+
+/// loaderctl: talk to the local loaderd.
+#[derive(Parser, Debug)]
+#[command(name = "loaderctl", version, about = "Control and inspect a loaderd daemon")]
+pub struct Cli {
+    /// The daemon's Unix socket.
+    #[arg(long, env = "LOADERD_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// Reach the daemon over TCP instead (host:port).
+    #[arg(long, env = "LOADERD_ADDR", global = true, conflicts_with = "socket")]
+    addr: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Capacity, usage per tier, hit ratio, mounts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory.
+    Ls {
+        /// Every file below, recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Show sizes.
+        #[arg(short = 'l', long)]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Metadata of a path.
+    Stat {
+        #[arg(long)]
+        json: bool,
+        path: String,
+    },
+    /// Write a file's bytes to stdout.
+    Cat {
+        /// Read without caching what is missing (read type NO_CACHE).
+        #[arg(long)]
+        no_cache: bool,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes to read (default: to the end).
+        #[arg(long, default_value_t = 0)]
+        length: u64,
+        path: String,
+    },
+    /// Warm the cache with everything under a path.
+    Load {
+        /// Files fetched concurrently (default: the daemon's).
+        #[arg(long, default_value_t = 0)]
+        parallelism: u32,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        path: String,
+    },
+    /// Drop cached blocks of everything under a path.
+    Free { path: String },
+    /// Drop cached metadata (listings, manifest) of a path.
+    Invalidate { path: String },
+    /// Manage the mount table.
+    #[command(subcommand)]
+    Mount(MountCmd),
+    /// Throughput benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Sample data.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum MountCmd {
+    /// Mount a UFS URI at a logical path.
+    Add {
+        path: String,
+        uri: String,
+        /// Backend option KEY=VALUE (repeatable): endpoint, region, allow_http, ...
+        #[arg(short = 'o', long = "option")]
+        options: Vec<String>,
+    },
+    /// Remove a mount.
+    Rm { path: String },
+    /// List mounts.
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Read the same files from the UFS directly, through loaderd cold, and warm.
+    Read(bench::ReadArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasetCmd {
+    /// Generate ImageNet-like JPEGs in class folders.
+    Gen(GenArgs),
+}
+
+#[derive(Args, Debug)]
+struct GenArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    #[arg(long, default_value_t = 50)]
+    per_class: usize,
+    #[arg(long, default_value_t = 500)]
+    width: u32,
+    #[arg(long, default_value_t = 375)]
+    height: u32,
+    #[arg(long, default_value_t = 90)]
+    quality: u8,
+    /// Per-pixel noise amplitude; 0 makes smooth (small, fast-decoding) images.
+    #[arg(long, default_value_t = 18)]
+    noise: u8,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Parses `KEY=VALUE` options.
+pub(crate) fn parse_options(opts: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    opts.iter()
+        .map(|o| {
+            o.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("option {o:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// Entry point of the `loaderctl` binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(run(cli)) {
+        // `loaderctl cat ... | head` closing the pipe early is not an error.
+        Err(e)
+            if e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    Ok(match &cli.addr {
+        Some(addr) => client::connect_tcp(addr).await?,
+        None => client::connect_unix(&cli.socket.clone().unwrap_or_else(default_socket)).await?,
+    })
+}
+
+/// A gRPC status as a readable error.
+pub(crate) fn rpc_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Dataset(DatasetCmd::Gen(g)) = &cli.command {
+        return gen_dataset(g);
+    }
+    let mut c = connect(&cli).await?;
+    match cli.command {
+        Command::Status { json } => status(&mut c, json).await,
+        Command::Ls {
+            recursive,
+            long,
+            path,
+        } => {
+            let r = c
+                .list(pb::ListRequest { path, recursive })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            for e in r.entries {
+                let suffix = if e.is_dir { "/" } else { "" };
+                if long {
+                    writeln!(out, "{:>12} {}{suffix}", e.size, e.path)?;
+                } else {
+                    writeln!(out, "{}{suffix}", e.path)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Stat { json, path } => {
+            let f = c.stat(pb::StatRequest { path }).await.map_err(rpc_err)?.into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({"path": f.path, "is_dir": f.is_dir, "size": f.size,
+                        "version": f.version, "mtime_unix_ms": f.mtime_unix_ms,
+                        "cached_bytes": f.cached_bytes})
+                );
+            } else if f.is_dir {
+                println!("{}: directory", f.path);
+            } else {
+                println!(
+                    "{}: file, {} bytes, version {}, mtime {} ms, {} bytes cached",
+                    f.path, f.size, f.version, f.mtime_unix_ms, f.cached_bytes
+                );
+            }
+            Ok(())
+        }
+        Command::Cat {
+            no_cache,
+            offset,
+            length,
+            path,
+        } => {
+            let read_type = if no_cache {
+                pb::ReadType::NoCache
+            } else {
+                pb::ReadType::Cache
+            };
+            let req = pb::ReadRequest {
+                path,
+                offset,
+                length,
+                read_type: read_type as i32,
+            };
+            let mut out = std::io::stdout().lock();
+            read_to(&mut c, req, &mut out).await?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Load {
+            parallelism,
+            no_progress,
+            path,
+        } => load(&mut c, path, parallelism, no_progress).await,
+        Command::Free { path } => {
+            let r = c.free(pb::FreeRequest { path: path.clone() }).await.map_err(rpc_err)?.into_inner();
+            println!("freed {} blocks, {} bytes under {path}", r.blocks_freed, r.bytes_freed);
+            Ok(())
+        }
+        Command::Invalidate { path } => {
+            let r = c
+                .invalidate(pb::InvalidateRequest { path: path.clone() })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            println!("dropped {} metadata entries under {path}", r.entries_dropped);
+            Ok(())
+        }
+        Command::Mount(m) => mount(&mut c, m).await,
+        Command::Bench(BenchCmd::Read(args)) => bench::read(&mut c, args).await,
+        Command::Dataset(_) => unreachable!("handled before connecting"),
+    }
+}
+
+/// Streams a Read into `out`; retries from the start if the object changed before any byte
+/// was written (never mixes two versions). Returns the bytes written.
+pub(crate) async fn read_to(
+    c: &mut Client,
+    req: pb::ReadRequest,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut written = 0u64;
+        let res: Result<(), tonic::Status> = async {
+            let mut stream = c.read(req.clone()).await?.into_inner();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                out.write_all(&chunk.data)
+                    .map_err(|e| tonic::Status::internal(format!("writing output: {e}")))?;
+                written += chunk.data.len() as u64;
+            }
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => return Ok(written),
+            Err(s) if s.code() == Code::Aborted && written == 0 && attempts < 3 => continue,
+            Err(s) => return Err(rpc_err(s)),
+        }
+    }
+}
+
+async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
+    let s = c.status(pb::StatusRequest {}).await.map_err(rpc_err)?.into_inner();
+    if as_json {
+        let tiers: Vec<_> = s
+            .tiers
+            .iter()
+            .map(|t| {
+                json!({"name": t.name, "capacity_bytes": t.capacity_bytes, "used_bytes": t.used_bytes,
+                    "blocks": t.blocks, "evictions": t.evictions, "high_watermark": t.high_watermark,
+                    "low_watermark": t.low_watermark, "location": t.location})
+            })
+            .collect();
+        let mounts: Vec<_> = s
+            .mounts
+            .iter()
+            .map(|m| json!({"path": m.path, "uri": m.uri, "options": m.options}))
+            .collect();
+        println!(
+            "{}",
+            json!({"version": s.version, "uptime_secs": s.uptime_secs, "tiers": tiers,
+                "hits": s.hits, "misses": s.misses, "hit_ratio": s.hit_ratio,
+                "bytes_from_ufs": s.bytes_from_ufs, "bytes_from_cache": s.bytes_from_cache,
+                "block_size": s.block_size, "metadata_entries": s.metadata_entries,
+                "metadata_bytes": s.metadata_bytes, "inflight_bytes": s.inflight_bytes,
+                "inflight_capacity_bytes": s.inflight_capacity_bytes,
+                "corrupt_blocks": s.corrupt_blocks, "ufs_errors": s.ufs_errors, "mounts": mounts})
+        );
+        return Ok(());
+    }
+    println!("loaderd {} up {}s, block size {}", s.version, s.uptime_secs, human(s.block_size));
+    for t in &s.tiers {
+        let pct = if t.capacity_bytes == 0 {
+            0.0
+        } else {
+            100.0 * t.used_bytes as f64 / t.capacity_bytes as f64
+        };
+        println!(
+            "  tier {:<6} {:>10} / {:>10} ({pct:5.1}%), {} blocks, {} evictions, watermarks {:.2}/{:.2}, {}",
+            t.name,
+            human(t.used_bytes),
+            human(t.capacity_bytes),
+            t.blocks,
+            t.evictions,
+            t.high_watermark,
+            t.low_watermark,
+            t.location
+        );
+    }
+    println!(
+        "  hits {} misses {} (hit ratio {:.1}%), from cache {}, from UFS {}",
+        s.hits,
+        s.misses,
+        100.0 * s.hit_ratio,
+        human(s.bytes_from_cache),
+        human(s.bytes_from_ufs)
+    );
+    println!(
+        "  metadata {} entries ({}), in flight {} / {}, corrupt blocks {}, UFS errors {}",
+        s.metadata_entries,
+        human(s.metadata_bytes),
+        human(s.inflight_bytes),
+        human(s.inflight_capacity_bytes),
+        s.corrupt_blocks,
+        s.ufs_errors
+    );
+    for m in &s.mounts {
+        println!("  mount {} -> {}", m.path, m.uri);
+    }
+    Ok(())
+}
+
+async fn load(c: &mut Client, path: String, parallelism: u32, no_progress: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut stream = c
+        .load(pb::LoadRequest {
+            path: path.clone(),
+            parallelism,
+        })
+        .await
+        .map_err(rpc_err)?
+        .into_inner();
+    let show = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if show {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )?,
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut last = pb::LoadProgress::default();
+    while let Some(p) = stream.next().await {
+        let p = p.map_err(rpc_err)?;
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_done);
+        bar.set_message(format!("{}/{} files", p.files_done + p.files_failed, p.files_total));
+        last = p;
+    }
+    bar.finish_and_clear();
+    if !last.done {
+        bail!("load of {path} ended early (daemon went away?)");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "loaded {} files, {} bytes ({} already cached) in {secs:.2}s, {:.1} MB/s; {} failed",
+        last.files_done,
+        last.bytes_done,
+        last.bytes_cached_before,
+        last.bytes_done as f64 / secs / 1e6,
+        last.files_failed
+    );
+    if last.files_failed > 0 {
+        bail!("{} files failed; first: {}", last.files_failed, last.first_error);
+    }
+    Ok(())
+}
+
+async fn mount(c: &mut Client, cmd: MountCmd) -> anyhow::Result<()> {
+    match cmd {
+        MountCmd::Add { path, uri, options } => {
+            let m = c
+                .mount_add(pb::MountAddRequest {
+                    path,
+                    uri,
+                    options: parse_options(&options)?.into_iter().collect(),
+                })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            println!("mounted {} -> {}", m.path, m.uri);
+        }
+        MountCmd::Rm { path } => {
+            c.mount_remove(pb::MountRemoveRequest { path: path.clone() })
+                .await
+                .map_err(rpc_err)?;
+            println!("unmounted {path}");
+        }
+        MountCmd::Ls => {
+            let r = c.mount_list(pb::MountListRequest {}).await.map_err(rpc_err)?.into_inner();
+            for m in r.mounts {
+                let opts: BTreeMap<_, _> = m.options.into_iter().collect();
+                let opts: Vec<String> = opts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("{} -> {} {}", m.path, m.uri, opts.join(","));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gen_dataset(g: &GenArgs) -> anyhow::Result<()> {
+    let spec = dataset::DatasetSpec {
+        out: g.out.clone(),
+        classes: g.classes,
+        per_class: g.per_class,
+        width: g.width,
+        height: g.height,
+        quality: g.quality,
+        noise: g.noise,
+        seed: g.seed,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    let s = dataset::generate(&spec, threads)
+        .with_context(|| format!("generating dataset in {}", g.out.display()))?;
+    println!(
+        "generated {} JPEGs, {} in {} ({:.1}s)",
+        s.files,
+        human(s.bytes),
+        g.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Bytes in binary units.
+pub(crate) fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}

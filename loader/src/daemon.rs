@@ -1,0 +1,179 @@
+//! Running the daemon: listeners, metrics, signals, graceful shutdown.
+//!
+//! `loaderd`'s `main` only parses flags into a [`DaemonConfig`] and calls [`run`], so tests can
+//! run the same code. The Unix socket is created owner/group-only (a stale socket from a
+//! crashed daemon is replaced; a live one is an error), TCP listeners default to loopback, and
+//! SIGTERM/SIGINT stop accepting, let in-flight calls finish and remove the socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use loaderd_cache::Cache;
+use loaderd_proto::v1::loader_server::LoaderServer;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tracing::{info, warn};
+
+use crate::config::DaemonConfig;
+use crate::http;
+use crate::server::LoaderService;
+
+/// Largest gRPC message either side accepts (a data chunk is at most [`crate::server::CHUNK`]).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// HTTP/2 flow-control windows: large, so one stream can move GB/s over a Unix socket.
+pub const STREAM_WINDOW: u32 = 16 << 20;
+/// Connection-level window.
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let cache = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || Cache::open(cfg.cache, cfg.mount)).await??
+    };
+    for m in cache.mounts().list() {
+        info!(path = %m.point, uri = %m.spec.uri, "mounted");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    if let Some(addr) = cfg.server.metrics_addr {
+        let handle = http::install_recorder()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics address {addr} (server.metrics_addr)"))?;
+        warn_if_exposed("server.metrics_addr", listener.local_addr()?);
+        info!(addr = %listener.local_addr()?, "metrics on /metrics, health on /healthz");
+        tasks.push(tokio::spawn(http::serve(listener, handle, stopped(stop_rx.clone()))));
+    }
+
+    let service = LoaderService::new(
+        cache.clone(),
+        cfg.server.readahead_blocks,
+        cfg.server.load_parallelism,
+    );
+    let grpc = || {
+        LoaderServer::new(service.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    };
+    let builder = || {
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .tcp_nodelay(true)
+    };
+
+    let socket = cfg.server.socket.clone();
+    let unix = bind_socket(&socket, cfg.server.socket_group.as_deref())?;
+    info!(socket = %socket.display(), "gRPC on Unix socket");
+    {
+        let svc = grpc();
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stop)
+                .await
+                .context("gRPC server on the Unix socket")
+        }));
+    }
+    if let Some(addr) = cfg.server.tcp_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding gRPC address {addr} (server.tcp_addr)"))?;
+        warn_if_exposed("server.tcp_addr", listener.local_addr()?);
+        info!(addr = %listener.local_addr()?, "gRPC on TCP");
+        let svc = grpc();
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+                .context("gRPC server on TCP")
+        }));
+    }
+
+    let signal = wait_for_signal().await?;
+    info!(signal, "shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        for t in tasks {
+            match t.await {
+                Ok(Err(e)) => warn!(error = %e, "listener ended with an error"),
+                Err(e) => warn!(error = %e, "listener task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        warn!("in-flight requests did not finish within 10s; exiting anyway");
+    }
+    let _ = std::fs::remove_file(&socket);
+    info!("stopped");
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+fn warn_if_exposed(key: &str, addr: std::net::SocketAddr) {
+    if !addr.ip().is_loopback() {
+        warn!(%addr, key, "listening beyond loopback: anyone who reaches this port can use it");
+    }
+}
+
+/// Binds the Unix socket with mode 0660 (and the configured group), replacing a stale one.
+fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another loaderd is serving {} (server.socket); stop it or choose another socket",
+                path.display()
+            );
+        }
+        warn!(socket = %path.display(), "removing stale socket from an earlier run");
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding Unix socket {} (server.socket)", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(name) = group {
+        let g = nix::unistd::Group::from_name(name)
+            .with_context(|| format!("looking up group {name:?} (server.socket_group)"))?
+            .with_context(|| format!("no such group {name:?} (server.socket_group)"))?;
+        nix::unistd::chown(path, None, Some(g.gid))
+            .with_context(|| format!("giving {} to group {name}", path.display()))?;
+        if dir != Path::new("/tmp") {
+            let _ = nix::unistd::chown(&dir, None, Some(g.gid));
+        }
+    }
+    Ok(listener)
+}

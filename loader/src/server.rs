@@ -1,0 +1,322 @@
+//! The gRPC `Loader` service over the cache.
+//!
+//! Every handler parses and normalizes the logical path first, so nothing reaches the cache
+//! that could escape a mount. Cache errors become `tonic::Status` in exactly one place
+//! ([`to_status`]), by error class.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use loaderd_cache::{Cache, Error, ErrorKind, LogicalPath, MountSpec, ReadType, Stat};
+use loaderd_proto::v1 as pb;
+use loaderd_proto::v1::loader_server::Loader;
+use metrics::histogram;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, info_span, warn};
+
+/// Largest data chunk per streamed message.
+pub const CHUNK: usize = 2 << 20;
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct LoaderService {
+    cache: Arc<Cache>,
+    readahead: usize,
+    load_parallelism: usize,
+}
+
+impl LoaderService {
+    /// Serves `cache`.
+    pub fn new(cache: Arc<Cache>, readahead: usize, load_parallelism: usize) -> Self {
+        LoaderService {
+            cache,
+            readahead,
+            load_parallelism,
+        }
+    }
+}
+
+/// Maps a cache error onto a gRPC status, by class.
+pub fn to_status(e: &Error) -> Status {
+    let msg = e.to_string();
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::IsDirectory => Status::failed_precondition(msg),
+        ErrorKind::Changed => Status::aborted(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::PermissionDenied => Status::permission_denied(msg),
+        ErrorKind::Timeout => Status::deadline_exceeded(msg),
+        ErrorKind::ResourceExhausted => Status::resource_exhausted(msg),
+        ErrorKind::Internal => Status::internal(msg),
+    }
+}
+
+fn parse(path: &str) -> Result<LogicalPath, Status> {
+    LogicalPath::parse(path).map_err(|e| to_status(&e))
+}
+
+fn file_info(cache: &Cache, path: &LogicalPath, stat: &Stat) -> pb::FileInfo {
+    match stat {
+        Stat::Dir => pb::FileInfo {
+            path: path.to_string(),
+            is_dir: true,
+            ..Default::default()
+        },
+        Stat::File(f) => pb::FileInfo {
+            path: path.to_string(),
+            is_dir: false,
+            size: f.size,
+            version: f.version.clone(),
+            mtime_unix_ms: f.mtime_ms,
+            cached_bytes: cache
+                .mounts()
+                .resolve(path)
+                .ok()
+                .and_then(|r| match r {
+                    loaderd_cache::mount::Resolved::InMount(mount, _) => Some(mount),
+                    loaderd_cache::mount::Resolved::Virtual(_) => None,
+                })
+                .map(|mount| {
+                    cache.cached_bytes(&loaderd_cache::FileHandle {
+                        path: path.clone(),
+                        mount,
+                        meta: f.clone(),
+                    })
+                })
+                .unwrap_or(0),
+        },
+    }
+}
+
+fn mount_info(spec: &MountSpec) -> pb::MountInfo {
+    pb::MountInfo {
+        path: spec.path.clone(),
+        uri: spec.uri.clone(),
+        options: spec.redacted_options().into_iter().collect(),
+    }
+}
+
+/// Records a Read's duration into the latency histogram when its stream is dropped.
+struct ReadTimer(Instant);
+
+impl Drop for ReadTimer {
+    fn drop(&mut self) {
+        histogram!("loaderd_read_latency_seconds").record(self.0.elapsed().as_secs_f64());
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Loader for LoaderService {
+    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::FileInfo>, Status> {
+        let path = parse(&req.get_ref().path)?;
+        let stat = self.cache.stat(&path).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(file_info(&self.cache, &path, &stat)))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let r = req.get_ref();
+        let path = parse(&r.path)?;
+        let entries = self
+            .cache
+            .list(&path, r.recursive)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let entries = entries
+            .iter()
+            .map(|(p, s)| {
+                // Listing reports sizes, not residency (that would cost a lookup per block).
+                let mut info = file_info(&self.cache, p, &Stat::Dir);
+                if let Stat::File(f) = s {
+                    info.is_dir = false;
+                    info.size = f.size;
+                    info.version = f.version.clone();
+                    info.mtime_unix_ms = f.mtime_ms;
+                }
+                info
+            })
+            .collect();
+        Ok(Response::new(pb::ListResponse { entries }))
+    }
+
+    type ReadStream = BoxStream<pb::ReadChunk>;
+
+    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let timer = ReadTimer(Instant::now());
+        let r = req.into_inner();
+        let path = parse(&r.path)?;
+        let span = info_span!("read", path = %path, offset = r.offset, length = r.length);
+        let fh = self
+            .cache
+            .open_file(&path)
+            .instrument(span.clone())
+            .await
+            .map_err(|e| to_status(&e))?;
+        let end = if r.length == 0 {
+            fh.meta.size
+        } else {
+            r.offset.saturating_add(r.length)
+        };
+        let read_type = match pb::ReadType::try_from(r.read_type) {
+            Ok(pb::ReadType::NoCache) => ReadType::NoCache,
+            _ => ReadType::Cache,
+        };
+        let blocks = self
+            .cache
+            .read(fh, r.offset..end, read_type, self.readahead)
+            .map_err(|e| to_status(&e))?;
+        let stream = blocks
+            .flat_map(|res| {
+                let chunks: Vec<Result<pb::ReadChunk, Status>> = match res {
+                    Err(e) => {
+                        warn!(error = %e, "read failed");
+                        vec![Err(to_status(&e))]
+                    }
+                    Ok((offset, data)) => (0..data.len())
+                        .step_by(CHUNK)
+                        .map(|at| {
+                            Ok(pb::ReadChunk {
+                                offset: offset + at as u64,
+                                data: data.slice(at..(at + CHUNK).min(data.len())),
+                            })
+                        })
+                        .collect(),
+                };
+                futures::stream::iter(chunks)
+            })
+            .inspect(move |_| {
+                // Lives as long as the stream: recorded when the read ends or is dropped.
+                let _ = &timer;
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type LoadStream = BoxStream<pb::LoadProgress>;
+
+    async fn load(&self, req: Request<pb::LoadRequest>) -> Result<Response<Self::LoadStream>, Status> {
+        let r = req.into_inner();
+        let path = parse(&r.path)?;
+        let parallelism = match r.parallelism {
+            0 => self.load_parallelism,
+            n => n as usize,
+        };
+        info!(path = %path, parallelism, "load started");
+        let rx = self
+            .cache
+            .load(&path, parallelism)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |p| {
+            if p.done {
+                info!(path = %path, files = p.files_done, failed = p.files_failed, bytes = p.bytes_done, "load finished");
+            }
+            Ok(pb::LoadProgress {
+                files_total: p.files_total,
+                files_done: p.files_done,
+                bytes_total: p.bytes_total,
+                bytes_done: p.bytes_done,
+                bytes_cached_before: p.bytes_cached_before,
+                files_failed: p.files_failed,
+                done: p.done,
+                first_error: p.first_error.unwrap_or_default(),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn free(&self, req: Request<pb::FreeRequest>) -> Result<Response<pb::FreeResponse>, Status> {
+        let path = parse(&req.get_ref().path)?;
+        let (blocks, bytes) = self.cache.free(&path).await.map_err(|e| to_status(&e))?;
+        info!(path = %path, blocks, bytes, "freed");
+        Ok(Response::new(pb::FreeResponse {
+            blocks_freed: blocks,
+            bytes_freed: bytes,
+        }))
+    }
+
+    async fn invalidate(
+        &self,
+        req: Request<pb::InvalidateRequest>,
+    ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        let path = parse(&req.get_ref().path)?;
+        let n = self.cache.invalidate(&path).map_err(|e| to_status(&e))?;
+        info!(path = %path, entries = n, "metadata invalidated");
+        Ok(Response::new(pb::InvalidateResponse { entries_dropped: n }))
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.cache.status();
+        let c = s.counters;
+        let lookups = c.hits + c.misses;
+        Ok(Response::new(pb::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: s.uptime.as_secs(),
+            tiers: s
+                .tiers
+                .iter()
+                .map(|t| pb::TierStatus {
+                    name: t.name.into(),
+                    capacity_bytes: t.capacity,
+                    used_bytes: t.used,
+                    blocks: t.blocks,
+                    evictions: t.evictions,
+                    high_watermark: t.watermarks.high,
+                    low_watermark: t.watermarks.low,
+                    location: t.location.clone(),
+                })
+                .collect(),
+            hits: c.hits,
+            misses: c.misses,
+            hit_ratio: if lookups == 0 {
+                0.0
+            } else {
+                c.hits as f64 / lookups as f64
+            },
+            bytes_from_ufs: c.bytes_from_ufs,
+            bytes_from_cache: c.bytes_from_cache,
+            block_size: s.block_size,
+            metadata_entries: s.metadata_entries,
+            metadata_bytes: s.metadata_bytes,
+            inflight_bytes: s.inflight_bytes,
+            inflight_capacity_bytes: s.inflight_capacity,
+            mounts: self.cache.mounts().list().iter().map(|m| mount_info(&m.spec)).collect(),
+            corrupt_blocks: c.corrupt_blocks,
+            ufs_errors: c.ufs_errors,
+        }))
+    }
+
+    async fn mount_add(&self, req: Request<pb::MountAddRequest>) -> Result<Response<pb::MountInfo>, Status> {
+        let r = req.into_inner();
+        let spec = MountSpec {
+            path: parse(&r.path)?.to_string(),
+            uri: r.uri,
+            options: r.options.into_iter().collect(),
+        };
+        let m = self.cache.mount_add(spec).map_err(|e| to_status(&e))?;
+        info!(path = %m.point, uri = %m.spec.uri, "mounted");
+        Ok(Response::new(mount_info(&m.spec)))
+    }
+
+    async fn mount_remove(
+        &self,
+        req: Request<pb::MountRemoveRequest>,
+    ) -> Result<Response<pb::MountRemoveResponse>, Status> {
+        let path = parse(&req.get_ref().path)?;
+        self.cache.mount_remove(&path).map_err(|e| to_status(&e))?;
+        info!(path = %path, "unmounted");
+        Ok(Response::new(pb::MountRemoveResponse {}))
+    }
+
+    async fn mount_list(
+        &self,
+        _: Request<pb::MountListRequest>,
+    ) -> Result<Response<pb::MountListResponse>, Status> {
+        Ok(Response::new(pb::MountListResponse {
+            mounts: self.cache.mounts().list().iter().map(|m| mount_info(&m.spec)).collect(),
+        }))
+    }
+}
