@@ -88,6 +88,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_port_free(port: int) -> None:
+    """Fails clearly if the port is taken; the server would otherwise hang."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same option as the server, so a port in TIME_WAIT (restart) passes.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError as err:
+            fail(f"cannot listen on {HOST}:{port}: {err.strerror}")
+
+
 def files_to_upload(uploads: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
     jobs = []
     for root, prefix in uploads:
@@ -117,11 +128,15 @@ def main(argv: list[str]) -> int:
 
     port = args.port or free_port()
     endpoint = f"http://{HOST}:{port}"
+    check_port_free(port)
     server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
-    try:
-        server.start()
-    except OSError as err:
-        fail(f"cannot listen on {HOST}:{port}: {err}")
+    # start() waits forever if the server thread dies before listening (port
+    # taken between the check above and now), so bound the wait.
+    starter = threading.Thread(target=server.start, daemon=True)
+    starter.start()
+    starter.join(timeout=15)
+    if starter.is_alive():
+        fail(f"S3 server did not start listening on {HOST}:{port}")
 
     stop = threading.Event()
 

@@ -85,24 +85,25 @@ impl Ufs {
                 if bucket.len() < 3 {
                     return Err(bad(format!("{bucket:?} is not a valid bucket name")));
                 }
-                let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let client = ClientOptions::new()
+                    .with_timeout(cfg.timeout.0)
+                    .with_connect_timeout(cfg.timeout.0.min(Duration::from_secs(5)));
+                // One retry policy, ours: the client's own loop is off.
+                let retry = RetryConfig {
+                    max_retries: 0,
+                    ..RetryConfig::default()
+                };
+                // Client options first: user options (allow_http, ...) then refine them.
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry);
                 for (k, v) in options {
                     let key = AmazonS3ConfigKey::from_str(k)
                         .map_err(|_| bad(format!("unknown S3 option `{k}`")))?;
                     b = b.with_config(key, v);
                 }
-                let client = ClientOptions::new()
-                    .with_timeout(cfg.timeout.0)
-                    .with_connect_timeout(cfg.timeout.0.min(Duration::from_secs(5)));
-                let retry = RetryConfig {
-                    max_retries: 0,
-                    ..RetryConfig::default()
-                };
-                let s3 = b
-                    .with_client_options(client)
-                    .with_retry(retry)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
+                let s3 = b.build().map_err(|e| bad(e.to_string()))?;
                 (Arc::new(s3), prefix.to_string())
             }
             "file" => {

@@ -158,6 +158,49 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid_and_complete() {
+        let text = include_str!("../../docs/loaderd.example.toml");
+        let cfg: DaemonConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.mount.len(), 2);
+        // Every key the daemon has appears in the example.
+        let full = DaemonConfig {
+            cache: CacheConfig {
+                ssd: Some(loaderd_cache::config::SsdTierConfig {
+                    dir: "/x".into(),
+                    capacity: loaderd_cache::ByteSize(1),
+                    watermarks: Default::default(),
+                }),
+                ..CacheConfig::default()
+            },
+            ..DaemonConfig::default()
+        };
+        let rendered: toml::Table = toml::from_str(&full.to_redacted_toml()).unwrap();
+        let example: toml::Table = toml::from_str(text).unwrap();
+        fn keys(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let key = format!("{prefix}{k}");
+                if let toml::Value::Table(inner) = v {
+                    keys(&format!("{key}."), inner, out);
+                } else {
+                    out.push(key);
+                }
+            }
+        }
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        keys("", &rendered, &mut want);
+        keys("", &example, &mut have);
+        let commented = text.replace("# ", "");
+        for k in want {
+            let leaf = k.rsplit('.').next().unwrap();
+            assert!(
+                have.contains(&k) || commented.contains(&format!("{leaf} =")),
+                "docs/loaderd.example.toml lacks `{k}`"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = toml::from_str::<DaemonConfig>("[cache]\nblok_size = 4").unwrap_err();
         assert!(err.to_string().contains("blok_size"), "{err}");

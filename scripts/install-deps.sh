@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing loaderd needs on Debian 12: protoc (tonic code generation),
+# and moto + boto3 for the local S3 server used by the tests and the quickstart.
+# Idempotent: skips what is already there.
+set -euo pipefail
+
+need_apt=()
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler libprotobuf-dev)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5" boto3
+fi
+
+command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo not found (install Rust with rustup)" >&2; exit 1; }
