@@ -108,7 +108,10 @@ mod tests {
     fn covers_ranges() {
         let f = file(10, "v");
         let b = blocks_for("u", &f, 4, 0..10);
-        assert_eq!(b.iter().map(|b| b.range.clone()).collect::<Vec<_>>(), [0..4, 4..8, 8..10]);
+        assert_eq!(
+            b.iter().map(|b| b.range.clone()).collect::<Vec<_>>(),
+            [0..4, 4..8, 8..10]
+        );
         let b = blocks_for("u", &f, 4, 5..6);
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].index, 1);

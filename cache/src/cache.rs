@@ -108,7 +108,10 @@ impl Cache {
         }
         let permits = (cfg.ufs.max_inflight_bytes.0 / BUDGET_UNIT) as usize;
         Ok(Arc::new(Cache {
-            meta: Metadata::new(cfg.metadata.clone(), cfg.ssd.as_ref().map(|s| s.dir.clone())),
+            meta: Metadata::new(
+                cfg.metadata.clone(),
+                cfg.ssd.as_ref().map(|s| s.dir.clone()),
+            ),
             memory,
             ssd,
             mounts,
@@ -155,7 +158,11 @@ impl Cache {
     }
 
     /// The children of `path` (files and directories), or with `recursive` every file below it.
-    pub async fn list(&self, path: &LogicalPath, recursive: bool) -> Result<Vec<(LogicalPath, Stat)>> {
+    pub async fn list(
+        &self,
+        path: &LogicalPath,
+        recursive: bool,
+    ) -> Result<Vec<(LogicalPath, Stat)>> {
         match self.mounts.resolve(path)? {
             Resolved::Virtual(children) if !recursive => children
                 .into_iter()
@@ -255,10 +262,10 @@ impl Cache {
                 let (this, fh) = (this.clone(), fh.clone());
                 async move {
                     let data = this.get_block(&fh, &b, read_type).await;
-                    if let Err(e) = &data {
-                        if matches!(e.root(), Error::Changed { .. }) {
-                            let _ = this.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
-                        }
+                    if let Err(e) = &data
+                        && matches!(e.root(), Error::Changed { .. })
+                    {
+                        let _ = this.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
                     }
                     let data = data?;
                     let from = range.start.max(b.range.start) - b.range.start;
@@ -270,19 +277,24 @@ impl Cache {
     }
 
     /// One block of `fh`, from a tier or the UFS.
-    pub async fn get_block(&self, fh: &FileHandle, b: &BlockRef, read_type: ReadType) -> Result<Bytes> {
+    pub async fn get_block(
+        &self,
+        fh: &FileHandle,
+        b: &BlockRef,
+        read_type: ReadType,
+    ) -> Result<Bytes> {
         let len = b.range.end - b.range.start;
         if let Some(data) = self.memory.get(b.id) {
             stats::hit("memory", len);
             return Ok(data);
         }
-        if let Some(ssd) = &self.ssd {
-            if ssd.contains(b.id) {
-                let (ssd, id) = (ssd.clone(), b.id);
-                if let Ok(Some(data)) = tokio::task::spawn_blocking(move || ssd.get(id)).await {
-                    stats::hit("ssd", len);
-                    return Ok(data);
-                }
+        if let Some(ssd) = &self.ssd
+            && ssd.contains(b.id)
+        {
+            let (ssd, id) = (ssd.clone(), b.id);
+            if let Ok(Some(data)) = tokio::task::spawn_blocking(move || ssd.get(id)).await {
+                stats::hit("ssd", len);
+                return Ok(data);
             }
         }
         let fetch = {

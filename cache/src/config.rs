@@ -224,7 +224,7 @@ impl std::fmt::Display for ByteSize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
         for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if b >= 1 << shift && b % (1 << shift) == 0 {
+            if b >= 1 << shift && b.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", b >> shift);
             }
         }
@@ -290,7 +290,7 @@ impl Secs {
 impl std::fmt::Display for Secs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             let s = ms / 1000;
@@ -364,8 +364,15 @@ mod tests {
         c.memory.watermarks.low = 0.99;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("cache.memory.low"), "{err}");
-        let mut c = CacheConfig::default();
-        c.block_size = ByteSize(10);
-        assert!(c.validate().unwrap_err().to_string().contains("cache.block_size"));
+        let c = CacheConfig {
+            block_size: ByteSize(10),
+            ..CacheConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cache.block_size")
+        );
     }
 }

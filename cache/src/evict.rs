@@ -197,7 +197,14 @@ mod tests {
     use super::*;
 
     fn occ(cap: u64) -> Occupancy {
-        Occupancy::new(cap, Watermarks { high: 0.9, low: 0.5 }, Box::new(Lru::default()))
+        Occupancy::new(
+            cap,
+            Watermarks {
+                high: 0.9,
+                low: 0.5,
+            },
+            Box::new(Lru::default()),
+        )
     }
 
     #[test]

@@ -84,10 +84,7 @@ impl Manifest {
         };
         let mut out = Vec::new();
         let mut from = prefix.clone();
-        loop {
-            let Some((key, meta)) = self.files.range(from.clone()..).next() else {
-                break;
-            };
+        while let Some((key, meta)) = self.files.range(from.clone()..).next() {
             let Some(rest) = key.strip_prefix(&prefix) else {
                 break;
             };
@@ -178,10 +175,10 @@ impl Metadata {
             return self.manifest(mount).await?.stat(rel).ok_or_else(not_found);
         }
         let mm = self.mount_meta(mount);
-        if let Some((at, s)) = lock(&mm.stats).get(rel) {
-            if at.elapsed() < self.cfg.ttl.0 {
-                return s.clone().ok_or_else(not_found);
-            }
+        if let Some((at, s)) = lock(&mm.stats).get(rel)
+            && at.elapsed() < self.cfg.ttl.0
+        {
+            return s.clone().ok_or_else(not_found);
         }
         let stat = if rel.is_empty() {
             Some(Stat::Dir)
@@ -205,10 +202,10 @@ impl Metadata {
             return Ok(self.manifest(mount).await?.list(rel));
         }
         let mm = self.mount_meta(mount);
-        if let Some((at, l)) = lock(&mm.lists).get(rel) {
-            if at.elapsed() < self.cfg.ttl.0 {
-                return Ok(l.clone());
-            }
+        if let Some((at, l)) = lock(&mm.lists).get(rel)
+            && at.elapsed() < self.cfg.ttl.0
+        {
+            return Ok(l.clone());
         }
         let (files, dirs) = mount.ufs.list_dir(rel).await?;
         let mut out: Vec<DirEntry> = dirs
@@ -255,10 +252,16 @@ impl Metadata {
                 Some(f) => files.insert(rel.to_string(), f.clone()),
                 None => files.remove(rel),
             };
-            *slot = Some((Arc::new(Manifest::new(m.created, files.into_values())), *used));
+            *slot = Some((
+                Arc::new(Manifest::new(m.created, files.into_values())),
+                *used,
+            ));
         }
         drop(slot);
-        lock(&mm.stats).insert(rel.to_string(), (Instant::now(), fresh.clone().map(Stat::File)));
+        lock(&mm.stats).insert(
+            rel.to_string(),
+            (Instant::now(), fresh.clone().map(Stat::File)),
+        );
         Ok(fresh)
     }
 
@@ -275,7 +278,8 @@ impl Metadata {
             let _ = std::fs::remove_file(path);
         }
         let under = |k: &String| rel.is_empty() || k == rel || k.starts_with(&format!("{rel}/"));
-        for map in [&mm.stats] {
+        {
+            let map = &mm.stats;
             let mut m = lock(map);
             let before = m.len();
             m.retain(|k, _| !under(k));
@@ -323,7 +327,10 @@ impl Metadata {
 
     fn manifest_path(&self, mount: &Mount) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        Some(dir.join(format!("{:016x}.manifest", xxh3_64(mount.ufs.uri().as_bytes()))))
+        Some(dir.join(format!(
+            "{:016x}.manifest",
+            xxh3_64(mount.ufs.uri().as_bytes())
+        )))
     }
 
     /// The mount's manifest: in memory, else from disk, else LISTed from the UFS.
@@ -369,10 +376,10 @@ impl Metadata {
                 let files = mount.ufs.list_recursive("").await?;
                 let m = Manifest::new(SystemTime::now(), files);
                 info!(mount = %mount.point, files = m.files.len(), secs = started.elapsed().as_secs_f64(), "dataset manifest listed from the UFS");
-                if let Some(p) = &path {
-                    if let Err(e) = write_manifest(p, mount.ufs.uri(), &m) {
-                        warn!(path = %p.display(), error = %e, "could not persist manifest");
-                    }
+                if let Some(p) = &path
+                    && let Err(e) = write_manifest(p, mount.ufs.uri(), &m)
+                {
+                    warn!(path = %p.display(), error = %e, "could not persist manifest");
                 }
                 m
             }

@@ -97,7 +97,10 @@ impl MountTable {
             ufs,
         });
         let mut mounts = self.write();
-        if mounts.keys().any(|e| point.strip_prefix(e).is_some() || e.strip_prefix(&point).is_some()) {
+        if mounts
+            .keys()
+            .any(|e| point.strip_prefix(e).is_some() || e.strip_prefix(&point).is_some())
+        {
             return Err(err("a concurrent mount took this point".into()));
         }
         mounts.insert(point, mount.clone());
@@ -128,17 +131,17 @@ impl MountTable {
     pub fn resolve(&self, path: &LogicalPath) -> Result<Resolved> {
         let mounts = self.read();
         // The only candidate mount is the greatest key <= path that is a segment prefix.
-        if let Some((point, mount)) = mounts.range(..=path.clone()).next_back() {
-            if let Some(rel) = path.strip_prefix(point) {
-                return Ok(Resolved::InMount(mount.clone(), rel.to_string()));
-            }
+        if let Some((point, mount)) = mounts.range(..=path.clone()).next_back()
+            && let Some(rel) = path.strip_prefix(point)
+        {
+            return Ok(Resolved::InMount(mount.clone(), rel.to_string()));
         }
         let mut children = BTreeSet::new();
         for point in mounts.keys() {
-            if let Some(rest) = point.strip_prefix(path) {
-                if let Some(first) = rest.split('/').next().filter(|s| !s.is_empty()) {
-                    children.insert(first.to_string());
-                }
+            if let Some(rest) = point.strip_prefix(path)
+                && let Some(first) = rest.split('/').next().filter(|s| !s.is_empty())
+            {
+                children.insert(first.to_string());
             }
         }
         if children.is_empty() && !path.is_root() {
@@ -178,7 +181,10 @@ mod tests {
         t.add(spec("/data/a", d.path()), &cfg).unwrap();
         t.add(spec("/data/b", d.path()), &cfg).unwrap();
         t.add(spec("/x", d.path()), &cfg).unwrap();
-        match t.resolve(&LogicalPath::parse("/data/a/k/v.jpg").unwrap()).unwrap() {
+        match t
+            .resolve(&LogicalPath::parse("/data/a/k/v.jpg").unwrap())
+            .unwrap()
+        {
             Resolved::InMount(m, rel) => {
                 assert_eq!(m.point.as_str(), "/data/a");
                 assert_eq!(rel, "k/v.jpg");
@@ -215,7 +221,8 @@ mod tests {
     #[test]
     fn redacts_secrets() {
         let mut s = spec("/s", std::path::Path::new("/"));
-        s.options.insert("secret_access_key".into(), "hunter2".into());
+        s.options
+            .insert("secret_access_key".into(), "hunter2".into());
         s.options.insert("region".into(), "us-east-1".into());
         let r = s.redacted_options();
         assert_eq!(r["secret_access_key"], "<redacted>");

@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn strip_prefix_respects_segments() {
         let p = LogicalPath::parse("/data/x").unwrap();
-        assert_eq!(p.strip_prefix(&LogicalPath::parse("/data").unwrap()), Some("x"));
+        assert_eq!(
+            p.strip_prefix(&LogicalPath::parse("/data").unwrap()),
+            Some("x")
+        );
         assert_eq!(p.strip_prefix(&LogicalPath::parse("/dat").unwrap()), None);
         assert_eq!(p.strip_prefix(&LogicalPath::root()), Some("data/x"));
         assert_eq!(p.strip_prefix(&p), Some(""));

@@ -37,8 +37,8 @@ impl Arena {
         let size = NonZeroUsize::new(len).ok_or_else(|| {
             Error::config("cache.memory.capacity", "an arena needs a non-zero size")
         })?;
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-            .map_err(io)?;
+        let fd =
+            memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(io)?;
         nix::unistd::ftruncate(&fd, len as i64).map_err(io)?;
         // SAFETY: a fresh shared mapping of a memfd we own, of exactly its length; nothing
         // else aliases it yet. The pointer stays valid until `munmap` in `Drop`.

@@ -120,7 +120,11 @@ impl Ufs {
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
                 (Arc::new(fs), String::new())
             }
-            other => return Err(bad(format!("unsupported scheme `{other}` (use s3 or file)"))),
+            other => {
+                return Err(bad(format!(
+                    "unsupported scheme `{other}` (use s3 or file)"
+                )));
+            }
         };
         Ok(Ufs {
             store,
@@ -189,9 +193,7 @@ impl Ufs {
     /// HEAD of one object.
     pub async fn head(&self, rel: &str) -> Result<FileMeta> {
         let loc = self.location(rel)?;
-        let meta = self
-            .retrying("head", rel, || self.store.head(&loc))
-            .await?;
+        let meta = self.retrying("head", rel, || self.store.head(&loc)).await?;
         stats::ufs_head();
         self.to_meta(meta).ok_or_else(|| Error::NotFound {
             path: rel.to_string(),
@@ -223,7 +225,11 @@ impl Ufs {
             .iter()
             .filter_map(|p| p.filename().map(str::to_string))
             .collect();
-        let files = res.objects.into_iter().filter_map(|m| self.to_meta(m)).collect();
+        let files = res
+            .objects
+            .into_iter()
+            .filter_map(|m| self.to_meta(m))
+            .collect();
         Ok((files, dirs))
     }
 
@@ -241,8 +247,9 @@ impl Ufs {
                     ..GetOptions::default()
                 };
                 let got = self.store.get_opts(&loc, opts).await?;
-                if etag.is_none() && self.to_meta(got.meta.clone()).map(|m| m.version)
-                    != Some(file.version.clone())
+                if etag.is_none()
+                    && self.to_meta(got.meta.clone()).map(|m| m.version)
+                        != Some(file.version.clone())
                 {
                     return Err(object_store::Error::Precondition {
                         path: file.rel.clone(),
@@ -315,8 +322,11 @@ impl Ufs {
 fn is_synthetic_version(version: &str) -> bool {
     // ETags from S3 are quoted; object_store's local ETags are `inode-mtime-size` in hex and
     // are checked by the backend itself, so only our own fallback needs the manual check.
-    version.matches('-').count() == 1 && !version.starts_with('"')
-        && version.split('-').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    version.matches('-').count() == 1
+        && !version.starts_with('"')
+        && version
+            .split('-')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn classify(e: object_store::Error, uri: &str, rel: &str) -> Error {
@@ -366,7 +376,10 @@ mod tests {
         assert_eq!(files[0].rel, "a/x.bin");
         let got = ufs.get_range(&files[0], 2..5).await.unwrap();
         assert_eq!(&got[..], b"234");
-        assert!(matches!(ufs.head("a/nope").await, Err(Error::NotFound { .. })));
+        assert!(matches!(
+            ufs.head("a/nope").await,
+            Err(Error::NotFound { .. })
+        ));
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(dir.path().join("a/x.bin"), b"abcdefghijklmnop").unwrap();
         assert!(matches!(
@@ -378,12 +391,20 @@ mod tests {
     #[test]
     fn refuses_bad_uris() {
         let cfg = UfsConfig::default();
-        for uri in ["bucket/x", "gs://b/x", "s3://ab", "s3://key:secret@bucket/x", "file://rel"] {
+        for uri in [
+            "bucket/x",
+            "gs://b/x",
+            "s3://ab",
+            "s3://key:secret@bucket/x",
+            "file://rel",
+        ] {
             assert!(Ufs::open(uri, &BTreeMap::new(), &cfg).is_err(), "{uri}");
         }
         let mut opts = BTreeMap::new();
         opts.insert("no_such_option".to_string(), "1".to_string());
-        let err = Ufs::open("s3://bucket/x", &opts, &cfg).unwrap_err().to_string();
+        let err = Ufs::open("s3://bucket/x", &opts, &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no_such_option"), "{err}");
     }
 }

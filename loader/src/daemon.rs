@@ -48,7 +48,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .with_context(|| format!("binding metrics address {addr} (server.metrics_addr)"))?;
         warn_if_exposed("server.metrics_addr", listener.local_addr()?);
         info!(addr = %listener.local_addr()?, "metrics on /metrics, health on /healthz");
-        tasks.push(tokio::spawn(http::serve(listener, handle, stopped(stop_rx.clone()))));
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            handle,
+            stopped(stop_rx.clone()),
+        )));
     }
 
     let service = LoaderService::new(
@@ -111,7 +115,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         warn!("in-flight requests did not finish within 10s; exiting anyway");
     }
     let _ = std::fs::remove_file(&socket);

@@ -16,10 +16,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Installs the process-wide Prometheus recorder.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("latency_seconds".into()),
-            LATENCY_BUCKETS,
-        )
+        .set_buckets_for_metric(Matcher::Suffix("latency_seconds".into()), LATENCY_BUCKETS)
         .context("configuring histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")

@@ -118,7 +118,10 @@ impl Loader for LoaderService {
         Ok(Response::new(file_info(&self.cache, &path, &stat)))
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.get_ref();
         let path = parse(&r.path)?;
         let entries = self
@@ -145,7 +148,10 @@ impl Loader for LoaderService {
 
     type ReadStream = BoxStream<pb::ReadChunk>;
 
-    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         let timer = ReadTimer(Instant::now());
         let r = req.into_inner();
         let path = parse(&r.path)?;
@@ -197,7 +203,10 @@ impl Loader for LoaderService {
 
     type LoadStream = BoxStream<pb::LoadProgress>;
 
-    async fn load(&self, req: Request<pb::LoadRequest>) -> Result<Response<Self::LoadStream>, Status> {
+    async fn load(
+        &self,
+        req: Request<pb::LoadRequest>,
+    ) -> Result<Response<Self::LoadStream>, Status> {
         let r = req.into_inner();
         let path = parse(&r.path)?;
         let parallelism = match r.parallelism {
@@ -228,7 +237,10 @@ impl Loader for LoaderService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn free(&self, req: Request<pb::FreeRequest>) -> Result<Response<pb::FreeResponse>, Status> {
+    async fn free(
+        &self,
+        req: Request<pb::FreeRequest>,
+    ) -> Result<Response<pb::FreeResponse>, Status> {
         let path = parse(&req.get_ref().path)?;
         let (blocks, bytes) = self.cache.free(&path).await.map_err(|e| to_status(&e))?;
         info!(path = %path, blocks, bytes, "freed");
@@ -248,7 +260,10 @@ impl Loader for LoaderService {
         Ok(Response::new(pb::InvalidateResponse { entries_dropped: n }))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let s = self.cache.status();
         let c = s.counters;
         let lookups = c.hits + c.misses;
@@ -283,13 +298,22 @@ impl Loader for LoaderService {
             metadata_bytes: s.metadata_bytes,
             inflight_bytes: s.inflight_bytes,
             inflight_capacity_bytes: s.inflight_capacity,
-            mounts: self.cache.mounts().list().iter().map(|m| mount_info(&m.spec)).collect(),
+            mounts: self
+                .cache
+                .mounts()
+                .list()
+                .iter()
+                .map(|m| mount_info(&m.spec))
+                .collect(),
             corrupt_blocks: c.corrupt_blocks,
             ufs_errors: c.ufs_errors,
         }))
     }
 
-    async fn mount_add(&self, req: Request<pb::MountAddRequest>) -> Result<Response<pb::MountInfo>, Status> {
+    async fn mount_add(
+        &self,
+        req: Request<pb::MountAddRequest>,
+    ) -> Result<Response<pb::MountInfo>, Status> {
         let r = req.into_inner();
         let spec = MountSpec {
             path: parse(&r.path)?.to_string(),
@@ -316,7 +340,13 @@ impl Loader for LoaderService {
         _: Request<pb::MountListRequest>,
     ) -> Result<Response<pb::MountListResponse>, Status> {
         Ok(Response::new(pb::MountListResponse {
-            mounts: self.cache.mounts().list().iter().map(|m| mount_info(&m.spec)).collect(),
+            mounts: self
+                .cache
+                .mounts()
+                .list()
+                .iter()
+                .map(|m| mount_info(&m.spec))
+                .collect(),
         }))
     }
 }

@@ -60,7 +60,10 @@ impl MemoryTier {
         let arena = if buddy.is_empty() {
             None
         } else {
-            Some(Arc::new(Arena::new("loaderd-memory-tier", buddy.len() as usize)?))
+            Some(Arc::new(Arena::new(
+                "loaderd-memory-tier",
+                buddy.len() as usize,
+            )?))
         };
         let occ = Occupancy::new(buddy.len(), cfg.watermarks, Box::new(Lru::default()));
         Ok(MemoryTier {
@@ -197,7 +200,10 @@ mod tests {
     fn tier(cap: u64) -> MemoryTier {
         let cfg = MemoryTierConfig {
             capacity: ByteSize(cap),
-            watermarks: Watermarks { high: 0.9, low: 0.7 },
+            watermarks: Watermarks {
+                high: 0.9,
+                low: 0.7,
+            },
         };
         MemoryTier::new(&cfg, 64 << 10).unwrap()
     }

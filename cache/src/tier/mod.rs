@@ -52,7 +52,11 @@ pub(crate) mod conformance {
     use super::*;
 
     fn block(seed: u8, len: usize) -> Bytes {
-        Bytes::from((0..len).map(|i| seed.wrapping_add(i as u8)).collect::<Vec<_>>())
+        Bytes::from(
+            (0..len)
+                .map(|i| seed.wrapping_add(i as u8))
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// `tier` must have room for at least 16 blocks of 16 KiB and at most 64 of them.

@@ -79,10 +79,10 @@ impl SsdTier {
 
     fn delete(&self, id: BlockId) {
         let p = self.path_of(id);
-        if let Err(e) = fs::remove_file(&p) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(path = %p.display(), error = %e, "could not delete SSD block");
-            }
+        if let Err(e) = fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %p.display(), error = %e, "could not delete SSD block");
         }
     }
 
@@ -241,7 +241,10 @@ mod tests {
         SsdTierConfig {
             dir: dir.to_path_buf(),
             capacity: ByteSize(cap),
-            watermarks: Watermarks { high: 0.9, low: 0.7 },
+            watermarks: Watermarks {
+                high: 0.9,
+                low: 0.7,
+            },
         }
     }
 
@@ -262,7 +265,9 @@ mod tests {
             }
         }
         // Truncate one file: a torn write must not survive the restart.
-        let torn = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap().path_of(BlockId(3));
+        let torn = SsdTier::open(&cfg(d.path(), 1 << 20))
+            .unwrap()
+            .path_of(BlockId(3));
         let f = fs::OpenOptions::new().write(true).open(&torn).unwrap();
         f.set_len(100).unwrap();
         let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();

@@ -12,7 +12,11 @@ use loaderd_cache::{ByteSize, MountSpec, Secs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "loaderd", version, about = "Caching data loader daemon for deep-learning training")]
+#[command(
+    name = "loaderd",
+    version,
+    about = "Caching data loader daemon for deep-learning training"
+)]
 struct Args {
     /// TOML config file.
     #[arg(long, env = "LOADERD_CONFIG")]
@@ -41,7 +45,11 @@ struct Args {
     #[arg(long = "mount", value_name = "POINT=URI", help_heading = "Namespace")]
     mounts: Vec<String>,
     /// Option of a mount: `/point:key=value` (endpoint, region, allow_http, ...; repeatable).
-    #[arg(long = "mount-option", value_name = "POINT:KEY=VALUE", help_heading = "Namespace")]
+    #[arg(
+        long = "mount-option",
+        value_name = "POINT:KEY=VALUE",
+        help_heading = "Namespace"
+    )]
     mount_options: Vec<String>,
 
     /// Block size, e.g. 4MiB.
@@ -125,7 +133,9 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
     }
     if args.ssd_capacity.is_some() || args.ssd_high.is_some() || args.ssd_low.is_some() {
         let Some(ssd) = c.ssd.as_mut() else {
-            bail!("--ssd-capacity/--ssd-high/--ssd-low need --ssd-dir or [cache.ssd] in the config");
+            bail!(
+                "--ssd-capacity/--ssd-high/--ssd-low need --ssd-dir or [cache.ssd] in the config"
+            );
         };
         if let Some(v) = args.ssd_capacity {
             ssd.capacity = v;

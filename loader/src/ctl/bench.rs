@@ -80,7 +80,11 @@ pub async fn read(c: &mut Client, args: ReadArgs) -> anyhow::Result<()> {
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
     let n = args.concurrency.max(1);
-    let ufs = Ufs::open(&args.ufs, &parse_options(&args.options)?, &UfsConfig::default())?;
+    let ufs = Ufs::open(
+        &args.ufs,
+        &parse_options(&args.options)?,
+        &UfsConfig::default(),
+    )?;
     let mut phases = Vec::new();
 
     let t = Instant::now();
@@ -96,7 +100,9 @@ pub async fn read(c: &mut Client, args: ReadArgs) -> anyhow::Result<()> {
         secs: t.elapsed().as_secs_f64(),
     });
 
-    c.free(pb::FreeRequest { path: root.clone() }).await.map_err(rpc_err)?;
+    c.free(pb::FreeRequest { path: root.clone() })
+        .await
+        .map_err(rpc_err)?;
     for name in ["loaderd-cold", "loaderd-warm"] {
         let t = Instant::now();
         let bytes = read_all(c, &root, &files, n).await?;
@@ -132,8 +138,10 @@ pub async fn read(c: &mut Client, args: ReadArgs) -> anyhow::Result<()> {
     if args.json {
         let rows: Vec<_> = phases
             .iter()
-            .map(|p| json!({"phase": p.name, "bytes": p.bytes, "secs": p.secs, "mb_per_s": p.mbps(),
-                "vs_ufs": p.mbps() / base}))
+            .map(|p| {
+                json!({"phase": p.name, "bytes": p.bytes, "secs": p.secs, "mb_per_s": p.mbps(),
+                "vs_ufs": p.mbps() / base})
+            })
             .collect();
         println!(
             "{}",
@@ -147,7 +155,10 @@ pub async fn read(c: &mut Client, args: ReadArgs) -> anyhow::Result<()> {
             total as f64 / 1e6,
             total as f64 / files.len() as f64 / 1e3
         );
-        println!("{:<18} {:>10} {:>10} {:>10}", "phase", "secs", "MB/s", "vs UFS");
+        println!(
+            "{:<18} {:>10} {:>10} {:>10}",
+            "phase", "secs", "MB/s", "vs UFS"
+        );
         for p in &phases {
             println!(
                 "{:<18} {:>10.3} {:>10.1} {:>9.2}x",
@@ -158,7 +169,10 @@ pub async fn read(c: &mut Client, args: ReadArgs) -> anyhow::Result<()> {
             );
         }
         if let Some(local) = phases.iter().find(|p| p.name == "local-page-cache") {
-            println!("warm loaderd / local page cache: {:.2}", warm / local.mbps());
+            println!(
+                "warm loaderd / local page cache: {:.2}",
+                warm / local.mbps()
+            );
         }
     }
     Ok(())

@@ -75,9 +75,10 @@ pub fn generate(spec: &DatasetSpec, threads: usize) -> std::io::Result<DatasetSu
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("generator thread panicked"))))
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("generator thread panicked")))
+        })
     })?;
     Ok(DatasetSummary {
         files: total as u64,

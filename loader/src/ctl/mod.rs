@@ -21,7 +21,11 @@ use crate::config::default_socket;
 
 /// loaderctl: talk to the local loaderd.
 #[derive(Parser, Debug)]
-#[command(name = "loaderctl", version, about = "Control and inspect a loaderd daemon")]
+#[command(
+    name = "loaderctl",
+    version,
+    about = "Control and inspect a loaderd daemon"
+)]
 pub struct Cli {
     /// The daemon's Unix socket.
     #[arg(long, env = "LOADERD_SOCKET", global = true)]
@@ -163,8 +167,7 @@ pub fn main() -> anyhow::Result<()> {
     match rt.block_on(run(cli)) {
         // `loaderctl cat ... | head` closing the pipe early is not an error.
         Err(e)
-            if e
-                .downcast_ref::<std::io::Error>()
+            if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
         {
             Ok(())
@@ -214,7 +217,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stat { json, path } => {
-            let f = c.stat(pb::StatRequest { path }).await.map_err(rpc_err)?.into_inner();
+            let f = c
+                .stat(pb::StatRequest { path })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
             if json {
                 println!(
                     "{}",
@@ -260,8 +267,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             path,
         } => load(&mut c, path, parallelism, no_progress).await,
         Command::Free { path } => {
-            let r = c.free(pb::FreeRequest { path: path.clone() }).await.map_err(rpc_err)?.into_inner();
-            println!("freed {} blocks, {} bytes under {path}", r.blocks_freed, r.bytes_freed);
+            let r = c
+                .free(pb::FreeRequest { path: path.clone() })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            println!(
+                "freed {} blocks, {} bytes under {path}",
+                r.blocks_freed, r.bytes_freed
+            );
             Ok(())
         }
         Command::Invalidate { path } => {
@@ -270,7 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(rpc_err)?
                 .into_inner();
-            println!("dropped {} metadata entries under {path}", r.entries_dropped);
+            println!(
+                "dropped {} metadata entries under {path}",
+                r.entries_dropped
+            );
             Ok(())
         }
         Command::Mount(m) => mount(&mut c, m).await,
@@ -310,7 +327,11 @@ pub(crate) async fn read_to(
 }
 
 async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
-    let s = c.status(pb::StatusRequest {}).await.map_err(rpc_err)?.into_inner();
+    let s = c
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(rpc_err)?
+        .into_inner();
     if as_json {
         let tiers: Vec<_> = s
             .tiers
@@ -338,7 +359,12 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("loaderd {} up {}s, block size {}", s.version, s.uptime_secs, human(s.block_size));
+    println!(
+        "loaderd {} up {}s, block size {}",
+        s.version,
+        s.uptime_secs,
+        human(s.block_size)
+    );
     for t in &s.tiers {
         let pct = if t.capacity_bytes == 0 {
             0.0
@@ -380,7 +406,12 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn load(c: &mut Client, path: String, parallelism: u32, no_progress: bool) -> anyhow::Result<()> {
+async fn load(
+    c: &mut Client,
+    path: String,
+    parallelism: u32,
+    no_progress: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut stream = c
         .load(pb::LoadRequest {
@@ -393,11 +424,9 @@ async fn load(c: &mut Client, path: String, parallelism: u32, no_progress: bool)
     let show = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = if show {
         let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-            )?,
-        );
+        b.set_style(ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )?);
         b.enable_steady_tick(Duration::from_millis(200));
         b
     } else {
@@ -408,7 +437,11 @@ async fn load(c: &mut Client, path: String, parallelism: u32, no_progress: bool)
         let p = p.map_err(rpc_err)?;
         bar.set_length(p.bytes_total);
         bar.set_position(p.bytes_done);
-        bar.set_message(format!("{}/{} files", p.files_done + p.files_failed, p.files_total));
+        bar.set_message(format!(
+            "{}/{} files",
+            p.files_done + p.files_failed,
+            p.files_total
+        ));
         last = p;
     }
     bar.finish_and_clear();
@@ -425,7 +458,11 @@ async fn load(c: &mut Client, path: String, parallelism: u32, no_progress: bool)
         last.files_failed
     );
     if last.files_failed > 0 {
-        bail!("{} files failed; first: {}", last.files_failed, last.first_error);
+        bail!(
+            "{} files failed; first: {}",
+            last.files_failed,
+            last.first_error
+        );
     }
     Ok(())
 }
@@ -451,7 +488,11 @@ async fn mount(c: &mut Client, cmd: MountCmd) -> anyhow::Result<()> {
             println!("unmounted {path}");
         }
         MountCmd::Ls => {
-            let r = c.mount_list(pb::MountListRequest {}).await.map_err(rpc_err)?.into_inner();
+            let r = c
+                .mount_list(pb::MountListRequest {})
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
             for m in r.mounts {
                 let opts: BTreeMap<_, _> = m.options.into_iter().collect();
                 let opts: Vec<String> = opts.iter().map(|(k, v)| format!("{k}={v}")).collect();
