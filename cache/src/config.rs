@@ -43,7 +43,7 @@ impl Default for CacheConfig {
 
 /// Eviction thresholds as fractions of a tier's capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Watermarks {
     /// Eviction starts when an insert would push usage above this fraction.
     pub high: f64,
@@ -66,8 +66,7 @@ impl Default for Watermarks {
 pub struct MemoryTierConfig {
     /// Arena size; 0 disables the tier.
     pub capacity: ByteSize,
-    /// Eviction watermarks.
-    #[serde(flatten)]
+    /// Eviction watermarks (`watermarks = { high = 0.95, low = 0.8 }`).
     pub watermarks: Watermarks,
 }
 
@@ -88,8 +87,8 @@ pub struct SsdTierConfig {
     pub dir: PathBuf,
     /// Bytes of blocks the tier may hold; 0 disables block caching on SSD (manifests stay).
     pub capacity: ByteSize,
-    /// Eviction watermarks.
-    #[serde(flatten, default)]
+    /// Eviction watermarks (`watermarks = { high = 0.95, low = 0.8 }`).
+    #[serde(default)]
     pub watermarks: Watermarks,
 }
 
@@ -176,13 +175,13 @@ impl CacheConfig {
 fn check_watermarks(section: &str, w: &Watermarks) -> Result<()> {
     if !(w.high > 0.0 && w.high <= 1.0) {
         return Err(Error::config(
-            format!("{section}.high"),
+            format!("{section}.watermarks.high"),
             "must be in (0, 1]",
         ));
     }
     if !(w.low >= 0.0 && w.low < w.high) {
         return Err(Error::config(
-            format!("{section}.low"),
+            format!("{section}.watermarks.low"),
             "must be in [0, high)",
         ));
     }
@@ -363,7 +362,7 @@ mod tests {
         let mut c = CacheConfig::default();
         c.memory.watermarks.low = 0.99;
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("cache.memory.low"), "{err}");
+        assert!(err.contains("cache.memory.watermarks.low"), "{err}");
         let c = CacheConfig {
             block_size: ByteSize(10),
             ..CacheConfig::default()

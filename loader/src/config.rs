@@ -136,7 +136,7 @@ mod tests {
             socket = "/tmp/x.sock"
             [cache]
             block_size = "1MiB"
-            memory = { capacity = "64MiB", high = 0.9, low = 0.6 }
+            memory = { capacity = "64MiB", watermarks = { high = 0.9, low = 0.6 } }
             ssd = { dir = "/tmp/ssd", capacity = "10GiB" }
             metadata = { ttl = "10m" }
             [[mount]]
@@ -204,5 +204,11 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = toml::from_str::<DaemonConfig>("[cache]\nblok_size = 4").unwrap_err();
         assert!(err.to_string().contains("blok_size"), "{err}");
+        let err = toml::from_str::<DaemonConfig>("[cache.memory]\ncapacityy = 4").unwrap_err();
+        assert!(err.to_string().contains("capacityy"), "{err}");
+        let err =
+            toml::from_str::<DaemonConfig>("[cache.ssd]\ndir = \"/x\"\ncapacity = 1\nhigh = 0.5")
+                .unwrap_err();
+        assert!(err.to_string().contains("high"), "{err}");
     }
 }

@@ -101,7 +101,7 @@ fn write_image(spec: &DatasetSpec, index: u64, path: &Path) -> std::io::Result<u
     let (cx, cy, r) = (
         rng.random_range(0.0..w as f32),
         rng.random_range(0.0..h as f32),
-        rng.random_range(20.0..(w.min(h) as f32 / 2.0)),
+        rng.random_range(4.0..(w.min(h) as f32 / 2.0).max(5.0)),
     );
     let blob: [f32; 3] = std::array::from_fn(|_| rng.random_range(-80.0..80.0));
     let noise = spec.noise as i32;
