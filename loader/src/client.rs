@@ -6,7 +6,7 @@ use hyper_util::rt::TokioIo;
 use loaderd_proto::v1::loader_client::LoaderClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::daemon::{CONNECTION_WINDOW, MAX_MESSAGE, STREAM_WINDOW};
+use crate::daemon::{CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
 
 /// A client of the `Loader` service.
 pub type Client = LoaderClient<Channel>;
@@ -33,6 +33,7 @@ fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::try_from(uri.to_string())?
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true))
 }
 

@@ -27,6 +27,8 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 pub const STREAM_WINDOW: u32 = 16 << 20;
 /// Connection-level window.
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
+/// HTTP/2 frame size limit (the protocol's maximum): fewer frames per data chunk.
+pub const MAX_FRAME: u32 = (16 << 20) - 1;
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
@@ -69,6 +71,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .tcp_nodelay(true)
     };
 
