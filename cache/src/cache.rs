@@ -27,7 +27,7 @@ use crate::meta::{DirEntry, Metadata, Stat};
 use crate::mount::{Mount, MountSpec, MountTable, Resolved};
 use crate::path::LogicalPath;
 use crate::stats;
-use crate::tier::{MemoryTier, SsdTier, Tier, TierStatus};
+use crate::tier::{Lease, MemoryTier, SsdTier, Tier, TierStatus};
 use crate::ufs::FileMeta;
 
 /// How a read treats the cache.
@@ -261,13 +261,7 @@ impl Cache {
             .map(move |b| {
                 let (this, fh) = (this.clone(), fh.clone());
                 async move {
-                    let data = this.get_block(&fh, &b, read_type).await;
-                    if let Err(e) = &data
-                        && matches!(e.root(), Error::Changed { .. })
-                    {
-                        let _ = this.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
-                    }
-                    let data = data?;
+                    let data = this.get_block(&fh, &b, read_type).await?;
                     let from = range.start.max(b.range.start) - b.range.start;
                     let to = range.end.min(b.range.end) - b.range.start;
                     Ok((b.range.start + from, data.slice(from as usize..to as usize)))
@@ -276,8 +270,30 @@ impl Cache {
             .buffered(readahead.max(1)))
     }
 
-    /// One block of `fh`, from a tier or the UFS.
-    pub async fn get_block(
+    /// One block of `fh`, from a tier or the UFS. An object found changed in the UFS has its
+    /// metadata refreshed before the error is returned, so a retry reads the new version.
+    pub async fn get_block(&self, fh: &FileHandle, b: &BlockRef, read_type: ReadType) -> Result<Bytes> {
+        let res = self.fetch_block(fh, b, read_type).await;
+        if let Err(e) = &res
+            && matches!(e.root(), Error::Changed { .. })
+        {
+            let _ = self.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
+        }
+        res
+    }
+
+    /// Block `b` pinned in the memory tier's arena (fetched first if missing), or `None` when
+    /// the memory tier does not hold it (disabled, full, or the block is on SSD only).
+    pub async fn lease_block(&self, fh: &FileHandle, b: &BlockRef) -> Result<Option<Lease>> {
+        if let Some(lease) = self.memory.lease(b.id) {
+            stats::hit("memory", lease.len());
+            return Ok(Some(lease));
+        }
+        self.get_block(fh, b, ReadType::Cache).await?;
+        Ok(self.memory.lease(b.id))
+    }
+
+    async fn fetch_block(
         &self,
         fh: &FileHandle,
         b: &BlockRef,

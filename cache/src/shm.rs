@@ -8,7 +8,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
@@ -73,6 +73,17 @@ impl Arena {
     /// The memfd, for handing the arena to another process.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// A new read-only descriptor of the arena: a process given it can map the arena for
+    /// reading but can never write the cache.
+    pub fn read_only_fd(&self) -> Result<OwnedFd> {
+        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&path)
+            .map_err(|e| Error::io("reopening the arena read-only", path, e))?;
+        Ok(file.into())
     }
 
     fn check(&self, off: usize, len: usize) {

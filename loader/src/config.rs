@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use loaderd_cache::{CacheConfig, MountSpec};
+use loaderd_cache::{ByteSize, CacheConfig, MountSpec};
 use serde::{Deserialize, Serialize};
 
 /// Everything `loaderd` runs with.
@@ -35,6 +35,21 @@ pub struct ServerConfig {
     pub load_parallelism: usize,
     /// Log filter (`info`, `loaderd=debug,...`); `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Serve zero-copy local reads of the memory tier on a second Unix socket.
+    pub shm_reads: bool,
+    /// That socket; default: next to `socket`, `<name>.shm.sock`.
+    pub shm_socket: Option<PathBuf>,
+    /// Bytes one shared-memory client may hold leased (unreleased reads) at once.
+    pub shm_max_leased: ByteSize,
+}
+
+impl ServerConfig {
+    /// The shared-memory socket in force.
+    pub fn shm_socket_path(&self) -> PathBuf {
+        self.shm_socket
+            .clone()
+            .unwrap_or_else(|| crate::shm::default_shm_socket(&self.socket))
+    }
 }
 
 impl Default for ServerConfig {
@@ -47,6 +62,9 @@ impl Default for ServerConfig {
             readahead_blocks: 4,
             load_parallelism: 32,
             log_level: "info".into(),
+            shm_reads: true,
+            shm_socket: None,
+            shm_max_leased: ByteSize(1 << 30),
         }
     }
 }

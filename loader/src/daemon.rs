@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::config::DaemonConfig;
 use crate::http;
 use crate::server::LoaderService;
+use crate::shm::server::ShmServer;
 
 /// Largest gRPC message either side accepts (a data chunk is at most [`crate::server::CHUNK`]).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -89,6 +90,25 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 .context("gRPC server on the Unix socket")
         }));
     }
+    let shm = if cfg.server.shm_reads {
+        let path = cfg.server.shm_socket_path();
+        let group = cfg.server.socket_group.as_deref();
+        prepare_socket_path(&path, group)?;
+        let server = ShmServer::start(
+            &path,
+            cache.clone(),
+            tokio::runtime::Handle::current(),
+            cfg.server.shm_max_leased.0,
+        )
+        .with_context(|| format!("binding shared-memory socket {} (server.shm_socket)", path.display()))?;
+        if server.is_some() {
+            restrict_socket(&path, group)?;
+            info!(socket = %path.display(), "zero-copy local reads on Unix socket");
+        }
+        server
+    } else {
+        None
+    };
     if let Some(addr) = cfg.server.tcp_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -124,6 +144,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     {
         warn!("in-flight requests did not finish within 10s; exiting anyway");
     }
+    if let Some(s) = shm {
+        s.stop();
+    }
     let _ = std::fs::remove_file(&socket);
     info!("stopped");
     Ok(())
@@ -151,20 +174,32 @@ fn warn_if_exposed(key: &str, addr: std::net::SocketAddr) {
 
 /// Binds the Unix socket with mode 0660 (and the configured group), replacing a stale one.
 fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    prepare_socket_path(path, group)?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding Unix socket {} (server.socket)", path.display()))?;
+    restrict_socket(path, group)?;
+    Ok(listener)
+}
+
+/// Creates the socket's directory (0750) and removes a stale socket left by a crashed daemon;
+/// refuses a socket that another live daemon answers on.
+fn prepare_socket_path(path: &Path, group: Option<&str>) -> anyhow::Result<()> {
+    let dir = socket_dir(path);
     if !dir.exists() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
+        if let Some(g) = group {
+            nix::unistd::chown(&dir, None, Some(lookup_group(g)?))
+                .with_context(|| format!("giving {} to group {g}", dir.display()))?;
+        }
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        let live = std::os::unix::net::UnixStream::connect(path).is_ok()
+            || crate::shm::connect_to(path).is_ok();
+        if live {
             bail!(
-                "another loaderd is serving {} (server.socket); stop it or choose another socket",
+                "another loaderd is serving {}; stop it or choose another socket",
                 path.display()
             );
         }
@@ -172,18 +207,29 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener>
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding Unix socket {} (server.socket)", path.display()))?;
+    Ok(())
+}
+
+/// Mode 0660 and the configured group on a bound socket.
+fn restrict_socket(path: &Path, group: Option<&str>) -> anyhow::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(name) = group {
-        let g = nix::unistd::Group::from_name(name)
-            .with_context(|| format!("looking up group {name:?} (server.socket_group)"))?
-            .with_context(|| format!("no such group {name:?} (server.socket_group)"))?;
-        nix::unistd::chown(path, None, Some(g.gid))
-            .with_context(|| format!("giving {} to group {name}", path.display()))?;
-        if dir != Path::new("/tmp") {
-            let _ = nix::unistd::chown(&dir, None, Some(g.gid));
-        }
+    if let Some(g) = group {
+        nix::unistd::chown(path, None, Some(lookup_group(g)?))
+            .with_context(|| format!("giving {} to group {g}", path.display()))?;
     }
-    Ok(listener)
+    Ok(())
+}
+
+fn socket_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn lookup_group(name: &str) -> anyhow::Result<nix::unistd::Gid> {
+    Ok(nix::unistd::Group::from_name(name)
+        .with_context(|| format!("looking up group {name:?} (server.socket_group)"))?
+        .with_context(|| format!("no such group {name:?} (server.socket_group)"))?
+        .gid)
 }

@@ -13,3 +13,4 @@ pub mod ctl;
 pub mod daemon;
 pub mod http;
 pub mod server;
+pub mod shm;

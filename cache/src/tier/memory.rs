@@ -81,6 +81,15 @@ impl MemoryTier {
         self.arena.as_ref()
     }
 
+    /// Pins block `id` where it is in the arena: the slot is not reused while the lease lives,
+    /// so another process that mapped the arena can read `offset..offset + len` safely.
+    pub fn lease(&self, id: BlockId) -> Option<Lease> {
+        let mut idx = lock(&self.index);
+        let region = idx.blocks.get(&id)?.clone();
+        idx.occ.touch(id);
+        Some(Lease(region))
+    }
+
     /// Reserves a slot for `len` bytes under `id`, evicting as needed.
     fn reserve(&self, id: BlockId, len: usize, arena: &Arc<Arena>) -> Option<Region> {
         let mut idx = lock(&self.index);
@@ -179,6 +188,33 @@ impl Tier for MemoryTier {
     }
 }
 
+/// A block pinned in the arena (see [`MemoryTier::lease`]).
+#[derive(Clone)]
+pub struct Lease(Arc<Region>);
+
+impl Lease {
+    /// Where the block starts in the arena.
+    pub fn offset(&self) -> u64 {
+        self.0.slot.offset
+    }
+
+    /// The block's length.
+    pub fn len(&self) -> u64 {
+        self.0.len as u64
+    }
+
+    /// Whether the block is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lease({}+{})", self.offset(), self.len())
+    }
+}
+
 /// `Bytes::from_owner` needs an owner that is `AsRef<[u8]>`.
 struct ArcRegion(Arc<Region>);
 
@@ -224,6 +260,23 @@ mod tests {
         }
         assert!(!t.contains(BlockId(1)), "evicted");
         assert_eq!(held, data, "a reader's view survives eviction");
+    }
+
+    #[test]
+    fn leases_pin_slots_across_eviction() {
+        let t = tier(1 << 20);
+        let data = Bytes::from(vec![9u8; 60 << 10]);
+        assert!(t.put(BlockId(1), &data));
+        let lease = t.lease(BlockId(1)).unwrap();
+        assert_eq!(lease.len(), 60 << 10);
+        for i in 2..100 {
+            t.put(BlockId(i), &Bytes::from(vec![i as u8; 60 << 10]));
+        }
+        assert!(t.lease(BlockId(1)).is_none(), "evicted from the index");
+        let arena = t.arena().unwrap();
+        // SAFETY: the lease keeps the slot from being reallocated; nothing writes it.
+        let bytes = unsafe { arena.slice(lease.offset() as usize, lease.len() as usize) };
+        assert_eq!(bytes, &data[..], "a leased slot is never reused");
     }
 
     #[test]

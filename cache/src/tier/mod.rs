@@ -8,7 +8,7 @@
 mod memory;
 mod ssd;
 
-pub use memory::MemoryTier;
+pub use memory::{Lease, MemoryTier};
 pub use ssd::SsdTier;
 
 use bytes::Bytes;

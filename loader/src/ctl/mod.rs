@@ -18,6 +18,8 @@ use tonic::Code;
 
 use crate::client::{self, Client};
 use crate::config::default_socket;
+use crate::shm::client::{Piece, ShmClient, ShmError};
+use crate::shm::default_shm_socket;
 
 /// loaderctl: talk to the local loaderd.
 #[derive(Parser, Debug)]
@@ -66,6 +68,9 @@ enum Command {
         /// Read without caching what is missing (read type NO_CACHE).
         #[arg(long)]
         no_cache: bool,
+        /// Always read over gRPC, not by mapping the daemon's memory tier.
+        #[arg(long)]
+        no_shm: bool,
         #[arg(long, default_value_t = 0)]
         offset: u64,
         /// Bytes to read (default: to the end).
@@ -183,6 +188,25 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     })
 }
 
+/// A zero-copy connection to the local daemon, when it offers one.
+pub(crate) fn connect_shm(cli_socket: Option<&PathBuf>, tcp: bool) -> Option<ShmClient> {
+    if tcp {
+        return None;
+    }
+    let socket = cli_socket.cloned().unwrap_or_else(default_socket);
+    let path = default_shm_socket(&socket);
+    if !path.exists() {
+        return None;
+    }
+    match ShmClient::connect(&path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("loaderctl: shared-memory reads unavailable ({e}); using gRPC");
+            None
+        }
+    }
+}
+
 /// A gRPC status as a readable error.
 pub(crate) fn rpc_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
@@ -193,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return gen_dataset(g);
     }
     let mut c = connect(&cli).await?;
+    let shm = || connect_shm(cli.socket.as_ref(), cli.addr.is_some());
     match cli.command {
         Command::Status { json } => status(&mut c, json).await,
         Command::Ls {
@@ -241,10 +266,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cat {
             no_cache,
+            no_shm,
             offset,
             length,
             path,
         } => {
+            // NO_CACHE must not fill the memory tier, so it never takes the shared-memory path.
+            if !no_cache && !no_shm {
+                if let Some(mut s) = shm() {
+                    let mut out = std::io::stdout().lock();
+                    cat_shm(&mut s, &mut c, &path, offset, length, &mut out)?;
+                    out.flush()?;
+                    return Ok(());
+                }
+            }
             let read_type = if no_cache {
                 pb::ReadType::NoCache
             } else {
@@ -291,7 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Mount(m) => mount(&mut c, m).await,
-        Command::Bench(BenchCmd::Read(args)) => bench::read(&mut c, args).await,
+        Command::Bench(BenchCmd::Read(args)) => bench::read(&mut c, shm, args).await,
         Command::Dataset(_) => unreachable!("handled before connecting"),
     }
 }
@@ -324,6 +359,37 @@ pub(crate) async fn read_to(
             Err(s) => return Err(rpc_err(s)),
         }
     }
+}
+
+/// Writes a file's bytes from the mapped memory tier, reading fallback pieces over gRPC.
+fn cat_shm(
+    s: &mut ShmClient,
+    c: &mut Client,
+    path: &str,
+    offset: u64,
+    length: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        s.read(path, offset, length, |_, piece| match piece {
+            Piece::Mapped(bytes) => out.write_all(bytes),
+            Piece::Fallback { offset, len } => {
+                let req = pb::ReadRequest {
+                    path: path.to_string(),
+                    offset,
+                    length: len,
+                    read_type: pb::ReadType::Cache as i32,
+                };
+                rt.block_on(read_to(c, req, out)).map(drop).map_err(std::io::Error::other)
+            }
+        })
+    })
+    .map_err(|e| match e {
+        ShmError::Io(io) => anyhow::Error::new(io),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    Ok(())
 }
 
 async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {

@@ -1,0 +1,218 @@
+//! The daemon side of local zero-copy reads: one thread per client connection.
+//!
+//! Clients are few (training ranks and tools on this node) and each connection is a strict
+//! request/response loop, so a blocking thread per connection gives the lowest latency; cache
+//! work runs on the daemon's tokio runtime through its handle. Leases are bounded per client
+//! so a client that never releases cannot pin the whole memory tier.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use loaderd_cache::tier::Lease;
+use loaderd_cache::{Cache, LogicalPath};
+use loaderd_proto::v1 as pb;
+use metrics::{counter, gauge};
+use prost::Message;
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+use super::{MAX_MESSAGE, accept_on, listen_at, recv_msg, send_msg};
+use crate::server::to_status;
+
+/// Protocol version in [`pb::ShmHello`].
+pub const VERSION: u32 = 1;
+
+/// A running shared-memory read server.
+pub struct ShmServer {
+    listener: Arc<OwnedFd>,
+    path: PathBuf,
+    stopping: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl ShmServer {
+    /// Listens on `path` (already cleared of stale sockets by the caller). `None` when the
+    /// memory tier has no arena to share.
+    pub fn start(
+        path: &Path,
+        cache: Arc<Cache>,
+        rt: Handle,
+        max_leased_bytes: u64,
+    ) -> std::io::Result<Option<Self>> {
+        if cache.memory().arena().is_none() {
+            info!("memory tier disabled: no shared-memory reads");
+            return Ok(None);
+        }
+        let listener = Arc::new(listen_at(path)?);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (listener, stopping) = (listener.clone(), stopping.clone());
+            std::thread::Builder::new()
+                .name("loaderd-shm-accept".into())
+                .spawn(move || {
+                    accept_loop(&listener, &stopping, &cache, &rt, max_leased_bytes)
+                })?
+        };
+        Ok(Some(ShmServer {
+            listener,
+            path: path.to_path_buf(),
+            stopping,
+            accept: Some(accept),
+        }))
+    }
+
+    /// Stops accepting and removes the socket; open connections end with the process.
+    pub fn stop(mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = nix::sys::socket::shutdown(
+            self.listener.as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(listener: &OwnedFd, stopping: &AtomicBool, cache: &Arc<Cache>, rt: &Handle, max: u64) {
+    let mut next = 0u64;
+    while !stopping.load(Ordering::SeqCst) {
+        match accept_on(listener.as_fd()) {
+            Ok(conn) => {
+                next += 1;
+                let (cache, rt) = (cache.clone(), rt.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("loaderd-shm-{next}"))
+                    .spawn(move || {
+                        gauge!("loaderd_shm_clients").increment(1.0);
+                        if let Err(e) = serve(&conn, &cache, &rt, max) {
+                            debug!(error = %e, "shared-memory client ended with an error");
+                        }
+                        gauge!("loaderd_shm_clients").decrement(1.0);
+                    });
+                if let Err(e) = spawned {
+                    warn!(error = %e, "cannot start a shared-memory client thread");
+                }
+            }
+            Err(_) if stopping.load(Ordering::SeqCst) => break,
+            Err(e) => {
+                warn!(error = %e, "accept on the shared-memory socket failed");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// One client: hello with the arena, then reads and releases until EOF.
+fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> std::io::Result<()> {
+    let arena = cache
+        .memory()
+        .arena()
+        .ok_or_else(|| std::io::Error::other("no arena"))?;
+    let ro = arena.read_only_fd().map_err(std::io::Error::other)?;
+    let hello = pb::ShmHello {
+        version: VERSION,
+        arena_len: arena.len() as u64,
+    };
+    send_msg(conn.as_fd(), &hello.encode_to_vec(), Some(ro.as_fd()))?;
+    drop(ro);
+
+    let mut leases: HashMap<u64, (Vec<Lease>, u64)> = HashMap::new();
+    let mut leased = 0u64;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (n, _) = recv_msg(conn.as_fd(), &mut buf)?;
+        if n == 0 {
+            // Client gone (exit or kill): its leases drop here.
+            return Ok(());
+        }
+        let req = pb::ShmRequest::decode(&buf[..n])
+            .map_err(|e| std::io::Error::other(format!("bad request: {e}")))?;
+        match req.kind {
+            Some(pb::shm_request::Kind::Release(r)) => {
+                for id in r.ids {
+                    if let Some((_, bytes)) = leases.remove(&id) {
+                        leased -= bytes;
+                    }
+                }
+            }
+            Some(pb::shm_request::Kind::Read(r)) => {
+                let id = r.id;
+                let reply = if leased >= max_leased {
+                    error_reply(
+                        id,
+                        tonic::Code::ResourceExhausted,
+                        format!("client holds {leased} leased bytes; release earlier reads"),
+                    )
+                } else {
+                    match rt.block_on(read(cache, &r)) {
+                        Ok((reply, held)) => {
+                            let bytes = held.iter().map(Lease::len).sum();
+                            leased += bytes;
+                            leases.insert(id, (held, bytes));
+                            counter!("loaderd_shm_reads_total").increment(1);
+                            reply
+                        }
+                        Err(status) => error_reply(id, status.code(), status.message().into()),
+                    }
+                };
+                send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
+            }
+            None => return Err(std::io::Error::other("empty request")),
+        }
+    }
+}
+
+fn error_reply(id: u64, code: tonic::Code, error: String) -> pb::ShmReadReply {
+    pb::ShmReadReply {
+        id,
+        code: code as i32,
+        error,
+        ..Default::default()
+    }
+}
+
+async fn read(cache: &Cache, r: &pb::ShmRead) -> Result<(pb::ShmReadReply, Vec<Lease>), tonic::Status> {
+    let path = LogicalPath::parse(&r.path).map_err(|e| to_status(&e))?;
+    let fh = cache.open_file(&path).await.map_err(|e| to_status(&e))?;
+    let size = fh.meta.size;
+    if r.offset > size {
+        return Err(tonic::Status::out_of_range(format!(
+            "offset {} is past the end of {path} ({size} bytes)",
+            r.offset
+        )));
+    }
+    let end = match r.length {
+        0 => size,
+        n => r.offset.saturating_add(n).min(size),
+    };
+    let mut extents = Vec::new();
+    let mut held = Vec::new();
+    for b in cache.blocks(&fh, r.offset..end) {
+        let from = r.offset.max(b.range.start) - b.range.start;
+        let to = end.min(b.range.end) - b.range.start;
+        let lease = cache.lease_block(&fh, &b).await.map_err(|e| to_status(&e))?;
+        extents.push(pb::ShmExtent {
+            file_offset: b.range.start + from,
+            length: to - from,
+            arena_offset: lease.as_ref().map_or(0, |l| l.offset() + from),
+            in_arena: lease.is_some(),
+        });
+        held.extend(lease);
+    }
+    Ok((
+        pb::ShmReadReply {
+            id: r.id,
+            code: 0,
+            error: String::new(),
+            file_size: size,
+            extents,
+        },
+        held,
+    ))
+}
