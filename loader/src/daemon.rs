@@ -100,7 +100,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             tokio::runtime::Handle::current(),
             cfg.server.shm_max_leased.0,
         )
-        .with_context(|| format!("binding shared-memory socket {} (server.shm_socket)", path.display()))?;
+        .with_context(|| {
+            format!(
+                "binding shared-memory socket {} (server.shm_socket)",
+                path.display()
+            )
+        })?;
         if server.is_some() {
             restrict_socket(&path, group)?;
             info!(socket = %path.display(), "zero-copy local reads on Unix socket");

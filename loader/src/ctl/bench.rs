@@ -161,7 +161,7 @@ pub async fn read(
             .iter()
             .map(|p| {
                 json!({"phase": p.name, "bytes": p.bytes, "secs": p.secs, "mb_per_s": p.mbps(),
-                "vs_ufs": p.mbps() / base})
+                "vs_ufs": p.mbps() / base, "vs_local": local.map(|l| p.mbps() / l)})
             })
             .collect();
         println!(
@@ -191,7 +191,11 @@ pub async fn read(
         }
         if let Some(local) = phases.iter().find(|p| p.name == "local-page-cache") {
             for p in phases.iter().filter(|p| p.name.starts_with("loaderd-warm")) {
-                println!("{} / local page cache: {:.2}", p.name, p.mbps() / local.mbps());
+                println!(
+                    "{} / local page cache: {:.2}",
+                    p.name,
+                    p.mbps() / local.mbps()
+                );
             }
         }
     }

@@ -381,7 +381,9 @@ fn cat_shm(
                     length: len,
                     read_type: pb::ReadType::Cache as i32,
                 };
-                rt.block_on(read_to(c, req, out)).map(drop).map_err(std::io::Error::other)
+                rt.block_on(read_to(c, req, out))
+                    .map(drop)
+                    .map_err(std::io::Error::other)
             }
         })
     })

@@ -41,9 +41,13 @@ impl ShmClient {
         let conn = connect_to(path)?;
         let mut buf = vec![0u8; MAX_MESSAGE];
         let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
-        let hello = pb::ShmHello::decode(&buf[..n]).map_err(|e| ShmError::Protocol(e.to_string()))?;
+        let hello =
+            pb::ShmHello::decode(&buf[..n]).map_err(|e| ShmError::Protocol(e.to_string()))?;
         if hello.version != super::server::VERSION {
-            return Err(ShmError::Protocol(format!("unknown version {}", hello.version)));
+            return Err(ShmError::Protocol(format!(
+                "unknown version {}",
+                hello.version
+            )));
         }
         let fd = fd.ok_or_else(|| ShmError::Protocol("no arena descriptor in hello".into()))?;
         let map = ReadOnlyMap::new(&fd, hello.arena_len as usize)?;
@@ -79,10 +83,13 @@ impl ShmClient {
         if n == 0 {
             return Err(ShmError::Protocol("daemon closed the connection".into()));
         }
-        let reply =
-            pb::ShmReadReply::decode(&self.buf[..n]).map_err(|e| ShmError::Protocol(e.to_string()))?;
+        let reply = pb::ShmReadReply::decode(&self.buf[..n])
+            .map_err(|e| ShmError::Protocol(e.to_string()))?;
         if reply.id != id {
-            return Err(ShmError::Protocol(format!("reply {} to request {id}", reply.id)));
+            return Err(ShmError::Protocol(format!(
+                "reply {} to request {id}",
+                reply.id
+            )));
         }
         if reply.code != 0 {
             return Err(ShmError::Status {
@@ -114,7 +121,9 @@ impl ShmClient {
             }
         }
         let release = pb::ShmRequest {
-            kind: Some(pb::shm_request::Kind::Release(pb::ShmRelease { ids: vec![id] })),
+            kind: Some(pb::shm_request::Kind::Release(pb::ShmRelease {
+                ids: vec![id],
+            })),
         };
         send_msg(self.conn.as_fd(), &release.encode_to_vec(), None)?;
         res.map(|()| reply.file_size)

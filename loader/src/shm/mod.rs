@@ -76,7 +76,11 @@ pub(crate) fn connect_to(path: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// Sends one message, with `pass` attached as SCM_RIGHTS when given.
-pub(crate) fn send_msg(fd: BorrowedFd<'_>, msg: &[u8], pass: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+pub(crate) fn send_msg(
+    fd: BorrowedFd<'_>,
+    msg: &[u8],
+    pass: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let iov = [IoSlice::new(msg)];
     let fds: Vec<RawFd> = pass.iter().map(|f| f.as_raw_fd()).collect();
     let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
@@ -89,13 +93,23 @@ pub(crate) fn send_msg(fd: BorrowedFd<'_>, msg: &[u8], pass: Option<BorrowedFd<'
 }
 
 /// Receives one message into `buf`: its length (0 = peer gone) and a passed descriptor.
-pub(crate) fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
+pub(crate) fn recv_msg(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<OwnedFd>)> {
     let mut cmsg = cmsg_space!([RawFd; 1]);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(nix_io)?;
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(nix_io)?;
     if msg.flags.contains(MsgFlags::MSG_TRUNC) {
-        return Err(std::io::Error::other("message larger than the receive buffer"));
+        return Err(std::io::Error::other(
+            "message larger than the receive buffer",
+        ));
     }
     let mut passed = None;
     for c in msg.cmsgs().map_err(nix_io)? {
@@ -127,7 +141,14 @@ impl ReadOnlyMap {
         let size = NonZeroUsize::new(len).ok_or_else(|| std::io::Error::other("empty arena"))?;
         // SAFETY: a fresh read-only shared mapping; the pointer stays valid until `Drop`.
         let ptr = unsafe {
-            mmap(None, size, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, fd, 0)
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
         }
         .map_err(nix_io)?;
         Ok(ReadOnlyMap {
@@ -147,7 +168,9 @@ impl ReadOnlyMap {
             return None;
         }
         // SAFETY: in bounds (checked), mapped until drop, and not written while leased.
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(off as usize), len as usize)
+        })
     }
 }
 

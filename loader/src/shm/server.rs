@@ -53,9 +53,7 @@ impl ShmServer {
             let (listener, stopping) = (listener.clone(), stopping.clone());
             std::thread::Builder::new()
                 .name("loaderd-shm-accept".into())
-                .spawn(move || {
-                    accept_loop(&listener, &stopping, &cache, &rt, max_leased_bytes)
-                })?
+                .spawn(move || accept_loop(&listener, &stopping, &cache, &rt, max_leased_bytes))?
         };
         Ok(Some(ShmServer {
             listener,
@@ -68,10 +66,8 @@ impl ShmServer {
     /// Stops accepting and removes the socket; open connections end with the process.
     pub fn stop(mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let _ = nix::sys::socket::shutdown(
-            self.listener.as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
@@ -79,7 +75,13 @@ impl ShmServer {
     }
 }
 
-fn accept_loop(listener: &OwnedFd, stopping: &AtomicBool, cache: &Arc<Cache>, rt: &Handle, max: u64) {
+fn accept_loop(
+    listener: &OwnedFd,
+    stopping: &AtomicBool,
+    cache: &Arc<Cache>,
+    rt: &Handle,
+    max: u64,
+) {
     let mut next = 0u64;
     while !stopping.load(Ordering::SeqCst) {
         match accept_on(listener.as_fd()) {
@@ -177,7 +179,10 @@ fn error_reply(id: u64, code: tonic::Code, error: String) -> pb::ShmReadReply {
     }
 }
 
-async fn read(cache: &Cache, r: &pb::ShmRead) -> Result<(pb::ShmReadReply, Vec<Lease>), tonic::Status> {
+async fn read(
+    cache: &Cache,
+    r: &pb::ShmRead,
+) -> Result<(pb::ShmReadReply, Vec<Lease>), tonic::Status> {
     let path = LogicalPath::parse(&r.path).map_err(|e| to_status(&e))?;
     let fh = cache.open_file(&path).await.map_err(|e| to_status(&e))?;
     let size = fh.meta.size;
@@ -196,7 +201,10 @@ async fn read(cache: &Cache, r: &pb::ShmRead) -> Result<(pb::ShmReadReply, Vec<L
     for b in cache.blocks(&fh, r.offset..end) {
         let from = r.offset.max(b.range.start) - b.range.start;
         let to = end.min(b.range.end) - b.range.start;
-        let lease = cache.lease_block(&fh, &b).await.map_err(|e| to_status(&e))?;
+        let lease = cache
+            .lease_block(&fh, &b)
+            .await
+            .map_err(|e| to_status(&e))?;
         extents.push(pb::ShmExtent {
             file_offset: b.range.start + from,
             length: to - from,
