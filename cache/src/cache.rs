@@ -272,7 +272,12 @@ impl Cache {
 
     /// One block of `fh`, from a tier or the UFS. An object found changed in the UFS has its
     /// metadata refreshed before the error is returned, so a retry reads the new version.
-    pub async fn get_block(&self, fh: &FileHandle, b: &BlockRef, read_type: ReadType) -> Result<Bytes> {
+    pub async fn get_block(
+        &self,
+        fh: &FileHandle,
+        b: &BlockRef,
+        read_type: ReadType,
+    ) -> Result<Bytes> {
         let res = self.fetch_block(fh, b, read_type).await;
         if let Err(e) = &res
             && matches!(e.root(), Error::Changed { .. })
