@@ -54,6 +54,16 @@ pub fn to_status(e: &Error) -> Status {
     }
 }
 
+/// Like [`to_status`], naming the logical path when the error does not already.
+pub fn status_at(path: &LogicalPath, e: &Error) -> Status {
+    let s = to_status(e);
+    if s.message().contains(path.as_str()) {
+        s
+    } else {
+        Status::new(s.code(), format!("{path}: {}", s.message()))
+    }
+}
+
 fn parse(path: &str) -> Result<LogicalPath, Status> {
     LogicalPath::parse(path).map_err(|e| to_status(&e))
 }
@@ -104,7 +114,8 @@ struct ReadTimer(Instant);
 
 impl Drop for ReadTimer {
     fn drop(&mut self) {
-        histogram!("loaderd_read_latency_seconds").record(self.0.elapsed().as_secs_f64());
+        histogram!("loaderd_read_latency_seconds", "api" => "grpc")
+            .record(self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -114,7 +125,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl Loader for LoaderService {
     async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::FileInfo>, Status> {
         let path = parse(&req.get_ref().path)?;
-        let stat = self.cache.stat(&path).await.map_err(|e| to_status(&e))?;
+        let stat = self.cache.stat(&path).await.map_err(|e| status_at(&path, &e))?;
         Ok(Response::new(file_info(&self.cache, &path, &stat)))
     }
 
@@ -128,7 +139,7 @@ impl Loader for LoaderService {
             .cache
             .list(&path, r.recursive)
             .await
-            .map_err(|e| to_status(&e))?;
+            .map_err(|e| status_at(&path, &e))?;
         let entries = entries
             .iter()
             .map(|(p, s)| {
@@ -161,7 +172,7 @@ impl Loader for LoaderService {
             .open_file(&path)
             .instrument(span.clone())
             .await
-            .map_err(|e| to_status(&e))?;
+            .map_err(|e| status_at(&path, &e))?;
         let end = if r.length == 0 {
             fh.meta.size
         } else {
@@ -174,13 +185,13 @@ impl Loader for LoaderService {
         let blocks = self
             .cache
             .read(fh, r.offset..end, read_type, self.readahead)
-            .map_err(|e| to_status(&e))?;
+            .map_err(|e| status_at(&path, &e))?;
         let stream = blocks
-            .flat_map(|res| {
+            .flat_map(move |res| {
                 let chunks: Vec<Result<pb::ReadChunk, Status>> = match res {
                     Err(e) => {
-                        warn!(error = %e, "read failed");
-                        vec![Err(to_status(&e))]
+                        warn!(path = %path, error = %e, "read failed");
+                        vec![Err(status_at(&path, &e))]
                     }
                     Ok((offset, data)) => (0..data.len())
                         .step_by(CHUNK)
@@ -218,7 +229,7 @@ impl Loader for LoaderService {
             .cache
             .load(&path, parallelism)
             .await
-            .map_err(|e| to_status(&e))?;
+            .map_err(|e| status_at(&path, &e))?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |p| {
             if p.done {
                 info!(path = %path, files = p.files_done, failed = p.files_failed, bytes = p.bytes_done, "load finished");
@@ -242,7 +253,11 @@ impl Loader for LoaderService {
         req: Request<pb::FreeRequest>,
     ) -> Result<Response<pb::FreeResponse>, Status> {
         let path = parse(&req.get_ref().path)?;
-        let (blocks, bytes) = self.cache.free(&path).await.map_err(|e| to_status(&e))?;
+        let (blocks, bytes) = self
+            .cache
+            .free(&path)
+            .await
+            .map_err(|e| status_at(&path, &e))?;
         info!(path = %path, blocks, bytes, "freed");
         Ok(Response::new(pb::FreeResponse {
             blocks_freed: blocks,

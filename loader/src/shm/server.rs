@@ -15,13 +15,13 @@ use std::thread::JoinHandle;
 use loaderd_cache::tier::Lease;
 use loaderd_cache::{Cache, LogicalPath};
 use loaderd_proto::v1 as pb;
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, histogram};
 use prost::Message;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
 use super::{MAX_MESSAGE, accept_on, listen_at, recv_msg, send_msg};
-use crate::server::to_status;
+use crate::server::{status_at, to_status};
 
 /// Protocol version in [`pb::ShmHello`].
 pub const VERSION: u32 = 1;
@@ -152,7 +152,11 @@ fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> st
                         format!("client holds {leased} leased bytes; release earlier reads"),
                     )
                 } else {
-                    match rt.block_on(read(cache, &r)) {
+                    let started = std::time::Instant::now();
+                    let res = rt.block_on(read(cache, &r));
+                    histogram!("loaderd_read_latency_seconds", "api" => "shm")
+                        .record(started.elapsed().as_secs_f64());
+                    match res {
                         Ok((reply, held)) => {
                             let bytes = held.iter().map(Lease::len).sum();
                             leased += bytes;
@@ -184,7 +188,10 @@ async fn read(
     r: &pb::ShmRead,
 ) -> Result<(pb::ShmReadReply, Vec<Lease>), tonic::Status> {
     let path = LogicalPath::parse(&r.path).map_err(|e| to_status(&e))?;
-    let fh = cache.open_file(&path).await.map_err(|e| to_status(&e))?;
+    let fh = cache
+        .open_file(&path)
+        .await
+        .map_err(|e| status_at(&path, &e))?;
     let size = fh.meta.size;
     if r.offset > size {
         return Err(tonic::Status::out_of_range(format!(
@@ -204,7 +211,7 @@ async fn read(
         let lease = cache
             .lease_block(&fh, &b)
             .await
-            .map_err(|e| to_status(&e))?;
+            .map_err(|e| status_at(&path, &e))?;
         extents.push(pb::ShmExtent {
             file_offset: b.range.start + from,
             length: to - from,
