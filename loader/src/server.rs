@@ -125,7 +125,11 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl Loader for LoaderService {
     async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::FileInfo>, Status> {
         let path = parse(&req.get_ref().path)?;
-        let stat = self.cache.stat(&path).await.map_err(|e| status_at(&path, &e))?;
+        let stat = self
+            .cache
+            .stat(&path)
+            .await
+            .map_err(|e| status_at(&path, &e))?;
         Ok(Response::new(file_info(&self.cache, &path, &stat)))
     }
 

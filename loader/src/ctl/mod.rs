@@ -272,13 +272,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             path,
         } => {
             // NO_CACHE must not fill the memory tier, so it never takes the shared-memory path.
-            if !no_cache && !no_shm {
-                if let Some(mut s) = shm() {
-                    let mut out = std::io::stdout().lock();
-                    cat_shm(&mut s, &mut c, &path, offset, length, &mut out)?;
-                    out.flush()?;
-                    return Ok(());
-                }
+            if !no_cache
+                && !no_shm
+                && let Some(mut s) = shm()
+            {
+                let mut out = std::io::stdout().lock();
+                cat_shm(&mut s, &mut c, &path, offset, length, &mut out)?;
+                out.flush()?;
+                return Ok(());
             }
             let read_type = if no_cache {
                 pb::ReadType::NoCache

@@ -212,6 +212,9 @@ async fn read(
             .lease_block(&fh, &b)
             .await
             .map_err(|e| status_at(&path, &e))?;
+        if lease.is_none() {
+            counter!("loaderd_shm_fallback_bytes_total").increment(to - from);
+        }
         extents.push(pb::ShmExtent {
             file_offset: b.range.start + from,
             length: to - from,
