@@ -28,6 +28,15 @@ pub struct LoaderService {
 }
 
 impl LoaderService {
+    fn mount_infos(&self) -> Vec<pb::MountInfo> {
+        self.cache
+            .mounts()
+            .list()
+            .iter()
+            .map(|m| mount_info(&m.spec))
+            .collect()
+    }
+
     /// Serves `cache`.
     pub fn new(cache: Arc<Cache>, readahead: usize, load_parallelism: usize) -> Self {
         LoaderService {
@@ -317,13 +326,7 @@ impl Loader for LoaderService {
             metadata_bytes: s.metadata_bytes,
             inflight_bytes: s.inflight_bytes,
             inflight_capacity_bytes: s.inflight_capacity,
-            mounts: self
-                .cache
-                .mounts()
-                .list()
-                .iter()
-                .map(|m| mount_info(&m.spec))
-                .collect(),
+            mounts: self.mount_infos(),
             corrupt_blocks: c.corrupt_blocks,
             ufs_errors: c.ufs_errors,
         }))
@@ -359,13 +362,7 @@ impl Loader for LoaderService {
         _: Request<pb::MountListRequest>,
     ) -> Result<Response<pb::MountListResponse>, Status> {
         Ok(Response::new(pb::MountListResponse {
-            mounts: self
-                .cache
-                .mounts()
-                .list()
-                .iter()
-                .map(|m| mount_info(&m.spec))
-                .collect(),
+            mounts: self.mount_infos(),
         }))
     }
 }
