@@ -94,7 +94,7 @@ impl Cache {
     /// Builds the tiers (rebuilding the SSD index) and the mounts of `specs`.
     pub fn open(cfg: CacheConfig, specs: Vec<MountSpec>) -> Result<Arc<Self>> {
         cfg.validate()?;
-        let memory = Arc::new(MemoryTier::new(&cfg.memory, cfg.block_size.0)?);
+        let memory = Arc::new(MemoryTier::new(&cfg.memory)?);
         let ssd = match &cfg.ssd {
             Some(s) => Some(Arc::new(SsdTier::open(s)?)),
             None => None,

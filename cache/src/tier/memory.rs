@@ -1,6 +1,6 @@
 //! The memory tier: blocks in a shared-memory arena, handed out as zero-copy `Bytes`.
 //!
-//! Each block occupies a buddy-allocated slot of the arena. A reader's `Bytes` keeps the slot
+//! Each block occupies a slot of the arena (best fit, 4 KiB granularity). A reader's `Bytes` keeps the slot
 //! alive through an `Arc`, so eviction only unlinks a block from the index; its slot returns to
 //! the allocator when the last reader drops its view. Accounting charges the slot size.
 
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::{Tier, TierStatus};
-use crate::alloc::{Buddy, Slot};
+use crate::alloc::{Slot, SlotAllocator};
 use crate::block::BlockId;
 use crate::config::MemoryTierConfig;
 use crate::error::Result;
@@ -21,7 +21,7 @@ use crate::stats;
 /// A live block in the arena; frees its slot on drop.
 struct Region {
     arena: Arc<Arena>,
-    alloc: Arc<Mutex<Buddy>>,
+    alloc: Arc<Mutex<SlotAllocator>>,
     slot: Slot,
     len: usize,
 }
@@ -48,27 +48,27 @@ struct Index {
 /// Blocks in a memfd arena.
 pub struct MemoryTier {
     arena: Option<Arc<Arena>>,
-    alloc: Arc<Mutex<Buddy>>,
+    alloc: Arc<Mutex<SlotAllocator>>,
     index: Mutex<Index>,
 }
 
 impl MemoryTier {
-    /// An arena of `cfg.capacity` bytes for blocks of at most `block_size` (capacity 0: a tier
-    /// that holds nothing).
-    pub fn new(cfg: &MemoryTierConfig, block_size: u64) -> Result<Self> {
-        let buddy = Buddy::new(cfg.capacity.0, block_size);
-        let arena = if buddy.is_empty() {
+    /// An arena of `cfg.capacity` bytes (0: a tier that holds nothing). Blocks larger than
+    /// the high watermark allows pass through uncached.
+    pub fn new(cfg: &MemoryTierConfig) -> Result<Self> {
+        let slots = SlotAllocator::new(cfg.capacity.0);
+        let arena = if slots.is_empty() {
             None
         } else {
             Some(Arc::new(Arena::new(
                 "loaderd-memory-tier",
-                buddy.len() as usize,
+                slots.len() as usize,
             )?))
         };
-        let occ = Occupancy::new(buddy.len(), cfg.watermarks, Box::new(Lru::default()));
+        let occ = Occupancy::new(slots.len(), cfg.watermarks, Box::new(Lru::default()));
         Ok(MemoryTier {
             arena,
-            alloc: Arc::new(Mutex::new(buddy)),
+            alloc: Arc::new(Mutex::new(slots)),
             index: Mutex::new(Index {
                 occ,
                 blocks: HashMap::new(),
@@ -93,7 +93,7 @@ impl MemoryTier {
     /// Reserves a slot for `len` bytes under `id`, evicting as needed.
     fn reserve(&self, id: BlockId, len: usize, arena: &Arc<Arena>) -> Option<Region> {
         let mut idx = lock(&self.index);
-        let charged = Buddy::slot_size(len as u64);
+        let charged = SlotAllocator::slot_size(len as u64);
         let victims = idx.occ.admit(id, charged).ok()?;
         let evicted = victims.len() as u64;
         for v in victims {
@@ -241,7 +241,7 @@ mod tests {
                 low: 0.7,
             },
         };
-        MemoryTier::new(&cfg, 64 << 10).unwrap()
+        MemoryTier::new(&cfg).unwrap()
     }
 
     #[test]
