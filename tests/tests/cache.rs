@@ -121,6 +121,38 @@ fn memory_eviction_stays_within_watermarks() {
     );
 }
 
+/// A daemon with no memory tier and a 64 MiB SSD tier in a fresh directory, 64 KiB blocks.
+fn ssd_only_daemon(s3: &S3Sandbox) -> (tempfile::TempDir, Daemon) {
+    let ssd = tempfile::tempdir().expect("tempdir");
+    let ssd_dir = ssd.path().to_str().expect("utf-8 path");
+    let daemon = s3_daemon(
+        s3,
+        &[
+            "--block-size",
+            "64KiB",
+            "--memory-capacity",
+            "0",
+            "--ssd-dir",
+            ssd_dir,
+            "--ssd-capacity",
+            "64MiB",
+        ],
+    );
+    (ssd, daemon)
+}
+
+/// `load`s everything and waits until every block has its SSD file; returns the block count.
+fn load_to_ssd(daemon: &Daemon, data: &Dataset, ssd: &Path) -> usize {
+    daemon.ctl_ok(&["load", "--no-progress", "/data"]);
+    let blocks_needed: usize = data
+        .files
+        .iter()
+        .map(|(rel, _)| data.read(rel).len().div_ceil(64 * KIB))
+        .sum();
+    wait_for_blocks(ssd, blocks_needed);
+    blocks_needed
+}
+
 fn wait_for_blocks(ssd: &Path, count: usize) {
     let mut seen = 0;
     let ok = wait_until(Duration::from_secs(10), || {
@@ -138,29 +170,9 @@ fn wait_for_blocks(ssd: &Path, count: usize) {
 fn ssd_tier_survives_restart() {
     let data = Dataset::new(2, 5, &[MIB, 300_000]);
     let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
-    let ssd = tempfile::tempdir().expect("tempdir");
-    let ssd_dir = ssd.path().to_str().expect("utf-8 path");
-    let mut daemon = s3_daemon(
-        &s3,
-        &[
-            "--block-size",
-            "64KiB",
-            "--memory-capacity",
-            "0",
-            "--ssd-dir",
-            ssd_dir,
-            "--ssd-capacity",
-            "64MiB",
-        ],
-    );
+    let (ssd, mut daemon) = ssd_only_daemon(&s3);
 
-    daemon.ctl_ok(&["load", "--no-progress", "/data"]);
-    let blocks_needed: usize = data
-        .files
-        .iter()
-        .map(|(rel, _)| data.read(rel).len().div_ceil(64 * KIB))
-        .sum();
-    wait_for_blocks(ssd.path(), blocks_needed);
+    let blocks_needed = load_to_ssd(&daemon, &data, ssd.path());
     let ssd_blocks = tier(&daemon.status_json(), "ssd")["blocks"]
         .as_u64()
         .expect("ssd blocks");
@@ -208,21 +220,7 @@ fn ssd_tier_survives_restart() {
 fn corrupt_ssd_block_is_dropped_and_refetched() {
     let data = Dataset::blobs(&[100_000]);
     let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
-    let ssd = tempfile::tempdir().expect("tempdir");
-    let ssd_dir = ssd.path().to_str().expect("utf-8 path");
-    let daemon = s3_daemon(
-        &s3,
-        &[
-            "--block-size",
-            "64KiB",
-            "--memory-capacity",
-            "0",
-            "--ssd-dir",
-            ssd_dir,
-            "--ssd-capacity",
-            "64MiB",
-        ],
-    );
+    let (ssd, daemon) = ssd_only_daemon(&s3);
     let path = "/data/blobs/blob_00.bin";
     let want = data.read("blobs/blob_00.bin");
 
@@ -269,28 +267,8 @@ fn corrupt_ssd_block_is_dropped_and_refetched() {
 fn ssd_tier_after_crash_serves_correct_bytes() {
     let data = Dataset::blobs(&[MIB, 300_000, 5000]);
     let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
-    let ssd = tempfile::tempdir().expect("tempdir");
-    let ssd_dir = ssd.path().to_str().expect("utf-8 path");
-    let mut daemon = s3_daemon(
-        &s3,
-        &[
-            "--block-size",
-            "64KiB",
-            "--memory-capacity",
-            "0",
-            "--ssd-dir",
-            ssd_dir,
-            "--ssd-capacity",
-            "64MiB",
-        ],
-    );
-    daemon.ctl_ok(&["load", "--no-progress", "/data"]);
-    let blocks_needed: usize = data
-        .files
-        .iter()
-        .map(|(rel, _)| data.read(rel).len().div_ceil(64 * KIB))
-        .sum();
-    wait_for_blocks(ssd.path(), blocks_needed);
+    let (ssd, mut daemon) = ssd_only_daemon(&s3);
+    let blocks_needed = load_to_ssd(&daemon, &data, ssd.path());
 
     // A crash leaves a stale socket and whatever the SSD tier had written.
     daemon.kill9();
