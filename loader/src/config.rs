@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use loaderd_cache::{ByteSize, CacheConfig, MountSpec};
+use loaderd_cache::{ByteSize, CacheConfig, MountSpec, Secs};
 use serde::{Deserialize, Serialize};
 
 /// Everything `loaderd` runs with.
@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct DaemonConfig {
     pub server: ServerConfig,
     pub cache: CacheConfig,
+    /// The FUSE view of the namespace (`[fuse]`).
+    pub fuse: FuseConfig,
     /// Mounts of the namespace (`[[mount]]` tables).
     pub mount: Vec<MountSpec>,
 }
@@ -65,6 +67,44 @@ impl Default for ServerConfig {
             shm_reads: true,
             shm_socket: None,
             shm_max_leased: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// The read-only POSIX view of the namespace, mounted by the daemon itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FuseConfig {
+    /// Where to mount; `None` (the default) mounts nothing.
+    pub mount_point: Option<PathBuf>,
+    /// How long the kernel trusts a name lookup (datasets are immutable by convention).
+    pub entry_timeout: Secs,
+    /// How long the kernel trusts attributes (size, mtime).
+    pub attr_timeout: Secs,
+    /// Threads serving kernel requests; each blocks on one cache read at a time, so size it
+    /// to the number of concurrent readers (DataLoader workers).
+    pub threads: usize,
+    /// Largest read the kernel sends (and its readahead window).
+    pub max_read: ByteSize,
+    /// Let users other than the daemon's read the mount (training jobs run as themselves).
+    pub allow_other: bool,
+    /// Let the kernel check permissions from the file modes (0444 files, 0555 directories).
+    pub default_permissions: bool,
+    /// Keep a file's pages cached across opens (datasets are immutable).
+    pub keep_cache: bool,
+}
+
+impl Default for FuseConfig {
+    fn default() -> Self {
+        FuseConfig {
+            mount_point: None,
+            entry_timeout: Secs(std::time::Duration::from_secs(600)),
+            attr_timeout: Secs(std::time::Duration::from_secs(600)),
+            threads: 16,
+            max_read: ByteSize(1 << 20),
+            allow_other: true,
+            default_permissions: true,
+            keep_cache: true,
         }
     }
 }
@@ -123,6 +163,20 @@ impl DaemonConfig {
         }
         if self.server.load_parallelism == 0 {
             return Err(invalid("server.load_parallelism", "must be at least 1"));
+        }
+        if self.fuse.threads == 0 {
+            return Err(invalid("fuse.threads", "must be at least 1"));
+        }
+        if self.fuse.max_read.0 < 4096 || self.fuse.max_read.0 > 16 << 20 {
+            return Err(invalid("fuse.max_read", "must be between 4KiB and 16MiB"));
+        }
+        if self
+            .fuse
+            .mount_point
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err(invalid("fuse.mount_point", "must be an absolute path"));
         }
         for (i, m) in self.mount.iter().enumerate() {
             if m.path.is_empty() || m.uri.is_empty() {

@@ -3,7 +3,8 @@
 //! `loaderd`'s `main` only parses flags into a [`DaemonConfig`] and calls [`run`], so tests can
 //! run the same code. The Unix socket is created owner/group-only (a stale socket from a
 //! crashed daemon is replaced; a live one is an error), TCP listeners default to loopback, and
-//! SIGTERM/SIGINT stop accepting, let in-flight calls finish and remove the socket.
+//! SIGTERM/SIGINT stop accepting, let in-flight calls finish, unmount the FUSE view and remove
+//! the socket.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
 
 use crate::config::DaemonConfig;
+use crate::fuse::FuseMount;
 use crate::http;
 use crate::server::LoaderService;
 use crate::shm::server::ShmServer;
@@ -41,6 +43,22 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     for m in cache.mounts().list() {
         info!(path = %m.point, uri = %m.spec.uri, "mounted");
     }
+    // Mounted before the listeners: a daemon that answers `status` serves its FUSE view.
+    let fuse = match cfg.fuse.mount_point.clone() {
+        Some(path) => {
+            let (fuse_cfg, cache, rt) = (
+                cfg.fuse.clone(),
+                cache.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            Some(
+                tokio::task::spawn_blocking(move || FuseMount::mount(&path, &fuse_cfg, cache, rt))
+                    .await??,
+            )
+        }
+        None => None,
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -148,6 +166,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         .is_err()
     {
         warn!("in-flight requests did not finish within 10s; exiting anyway");
+    }
+    if let Some(f) = fuse {
+        let _ = tokio::task::spawn_blocking(move || f.unmount()).await;
     }
     if let Some(s) = shm {
         s.stop();

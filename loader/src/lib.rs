@@ -3,6 +3,7 @@
 //! * [`config`]: TOML + flags + env configuration with our tuning defaults.
 //! * [`daemon`]: listeners, signals, graceful shutdown ([`daemon::run`]).
 //! * [`server`]: the gRPC `Loader` service over the cache.
+//! * [`fuse`]: the read-only POSIX view of the namespace, mounted by the daemon.
 //! * [`http`]: Prometheus metrics and health.
 //! * [`client`]: connecting to a daemon.
 //! * [`ctl`]: `loaderctl` commands, including `bench read` and the sample dataset generator.
@@ -11,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod fuse;
 pub mod http;
 pub mod server;
 pub mod shm;

@@ -82,6 +82,24 @@ struct Args {
     /// Do not LIST mounts into persisted manifests; HEAD/LIST per path instead.
     #[arg(long, help_heading = "Cache")]
     no_manifest: bool,
+    /// Mount the read-only FUSE view of the namespace here (`[fuse] mount_point`).
+    #[arg(
+        long,
+        env = "LOADERD_FUSE_MOUNT",
+        value_name = "DIR",
+        help_heading = "FUSE"
+    )]
+    fuse_mount: Option<PathBuf>,
+    /// How long the kernel trusts a FUSE name lookup, e.g. 10m.
+    #[arg(long, env = "LOADERD_FUSE_ENTRY_TIMEOUT", help_heading = "FUSE")]
+    fuse_entry_timeout: Option<Secs>,
+    /// How long the kernel trusts FUSE attributes (size, mtime), e.g. 10m.
+    #[arg(long, env = "LOADERD_FUSE_ATTR_TIMEOUT", help_heading = "FUSE")]
+    fuse_attr_timeout: Option<Secs>,
+    /// Threads serving FUSE requests (about the number of concurrent readers).
+    #[arg(long, env = "LOADERD_FUSE_THREADS", help_heading = "FUSE")]
+    fuse_threads: Option<usize>,
+
     /// Deadline of one UFS request, e.g. 30s.
     #[arg(long, env = "LOADERD_UFS_TIMEOUT", help_heading = "Cache")]
     ufs_timeout: Option<Secs>,
@@ -158,6 +176,19 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
     }
     if let Some(v) = args.ufs_retries {
         c.ufs.retries = v;
+    }
+    let f = &mut cfg.fuse;
+    if let Some(v) = &args.fuse_mount {
+        f.mount_point = Some(v.clone());
+    }
+    if let Some(v) = args.fuse_entry_timeout {
+        f.entry_timeout = v;
+    }
+    if let Some(v) = args.fuse_attr_timeout {
+        f.attr_timeout = v;
+    }
+    if let Some(v) = args.fuse_threads {
+        f.threads = v;
     }
     for m in &args.mounts {
         let (path, uri) = m
