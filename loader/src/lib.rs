@@ -6,6 +6,7 @@
 //! * [`fuse`]: the read-only POSIX view of the namespace, mounted by the daemon.
 //! * [`http`]: Prometheus metrics and health.
 //! * [`client`]: connecting to a daemon.
+//! * [`pipeline`]: the sampler (global seeded shuffle sharded by rank).
 //! * [`ctl`]: `loaderctl` commands, including `bench read` and the sample dataset generator.
 
 pub mod client;
@@ -14,5 +15,6 @@ pub mod ctl;
 pub mod daemon;
 pub mod fuse;
 pub mod http;
+pub mod pipeline;
 pub mod server;
 pub mod shm;

@@ -1,0 +1,7 @@
+//! The training pipeline: which samples a rank gets and in what order ([`sampler`]).
+//!
+//! Decode, augment and the shared-memory batch handoff build on the sampler's order: it is a
+//! pure function of (seed, epoch, dataset length), so every node computes the same global
+//! order without talking to the others, and the daemon knows every rank's future reads.
+
+pub mod sampler;
