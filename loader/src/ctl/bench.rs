@@ -2,7 +2,8 @@
 //! (b) through loaderd cold (after `free`), (c) through loaderd warm, and optionally (d) from a
 //! local copy in the page cache — all in one run, reported as MB/s and ratios.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use loaderd_cache::config::UfsConfig;
 use loaderd_cache::ufs::{FileMeta, Ufs};
 use loaderd_proto::v1 as pb;
+use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use serde_json::json;
 
 use super::{parse_options, read_to, rpc_err};
@@ -58,32 +60,7 @@ pub async fn read(
     args: ReadArgs,
 ) -> anyhow::Result<()> {
     let root = args.path.trim_end_matches('/').to_string();
-    let listing = c
-        .list(pb::ListRequest {
-            path: root.clone(),
-            recursive: true,
-        })
-        .await
-        .map_err(rpc_err)?
-        .into_inner();
-    let files: Vec<FileMeta> = listing
-        .entries
-        .iter()
-        .filter(|e| !e.is_dir)
-        .map(|e| FileMeta {
-            rel: e
-                .path
-                .strip_prefix(&format!("{root}/"))
-                .unwrap_or(&e.path)
-                .to_string(),
-            size: e.size,
-            version: e.version.clone(),
-            mtime_ms: e.mtime_unix_ms,
-        })
-        .collect();
-    if files.is_empty() {
-        bail!("no files under {root}");
-    }
+    let files = list_files(c, &root).await?;
     let total: u64 = files.iter().map(|f| f.size).sum();
     let n = args.concurrency.max(1);
     let ufs = Ufs::open(
@@ -109,9 +86,10 @@ pub async fn read(
     c.free(pb::FreeRequest { path: root.clone() })
         .await
         .map_err(rpc_err)?;
+    let whole = whole_files(&root, &files);
     for name in ["loaderd-cold", "loaderd-warm"] {
         let t = Instant::now();
-        let bytes = read_all(c, &root, &files, n).await?;
+        let bytes = grpc_reads(c, &whole, n).await?;
         phases.push(Phase {
             name,
             bytes,
@@ -122,7 +100,7 @@ pub async fn read(
     let clients: Vec<ShmClient> = (0..n).map_while(|_| shm()).collect();
     if !clients.is_empty() {
         let t = Instant::now();
-        let bytes = tokio::task::block_in_place(|| read_shm(clients, &root, &files))?;
+        let bytes = tokio::task::block_in_place(|| shm_reads(clients, &whole))?;
         phases.push(Phase {
             name: "loaderd-warm-shm",
             bytes,
@@ -134,7 +112,8 @@ pub async fn read(
         // One pass to fill the page cache, then the timed pass.
         for timed in [false, true] {
             let t = Instant::now();
-            let bytes = read_local(dir, &files, n).await?;
+            let reqs = local_files(dir, &files);
+            let bytes = tokio::task::block_in_place(|| fs_reads(&reqs, n, false))?;
             if timed {
                 phases.push(Phase {
                     name: "local-page-cache",
@@ -202,12 +181,82 @@ pub async fn read(
     Ok(())
 }
 
-async fn read_all(c: &Client, root: &str, files: &[FileMeta], n: usize) -> anyhow::Result<u64> {
-    futures::stream::iter(files.iter())
-        .map(|f| {
+/// Every file below logical directory `root` (recursively), paths relative to it.
+pub(super) async fn list_files(c: &mut Client, root: &str) -> anyhow::Result<Vec<FileMeta>> {
+    let listing = c
+        .list(pb::ListRequest {
+            path: root.to_string(),
+            recursive: true,
+        })
+        .await
+        .map_err(rpc_err)?
+        .into_inner();
+    let files: Vec<FileMeta> = listing
+        .entries
+        .iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| FileMeta {
+            rel: e
+                .path
+                .strip_prefix(&format!("{root}/"))
+                .unwrap_or(&e.path)
+                .to_string(),
+            size: e.size,
+            version: e.version.clone(),
+            mtime_ms: e.mtime_unix_ms,
+        })
+        .collect();
+    if files.is_empty() {
+        bail!("no files under {root}");
+    }
+    Ok(files)
+}
+
+/// One read: a path (logical, or local/FUSE), an offset and a length (0: to the end).
+#[derive(Debug, Clone)]
+pub(super) struct ReadReq<P> {
+    pub path: P,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// Whole-file reads of `files` by logical path.
+pub(super) fn whole_files(root: &str, files: &[FileMeta]) -> Vec<ReadReq<String>> {
+    files
+        .iter()
+        .map(|f| ReadReq {
+            path: format!("{root}/{}", f.rel),
+            offset: 0,
+            length: 0,
+        })
+        .collect()
+}
+
+/// Whole-file reads of `files` under a local (or FUSE) directory.
+pub(super) fn local_files(dir: &Path, files: &[FileMeta]) -> Vec<ReadReq<PathBuf>> {
+    files
+        .iter()
+        .map(|f| ReadReq {
+            path: dir.join(&f.rel),
+            offset: 0,
+            length: 0,
+        })
+        .collect()
+}
+
+/// Reads over gRPC, `n` at a time; returns the bytes read.
+pub(super) async fn grpc_reads(
+    c: &Client,
+    reqs: &[ReadReq<String>],
+    n: usize,
+) -> anyhow::Result<u64> {
+    futures::stream::iter(reqs.iter())
+        .map(|r| {
             let mut c = c.clone();
             let req = pb::ReadRequest {
-                path: format!("{root}/{}", f.rel),
+                path: r.path.clone(),
+                offset: r.offset,
+                length: r.length,
                 ..Default::default()
             };
             async move { read_to(&mut c, req, &mut std::io::sink()).await }
@@ -217,30 +266,22 @@ async fn read_all(c: &Client, root: &str, files: &[FileMeta], n: usize) -> anyho
         .await
 }
 
-/// Reads every file through shared memory, one client per thread, copying each file into a
-/// fresh buffer (as `read(2)` into a buffer does, so the comparison with the page cache is fair).
-fn read_shm(clients: Vec<ShmClient>, root: &str, files: &[FileMeta]) -> anyhow::Result<u64> {
+/// Runs `f` over `items` on `n` threads taking the next item as they go; sums the results.
+pub(super) fn par_sum<T: Sync, S: Send>(
+    items: &[T],
+    states: Vec<S>,
+    f: impl Fn(&mut S, &T) -> anyhow::Result<u64> + Sync,
+) -> anyhow::Result<u64> {
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let workers: Vec<_> = clients
+        let workers: Vec<_> = states
             .into_iter()
-            .map(|mut client| {
-                let next = &next;
+            .map(|mut state| {
+                let (next, f) = (&next, &f);
                 s.spawn(move || -> anyhow::Result<u64> {
                     let mut total = 0u64;
-                    while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let mut buf = Vec::with_capacity(f.size as usize);
-                        let path = format!("{root}/{}", f.rel);
-                        client.read(&path, 0, 0, |_, piece| match piece {
-                            Piece::Mapped(b) => {
-                                buf.extend_from_slice(b);
-                                Ok(())
-                            }
-                            Piece::Fallback { .. } => Err(std::io::Error::other(
-                                "not in the memory tier (is it large enough for the files?)",
-                            )),
-                        })?;
-                        total += buf.len() as u64;
+                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        total += f(&mut state, item)?;
                     }
                     Ok(total)
                 })
@@ -249,26 +290,51 @@ fn read_shm(clients: Vec<ShmClient>, root: &str, files: &[FileMeta]) -> anyhow::
         workers.into_iter().try_fold(0, |acc, w| {
             let n = w
                 .join()
-                .map_err(|_| anyhow::anyhow!("shared-memory reader panicked"))??;
+                .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
             Ok(acc + n)
         })
     })
 }
 
-async fn read_local(dir: &std::path::Path, files: &[FileMeta], n: usize) -> anyhow::Result<u64> {
-    futures::stream::iter(files.iter())
-        .map(|f| {
-            let p = dir.join(&f.rel);
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    std::fs::read(&p)
-                        .map(|b| b.len() as u64)
-                        .with_context(|| format!("reading {}", p.display()))
-                })
-                .await?
+/// Reads through shared memory, one client per thread, copying each read into a fresh
+/// buffer (as `read(2)` into a buffer does, so the comparison with the page cache is fair).
+pub(super) fn shm_reads(clients: Vec<ShmClient>, reqs: &[ReadReq<String>]) -> anyhow::Result<u64> {
+    par_sum(reqs, clients, |client, r| {
+        let mut buf = Vec::with_capacity(r.length as usize);
+        client.read(&r.path, r.offset, r.length, |_, piece| match piece {
+            Piece::Mapped(b) => {
+                buf.extend_from_slice(b);
+                Ok(())
             }
-        })
-        .buffer_unordered(n)
-        .try_fold(0, |a, b| async move { Ok(a + b) })
-        .await
+            Piece::Fallback { .. } => Err(std::io::Error::other(
+                "not in the memory tier (is it large enough for the files?)",
+            )),
+        })?;
+        Ok(buf.len() as u64)
+    })
+}
+
+/// Reads files of a file system (local, or a FUSE mount) on `n` threads, each read with
+/// its own open; `random` tells the kernel not to read ahead.
+pub(super) fn fs_reads(reqs: &[ReadReq<PathBuf>], n: usize, random: bool) -> anyhow::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let states = (0..n.max(1)).map(|_| Vec::<u8>::new()).collect();
+    par_sum(reqs, states, |buf, r| {
+        let f = std::fs::File::open(&r.path)
+            .with_context(|| format!("opening {}", r.path.display()))?;
+        if random {
+            let _ = posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
+        }
+        if r.length == 0 {
+            buf.clear();
+            let mut f = f;
+            f.read_to_end(buf)
+                .with_context(|| format!("reading {}", r.path.display()))?;
+            return Ok(buf.len() as u64);
+        }
+        buf.resize(r.length as usize, 0);
+        f.read_exact_at(buf, r.offset)
+            .with_context(|| format!("reading {}", r.path.display()))?;
+        Ok(r.length)
+    })
 }

@@ -1,6 +1,7 @@
 //! `loaderctl`: the command-line client of a loaderd daemon.
 
 mod bench;
+mod bench_fuse;
 pub mod dataset;
 
 use std::collections::BTreeMap;
@@ -123,6 +124,8 @@ enum MountCmd {
 enum BenchCmd {
     /// Read the same files from the UFS directly, through loaderd cold, and warm.
     Read(bench::ReadArgs),
+    /// Read the same files through the FUSE view, the daemon's API and the page cache.
+    Fuse(bench_fuse::FuseArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -328,6 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Mount(m) => mount(&mut c, m).await,
         Command::Bench(BenchCmd::Read(args)) => bench::read(&mut c, shm, args).await,
+        Command::Bench(BenchCmd::Fuse(args)) => bench_fuse::fuse(&mut c, shm, args).await,
         Command::Dataset(_) => unreachable!("handled before connecting"),
     }
 }
