@@ -287,3 +287,70 @@ fn ssd_tier_after_crash_serves_correct_bytes() {
     );
     daemon.stop();
 }
+
+/// Unmounts a test tmpfs when dropped.
+struct TmpfsMount(std::path::PathBuf);
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_ssd_passes_reads_through_uncached() {
+    // A 256 KiB tmpfs as the SSD tier, configured far larger than the disk: writes hit ENOSPC.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match mounted {
+        Ok(out) if out.status.success() => {}
+        other => {
+            eprintln!("skipping: cannot mount a tmpfs for a full disk (needs root): {other:?}");
+            return;
+        }
+    }
+    let _umount = TmpfsMount(dir.path().to_path_buf());
+    let data = Dataset::blobs(&[MIB, 300_000]);
+    let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
+    let daemon = s3_daemon(
+        &s3,
+        &[
+            "--block-size",
+            "64KiB",
+            "--memory-capacity",
+            "0",
+            "--ssd-dir",
+            dir.path().to_str().expect("utf-8 path"),
+            "--ssd-capacity",
+            "64MiB",
+        ],
+    );
+    for round in ["first", "second"] {
+        for (rel, _) in &data.files {
+            assert_bytes_eq(
+                &daemon.cat(&format!("/data/{rel}")),
+                &data.read(rel),
+                &format!("{round} read of {rel} with a full SSD"),
+            );
+        }
+    }
+    let passthrough = daemon.metric("loaderd_cache_passthrough_total{reason=\"ssd_write_failed\"}");
+    assert!(passthrough > 0.0, "no write failure was counted");
+    assert!(
+        daemon.log().contains("SSD tier write failed"),
+        "no warning logged:\n{}",
+        daemon.log()
+    );
+    let (used, cap) = {
+        let s = daemon.status_json();
+        let t = tier(&s, "ssd");
+        (t["used_bytes"].as_u64().unwrap_or(0), 256 * KIB as u64)
+    };
+    assert!(
+        used <= cap,
+        "SSD accounting {used} counts blocks that were never written"
+    );
+}
