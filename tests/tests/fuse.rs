@@ -13,8 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use loaderd_tests::{
-    Dataset, FuseDaemon, args, assert_bytes_eq, file_mount_args, fuse_mounts, random_bytes, sha256,
-    tail,
+    Dataset, FuseDaemon, S3Sandbox, args, assert_bytes_eq, file_mount_args, fuse_mounts,
+    fuse_unavailable, random_bytes, sha256, tail,
 };
 
 const KIB: usize = 1024;
@@ -299,4 +299,42 @@ fn a_killed_daemon_leaves_a_stale_mount_that_the_next_start_clears() {
     d.stop();
     assert_eq!(fuse_mounts(&d.mnt), 0, "still mounted after SIGTERM");
     assert!(d.log().contains("FUSE view unmounted"));
+}
+
+#[test]
+fn ufs_failures_are_eio_and_name_the_path() {
+    if let Some(reason) = fuse_unavailable() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let data = Dataset::blobs(&[100_000, 100_000]);
+    let mut s3 = S3Sandbox::start(&[(&data.root, "ds")]);
+    let mut a = args(&["--ufs-timeout", "2s", "--ufs-retries", "1"]);
+    a.extend(s3.mount_args("/data", "ds"));
+    let d = match FuseDaemon::start(&a) {
+        Ok(d) => d,
+        Err(reason) => {
+            eprintln!("skipping: {reason}");
+            return;
+        }
+    };
+    let (cached, uncached) = (
+        d.path("data/blobs/blob_00.bin"),
+        d.path("data/blobs/blob_01.bin"),
+    );
+    assert_eq!(fs::read(&cached).unwrap(), data.read("blobs/blob_00.bin"));
+    assert_eq!(fs::metadata(&uncached).unwrap().len(), 100_000);
+
+    s3.stop();
+    assert_eq!(errno(fs::read(&uncached)), Some(5), "EIO while S3 is down");
+    let log = d.log();
+    assert!(
+        log.contains("FUSE request failed") && log.contains("/data/blobs/blob_01.bin"),
+        "no warning naming the path: {}",
+        tail(&log, 3000)
+    );
+    // Cached data is still served; after the outage everything is.
+    assert_eq!(fs::read(&cached).unwrap(), data.read("blobs/blob_00.bin"));
+    s3.restart();
+    assert_eq!(fs::read(&uncached).unwrap(), data.read("blobs/blob_01.bin"));
 }
