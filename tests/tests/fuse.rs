@@ -261,6 +261,16 @@ fn ufs_changes_appear_after_invalidate_and_kernel_timeouts() {
         1000,
         "long attr timeout ignored"
     );
+
+    // SIGTERM while a file on the mount is open: the busy mount is detached lazily and
+    // the daemon still exits cleanly.
+    let (mut short, mut long) = (short, long);
+    let held = fs::File::open(&sp).unwrap();
+    short.stop();
+    assert_eq!(fuse_mounts(&short.mnt), 0, "busy mount left behind");
+    drop(held);
+    long.stop();
+    assert_eq!(fuse_mounts(&long.mnt), 0);
 }
 
 #[test]
