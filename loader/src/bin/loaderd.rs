@@ -179,7 +179,8 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
     }
     let f = &mut cfg.fuse;
     if let Some(v) = &args.fuse_mount {
-        f.mount_point = Some(v.clone());
+        let abs = std::path::absolute(v).with_context(|| format!("--fuse-mount {v:?}"))?;
+        f.mount_point = Some(abs);
     }
     if let Some(v) = args.fuse_entry_timeout {
         f.entry_timeout = v;
