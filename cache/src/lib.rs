@@ -5,6 +5,7 @@
 //! * [`meta`]: stat/list caching and persisted dataset manifests.
 //! * [`tier`]: the memory tier (a shared-memory arena) and the SSD tier (checksummed files).
 //! * [`evict`]: watermark-driven eviction with pluggable policies.
+//! * [`placement`]: rendezvous hashing of blocks over cluster members.
 //! * [`cache`]: the read path tying them together, with single-flight misses.
 #![warn(missing_docs)]
 #![allow(missing_docs)] // Field-level docs live on the types; see each module header.
@@ -18,6 +19,7 @@ pub mod evict;
 pub mod meta;
 pub mod mount;
 pub mod path;
+pub mod placement;
 pub mod shm;
 pub mod stats;
 pub mod tier;
