@@ -188,6 +188,35 @@ fn check_watermarks(section: &str, w: &Watermarks) -> Result<()> {
     Ok(())
 }
 
+/// Splits `"4.5MiB"` into (4.5, "MiB").
+fn split_number<'a>(s: &'a str, what: &str) -> std::result::Result<(f64, &'a str), String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num = num.parse().map_err(|_| format!("{s:?} is not {what}"))?;
+    Ok((num, unit.trim()))
+}
+
+/// `FromStr` through `parse` and `Serialize` through `Display`, for values written as text.
+macro_rules! text_value {
+    ($t:ty) => {
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                <$t>::parse(s)
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+    };
+}
+
 /// A byte count, written as an integer or a string with a unit (`"512KiB"`, `"4MiB"`, `"2GB"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteSize(pub u64);
@@ -195,15 +224,8 @@ pub struct ByteSize(pub u64);
 impl ByteSize {
     /// Parses `"4MiB"`, `"4M"`, `"4194304"`; units are powers of 1024 except `KB`/`MB`/`GB`/`TB`.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size such as 4MiB"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (num, unit) = split_number(s, "a size such as 4MiB")?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kib" => 1 << 10,
             "m" | "mib" => 1 << 20,
@@ -231,18 +253,7 @@ impl std::fmt::Display for ByteSize {
     }
 }
 
-impl std::str::FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        ByteSize::parse(s)
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
+text_value!(ByteSize);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -266,15 +277,8 @@ pub struct Secs(pub Duration);
 impl Secs {
     /// Parses `"500ms"`, `"90s"`, `"10m"`, `"24h"`, `"2d"` or a plain number of seconds.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration such as 90s"))?;
-        let secs = match unit.trim() {
+        let (num, unit) = split_number(s, "a duration such as 90s")?;
+        let secs = match unit {
             "ms" => num / 1000.0,
             "" | "s" => num,
             "m" => num * 60.0,
@@ -302,18 +306,7 @@ impl std::fmt::Display for Secs {
     }
 }
 
-impl std::str::FromStr for Secs {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Secs::parse(s)
-    }
-}
-
-impl Serialize for Secs {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
+text_value!(Secs);
 
 impl<'de> Deserialize<'de> for Secs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
