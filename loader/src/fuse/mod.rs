@@ -35,7 +35,7 @@ use fuser::{BackgroundSession, MountOption, SessionACL};
 use loaderd_cache::Cache;
 use nix::mount::{MntFlags, umount2};
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use errno::errno_of;
 pub use fs::LoaderFs;
@@ -83,6 +83,7 @@ impl FuseMount {
                 source,
             }
         })?;
+        raise_readahead(path, cfg.max_read.0);
         info!(mount_point = %path.display(), threads = cfg.threads, "FUSE view mounted");
         Ok(FuseMount {
             session: Some(session),
@@ -146,6 +147,26 @@ fn session_config(cfg: &FuseConfig) -> fuser::Config {
     config.n_threads = Some(cfg.threads);
     config.clone_fd = true;
     config
+}
+
+/// Raises the kernel's readahead for the mount to `max_read` (the FUSE INIT reply cannot go
+/// beyond the kernel's 128 KiB default; the mount's backing device can). Sequential reads of
+/// large files take fewer, larger requests. Best effort: it needs root.
+fn raise_readahead(path: &Path, max_read: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let dev = meta.dev();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    match std::fs::write(&bdi, (max_read / 1024).to_string()) {
+        Ok(()) => debug!(%bdi, kib = max_read / 1024, "FUSE readahead raised"),
+        Err(e) => debug!(%bdi, error = %e, "FUSE readahead left at the kernel default"),
+    }
 }
 
 /// Detaches what a crashed daemon left mounted at `path`: a FUSE mount whose server is gone
