@@ -557,18 +557,8 @@ impl Daemon {
     /// Starts `loaderd --socket <tmp>/loaderd.sock --metrics-addr 127.0.0.1:<free>
     /// ARGS...` and waits until `loaderctl status` succeeds.
     pub fn start(args: &[String]) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("loaderd.sock");
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let mut daemon = Daemon {
-            socket,
-            metrics_addr,
-            args: args.to_vec(),
-            dir,
-            child: None,
-        };
-        daemon.spawn();
-        daemon
+        Daemon::try_start(args)
+            .unwrap_or_else(|log| panic!("loaderd exited during start; args {args:?}; log:\n{log}"))
     }
 
     /// Directory private to this daemon (holds the socket and the log).
