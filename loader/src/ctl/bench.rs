@@ -97,10 +97,13 @@ pub async fn read(
         });
     }
 
-    let clients: Vec<ShmClient> = (0..n).map_while(|_| shm()).collect();
+    let mut clients: Vec<ShmClient> = (0..n).map_while(|_| shm()).collect();
     if !clients.is_empty() {
+        // One pass to map the arena's pages into this process (a long-lived client has them
+        // mapped already, as the page-cache baseline has its pages cached), then the timed pass.
+        tokio::task::block_in_place(|| shm_reads(&mut clients, &whole))?;
         let t = Instant::now();
-        let bytes = tokio::task::block_in_place(|| shm_reads(clients, &whole))?;
+        let bytes = tokio::task::block_in_place(|| shm_reads(&mut clients, &whole))?;
         phases.push(Phase {
             name: "loaderd-warm-shm",
             bytes,
@@ -269,19 +272,19 @@ pub(super) async fn grpc_reads(
 /// Runs `f` over `items` on `n` threads taking the next item as they go; sums the results.
 pub(super) fn par_sum<T: Sync, S: Send>(
     items: &[T],
-    states: Vec<S>,
+    states: &mut [S],
     f: impl Fn(&mut S, &T) -> anyhow::Result<u64> + Sync,
 ) -> anyhow::Result<u64> {
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         let workers: Vec<_> = states
-            .into_iter()
-            .map(|mut state| {
+            .iter_mut()
+            .map(|state| {
                 let (next, f) = (&next, &f);
                 s.spawn(move || -> anyhow::Result<u64> {
                     let mut total = 0u64;
                     while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        total += f(&mut state, item)?;
+                        total += f(state, item)?;
                     }
                     Ok(total)
                 })
@@ -296,11 +299,16 @@ pub(super) fn par_sum<T: Sync, S: Send>(
     })
 }
 
-/// Reads through shared memory, one client per thread, copying each read into a fresh
+/// Reads through shared memory, one client per thread, copying each read into the thread's
 /// buffer (as `read(2)` into a buffer does, so the comparison with the page cache is fair).
-pub(super) fn shm_reads(clients: Vec<ShmClient>, reqs: &[ReadReq<String>]) -> anyhow::Result<u64> {
-    par_sum(reqs, clients, |client, r| {
-        let mut buf = Vec::with_capacity(r.length as usize);
+pub(super) fn shm_reads(
+    clients: &mut [ShmClient],
+    reqs: &[ReadReq<String>],
+) -> anyhow::Result<u64> {
+    let mut states: Vec<(&mut ShmClient, Vec<u8>)> =
+        clients.iter_mut().map(|c| (c, Vec::new())).collect();
+    par_sum(reqs, &mut states, |(client, buf), r| {
+        buf.clear();
         client.read(&r.path, r.offset, r.length, |_, piece| match piece {
             Piece::Mapped(b) => {
                 buf.extend_from_slice(b);
@@ -318,8 +326,8 @@ pub(super) fn shm_reads(clients: Vec<ShmClient>, reqs: &[ReadReq<String>]) -> an
 /// its own open; `random` tells the kernel not to read ahead.
 pub(super) fn fs_reads(reqs: &[ReadReq<PathBuf>], n: usize, random: bool) -> anyhow::Result<u64> {
     use std::os::unix::fs::FileExt;
-    let states = (0..n.max(1)).map(|_| Vec::<u8>::new()).collect();
-    par_sum(reqs, states, |buf, r| {
+    let mut states: Vec<Vec<u8>> = (0..n.max(1)).map(|_| Vec::new()).collect();
+    par_sum(reqs, &mut states, |buf, r| {
         let f = std::fs::File::open(&r.path)
             .with_context(|| format!("opening {}", r.path.display()))?;
         if random {

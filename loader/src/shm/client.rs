@@ -32,6 +32,8 @@ pub struct ShmClient {
     conn: OwnedFd,
     map: ReadOnlyMap,
     next_id: u64,
+    /// The last read, released with the next request (or when the connection closes).
+    unreleased: Option<u64>,
     buf: Vec<u8>,
 }
 
@@ -55,12 +57,14 @@ impl ShmClient {
             conn,
             map,
             next_id: 0,
+            unreleased: None,
             buf,
         })
     }
 
     /// Reads `length` bytes (0: to the end) of `path` from `offset`, handing each piece in
-    /// order to `f`; returns the file's size. The daemon's lease is released afterwards.
+    /// order to `f`; returns the file's size. The mapped pieces are valid only inside `f`; the
+    /// daemon's lease on them is released with the next request or when the client drops.
     pub fn read(
         &mut self,
         path: &str,
@@ -76,6 +80,7 @@ impl ShmClient {
                 path: path.to_string(),
                 offset,
                 length,
+                release: self.unreleased.take().into_iter().collect(),
             })),
         };
         send_msg(self.conn.as_fd(), &req.encode_to_vec(), None)?;
@@ -100,8 +105,8 @@ impl ShmClient {
         let mut res = Ok(());
         for e in &reply.extents {
             let piece = if e.in_arena {
-                // SAFETY: the daemon leased this extent for request `id`; it is released only
-                // below, after the callback (and the slice) are done.
+                // SAFETY: the daemon leased this extent for request `id`; the lease is released
+                // by the next request, which needs `&mut self` and so cannot overlap the slice.
                 match unsafe { self.map.slice(e.arena_offset, e.length) } {
                     Some(bytes) => Piece::Mapped(bytes),
                     None => {
@@ -120,12 +125,7 @@ impl ShmClient {
                 break;
             }
         }
-        let release = pb::ShmRequest {
-            kind: Some(pb::shm_request::Kind::Release(pb::ShmRelease {
-                ids: vec![id],
-            })),
-        };
-        send_msg(self.conn.as_fd(), &release.encode_to_vec(), None)?;
+        self.unreleased = Some(id);
         res.map(|()| reply.file_size)
     }
 }

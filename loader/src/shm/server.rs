@@ -124,7 +124,7 @@ fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> st
     send_msg(conn.as_fd(), &hello.encode_to_vec(), Some(ro.as_fd()))?;
     drop(ro);
 
-    let mut leases: HashMap<u64, (Vec<Lease>, u64)> = HashMap::new();
+    let mut leases = Leases::new();
     let mut leased = 0u64;
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -137,13 +137,10 @@ fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> st
             .map_err(|e| std::io::Error::other(format!("bad request: {e}")))?;
         match req.kind {
             Some(pb::shm_request::Kind::Release(r)) => {
-                for id in r.ids {
-                    if let Some((_, bytes)) = leases.remove(&id) {
-                        leased -= bytes;
-                    }
-                }
+                release(&mut leases, &mut leased, &r.ids);
             }
             Some(pb::shm_request::Kind::Read(r)) => {
+                release(&mut leases, &mut leased, &r.release);
                 let id = r.id;
                 let reply = if leased >= max_leased {
                     error_reply(
@@ -170,6 +167,16 @@ fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> st
                 send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
             }
             None => return Err(std::io::Error::other("empty request")),
+        }
+    }
+}
+
+type Leases = HashMap<u64, (Vec<Lease>, u64)>;
+
+fn release(leases: &mut Leases, leased: &mut u64, ids: &[u64]) {
+    for id in ids {
+        if let Some((_, bytes)) = leases.remove(id) {
+            *leased -= bytes;
         }
     }
 }
