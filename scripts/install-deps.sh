@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing loaderd needs on Debian 12: protoc (tonic code generation),
-# and moto + boto3 for the local S3 server used by the tests and the quickstart.
+# cmake and nasm (to build the bundled libjpeg-turbo 3 that the JPEG decoder links), and
+# moto + boto3 for the local S3 server used by the tests and the quickstart.
 # Idempotent: skips what is already there.
 set -euo pipefail
 
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler libprotobuf-dev)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v nasm >/dev/null 2>&1 || need_apt+=(nasm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

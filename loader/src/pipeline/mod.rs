@@ -4,4 +4,6 @@
 //! pure function of (seed, epoch, dataset length), so every node computes the same global
 //! order without talking to the others, and the daemon knows every rank's future reads.
 
+pub mod augment;
+pub mod decode;
 pub mod sampler;

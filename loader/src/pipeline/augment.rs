@@ -1,0 +1,957 @@
+//! The standard ImageNet transforms, computed from the sample's seeded random stream.
+//!
+//! - train: `RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))` then a horizontal flip
+//!   with p = 0.5, drawn in that order from `sample_rng(seed, epoch, index)`; the crop follows
+//!   torchvision's `get_params` step by step (10 tries with a log-uniform aspect ratio, Python's
+//!   round-half-to-even, then the centre-crop fallback);
+//! - val: resize the shorter side to `resize` then centre-crop `size`, as torchvision's
+//!   `Resize(resize)` + `CenterCrop(size)`.
+//!
+//! Both are expressed as a crop box in source pixels plus a target size, so the decoder decodes
+//! only the box's bounding rectangle, DCT-downscaled (see `decode`), and one resize maps the
+//! box onto the output. Resizing a box is what Pillow does with `resize(size, box=...)`, and
+//! for the val path it samples exactly the pixels that resize-then-crop would.
+//!
+//! The resize is Pillow's `BILINEAR` (what torchvision applies to PIL images): a separable
+//! triangle filter whose support widens with the downscale factor, so it antialiases when
+//! shrinking and is plain bilinear interpolation with half-pixel centres when enlarging.
+//! Weights are f32 and the result is rounded to u8 once, after both passes (Pillow rounds
+//! between passes), so values agree with Pillow's within ±1. The flip is free: the horizontal
+//! pass reads its taps right to left.
+//!
+//! Output is written straight into the caller's slot (a batch arena): NHWC u8 (normalize later,
+//! on the GPU), or NCHW f32 / f16 normalized as `(v/255 − mean)/std` in native byte order.
+
+use super::decode::{DecodeError, Decoder, Rect, RgbImage};
+use super::sampler::SplitMix64;
+
+/// ImageNet channel means (RGB, on the 0..1 scale).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Memory layout and element type of one output sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Height × width × RGB, u8, not normalized.
+    NhwcU8,
+    /// RGB planes of height × width, f32, normalized.
+    NchwF32,
+    /// RGB planes of height × width, IEEE half, normalized.
+    NchwF16,
+}
+
+impl Layout {
+    /// Bytes of one element.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            Layout::NhwcU8 => 1,
+            Layout::NchwF32 => 4,
+            Layout::NchwF16 => 2,
+        }
+    }
+}
+
+/// What to do to every sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransformSpec {
+    /// RandomResizedCrop + flip (true) or resize + centre crop (false).
+    pub train: bool,
+    /// Output side (square).
+    pub size: u32,
+    /// Val only: the shorter side before the centre crop.
+    pub resize: u32,
+    pub layout: Layout,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// RandomResizedCrop's area fraction range.
+    pub scale: (f64, f64),
+    /// RandomResizedCrop's aspect-ratio range.
+    pub ratio: (f64, f64),
+}
+
+impl Default for TransformSpec {
+    fn default() -> Self {
+        TransformSpec {
+            train: true,
+            size: 224,
+            resize: 256,
+            layout: Layout::NhwcU8,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+            scale: (0.08, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+        }
+    }
+}
+
+impl TransformSpec {
+    /// Bytes one sample takes in a batch slot.
+    pub fn sample_bytes(&self) -> usize {
+        self.size as usize * self.size as usize * 3 * self.layout.element_bytes()
+    }
+
+    /// Checks the parameters once, before any sample.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.size == 0 {
+            return Err(DecodeError::BadSpec("size must be positive"));
+        }
+        if !self.train && self.resize < self.size {
+            return Err(DecodeError::BadSpec("resize must be at least size"));
+        }
+        let (s0, s1) = self.scale;
+        if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
+            return Err(DecodeError::BadSpec(
+                "scale must satisfy 0 < min <= max <= 1",
+            ));
+        }
+        let (r0, r1) = self.ratio;
+        if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
+            return Err(DecodeError::BadSpec("ratio must satisfy 0 < min <= max"));
+        }
+        if self.std.iter().any(|s| !s.is_normal()) {
+            return Err(DecodeError::BadSpec("std must be nonzero"));
+        }
+        Ok(())
+    }
+}
+
+/// A crop in continuous source coordinates (pixel `i` spans `[i, i+1)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropBox {
+    pub x0: f64,
+    pub y0: f64,
+    pub x1: f64,
+    pub y1: f64,
+}
+
+impl CropBox {
+    /// The box covering the whole of `r`.
+    pub fn from_rect(r: Rect) -> Self {
+        CropBox {
+            x0: f64::from(r.x),
+            y0: f64::from(r.y),
+            x1: f64::from(r.x + r.w),
+            y1: f64::from(r.y + r.h),
+        }
+    }
+
+    /// The smallest pixel rectangle holding the box, inside a `width × height` image.
+    pub fn bounding_rect(&self, width: u32, height: u32) -> Rect {
+        let x0 = (self.x0.floor().max(0.0) as u32).min(width.saturating_sub(1));
+        let y0 = (self.y0.floor().max(0.0) as u32).min(height.saturating_sub(1));
+        let x1 = (self.x1.ceil() as u32).clamp(x0 + 1, width.max(x0 + 1));
+        let y1 = (self.y1.ceil() as u32).clamp(y0 + 1, height.max(y0 + 1));
+        Rect {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        }
+    }
+
+    fn width(&self) -> f64 {
+        self.x1 - self.x0
+    }
+
+    fn height(&self) -> f64 {
+        self.y1 - self.y0
+    }
+}
+
+/// The random draws RandomResizedCrop makes (a trait so tests can script them).
+pub trait CropRandom {
+    /// Uniform in `[lo, hi)`, as `torch.empty(1).uniform_(lo, hi)`.
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64;
+    /// Uniform integer in `0..n`, as `torch.randint(0, n)`.
+    fn below(&mut self, n: u64) -> u64;
+}
+
+impl CropRandom for SplitMix64 {
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit_f64()
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        SplitMix64::below(self, n)
+    }
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: the crop as (left, top, width, height).
+pub fn random_resized_crop(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut impl CropRandom,
+) -> Rect {
+    let area = f64::from(width) * f64::from(height);
+    let (log_r0, log_r1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target_area = area * rng.uniform(scale.0, scale.1);
+        let aspect = rng.uniform(log_r0, log_r1).exp();
+        let w = (target_area * aspect).sqrt().round_ties_even();
+        let h = (target_area / aspect).sqrt().round_ties_even();
+        if w > 0.0 && w <= f64::from(width) && h > 0.0 && h <= f64::from(height) {
+            let (w, h) = (w as u32, h as u32);
+            let top = rng.below(u64::from(height - h) + 1) as u32;
+            let left = rng.below(u64::from(width - w) + 1) as u32;
+            return Rect {
+                x: left,
+                y: top,
+                w,
+                h,
+            };
+        }
+    }
+    // Fallback: the centre crop with the ratio clamped into range.
+    let in_ratio = f64::from(width) / f64::from(height);
+    let (w, h) = if in_ratio < ratio.0 {
+        let h = (f64::from(width) / ratio.0).round_ties_even() as u32;
+        (width, h.clamp(1, height))
+    } else if in_ratio > ratio.1 {
+        let w = (f64::from(height) * ratio.1).round_ties_even() as u32;
+        (w.clamp(1, width), height)
+    } else {
+        (width, height)
+    };
+    Rect {
+        x: (width - w) / 2,
+        y: (height - h) / 2,
+        w,
+        h,
+    }
+}
+
+/// torchvision's `Resize(resize)` + `CenterCrop(size)` as a box in source coordinates.
+pub fn center_crop_box(width: u32, height: u32, resize: u32, size: u32) -> CropBox {
+    let (short, long) = (width.min(height), width.max(height));
+    let new_long = (f64::from(resize) * f64::from(long) / f64::from(short)) as u32;
+    let (ow, oh) = if width <= height {
+        (resize, new_long)
+    } else {
+        (new_long, resize)
+    };
+    let top = (f64::from(oh.saturating_sub(size)) / 2.0).round_ties_even();
+    let left = (f64::from(ow.saturating_sub(size)) / 2.0).round_ties_even();
+    let sx = f64::from(width) / f64::from(ow);
+    let sy = f64::from(height) / f64::from(oh);
+    let size = f64::from(size);
+    CropBox {
+        x0: left * sx,
+        y0: top * sy,
+        x1: (left + size) * sx,
+        y1: (top + size) * sy,
+    }
+}
+
+/// What one sample's transform does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub crop: CropBox,
+    pub flip: bool,
+}
+
+/// Draws the sample's crop and flip (train) or computes the centre crop (val).
+pub fn plan(width: u32, height: u32, spec: &TransformSpec, rng: &mut SplitMix64) -> Plan {
+    if spec.train {
+        let r = random_resized_crop(width, height, spec.scale, spec.ratio, rng);
+        let flip = rng.unit_f64() < 0.5;
+        Plan {
+            crop: CropBox::from_rect(r),
+            flip,
+        }
+    } else {
+        Plan {
+            crop: center_crop_box(width, height, spec.resize, spec.size),
+            flip: false,
+        }
+    }
+}
+
+/// What happened to a sample, for batch metadata and tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleInfo {
+    pub width: u32,
+    pub height: u32,
+    pub crop: CropBox,
+    pub flip: bool,
+    /// The DCT scale the decoder used (`num/denom`).
+    pub scale_num: u32,
+    pub scale_denom: u32,
+}
+
+/// Decodes `data`, transforms it as `spec` says with draws from `rng` (the sample's stream)
+/// and writes it into `out`, which must be exactly [`TransformSpec::sample_bytes`] long.
+pub fn process(
+    decoder: &mut Decoder,
+    data: &[u8],
+    rng: &mut SplitMix64,
+    spec: &TransformSpec,
+    out: &mut [u8],
+) -> Result<SampleInfo, DecodeError> {
+    spec.validate()?;
+    let need = spec.sample_bytes();
+    if out.len() != need {
+        return Err(DecodeError::SlotSize {
+            need,
+            got: out.len(),
+        });
+    }
+    let info = decoder.header(data)?;
+    let plan = plan(info.width, info.height, spec, rng);
+    let rect = plan.crop.bounding_rect(info.width, info.height);
+    // Ask the decoder for enough pixels over the whole rectangle that the (possibly smaller,
+    // fractional) box still gets at least `size` of them.
+    let need_px = |rect_len: u32, box_len: f64| {
+        let v = f64::from(spec.size) * f64::from(rect_len) / box_len.max(1e-9);
+        v.ceil().min(f64::from(u32::MAX)) as u32
+    };
+    let target = (
+        need_px(rect.w, plan.crop.width()),
+        need_px(rect.h, plan.crop.height()),
+    );
+    let region = decoder.decode_region(data, rect, target)?;
+    let (x0, y0) = region.to_local(plan.crop.x0, plan.crop.y0);
+    let (x1, y1) = region.to_local(plan.crop.x1, plan.crop.y1);
+    let local = CropBox { x0, y0, x1, y1 };
+    let size = spec.size;
+    match spec.layout {
+        Layout::NhwcU8 => resize_into(&region.image, local, size, size, plan.flip, out),
+        Layout::NchwF32 | Layout::NchwF16 => {
+            let mut hwc = vec![0u8; size as usize * size as usize * 3];
+            resize_into(&region.image, local, size, size, plan.flip, &mut hwc);
+            write_normalized(&hwc, spec, out);
+        }
+    }
+    Ok(SampleInfo {
+        width: info.width,
+        height: info.height,
+        crop: plan.crop,
+        flip: plan.flip,
+        scale_num: region.scale_num,
+        scale_denom: region.scale_denom,
+    })
+}
+
+/// One output pixel's filter taps along one axis.
+struct Taps {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    /// `ksize` weights per output pixel, normalized to sum 1.
+    weights: Vec<f32>,
+    ksize: usize,
+}
+
+/// Pillow's `precompute_coeffs` for the bilinear (triangle) filter over `[b0, b1)` of an axis
+/// of `in_size` pixels, sampled at `out` points.
+fn taps(in_size: u32, b0: f64, b1: f64, out: u32) -> Taps {
+    let in_size = i64::from(in_size.max(1));
+    let scale = (b1 - b0) / f64::from(out);
+    let filterscale = scale.max(1.0);
+    let support = filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut t = Taps {
+        start: Vec::with_capacity(out as usize),
+        len: Vec::with_capacity(out as usize),
+        weights: vec![0.0; out as usize * ksize],
+        ksize,
+    };
+    for xx in 0..out as usize {
+        let center = b0 + (xx as f64 + 0.5) * scale;
+        let mut xmin = ((center - support + 0.5) as i64).max(0);
+        let mut xmax = ((center + support + 0.5) as i64).min(in_size);
+        if xmax <= xmin {
+            // A box at or past the edge: use the nearest pixel.
+            xmin = (center.floor() as i64).clamp(0, in_size - 1);
+            xmax = xmin + 1;
+        }
+        let n = ((xmax - xmin) as usize).min(ksize);
+        let k = &mut t.weights[xx * ksize..xx * ksize + n];
+        let mut sum = 0.0;
+        for (x, w) in k.iter_mut().enumerate() {
+            let d = ((x as i64 + xmin) as f64 - center + 0.5) / filterscale;
+            let v = (1.0 - d.abs()).max(0.0);
+            *w = v as f32;
+            sum += v;
+        }
+        if sum > 0.0 {
+            for w in k.iter_mut() {
+                *w = (f64::from(*w) / sum) as f32;
+            }
+        } else {
+            k[0] = 1.0;
+        }
+        t.start.push(xmin as usize);
+        t.len.push(n);
+    }
+    t
+}
+
+/// Resizes the part of `src` under `bx` (in `src` pixels) to `out_w × out_h` RGB u8 (HWC),
+/// mirrored left-right if `flip`, into `out`.
+pub fn resize_into(
+    src: &RgbImage,
+    bx: CropBox,
+    out_w: u32,
+    out_h: u32,
+    flip: bool,
+    out: &mut [u8],
+) {
+    let (ow, oh) = (out_w as usize, out_h as usize);
+    debug_assert_eq!(out.len(), ow * oh * 3);
+    let tx = taps(src.width, bx.x0, bx.x1, out_w);
+    let ty = taps(src.height, bx.y0, bx.y1, out_h);
+    let row0 = ty.start.iter().copied().min().unwrap_or(0);
+    let row1 = ty
+        .start
+        .iter()
+        .zip(&ty.len)
+        .map(|(s, l)| s + l)
+        .max()
+        .unwrap_or(0)
+        .min(src.height as usize);
+    let stride = src.width as usize * 3;
+
+    // Horizontal pass over the rows the vertical pass reads.
+    let mut tmp = vec![0f32; (row1 - row0) * ow * 3];
+    for (r, y) in (row0..row1).enumerate() {
+        let line = &src.pixels[y * stride..(y + 1) * stride];
+        let dst = &mut tmp[r * ow * 3..(r + 1) * ow * 3];
+        for xx in 0..ow {
+            let from = if flip { ow - 1 - xx } else { xx };
+            let (s, n) = (tx.start[from], tx.len[from]);
+            let k = &tx.weights[from * tx.ksize..from * tx.ksize + n];
+            let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
+            for (i, w) in k.iter().enumerate() {
+                let p = &line[(s + i) * 3..(s + i) * 3 + 3];
+                a += w * f32::from(p[0]);
+                b += w * f32::from(p[1]);
+                c += w * f32::from(p[2]);
+            }
+            dst[xx * 3] = a;
+            dst[xx * 3 + 1] = b;
+            dst[xx * 3 + 2] = c;
+        }
+    }
+
+    // Vertical pass.
+    for yy in 0..oh {
+        let (s, n) = (ty.start[yy], ty.len[yy]);
+        let k = &ty.weights[yy * ty.ksize..yy * ty.ksize + n];
+        let dst = &mut out[yy * ow * 3..(yy + 1) * ow * 3];
+        for (j, d) in dst.iter_mut().enumerate() {
+            let mut v = 0f32;
+            for (i, w) in k.iter().enumerate() {
+                v += w * tmp[(s + i - row0) * ow * 3 + j];
+            }
+            *d = (v + 0.5).floor().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+/// Writes an HWC u8 image as normalized NCHW f32 or f16 (native byte order) into `out`.
+pub fn write_normalized(hwc: &[u8], spec: &TransformSpec, out: &mut [u8]) {
+    let plane = hwc.len() / 3;
+    for c in 0..3 {
+        let lut: [f32; 256] =
+            std::array::from_fn(|v| (v as f32 / 255.0 - spec.mean[c]) / spec.std[c]);
+        match spec.layout {
+            Layout::NchwF32 => {
+                let dst = &mut out[c * plane * 4..(c + 1) * plane * 4];
+                for (d, px) in dst.chunks_exact_mut(4).zip(hwc.chunks_exact(3)) {
+                    d.copy_from_slice(&lut[px[c] as usize].to_ne_bytes());
+                }
+            }
+            Layout::NchwF16 => {
+                let half: [u16; 256] = std::array::from_fn(|v| f32_to_f16(lut[v]));
+                let dst = &mut out[c * plane * 2..(c + 1) * plane * 2];
+                for (d, px) in dst.chunks_exact_mut(2).zip(hwc.chunks_exact(3)) {
+                    d.copy_from_slice(&half[px[c] as usize].to_ne_bytes());
+                }
+            }
+            Layout::NhwcU8 => {
+                out[..hwc.len()].copy_from_slice(hwc);
+                return;
+            }
+        }
+    }
+}
+
+/// IEEE 754 binary32 → binary16 bits, rounding to nearest, ties to even (as `cvt.rn.f16.f32`).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x7f_ffff;
+    if exp == 0xff {
+        let nan = if man != 0 {
+            0x200 | (man >> 13) as u16
+        } else {
+            0
+        };
+        return sign | 0x7c00 | nan;
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        // Subnormal half: shift the full 24-bit significand down.
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rem = m & ((1u32 << shift) - 1);
+        let mut h = m >> shift;
+        if rem > half || (rem == half && h & 1 == 1) {
+            h += 1;
+        }
+        return sign | h as u16;
+    }
+    let mut h = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    // A carry out of the significand bumps the exponent, up to infinity: still correct.
+    if rem > 0x1000 || (rem == 0x1000 && h & 1 == 1) {
+        h += 1;
+    }
+    sign | h as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::decode::DecodeLimits;
+    use crate::pipeline::decode::test_images::{jpeg, noisy_rgb, png};
+    use crate::pipeline::sampler::sample_rng;
+
+    /// Scripted draws: uniforms as fractions of their range, and `below` answers; records the
+    /// `n` of every `below` call.
+    struct Script {
+        units: Vec<f64>,
+        belows: Vec<u64>,
+        asked: Vec<u64>,
+    }
+
+    impl CropRandom for Script {
+        fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+            let u = if self.units.len() > 1 {
+                self.units.remove(0)
+            } else {
+                self.units[0]
+            };
+            lo + (hi - lo) * u
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.asked.push(n);
+            self.belows.remove(0)
+        }
+    }
+
+    fn script(units: &[f64], belows: &[u64]) -> Script {
+        Script {
+            units: units.to_vec(),
+            belows: belows.to_vec(),
+            asked: Vec::new(),
+        }
+    }
+
+    const SCALE: (f64, f64) = (0.08, 1.0);
+    const RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+
+    /// Cases worked by hand from torchvision's `RandomResizedCrop.get_params`.
+    #[test]
+    fn random_resized_crop_matches_torchvision_by_hand() {
+        // area 187500 × (0.08 + 0.92 × 0.5) = 101250, log-ratio midpoint → ratio 1,
+        // w = h = round(318.2) = 318; top from randint(0, 58), left from randint(0, 183).
+        let mut s = script(&[0.5, 0.5], &[10, 100]);
+        let r = random_resized_crop(500, 375, SCALE, RATIO, &mut s);
+        assert_eq!(
+            r,
+            Rect {
+                x: 100,
+                y: 10,
+                w: 318,
+                h: 318
+            }
+        );
+        assert_eq!(s.asked, [58, 183]);
+
+        // Python's round() is half-to-even: 33×33 × 0.25 = 272.25, sqrt = 16.5 → 16.
+        let mut s = script(&[0.0], &[0, 17]);
+        let r = random_resized_crop(33, 33, (0.25, 0.25), (1.0, 1.0), &mut s);
+        assert_eq!(
+            r,
+            Rect {
+                x: 17,
+                y: 0,
+                w: 16,
+                h: 16
+            }
+        );
+        assert_eq!(s.asked, [18, 18]);
+
+        // Ten misses (a ~36 × 27 crop never fits a 100 × 10 image) → fallback: ratio clamped
+        // to 4/3: h = 10, w = round(13.33) = 13, centred: left = 87 // 2 = 43.
+        let mut s = script(&[0.99], &[]);
+        let r = random_resized_crop(100, 10, SCALE, RATIO, &mut s);
+        assert_eq!(
+            r,
+            Rect {
+                x: 43,
+                y: 0,
+                w: 13,
+                h: 10
+            }
+        );
+        assert!(s.asked.is_empty());
+        // And the tall one: w = 10, h = round(10 / 0.75) = 13, top = 43.
+        let r = random_resized_crop(10, 100, SCALE, RATIO, &mut script(&[0.99], &[]));
+        assert_eq!(
+            r,
+            Rect {
+                x: 0,
+                y: 43,
+                w: 10,
+                h: 13
+            }
+        );
+    }
+
+    #[test]
+    fn random_resized_crop_stays_in_bounds_and_is_deterministic() {
+        let sizes = [
+            (500, 375),
+            (375, 500),
+            (1, 1),
+            (3, 1000),
+            (4000, 3000),
+            (224, 224),
+        ];
+        for (w, h) in sizes {
+            for index in 0..300 {
+                let r = random_resized_crop(w, h, SCALE, RATIO, &mut sample_rng(1, 2, index));
+                assert!(
+                    r.w > 0 && r.h > 0 && r.x + r.w <= w && r.y + r.h <= h,
+                    "{r:?}"
+                );
+                let again = random_resized_crop(w, h, SCALE, RATIO, &mut sample_rng(1, 2, index));
+                assert_eq!(r, again);
+                let area = f64::from(r.w) * f64::from(r.h) / (f64::from(w) * f64::from(h));
+                if w >= 100 && h >= 100 && w * 3 <= h * 4 && h * 3 <= w * 4 {
+                    // Rounding moves the area a little past the scale range on small crops.
+                    assert!((0.07..=1.0).contains(&area), "{w}x{h}: {r:?}");
+                }
+            }
+        }
+        // Different epochs draw different crops.
+        let a = random_resized_crop(500, 375, SCALE, RATIO, &mut sample_rng(1, 2, 3));
+        let b = random_resized_crop(500, 375, SCALE, RATIO, &mut sample_rng(1, 3, 3));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn flip_is_a_fair_coin_from_the_same_stream() {
+        let spec = TransformSpec::default();
+        let flips = (0..4000)
+            .filter(|&i| plan(500, 375, &spec, &mut sample_rng(9, 0, i)).flip)
+            .count();
+        assert!((1800..2200).contains(&flips), "{flips} flips of 4000");
+        let p = plan(500, 375, &spec, &mut sample_rng(9, 0, 7));
+        assert_eq!(p, plan(500, 375, &spec, &mut sample_rng(9, 0, 7)));
+    }
+
+    #[test]
+    fn val_crop_is_resize_then_center_crop() {
+        // 500×375 → Resize(256) → 341×256; CenterCrop(224): top 16, left round(58.5) = 58.
+        let b = center_crop_box(500, 375, 256, 224);
+        let (sx, sy) = (500.0 / 341.0, 375.0 / 256.0);
+        let expect = [58.0 * sx, 16.0 * sy, 282.0 * sx, 240.0 * sy];
+        for (got, want) in [b.x0, b.y0, b.x1, b.y1].into_iter().zip(expect) {
+            assert!((got - want).abs() < 1e-9, "{b:?}");
+        }
+        let b = center_crop_box(375, 500, 256, 224);
+        assert!((b.x0 - 16.0 * 375.0 / 256.0).abs() < 1e-9);
+        assert!((b.y0 - 58.0 * 500.0 / 341.0).abs() < 1e-9);
+        assert_eq!(
+            center_crop_box(256, 256, 256, 224),
+            CropBox {
+                x0: 16.0,
+                y0: 16.0,
+                x1: 240.0,
+                y1: 240.0
+            }
+        );
+        let spec = TransformSpec {
+            train: false,
+            ..TransformSpec::default()
+        };
+        let p = plan(500, 375, &spec, &mut sample_rng(0, 0, 0));
+        assert!(!p.flip);
+        assert_eq!(
+            p.crop.bounding_rect(500, 375),
+            Rect {
+                x: 85,
+                y: 23,
+                w: 329,
+                h: 329
+            }
+        );
+    }
+
+    fn image(w: u32, h: u32, pixels: Vec<u8>) -> RgbImage {
+        RgbImage {
+            width: w,
+            height: h,
+            pixels,
+        }
+    }
+
+    #[test]
+    fn resize_is_pillow_bilinear() {
+        // Same size: identity.
+        let px = noisy_rgb(20, 10, 1);
+        let src = image(20, 10, px.clone());
+        let mut out = vec![0; px.len()];
+        resize_into(
+            &src,
+            CropBox::from_rect(Rect {
+                x: 0,
+                y: 0,
+                w: 20,
+                h: 10,
+            }),
+            20,
+            10,
+            false,
+            &mut out,
+        );
+        assert_eq!(out, px);
+
+        // Halving: taps 1/8, 3/8, 3/8, 1/8, renormalized at the edges (Pillow's weights).
+        let row: Vec<u8> = [0, 0, 80, 160, 0, 0, 0, 0]
+            .iter()
+            .flat_map(|&v| [v; 3])
+            .collect();
+        let src = image(8, 1, row);
+        let mut out = vec![0; 4 * 3];
+        resize_into(
+            &src,
+            CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 8.0,
+                y1: 1.0,
+            },
+            4,
+            1,
+            false,
+            &mut out,
+        );
+        let expect: Vec<u8> = [11, 90, 20, 0].iter().flat_map(|&v| [v; 3]).collect();
+        assert_eq!(out, expect);
+
+        // Doubling: bilinear between pixel centres, edges clamped.
+        let src = image(2, 1, [0, 0, 0, 100, 100, 100].to_vec());
+        let mut out = vec![0; 4 * 3];
+        resize_into(
+            &src,
+            CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 2.0,
+                y1: 1.0,
+            },
+            4,
+            1,
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            out.iter().step_by(3).copied().collect::<Vec<_>>(),
+            [0, 25, 75, 100]
+        );
+    }
+
+    #[test]
+    fn flip_mirrors_the_output() {
+        let src = image(64, 48, noisy_rgb(64, 48, 4));
+        let bx = CropBox {
+            x0: 3.5,
+            y0: 2.0,
+            x1: 50.25,
+            y1: 40.0,
+        };
+        let (mut a, mut b) = (vec![0; 32 * 24 * 3], vec![0; 32 * 24 * 3]);
+        resize_into(&src, bx, 32, 24, false, &mut a);
+        resize_into(&src, bx, 32, 24, true, &mut b);
+        for y in 0..24 {
+            for x in 0..32 {
+                let (p, q) = ((y * 32 + x) * 3, (y * 32 + 31 - x) * 3);
+                assert_eq!(a[p..p + 3], b[q..q + 3]);
+            }
+        }
+    }
+
+    fn f16_to_f32(h: u16) -> f32 {
+        let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+        let e = i32::from((h >> 10) & 0x1f);
+        let m = f32::from(h & 0x3ff);
+        sign * match e {
+            0 => m * 2f32.powi(-24),
+            31 if m == 0.0 => f32::INFINITY,
+            31 => f32::NAN,
+            _ => (1.0 + m / 1024.0) * 2f32.powi(e - 15),
+        }
+    }
+
+    #[test]
+    fn f16_conversion_rounds_to_nearest_even() {
+        let cases: [(f32, u16); 14] = [
+            (0.0, 0x0000),
+            (-0.0, 0x8000),
+            (1.0, 0x3c00),
+            (-2.0, 0xc000),
+            (65504.0, 0x7bff),
+            (65519.0, 0x7bff),
+            (65520.0, 0x7c00),
+            (f32::INFINITY, 0x7c00),
+            (2f32.powi(-14), 0x0400),
+            (2f32.powi(-24), 0x0001),
+            (2f32.powi(-25), 0x0000),
+            (1.5 * 2f32.powi(-25), 0x0001),
+            (1.0 + 2f32.powi(-11), 0x3c00),
+            (1.0 + 3.0 * 2f32.powi(-11), 0x3c02),
+        ];
+        for (x, h) in cases {
+            assert_eq!(f32_to_f16(x), h, "{x}");
+        }
+        assert_eq!(f32_to_f16(1.0 / 3.0), 0x3555);
+        assert_eq!(f32_to_f16(f32::NAN) & 0x7c00, 0x7c00);
+        assert_ne!(f32_to_f16(f32::NAN) & 0x3ff, 0);
+        // Every finite half survives the round trip.
+        for h in 0..=u16::MAX {
+            if h & 0x7c00 != 0x7c00 {
+                assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#06x}");
+            }
+        }
+    }
+
+    fn run(data: &[u8], spec: &TransformSpec, index: u64) -> (Vec<u8>, SampleInfo) {
+        let mut out = vec![0u8; spec.sample_bytes()];
+        let mut d = Decoder::new(DecodeLimits::default());
+        let info = process(&mut d, data, &mut sample_rng(5, 1, index), spec, &mut out).unwrap();
+        (out, info)
+    }
+
+    /// A constant image stays constant through every layout, normalized as torchvision's
+    /// `ToTensor()` + `Normalize(mean, std)`: `(v/255 − mean)/std`.
+    #[test]
+    fn layouts_hold_the_right_values_for_a_constant_image() {
+        let color = [10u8, 128, 250];
+        let px = color.repeat(300 * 200);
+        for (data, tol) in [(png(&px, 300, 200), 0u8), (jpeg(&px, 300, 200, 95), 2)] {
+            for train in [true, false] {
+                let base = TransformSpec {
+                    train,
+                    size: 32,
+                    resize: 40,
+                    ..Default::default()
+                };
+                let (out, _) = run(&data, &base, 3);
+                assert_eq!(out.len(), 32 * 32 * 3);
+                for p in out.chunks(3) {
+                    for c in 0..3 {
+                        assert!(p[c].abs_diff(color[c]) <= tol, "{p:?}");
+                    }
+                }
+                let f32_spec = TransformSpec {
+                    layout: Layout::NchwF32,
+                    ..base
+                };
+                let (out32, _) = run(&data, &f32_spec, 3);
+                let f16_spec = TransformSpec {
+                    layout: Layout::NchwF16,
+                    ..base
+                };
+                let (out16, _) = run(&data, &f16_spec, 3);
+                let plane = 32 * 32;
+                for c in 0..3 {
+                    let expect = (f32::from(color[c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                    let slack = f32::from(tol) / 255.0 / IMAGENET_STD[c] + 1e-6;
+                    for i in 0..plane {
+                        let at = (c * plane + i) * 4;
+                        let v = f32::from_ne_bytes(out32[at..at + 4].try_into().unwrap());
+                        assert!((v - expect).abs() <= slack, "c{c}: {v} vs {expect}");
+                        let at = (c * plane + i) * 2;
+                        let h = u16::from_ne_bytes(out16[at..at + 2].try_into().unwrap());
+                        assert_eq!(h, f32_to_f16(v), "c{c}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn process_is_reproducible_and_decodes_only_what_it_needs() {
+        let data = jpeg(&noisy_rgb(800, 600, 11), 800, 600, 90);
+        let spec = TransformSpec::default();
+        let (a, info) = run(&data, &spec, 42);
+        let (b, again) = run(&data, &spec, 42);
+        assert_eq!(a, b);
+        assert_eq!(info, again);
+        assert_eq!((info.width, info.height), (800, 600));
+        let (c, _) = run(&data, &spec, 43);
+        assert_ne!(a, c);
+        // Val on a large image: the DCT scales it down (800×600 → 256 short side → 1/2).
+        let val = TransformSpec {
+            train: false,
+            ..spec
+        };
+        let (_, info) = run(&data, &val, 0);
+        assert_eq!((info.scale_num, info.scale_denom), (1, 2));
+        assert!(!info.flip);
+    }
+
+    #[test]
+    fn bad_slots_specs_and_inputs_are_errors() {
+        let data = png(&[0; 8 * 8 * 3], 8, 8);
+        let spec = TransformSpec::default();
+        let mut d = Decoder::new(DecodeLimits::default());
+        let mut rng = sample_rng(0, 0, 0);
+        let mut small = vec![0u8; 10];
+        let e = process(&mut d, &data, &mut rng, &spec, &mut small).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::SlotSize {
+                need: 224 * 224 * 3,
+                got: 10
+            }
+        );
+        let mut out = vec![0u8; spec.sample_bytes()];
+        let bad = TransformSpec {
+            train: false,
+            resize: 100,
+            ..spec
+        };
+        assert!(matches!(
+            process(&mut d, &data, &mut rng, &bad, &mut out),
+            Err(DecodeError::BadSpec(_))
+        ));
+        let bad = TransformSpec {
+            scale: (0.0, 1.0),
+            ..spec
+        };
+        assert!(matches!(
+            process(&mut d, &data, &mut rng, &bad, &mut out),
+            Err(DecodeError::BadSpec(_))
+        ));
+        let e = process(&mut d, b"", &mut rng, &spec, &mut out).unwrap_err();
+        assert_eq!(e, DecodeError::Empty);
+        // Tiny images are upscaled, not refused.
+        process(&mut d, &data, &mut rng, &spec, &mut out).unwrap();
+    }
+}
