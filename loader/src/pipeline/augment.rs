@@ -16,8 +16,8 @@
 //! triangle filter whose support widens with the downscale factor, so it antialiases when
 //! shrinking and is plain bilinear interpolation with half-pixel centres when enlarging.
 //! Weights are f32 and the result is rounded to u8 once, after both passes (Pillow rounds
-//! between passes), so values agree with Pillow's within ±1. The flip is free: the horizontal
-//! pass reads its taps right to left.
+//! between passes, and runs the horizontal pass first), so values agree with Pillow's within
+//! ±1. The flip is free: the horizontal pass reads its taps right to left.
 //!
 //! Output is written straight into the caller's slot (a batch arena): NHWC u8 (normalize later,
 //! on the GPU), or NCHW f32 / f16 normalized as `(v/255 − mean)/std` in native byte order.
@@ -402,56 +402,48 @@ pub fn resize_into(
     debug_assert_eq!(out.len(), ow * oh * 3);
     let tx = taps(src.width, bx.x0, bx.x1, out_w);
     let ty = taps(src.height, bx.y0, bx.y1, out_h);
-    let row0 = ty.start.iter().copied().min().unwrap_or(0);
-    let row1 = ty
+    // Only the columns the horizontal taps read.
+    let col0 = tx.start.iter().copied().min().unwrap_or(0);
+    let col1 = tx
         .start
         .iter()
-        .zip(&ty.len)
+        .zip(&tx.len)
         .map(|(s, l)| s + l)
         .max()
         .unwrap_or(0)
-        .min(src.height as usize);
+        .min(src.width as usize);
     let stride = src.width as usize * 3;
-
-    // Horizontal pass over the rows the vertical pass reads.
-    let mut tmp = vec![0f32; (row1 - row0) * ow * 3];
-    for (r, y) in (row0..row1).enumerate() {
-        let line = &src.pixels[y * stride..(y + 1) * stride];
-        let dst = &mut tmp[r * ow * 3..(r + 1) * ow * 3];
-        for xx in 0..ow {
-            let from = if flip { ow - 1 - xx } else { xx };
-            let (s, n) = (tx.start[from], tx.len[from]);
-            let k = &tx.weights[from * tx.ksize..from * tx.ksize + n];
-            let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
-            for (w, p) in k.iter().zip(line[s * 3..(s + n) * 3].chunks_exact(3)) {
-                a += w * f32::from(p[0]);
-                b += w * f32::from(p[1]);
-                c += w * f32::from(p[2]);
-            }
-            dst[xx * 3] = a;
-            dst[xx * 3 + 1] = b;
-            dst[xx * 3 + 2] = c;
-        }
-    }
-
-    // Vertical pass, a whole row per tap (so it vectorizes).
-    let row_len = ow * 3;
-    let mut acc = vec![0f32; row_len];
+    let span = (col1 - col0) * 3;
+    // Vertical pass first, one output row at a time: whole source rows times a weight, which
+    // vectorizes; then the (scalar) horizontal pass runs on out_h rows, not on every source
+    // row the crop covers.
+    let mut acc = vec![0f32; span];
     for yy in 0..oh {
         let (s, n) = (ty.start[yy], ty.len[yy]);
         let k = &ty.weights[yy * ty.ksize..yy * ty.ksize + n];
         acc.fill(0.0);
         for (i, &w) in k.iter().enumerate() {
-            let r = (s + i - row0) * row_len;
-            for (a, v) in acc.iter_mut().zip(&tmp[r..r + row_len]) {
-                *a += w * v;
+            let r = (s + i) * stride + col0 * 3;
+            for (a, &v) in acc.iter_mut().zip(&src.pixels[r..r + span]) {
+                *a += w * f32::from(v);
             }
         }
-        let dst = &mut out[yy * row_len..(yy + 1) * row_len];
-        for (d, v) in dst.iter_mut().zip(&acc) {
+        let dst = &mut out[yy * ow * 3..(yy + 1) * ow * 3];
+        for (xx, d) in dst.chunks_exact_mut(3).enumerate() {
+            let from = if flip { ow - 1 - xx } else { xx };
+            let (s, n) = (tx.start[from] - col0, tx.len[from]);
+            let k = &tx.weights[from * tx.ksize..from * tx.ksize + n];
+            let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
+            for (w, p) in k.iter().zip(acc[s * 3..(s + n) * 3].chunks_exact(3)) {
+                r += w * p[0];
+                g += w * p[1];
+                b += w * p[2];
+            }
             // Round half up; the cast truncates, which is floor for the clamped value (and
             // avoids a libm `floorf` call per value on baseline x86-64).
-            *d = (v + 0.5).clamp(0.0, 255.0) as u8;
+            d[0] = (r + 0.5).clamp(0.0, 255.0) as u8;
+            d[1] = (g + 0.5).clamp(0.0, 255.0) as u8;
+            d[2] = (b + 0.5).clamp(0.0, 255.0) as u8;
         }
     }
 }
