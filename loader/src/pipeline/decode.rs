@@ -732,6 +732,17 @@ mod tests {
     }
 
     #[test]
+    fn a_decoder_can_move_to_a_worker_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Decoder>();
+        let data = jpeg(&noisy_rgb(40, 30, 1), 40, 30, 90);
+        let mut d = decoder();
+        d.header(&data).unwrap();
+        let info = std::thread::spawn(move || d.header(&data)).join().unwrap();
+        assert_eq!(info.unwrap().width, 40);
+    }
+
+    #[test]
     fn header_reports_format_and_size() {
         let px = noisy_rgb(123, 77, 1);
         let mut d = decoder();
