@@ -152,12 +152,7 @@ pub async fn read(
                 "warm_vs_ufs": warm / base})
         );
     } else {
-        println!(
-            "{} files, {:.1} MB ({:.0} KB avg), concurrency {n}",
-            files.len(),
-            total as f64 / 1e6,
-            total as f64 / files.len() as f64 / 1e3
-        );
+        println!("{}", summary_line(files.len(), total, n));
         println!(
             "{:<18} {:>10} {:>10} {:>10}",
             "phase", "secs", "MB/s", "vs UFS"
@@ -297,6 +292,15 @@ pub(super) fn par_sum<T: Sync, S: Send>(
             Ok(acc + n)
         })
     })
+}
+
+/// "N files, X MB (Y KB avg), concurrency C": the first line of every bench's report.
+pub(super) fn summary_line(files: usize, total: u64, concurrency: usize) -> String {
+    format!(
+        "{files} files, {:.1} MB ({:.0} KB avg), concurrency {concurrency}",
+        total as f64 / 1e6,
+        total as f64 / files.max(1) as f64 / 1e3
+    )
 }
 
 /// Reads through shared memory, one client per thread, copying each read into the thread's

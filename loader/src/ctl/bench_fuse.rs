@@ -22,7 +22,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::bench::{
-    ReadReq, fs_reads, grpc_reads, list_files, local_files, par_sum, shm_reads, whole_files,
+    ReadReq, fs_reads, grpc_reads, list_files, local_files, par_sum, shm_reads, summary_line,
+    whole_files,
 };
 use super::rpc_err;
 use crate::client::Client;
@@ -266,12 +267,7 @@ fn report(rows: &[Row], files: &[FileMeta], total: u64, n: usize, as_json: bool)
         );
         return;
     }
-    println!(
-        "{} files, {:.1} MB ({:.0} KB avg), concurrency {n}",
-        files.len(),
-        total as f64 / 1e6,
-        total as f64 / files.len() as f64 / 1e3
-    );
+    println!("{}", summary_line(files.len(), total, n));
     println!(
         "{:<11} {:<17} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9}",
         "workload", "via", "secs", "ops", "ops/s", "MB/s", "vs local", "vs grpc"
