@@ -108,6 +108,19 @@ impl Arena {
         };
     }
 
+    /// The bytes at `off..off + len`, writable.
+    ///
+    /// # Safety
+    /// The caller must have exclusive access to the range for the slice's lifetime: no other
+    /// reader or writer of it, in this process or another.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        self.check(off, len);
+        // SAFETY: in bounds (checked), mapped for the arena's lifetime, exclusive per the
+        // caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
+    }
+
     /// The bytes at `off..off + len`.
     ///
     /// # Safety

@@ -8,4 +8,5 @@
 pub mod augment;
 pub mod dataset;
 pub mod decode;
+pub mod ring;
 pub mod sampler;
