@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_fuse;
+mod bench_pipeline;
 pub mod dataset;
 
 use std::collections::BTreeMap;
@@ -126,6 +127,9 @@ enum BenchCmd {
     Read(bench::ReadArgs),
     /// Read the same files through the FUSE view, the daemon's API and the page cache.
     Fuse(bench_fuse::FuseArgs),
+    /// One epoch of training batches from the daemon's pipeline (decode + augment into
+    /// shared memory): img/s and MB/s.
+    Pipeline(bench_pipeline::PipelineArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -332,6 +336,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(m) => mount(&mut c, m).await,
         Command::Bench(BenchCmd::Read(args)) => bench::read(&mut c, shm, args).await,
         Command::Bench(BenchCmd::Fuse(args)) => bench_fuse::fuse(&mut c, shm, args).await,
+        Command::Bench(BenchCmd::Pipeline(args)) => {
+            let socket = cli.socket.clone().unwrap_or_else(default_socket);
+            tokio::task::block_in_place(|| bench_pipeline::run(default_shm_socket(&socket), args))
+        }
         Command::Dataset(_) => unreachable!("handled before connecting"),
     }
 }

@@ -195,14 +195,33 @@ fn image_folder(root: &LogicalPath, files: &[(LogicalPath, u64)]) -> Dataset {
 
 /// Reads a whole file through the cache.
 async fn read_all(cache: &Arc<Cache>, path: &LogicalPath) -> Result<Bytes, loaderd_cache::Error> {
+    read_range(cache, path, None).await
+}
+
+/// Bytes `range` of `path` (all of it for `None`) through the cache.
+async fn read_range(
+    cache: &Arc<Cache>,
+    path: &LogicalPath,
+    range: Option<std::ops::Range<u64>>,
+) -> Result<Bytes, loaderd_cache::Error> {
     let fh = cache.open_file(path).await?;
-    let size = fh.meta.size;
-    let mut out = BytesMut::with_capacity(size as usize);
-    let mut chunks = cache.read(fh, 0..size, ReadType::Cache, 4)?;
+    let range = range.unwrap_or(0..fh.meta.size);
+    let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+    let mut chunks = cache.read(fh, range, ReadType::Cache, 4)?;
     while let Some(chunk) = chunks.next().await {
         out.extend_from_slice(&chunk?.1);
     }
     Ok(out.freeze())
+}
+
+/// The encoded bytes of a sample.
+pub async fn fetch(cache: &Arc<Cache>, source: &Source) -> Result<Bytes, loaderd_cache::Error> {
+    match source {
+        Source::File { path, .. } => read_all(cache, path).await,
+        Source::TarMember { shard, offset, len } => {
+            read_range(cache, shard, Some(*offset..offset + len)).await
+        }
+    }
 }
 
 /// (key, image member, label) of one shard, in member order.

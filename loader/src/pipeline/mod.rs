@@ -10,3 +10,4 @@ pub mod dataset;
 pub mod decode;
 pub mod ring;
 pub mod sampler;
+pub mod session;

@@ -19,6 +19,40 @@ pub enum ShmError {
     Protocol(String),
 }
 
+/// Connects and reads the daemon's hello with the arena descriptor.
+fn handshake(path: &Path) -> Result<(OwnedFd, pb::ShmHello, OwnedFd), ShmError> {
+    let conn = connect_to(path)?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
+    let hello = decode::<pb::ShmHello>(&buf[..n])?;
+    if hello.version != super::server::VERSION {
+        return Err(ShmError::Protocol(format!(
+            "unknown version {}",
+            hello.version
+        )));
+    }
+    let fd = fd.ok_or_else(|| ShmError::Protocol("no arena descriptor in hello".into()))?;
+    Ok((conn, hello, fd))
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ShmError> {
+    if bytes.is_empty() {
+        return Err(ShmError::Protocol("daemon closed the connection".into()));
+    }
+    M::decode(bytes).map_err(|e| ShmError::Protocol(e.to_string()))
+}
+
+fn status(code: i32, message: String) -> Result<(), ShmError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(ShmError::Status {
+            code: tonic::Code::from_i32(code),
+            message,
+        })
+    }
+}
+
 /// A piece of a file, in order.
 pub enum Piece<'a> {
     /// Bytes mapped from the daemon's arena (valid during the callback only).
@@ -40,25 +74,14 @@ pub struct ShmClient {
 impl ShmClient {
     /// Connects and maps the arena.
     pub fn connect(path: &Path) -> Result<Self, ShmError> {
-        let conn = connect_to(path)?;
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
-        let hello =
-            pb::ShmHello::decode(&buf[..n]).map_err(|e| ShmError::Protocol(e.to_string()))?;
-        if hello.version != super::server::VERSION {
-            return Err(ShmError::Protocol(format!(
-                "unknown version {}",
-                hello.version
-            )));
-        }
-        let fd = fd.ok_or_else(|| ShmError::Protocol("no arena descriptor in hello".into()))?;
+        let (conn, hello, fd) = handshake(path)?;
         let map = ReadOnlyMap::new(&fd, hello.arena_len as usize)?;
         Ok(ShmClient {
             conn,
             map,
             next_id: 0,
             unreleased: None,
-            buf,
+            buf: vec![0u8; MAX_MESSAGE],
         })
     }
 
@@ -85,23 +108,14 @@ impl ShmClient {
         };
         send_msg(self.conn.as_fd(), &req.encode_to_vec(), None)?;
         let (n, _) = recv_msg(self.conn.as_fd(), &mut self.buf)?;
-        if n == 0 {
-            return Err(ShmError::Protocol("daemon closed the connection".into()));
-        }
-        let reply = pb::ShmReadReply::decode(&self.buf[..n])
-            .map_err(|e| ShmError::Protocol(e.to_string()))?;
+        let reply = decode::<pb::ShmReadReply>(&self.buf[..n])?;
         if reply.id != id {
             return Err(ShmError::Protocol(format!(
                 "reply {} to request {id}",
                 reply.id
             )));
         }
-        if reply.code != 0 {
-            return Err(ShmError::Status {
-                code: tonic::Code::from_i32(reply.code),
-                message: reply.error,
-            });
-        }
+        status(reply.code, reply.error)?;
         let mut res = Ok(());
         for e in &reply.extents {
             let piece = if e.in_arena {
@@ -127,5 +141,84 @@ impl ShmClient {
         }
         self.unreleased = Some(id);
         res.map(|()| reply.file_size)
+    }
+}
+
+/// One training batch, viewing the client's ring (valid until the next call).
+pub struct Batch<'a> {
+    pub seq: u64,
+    pub labels: Vec<i64>,
+    pub keys: Vec<String>,
+    /// Samples that could not be read or decoded (not in `data`).
+    pub skipped: Vec<String>,
+    /// `labels.len()` samples of `sample_bytes` each.
+    pub data: &'a [u8],
+}
+
+/// A connection that receives training batches from the daemon's pipeline.
+pub struct BatchClient {
+    conn: OwnedFd,
+    ring: ReadOnlyMap,
+    opened: pb::LoaderOpened,
+    held: Option<u32>,
+    buf: Vec<u8>,
+}
+
+impl BatchClient {
+    /// Starts a loader in the daemon and maps its batch ring.
+    pub fn open(path: &Path, req: pb::OpenLoader) -> Result<Self, ShmError> {
+        let (conn, _, _arena) = handshake(path)?;
+        let msg = pb::ShmRequest {
+            kind: Some(pb::shm_request::Kind::OpenLoader(req)),
+        };
+        send_msg(conn.as_fd(), &msg.encode_to_vec(), None)?;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
+        let opened = decode::<pb::LoaderOpened>(&buf[..n])?;
+        status(opened.code, opened.error.clone())?;
+        let fd = fd.ok_or_else(|| ShmError::Protocol("no ring descriptor".into()))?;
+        let ring = ReadOnlyMap::new(&fd, (opened.slot_bytes * u64::from(opened.depth)) as usize)?;
+        Ok(BatchClient {
+            conn,
+            ring,
+            opened,
+            held: None,
+            buf,
+        })
+    }
+
+    /// Shapes, sizes and counts of this loader.
+    pub fn opened(&self) -> &pb::LoaderOpened {
+        &self.opened
+    }
+
+    /// The next batch in order, releasing the previous one; `None` after the last.
+    pub fn next_batch(&mut self) -> Result<Option<Batch<'_>>, ShmError> {
+        let msg = pb::ShmRequest {
+            kind: Some(pb::shm_request::Kind::NextBatch(pb::NextBatch {
+                release_slot: self.held.take().map_or(-1, i64::from),
+            })),
+        };
+        send_msg(self.conn.as_fd(), &msg.encode_to_vec(), None)?;
+        let (n, _) = recv_msg(self.conn.as_fd(), &mut self.buf)?;
+        let ready = decode::<pb::BatchReady>(&self.buf[..n])?;
+        status(ready.code, ready.error)?;
+        if ready.end {
+            return Ok(None);
+        }
+        self.held = Some(ready.slot);
+        let off = u64::from(ready.slot) * self.opened.slot_bytes;
+        let len = u64::from(ready.samples) * self.opened.sample_bytes;
+        // SAFETY: the daemon delivered this slot to us and does not write it until we release
+        // it with the next request, which needs `&mut self` and so ends this borrow first.
+        let data = unsafe { self.ring.slice(off, len) }
+            .ok_or_else(|| ShmError::Protocol("batch outside the ring".into()))?;
+        Ok(Some(Batch {
+            seq: ready.seq,
+            labels: ready.labels,
+            keys: ready.keys,
+            skipped: ready.skipped,
+            data,
+        }))
     }
 }

@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
 use super::{MAX_MESSAGE, accept_on, listen_at, recv_msg, send_msg};
+use crate::pipeline::session::Session;
 use crate::server::{status_at, to_status};
 
 /// Protocol version in [`pb::ShmHello`].
@@ -125,6 +126,9 @@ fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> st
     drop(ro);
 
     let mut leases = Leases::new();
+    // This connection's training pipeline, once opened; dropped (workers stopped, ring
+    // unmapped) when the client goes away.
+    let mut session: Option<Session> = None;
     let mut leased = 0u64;
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -163,6 +167,48 @@ fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> st
                         }
                         Err(status) => error_reply(id, status.code(), status.message().into()),
                     }
+                };
+                send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
+            }
+            Some(pb::shm_request::Kind::OpenLoader(r)) => {
+                let (reply, fd) = match (&session, Session::open(cache, rt, &r)) {
+                    (Some(_), _) => (
+                        pb::LoaderOpened {
+                            code: tonic::Code::FailedPrecondition as i32,
+                            error: "this connection already has a loader".into(),
+                            ..Default::default()
+                        },
+                        None,
+                    ),
+                    (None, Err(e)) => (
+                        pb::LoaderOpened {
+                            code: e.code() as i32,
+                            error: e.to_string(),
+                            ..Default::default()
+                        },
+                        None,
+                    ),
+                    (None, Ok(s)) => {
+                        let fd = s.ring().read_only_fd().map_err(std::io::Error::other)?;
+                        let reply = s.opened().clone();
+                        session = Some(s);
+                        (reply, Some(fd))
+                    }
+                };
+                send_msg(
+                    conn.as_fd(),
+                    &reply.encode_to_vec(),
+                    fd.as_ref().map(|f| f.as_fd()),
+                )?;
+            }
+            Some(pb::shm_request::Kind::NextBatch(n)) => {
+                let reply = match session.as_mut() {
+                    Some(s) => s.next(usize::try_from(n.release_slot).ok()),
+                    None => pb::BatchReady {
+                        code: tonic::Code::FailedPrecondition as i32,
+                        error: "OpenLoader first".into(),
+                        ..Default::default()
+                    },
                 };
                 send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
             }

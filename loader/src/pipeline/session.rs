@@ -1,0 +1,335 @@
+//! One client's pipeline: dataset index → sampler → decode + augment workers → batch ring.
+//!
+//! Worker threads (not the runtime: decoding is CPU work) each take a free ring slot, *then*
+//! the next batch number, so the oldest undelivered batch always holds a slot and in-order
+//! delivery can never deadlock on a full ring. A worker fetches each sample's bytes through
+//! the cache (on the runtime, via its handle), decodes and augments it straight into the slot,
+//! and publishes the slot under the batch number. Samples that cannot be read or decoded are
+//! skipped (named in the batch, counted in metrics); the batch is compacted, so it holds fewer
+//! samples. Dropping the session stops the workers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use loaderd_cache::{Cache, LogicalPath};
+use loaderd_proto::v1 as pb;
+use metrics::counter;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use super::augment::{Layout, TransformSpec, process};
+use super::dataset::{Dataset, DatasetError, fetch};
+use super::decode::{DecodeLimits, Decoder};
+use super::ring::{BatchRing, RingError};
+use super::sampler::{Sampler, SamplerError, SamplerState, sample_rng};
+
+/// Ring slots when the client does not say.
+pub const DEFAULT_DEPTH: usize = 4;
+/// Decode threads when the client does not say.
+pub const DEFAULT_WORKERS: usize = 2;
+/// Largest ring a client may ask for.
+pub const MAX_RING_BYTES: usize = 4 << 30;
+
+/// Why a loader cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("invalid loader request: {0}")]
+    Invalid(String),
+}
+
+impl SessionError {
+    /// The gRPC code a client sees.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            SessionError::Dataset(DatasetError::Cache(e)) => crate::server::to_status(e).code(),
+            SessionError::Dataset(_) | SessionError::Sampler(_) | SessionError::Invalid(_) => {
+                tonic::Code::InvalidArgument
+            }
+            SessionError::Ring(_) => tonic::Code::ResourceExhausted,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct BatchMeta {
+    labels: Vec<i64>,
+    keys: Vec<String>,
+    skipped: Vec<String>,
+}
+
+/// A running pipeline for one client.
+pub struct Session {
+    ring: Arc<BatchRing>,
+    metas: Arc<Mutex<HashMap<u64, BatchMeta>>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    batches: u64,
+    next: u64,
+    opened: pb::LoaderOpened,
+}
+
+impl Session {
+    /// Indexes the dataset, builds the ring and starts the workers.
+    pub fn open(
+        cache: &Arc<Cache>,
+        rt: &Handle,
+        req: &pb::OpenLoader,
+    ) -> Result<Self, SessionError> {
+        let invalid = |m: &str| SessionError::Invalid(m.to_string());
+        if req.batch_size == 0 {
+            return Err(invalid("batch_size must be positive"));
+        }
+        let root = LogicalPath::parse(&req.dataset)
+            .map_err(|e| SessionError::Dataset(DatasetError::Cache(e)))?;
+        let dataset = Arc::new(rt.block_on(Dataset::index(cache, &root))?);
+        let layout = match req.layout.as_str() {
+            "" | "nhwc_u8" => Layout::NhwcU8,
+            "nchw_f32" => Layout::NchwF32,
+            "nchw_f16" => Layout::NchwF16,
+            other => return Err(invalid(&format!("unknown layout {other:?}"))),
+        };
+        let spec = TransformSpec {
+            train: req.train,
+            size: if req.size == 0 { 224 } else { req.size },
+            resize: if req.resize == 0 { 256 } else { req.resize },
+            layout,
+            ..TransformSpec::default()
+        };
+        spec.validate()
+            .map_err(|e| SessionError::Invalid(e.to_string()))?;
+        let state = SamplerState {
+            seed: req.seed,
+            epoch: req.epoch,
+            consumed: req.consumed,
+        };
+        let world = u64::from(req.world_size.max(1));
+        let sampler = Sampler::new(
+            dataset.len() as u64,
+            state,
+            u64::from(req.rank),
+            world,
+            !req.no_shuffle,
+            req.drop_last,
+        )?;
+        let indices: Arc<Vec<u64>> = Arc::new(sampler.indices().to_vec());
+        let batch = req.batch_size as usize;
+        let batches = indices.len().div_ceil(batch) as u64;
+        let sample_bytes = spec.sample_bytes();
+        let slot_bytes = sample_bytes * batch;
+        let depth = match req.depth {
+            0 => DEFAULT_DEPTH,
+            d => d as usize,
+        };
+        if slot_bytes.saturating_mul(depth) > MAX_RING_BYTES {
+            return Err(invalid(&format!(
+                "batch_size x depth x sample size needs {} bytes; the limit is {MAX_RING_BYTES}",
+                slot_bytes.saturating_mul(depth)
+            )));
+        }
+        let ring = Arc::new(BatchRing::new("loaderd-batches", depth, slot_bytes)?);
+        let metas = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next_batch = Arc::new(AtomicU64::new(0));
+        let workers = match req.workers {
+            0 => DEFAULT_WORKERS,
+            w => w as usize,
+        };
+        let spawn = |i: usize| {
+            let w = Worker {
+                cache: cache.clone(),
+                rt: rt.clone(),
+                dataset: dataset.clone(),
+                indices: indices.clone(),
+                ring: ring.clone(),
+                metas: metas.clone(),
+                stop: stop.clone(),
+                next_batch: next_batch.clone(),
+                spec,
+                batch,
+                batches,
+                seed: req.seed,
+                epoch: req.epoch,
+            };
+            std::thread::Builder::new()
+                .name(format!("loaderd-decode-{i}"))
+                .spawn(move || w.run())
+        };
+        let workers = (0..workers)
+            .map(spawn)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SessionError::Invalid(format!("cannot start decode threads: {e}")))?;
+        info!(dataset = %root, samples = indices.len(), batches, batch, depth, "loader opened");
+        let opened = pb::LoaderOpened {
+            code: 0,
+            error: String::new(),
+            slot_bytes: slot_bytes as u64,
+            depth: depth as u32,
+            batches,
+            dataset_len: dataset.len() as u64,
+            sample_shape: match layout {
+                Layout::NhwcU8 => vec![spec.size, spec.size, 3],
+                Layout::NchwF32 | Layout::NchwF16 => vec![3, spec.size, spec.size],
+            },
+            dtype: match layout {
+                Layout::NhwcU8 => "uint8",
+                Layout::NchwF32 => "float32",
+                Layout::NchwF16 => "float16",
+            }
+            .into(),
+            sample_bytes: sample_bytes as u64,
+            samples: indices.len() as u64,
+        };
+        Ok(Session {
+            ring,
+            metas,
+            stop,
+            workers,
+            batches,
+            next: 0,
+            opened,
+        })
+    }
+
+    /// What the client needs to map and interpret the ring.
+    pub fn opened(&self) -> &pb::LoaderOpened {
+        &self.opened
+    }
+
+    /// The ring (its descriptor goes to the client).
+    pub fn ring(&self) -> &BatchRing {
+        &self.ring
+    }
+
+    /// Releases `release` (if any) and waits for the next batch in order.
+    pub fn next(&mut self, release: Option<usize>) -> pb::BatchReady {
+        if let Some(slot) = release
+            && let Err(e) = self.ring.release(slot)
+        {
+            return batch_error(tonic::Code::InvalidArgument, e.to_string());
+        }
+        if self.next >= self.batches {
+            return pb::BatchReady {
+                end: true,
+                ..Default::default()
+            };
+        }
+        let seq = self.next;
+        let slot = loop {
+            if let Some(slot) = self.ring.deliver(seq, Duration::from_millis(200)) {
+                break slot;
+            }
+            if self.workers.iter().all(JoinHandle::is_finished) {
+                return batch_error(tonic::Code::Internal, "decode workers stopped".into());
+            }
+        };
+        self.next += 1;
+        let meta = lock(&self.metas).remove(&seq).unwrap_or_default();
+        pb::BatchReady {
+            code: 0,
+            error: String::new(),
+            seq,
+            slot: slot as u32,
+            samples: meta.labels.len() as u32,
+            labels: meta.labels,
+            keys: meta.keys,
+            skipped: meta.skipped,
+            end: false,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn batch_error(code: tonic::Code, error: String) -> pb::BatchReady {
+    pb::BatchReady {
+        code: code as i32,
+        error,
+        ..Default::default()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Worker {
+    cache: Arc<Cache>,
+    rt: Handle,
+    dataset: Arc<Dataset>,
+    indices: Arc<Vec<u64>>,
+    ring: Arc<BatchRing>,
+    metas: Arc<Mutex<HashMap<u64, BatchMeta>>>,
+    stop: Arc<AtomicBool>,
+    next_batch: Arc<AtomicU64>,
+    spec: TransformSpec,
+    batch: usize,
+    batches: u64,
+    seed: u64,
+    epoch: u64,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut decoder = Decoder::new(DecodeLimits::default());
+        let sample_bytes = self.spec.sample_bytes();
+        while !self.stop.load(Ordering::SeqCst) {
+            // A slot first, then the batch number: the oldest pending batch always has a slot.
+            let Some(mut slot) = self.ring.acquire(Duration::from_millis(100)) else {
+                continue;
+            };
+            let seq = self.next_batch.fetch_add(1, Ordering::SeqCst);
+            if seq >= self.batches {
+                return;
+            }
+            let start = seq as usize * self.batch;
+            let end = (start + self.batch).min(self.indices.len());
+            let mut meta = BatchMeta::default();
+            let bytes = slot.bytes();
+            for &index in &self.indices[start..end] {
+                let sample = &self.dataset.samples[index as usize];
+                let at = meta.labels.len() * sample_bytes;
+                let out = &mut bytes[at..at + sample_bytes];
+                let res = self
+                    .rt
+                    .block_on(fetch(&self.cache, &sample.source))
+                    .map_err(|e| e.to_string())
+                    .and_then(|data| {
+                        let mut rng = sample_rng(self.seed, self.epoch, index);
+                        process(&mut decoder, &data, &mut rng, &self.spec, out)
+                            .map_err(|e| e.to_string())
+                    });
+                match res {
+                    Ok(_) => {
+                        meta.labels.push(sample.label);
+                        meta.keys.push(sample.key.clone());
+                    }
+                    Err(e) => {
+                        warn!(key = %sample.key, error = %e, "sample skipped");
+                        counter!("loaderd_pipeline_skipped_total").increment(1);
+                        meta.skipped.push(sample.key.clone());
+                    }
+                }
+            }
+            counter!("loaderd_pipeline_samples_total").increment(meta.labels.len() as u64);
+            counter!("loaderd_pipeline_batches_total").increment(1);
+            lock(&self.metas).insert(seq, meta);
+            slot.publish(seq);
+        }
+    }
+}
