@@ -107,18 +107,24 @@ fn memory_eviction_stays_within_watermarks() {
     );
 
     // Whole files still read back exactly after all that churn.
-    for (rel, _) in &data.files {
-        assert_eq!(
-            sha256(&daemon.cat(&format!("/data/{rel}"))),
-            sha256(&data.read(rel)),
-            "cat /data/{rel}"
-        );
-    }
+    assert_all_read_back(&daemon, &data, "");
     let (used, capacity, _) = memory_used(&daemon);
     assert!(
         used <= capacity,
         "memory used {used} exceeds capacity {capacity}"
     );
+}
+
+/// Every file of `data` reads back byte-exact through `/data`.
+#[track_caller]
+fn assert_all_read_back(daemon: &Daemon, data: &Dataset, when: &str) {
+    for (rel, _) in &data.files {
+        assert_eq!(
+            sha256(&daemon.cat(&format!("/data/{rel}"))),
+            sha256(&data.read(rel)),
+            "cat /data/{rel} {when}"
+        );
+    }
 }
 
 /// A daemon with no memory tier and a 64 MiB SSD tier in a fresh directory, 64 KiB blocks.
@@ -197,13 +203,7 @@ fn ssd_tier_survives_restart() {
         Some(ssd_blocks),
         "ssd tier after restart: {status}"
     );
-    for (rel, _) in &data.files {
-        assert_eq!(
-            sha256(&daemon.cat(&format!("/data/{rel}"))),
-            sha256(&data.read(rel)),
-            "cat /data/{rel}"
-        );
-    }
+    assert_all_read_back(&daemon, &data, "");
     assert_eq!(
         daemon.metric(GET),
         0.0,
@@ -273,13 +273,7 @@ fn ssd_tier_after_crash_serves_correct_bytes() {
     // A crash leaves a stale socket and whatever the SSD tier had written.
     daemon.kill9();
     daemon.restart();
-    for (rel, _) in &data.files {
-        assert_eq!(
-            sha256(&daemon.cat(&format!("/data/{rel}"))),
-            sha256(&data.read(rel)),
-            "cat /data/{rel} after a crash"
-        );
-    }
+    assert_all_read_back(&daemon, &data, "after a crash");
     assert!(
         daemon.metric(GET) <= blocks_needed as f64,
         "reads after a crash issued {} GETs for {blocks_needed} blocks",
