@@ -130,8 +130,13 @@ fn assert_all_read_back(daemon: &Daemon, data: &Dataset, when: &str) {
 /// A daemon with no memory tier and a 64 MiB SSD tier in a fresh directory, 64 KiB blocks.
 fn ssd_only_daemon(s3: &S3Sandbox) -> (tempfile::TempDir, Daemon) {
     let ssd = tempfile::tempdir().expect("tempdir");
-    let ssd_dir = ssd.path().to_str().expect("utf-8 path");
-    let daemon = s3_daemon(
+    let daemon = ssd_daemon_at(s3, ssd.path());
+    (ssd, daemon)
+}
+
+/// A daemon with no memory tier and a 64 MiB SSD tier in `dir`, 64 KiB blocks.
+fn ssd_daemon_at(s3: &S3Sandbox, dir: &Path) -> Daemon {
+    s3_daemon(
         s3,
         &[
             "--block-size",
@@ -139,12 +144,11 @@ fn ssd_only_daemon(s3: &S3Sandbox) -> (tempfile::TempDir, Daemon) {
             "--memory-capacity",
             "0",
             "--ssd-dir",
-            ssd_dir,
+            dir.to_str().expect("utf-8 path"),
             "--ssd-capacity",
             "64MiB",
         ],
-    );
-    (ssd, daemon)
+    )
 }
 
 /// `load`s everything and waits until every block has its SSD file; returns the block count.
@@ -309,19 +313,7 @@ fn full_ssd_passes_reads_through_uncached() {
     let _umount = TmpfsMount(dir.path().to_path_buf());
     let data = Dataset::blobs(&[MIB, 300_000]);
     let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
-    let daemon = s3_daemon(
-        &s3,
-        &[
-            "--block-size",
-            "64KiB",
-            "--memory-capacity",
-            "0",
-            "--ssd-dir",
-            dir.path().to_str().expect("utf-8 path"),
-            "--ssd-capacity",
-            "64MiB",
-        ],
-    );
+    let daemon = ssd_daemon_at(&s3, dir.path());
     for round in ["first", "second"] {
         for (rel, _) in &data.files {
             assert_bytes_eq(

@@ -66,13 +66,7 @@ fn changed_object_visible_after_ttl_or_invalidate() {
         2000,
         "stat after the TTL must show the new size"
     );
-    let got = daemon.cat(PATH);
-    assert_eq!(
-        sha256(&got),
-        sha256(&v2),
-        "read after the TTL returned {} bytes, not the new object",
-        got.len()
-    );
+    assert_reads_new_object(&daemon, &v2);
 
     let v3 = random_bytes(1500, 7);
     s3.put_object(KEY, &v3);
@@ -121,13 +115,7 @@ fn read_during_change_never_mixes_versions() {
     }
 
     thread::sleep(TTL + Duration::from_secs(1));
-    let got = daemon.cat(PATH);
-    assert_eq!(
-        sha256(&got),
-        sha256(&v2),
-        "read after the TTL returned {} bytes, not the new object",
-        got.len()
-    );
+    assert_reads_new_object(&daemon, &v2);
 }
 
 #[test]
@@ -163,5 +151,17 @@ fn added_and_deleted_objects_follow_invalidate() {
     assert!(
         err.contains(PATH),
         "reading a deleted object: error does not name the path: {err:?}"
+    );
+}
+
+/// A read of `PATH` after the TTL returns exactly the new object.
+#[track_caller]
+fn assert_reads_new_object(daemon: &Daemon, v2: &[u8]) {
+    let got = daemon.cat(PATH);
+    assert_eq!(
+        sha256(&got),
+        sha256(v2),
+        "read after the TTL returned {} bytes, not the new object",
+        got.len()
     );
 }
