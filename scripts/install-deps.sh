@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing loaderd needs on Debian 12: protoc (tonic code generation),
 # cmake and nasm (to build the bundled libjpeg-turbo 3 that the JPEG decoder links), and
-# moto + boto3 for the local S3 server used by the tests and the quickstart.
+# etcd (cluster membership tests), moto + boto3 for the local S3 server used by the tests and
+# the quickstart, and the Python packages the client and chart tests use.
 # Idempotent: skips what is already there.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler libprotobuf-de
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v nasm >/dev/null 2>&1 || need_apt+=(nasm)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -17,8 +19,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5" boto3
+if ! python3 -c "import moto.server, boto3, numpy, pytest, PIL, helm_python, kubernetes_validate" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5" boto3 \
+    numpy pytest pillow helm-python-sdk kubernetes-validate
 fi
 
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo not found (install Rust with rustup)" >&2; exit 1; }

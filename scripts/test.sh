@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: formatting, clippy, unit tests and the
-# end-to-end tests (real S3 server, real loaderd and loaderctl processes).
+# end-to-end tests (real S3 server, real loaderd and loaderctl processes), then the Python
+# client's tests (against a real daemon) and the Helm chart's render and schema tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+python3 -m pytest -q python-client/tests docker/tests

@@ -142,6 +142,112 @@ impl Default for UfsConfig {
     }
 }
 
+/// One statically configured cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The member's node id.
+    pub id: String,
+    /// Its peer API, `host:port`.
+    pub addr: String,
+}
+
+/// The distributed cache: membership, placement and peer reads (`[cluster]`).
+///
+/// Off by default: with no `listen_addr` a node caches everything it reads by itself. With
+/// one, blocks are placed over the live members by rendezvous hashing and only a block's
+/// owners cache it; others read it from an owner over the peer API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's stable id (a restarted node owns its old blocks again); default: host name.
+    pub node_id: Option<String>,
+    /// Where the peer API listens (gRPC over TCP); `None` turns the cluster off.
+    pub listen_addr: Option<std::net::SocketAddr>,
+    /// How peers reach this node, `host:port`; default: `listen_addr` (must then be routable).
+    pub advertise_addr: Option<String>,
+    /// A static member list (`[[cluster.members]]`), used when no etcd endpoints are set. This
+    /// node is always a member.
+    pub members: Vec<MemberConfig>,
+    /// etcd endpoints (`http://host:2379`); when set, membership comes from etcd leases.
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    pub etcd_prefix: String,
+    /// A member whose lease is not renewed for this long leaves the member set.
+    pub lease_ttl: Secs,
+    /// Shared secret peers present on every request (prefer `token_file`).
+    pub token: Option<String>,
+    /// File holding the shared secret (a mounted Kubernetes Secret).
+    pub token_file: Option<PathBuf>,
+    /// Owners per block (more spreads hot data; each owner caches a copy).
+    pub replication: usize,
+    /// Deadline of one peer request; past it the next owner (or the UFS) is asked.
+    pub peer_timeout: Secs,
+    /// How long a peer that failed is skipped before it is tried again.
+    pub suspect_time: Secs,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            listen_addr: None,
+            advertise_addr: None,
+            members: Vec::new(),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/loaderd/".into(),
+            lease_ttl: Secs(Duration::from_secs(10)),
+            token: None,
+            token_file: None,
+            replication: 1,
+            peer_timeout: Secs(Duration::from_secs(5)),
+            suspect_time: Secs(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks values that types cannot; errors name the TOML key.
+    pub fn validate(&self) -> Result<()> {
+        if self.replication == 0 {
+            return Err(Error::config("cluster.replication", "must be at least 1"));
+        }
+        if self.lease_ttl.0 < Duration::from_secs(2) {
+            return Err(Error::config("cluster.lease_ttl", "must be at least 2s"));
+        }
+        if self.peer_timeout.0.is_zero() {
+            return Err(Error::config("cluster.peer_timeout", "must be positive"));
+        }
+        if self.node_id.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::config("cluster.node_id", "must not be empty"));
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if m.id.is_empty() || m.addr.is_empty() {
+                return Err(Error::config(
+                    format!("cluster.members[{i}]"),
+                    "needs `id` and `addr`",
+                ));
+            }
+        }
+        if let Some(addr) = self.listen_addr
+            && addr.ip().is_unspecified()
+            && self.advertise_addr.is_none()
+        {
+            return Err(Error::config(
+                "cluster.advertise_addr",
+                "is needed when listen_addr is a wildcard address",
+            ));
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(Error::config(
+                "cluster.token",
+                "set either token or token_file, not both",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl CacheConfig {
     /// Checks values that types cannot; errors name the TOML key.
     pub fn validate(&self) -> Result<()> {

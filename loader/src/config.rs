@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use loaderd_cache::{ByteSize, CacheConfig, MountSpec, Secs};
+use loaderd_cache::{ByteSize, CacheConfig, ClusterConfig, MountSpec, Secs};
 use serde::{Deserialize, Serialize};
 
 /// Everything `loaderd` runs with.
@@ -15,6 +15,10 @@ pub struct DaemonConfig {
     pub cache: CacheConfig,
     /// The FUSE view of the namespace (`[fuse]`).
     pub fuse: FuseConfig,
+    /// Training batches for local clients (`[pipeline]`).
+    pub pipeline: PipelineConfig,
+    /// The distributed cache (`[cluster]`); off unless `cluster.listen_addr` is set.
+    pub cluster: ClusterConfig,
     /// Mounts of the namespace (`[[mount]]` tables).
     pub mount: Vec<MountSpec>,
 }
@@ -109,6 +113,65 @@ impl Default for FuseConfig {
     }
 }
 
+/// What a sample that cannot be read or decoded does to its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Left out of its batch (the batch is shorter), named in the batch metadata, counted.
+    #[default]
+    Skip,
+    /// The batch fails with an error naming the sample.
+    Fail,
+}
+
+impl std::str::FromStr for OnError {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "skip" => Ok(OnError::Skip),
+            "fail" => Ok(OnError::Fail),
+            other => Err(format!(
+                "on_error must be \"skip\" or \"fail\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// Training batches decoded by the daemon into each client's shared-memory ring.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Ring slots (batches prepared ahead) for a client that does not ask for a number.
+    pub depth: usize,
+    /// Decode threads per client that does not ask for a number; 0 = one per core.
+    pub workers: usize,
+    /// Shared memory one client's ring may take (batch bytes × depth).
+    pub max_client_bytes: ByteSize,
+    /// Shared memory all clients' rings may take together.
+    pub max_total_bytes: ByteSize,
+    /// Clients with an open loader at once.
+    pub max_clients: usize,
+    /// Images whose header claims more pixels are refused before any pixel memory is
+    /// allocated (decompression bombs).
+    pub max_pixels: u64,
+    /// The default for clients that do not say: `skip` or `fail`.
+    pub on_error: OnError,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            depth: 4,
+            workers: 0,
+            max_client_bytes: ByteSize(4 << 30),
+            max_total_bytes: ByteSize(16 << 30),
+            max_clients: 64,
+            max_pixels: 64 << 20,
+            on_error: OnError::Skip,
+        }
+    }
+}
+
 /// `/run/loaderd/loaderd.sock` for root, else `/tmp/loaderd-<uid>/loaderd.sock`.
 pub fn default_socket() -> PathBuf {
     let uid = nix::unistd::getuid();
@@ -178,6 +241,22 @@ impl DaemonConfig {
         {
             return Err(invalid("fuse.mount_point", "must be an absolute path"));
         }
+        self.cluster.validate()?;
+        if self.pipeline.depth == 0 {
+            return Err(invalid("pipeline.depth", "must be at least 1"));
+        }
+        if self.pipeline.max_clients == 0 {
+            return Err(invalid("pipeline.max_clients", "must be at least 1"));
+        }
+        if self.pipeline.max_client_bytes > self.pipeline.max_total_bytes {
+            return Err(invalid(
+                "pipeline.max_client_bytes",
+                "must not exceed pipeline.max_total_bytes",
+            ));
+        }
+        if self.pipeline.max_pixels == 0 {
+            return Err(invalid("pipeline.max_pixels", "must be positive"));
+        }
         for (i, m) in self.mount.iter().enumerate() {
             if m.path.is_empty() || m.uri.is_empty() {
                 return Err(invalid(&format!("mount[{i}]"), "needs `path` and `uri`"));
@@ -191,6 +270,9 @@ impl DaemonConfig {
         let mut shown = self.clone();
         for m in &mut shown.mount {
             m.options = m.redacted_options();
+        }
+        if shown.cluster.token.is_some() {
+            shown.cluster.token = Some("<redacted>".into());
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
