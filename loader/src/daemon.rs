@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::config::DaemonConfig;
 use crate::fuse::FuseMount;
 use crate::http;
+use crate::pipeline::registry::Pipelines;
 use crate::server::LoaderService;
 use crate::shm::server::ShmServer;
 
@@ -76,8 +77,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         )));
     }
 
+    let pipelines = Pipelines::new(cfg.pipeline.clone());
     let service = LoaderService::new(
         cache.clone(),
+        pipelines.clone(),
         cfg.server.readahead_blocks,
         cfg.server.load_parallelism,
     );
@@ -115,6 +118,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         let server = ShmServer::start(
             &path,
             cache.clone(),
+            pipelines.clone(),
             tokio::runtime::Handle::current(),
             cfg.server.shm_max_leased.0,
         )

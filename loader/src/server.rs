@@ -4,6 +4,7 @@
 //! that could escape a mount. Cache errors become `tonic::Status` in exactly one place
 //! ([`to_status`]), by error class.
 
+use crate::pipeline::registry::Pipelines;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,7 @@ pub const CHUNK: usize = 2 << 20;
 #[derive(Clone)]
 pub struct LoaderService {
     cache: Arc<Cache>,
+    pipelines: Arc<Pipelines>,
     readahead: usize,
     load_parallelism: usize,
 }
@@ -38,9 +40,15 @@ impl LoaderService {
     }
 
     /// Serves `cache`.
-    pub fn new(cache: Arc<Cache>, readahead: usize, load_parallelism: usize) -> Self {
+    pub fn new(
+        cache: Arc<Cache>,
+        pipelines: Arc<Pipelines>,
+        readahead: usize,
+        load_parallelism: usize,
+    ) -> Self {
         LoaderService {
             cache,
+            pipelines,
             readahead,
             load_parallelism,
         }
@@ -294,6 +302,7 @@ impl Loader for LoaderService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let s = self.cache.status();
         let c = s.counters;
+        let (loaders, ring_bytes) = self.pipelines.status();
         let lookups = c.hits + c.misses;
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -329,6 +338,9 @@ impl Loader for LoaderService {
             mounts: self.mount_infos(),
             corrupt_blocks: c.corrupt_blocks,
             ufs_errors: c.ufs_errors,
+            loaders,
+            ring_bytes,
+            ring_capacity_bytes: self.pipelines.config().max_total_bytes.0,
         }))
     }
 

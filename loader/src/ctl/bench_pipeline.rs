@@ -1,5 +1,9 @@
 //! `loaderctl bench pipeline`: one epoch of training batches from the daemon's pipeline into
 //! this process's shared-memory ring — img/s and MB/s delivered, samples skipped.
+//!
+//! With `--predecoded` every sample is a copy of one decoded image, so the run measures the
+//! handoff itself (slot fill, in-order delivery, the client's copy out), and the same run
+//! measures `memcpy` of the same batch size in this process as its baseline.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,6 +48,17 @@ pub struct PipelineArgs {
     epoch: u64,
     #[arg(long)]
     drop_last: bool,
+    /// What an undecodable sample does: skip (default) or fail.
+    #[arg(long, default_value = "")]
+    on_error: String,
+    /// Measure delivery alone: every sample is a copy of one decoded image; also measures
+    /// memcpy of the same bytes as the baseline.
+    #[arg(long)]
+    predecoded: bool,
+    /// Copy every batch out of shared memory (as a trainer's host-to-device copy reads it)
+    /// instead of touching one byte per page.
+    #[arg(long)]
+    copy: bool,
     /// Write the sample keys, one per line in delivery order, to this file.
     #[arg(long)]
     keys_out: Option<PathBuf>,
@@ -65,6 +80,9 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
         depth: a.depth,
         drop_last: a.drop_last,
         workers: a.workers,
+        on_error: a.on_error.clone(),
+        name: "loaderctl bench pipeline".into(),
+        predecoded: a.predecoded,
         ..Default::default()
     };
     let started = Instant::now();
@@ -84,16 +102,23 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
     };
     let (mut batches, mut samples, mut bytes, mut skipped) = (0u64, 0u64, 0u64, Vec::new());
     let mut checksum = 0u64;
+    let copy = a.copy || a.predecoded;
+    let mut staging = vec![0u8; if copy { opened.slot_bytes as usize } else { 0 }];
     while let Some(b) = client.next_batch()? {
         batches += 1;
         samples += b.labels.len() as u64;
         bytes += b.data.len() as u64;
-        // Touch the batch as a trainer's copy would (one byte per page is enough to fault it in).
-        checksum = b
-            .data
-            .iter()
-            .step_by(4096)
-            .fold(checksum, |s, &x| s.wrapping_add(u64::from(x)));
+        if copy {
+            staging[..b.data.len()].copy_from_slice(b.data);
+            checksum = checksum.wrapping_add(u64::from(staging[b.data.len() / 2]));
+        } else {
+            // Touch the batch (one byte per page is enough to fault it in).
+            checksum = b
+                .data
+                .iter()
+                .step_by(4096)
+                .fold(checksum, |s, &x| s.wrapping_add(u64::from(x)));
+        }
         if let Some(w) = keys_out.as_mut() {
             for k in &b.keys {
                 writeln!(w, "{k}")?;
@@ -105,6 +130,10 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
         w.flush()?;
     }
     let secs = started.elapsed().as_secs_f64();
+    drop(client);
+    let memcpy_mb_s = a
+        .predecoded
+        .then(|| memcpy_mb_per_s(opened.slot_bytes as usize, bytes));
     if a.json {
         println!(
             "{}",
@@ -112,7 +141,9 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
                 "expected_batches": opened.batches, "dataset_len": opened.dataset_len,
                 "bytes": bytes, "secs": secs, "images_per_s": samples as f64 / secs,
                 "mb_per_s": bytes as f64 / secs / 1e6, "skipped": skipped,
-                "sample_shape": opened.sample_shape, "dtype": opened.dtype, "checksum": checksum})
+                "sample_shape": opened.sample_shape, "dtype": opened.dtype, "checksum": checksum,
+                "predecoded": a.predecoded, "memcpy_mb_per_s": memcpy_mb_s,
+                "of_memcpy": memcpy_mb_s.map(|m| bytes as f64 / secs / 1e6 / m)})
         );
     } else {
         println!(
@@ -127,6 +158,27 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
         for k in skipped.iter().take(10) {
             println!("  skipped {k}");
         }
+        if let Some(m) = memcpy_mb_s {
+            println!(
+                "memcpy of the same batches in this process: {m:.1} MB/s; delivery reached {:.2} of it",
+                bytes as f64 / secs / 1e6 / m
+            );
+        }
     }
     Ok(())
+}
+
+/// memcpy bandwidth for `total` bytes copied in `chunk`-sized pieces between two buffers
+/// (both faulted in first, as the ring and the client's staging buffer are).
+fn memcpy_mb_per_s(chunk: usize, total: u64) -> f64 {
+    let chunk = chunk.max(1);
+    let src = vec![1u8; chunk];
+    let mut dst = vec![0u8; chunk];
+    let rounds = (total / chunk as u64).max(16);
+    let started = Instant::now();
+    for i in 0..rounds {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst)[(i as usize) % chunk] ^= 1;
+    }
+    (rounds * chunk as u64) as f64 / started.elapsed().as_secs_f64() / 1e6
 }

@@ -428,6 +428,20 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|m| json!({"path": m.path, "uri": m.uri, "options": m.options}))
             .collect();
+        let loaders: Vec<_> = s
+            .loaders
+            .iter()
+            .map(|l| {
+                json!({"name": l.name, "dataset": l.dataset, "rank": l.rank,
+                    "world_size": l.world_size, "epoch": l.epoch,
+                    "batches_delivered": l.batches_delivered, "batches_total": l.batches_total,
+                    "samples": l.samples, "skipped": l.skipped, "elapsed_secs": l.elapsed_secs,
+                    "samples_per_sec": l.samples_per_sec, "starved_percent": l.starved_percent,
+                    "fetch_secs": l.fetch_secs, "decode_secs": l.decode_secs,
+                    "augment_secs": l.augment_secs, "ready_batches": l.ready_batches,
+                    "depth": l.depth, "ring_bytes": l.ring_bytes, "workers": l.workers})
+            })
+            .collect();
         println!(
             "{}",
             json!({"version": s.version, "uptime_secs": s.uptime_secs, "tiers": tiers,
@@ -436,7 +450,9 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
                 "block_size": s.block_size, "metadata_entries": s.metadata_entries,
                 "metadata_bytes": s.metadata_bytes, "inflight_bytes": s.inflight_bytes,
                 "inflight_capacity_bytes": s.inflight_capacity_bytes,
-                "corrupt_blocks": s.corrupt_blocks, "ufs_errors": s.ufs_errors, "mounts": mounts})
+                "corrupt_blocks": s.corrupt_blocks, "ufs_errors": s.ufs_errors, "mounts": mounts,
+                "loaders": loaders, "ring_bytes": s.ring_bytes,
+                "ring_capacity_bytes": s.ring_capacity_bytes})
         );
         return Ok(());
     }
@@ -483,6 +499,36 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
     );
     for m in &s.mounts {
         println!("  mount {} -> {}", m.path, m.uri);
+    }
+    println!(
+        "  loaders {} open, rings {} / {}",
+        s.loaders.len(),
+        human(s.ring_bytes),
+        human(s.ring_capacity_bytes)
+    );
+    for l in &s.loaders {
+        // Busy seconds per sample, per stage, summed over the loader's decode threads.
+        let per = |secs: f64| 1e3 * secs / (l.samples + l.skipped).max(1) as f64;
+        println!(
+            "  loader {:?} {} rank {}/{} epoch {}: batch {}/{}, {:.0} img/s, starved {:.1}%, \
+             {} skipped, ready {}/{}, {} workers; ms/sample fetch {:.2} decode {:.2} augment {:.2}",
+            l.name,
+            l.dataset,
+            l.rank,
+            l.world_size,
+            l.epoch,
+            l.batches_delivered,
+            l.batches_total,
+            l.samples_per_sec,
+            l.starved_percent,
+            l.skipped,
+            l.ready_batches,
+            l.depth,
+            l.workers,
+            per(l.fetch_secs),
+            per(l.decode_secs),
+            per(l.augment_secs)
+        );
     }
     Ok(())
 }

@@ -279,6 +279,9 @@ pub struct SampleInfo {
     /// The DCT scale the decoder used (`num/denom`).
     pub scale_num: u32,
     pub scale_denom: u32,
+    /// Time spent decoding (header and region) and transforming.
+    pub decode_time: std::time::Duration,
+    pub augment_time: std::time::Duration,
 }
 
 /// Decodes `data`, transforms it as `spec` says with draws from `rng` (the sample's stream)
@@ -291,6 +294,7 @@ pub fn process(
     out: &mut [u8],
 ) -> Result<SampleInfo, DecodeError> {
     spec.validate()?;
+    let started = std::time::Instant::now();
     let need = spec.sample_bytes();
     if out.len() != need {
         return Err(DecodeError::SlotSize {
@@ -312,6 +316,7 @@ pub fn process(
         need_px(rect.h, plan.crop.height()),
     );
     let region = decoder.decode_region(data, rect, target)?;
+    let decoded = std::time::Instant::now();
     let (x0, y0) = region.to_local(plan.crop.x0, plan.crop.y0);
     let (x1, y1) = region.to_local(plan.crop.x1, plan.crop.y1);
     let local = CropBox { x0, y0, x1, y1 };
@@ -331,6 +336,8 @@ pub fn process(
         flip: plan.flip,
         scale_num: region.scale_num,
         scale_denom: region.scale_denom,
+        decode_time: decoded - started,
+        augment_time: decoded.elapsed(),
     })
 }
 

@@ -4,34 +4,29 @@
 //! the next batch number, so the oldest undelivered batch always holds a slot and in-order
 //! delivery can never deadlock on a full ring. A worker fetches each sample's bytes through
 //! the cache (on the runtime, via its handle), decodes and augments it straight into the slot,
-//! and publishes the slot under the batch number. Samples that cannot be read or decoded are
-//! skipped (named in the batch, counted in metrics); the batch is compacted, so it holds fewer
-//! samples. Dropping the session stops the workers.
+//! and publishes the slot under the batch number. A sample that cannot be read or decoded is
+//! skipped (named in the batch, counted in metrics; the batch is compacted, so it holds fewer
+//! samples) or, with `on_error = fail`, fails its batch and the loader. Dropping the session
+//! stops the workers and gives its shared memory back to the budget.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use loaderd_cache::{Cache, LogicalPath};
 use loaderd_proto::v1 as pb;
-use metrics::counter;
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::augment::{Layout, TransformSpec, process};
 use super::dataset::{Dataset, DatasetError, fetch};
 use super::decode::{DecodeLimits, Decoder};
+use super::registry::{BudgetError, LoaderInfo, LoaderStats, Pipelines, Registration, Stage};
 use super::ring::{BatchRing, RingError};
 use super::sampler::{Sampler, SamplerError, SamplerState, sample_rng};
-
-/// Ring slots when the client does not say.
-pub const DEFAULT_DEPTH: usize = 4;
-/// Decode threads when the client does not say.
-pub const DEFAULT_WORKERS: usize = 2;
-/// Largest ring a client may ask for.
-pub const MAX_RING_BYTES: usize = 4 << 30;
+use crate::config::OnError;
 
 /// Why a loader cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +37,8 @@ pub enum SessionError {
     Sampler(#[from] SamplerError),
     #[error(transparent)]
     Ring(#[from] RingError),
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     #[error("invalid loader request: {0}")]
     Invalid(String),
 }
@@ -54,7 +51,7 @@ impl SessionError {
             SessionError::Dataset(_) | SessionError::Sampler(_) | SessionError::Invalid(_) => {
                 tonic::Code::InvalidArgument
             }
-            SessionError::Ring(_) => tonic::Code::ResourceExhausted,
+            SessionError::Ring(_) | SessionError::Budget(_) => tonic::Code::ResourceExhausted,
         }
     }
 }
@@ -64,6 +61,8 @@ struct BatchMeta {
     labels: Vec<i64>,
     keys: Vec<String>,
     skipped: Vec<String>,
+    /// With `on_error = fail`: the sample that failed the batch, and why.
+    failed: Option<String>,
 }
 
 /// A running pipeline for one client.
@@ -75,22 +74,29 @@ pub struct Session {
     batches: u64,
     next: u64,
     opened: pb::LoaderOpened,
+    /// Set once a batch failed (`on_error = fail`): every later request gets this error.
+    failed: Option<String>,
+    registration: Registration,
 }
 
 impl Session {
-    /// Indexes the dataset, builds the ring and starts the workers.
+    /// Indexes the dataset, admits the ring against the budgets, builds it and starts the
+    /// workers.
     pub fn open(
         cache: &Arc<Cache>,
+        pipelines: &Arc<Pipelines>,
         rt: &Handle,
         req: &pb::OpenLoader,
     ) -> Result<Self, SessionError> {
+        let config = pipelines.config();
         let invalid = |m: &str| SessionError::Invalid(m.to_string());
         if req.batch_size == 0 {
             return Err(invalid("batch_size must be positive"));
         }
-        let root = LogicalPath::parse(&req.dataset)
-            .map_err(|e| SessionError::Dataset(DatasetError::Cache(e)))?;
-        let dataset = Arc::new(rt.block_on(Dataset::index(cache, &root))?);
+        let on_error = match req.on_error.as_str() {
+            "" => config.on_error,
+            other => other.parse::<OnError>().map_err(SessionError::Invalid)?,
+        };
         let layout = match req.layout.as_str() {
             "" | "nhwc_u8" => Layout::NhwcU8,
             "nchw_f32" => Layout::NchwF32,
@@ -106,6 +112,27 @@ impl Session {
         };
         spec.validate()
             .map_err(|e| SessionError::Invalid(e.to_string()))?;
+        let batch = req.batch_size as usize;
+        let sample_bytes = spec.sample_bytes();
+        let slot_bytes = sample_bytes
+            .checked_mul(batch)
+            .ok_or_else(|| invalid("batch_size x sample size overflows"))?;
+        let depth = match req.depth {
+            0 => config.depth,
+            d => d as usize,
+        };
+        let ring_bytes = (slot_bytes as u64).saturating_mul(depth as u64);
+        // Refuse an oversized ring before indexing (which may LIST a whole bucket).
+        if ring_bytes > config.max_client_bytes.0 {
+            return Err(BudgetError::Client {
+                need: ring_bytes,
+                limit: config.max_client_bytes.0,
+            }
+            .into());
+        }
+        let root = LogicalPath::parse(&req.dataset)
+            .map_err(|e| SessionError::Dataset(DatasetError::Cache(e)))?;
+        let dataset = Arc::new(rt.block_on(Dataset::index(cache, &root))?);
         let state = SamplerState {
             seed: req.seed,
             epoch: req.epoch,
@@ -121,27 +148,33 @@ impl Session {
             req.drop_last,
         )?;
         let indices: Arc<Vec<u64>> = Arc::new(sampler.indices().to_vec());
-        let batch = req.batch_size as usize;
         let batches = indices.len().div_ceil(batch) as u64;
-        let sample_bytes = spec.sample_bytes();
-        let slot_bytes = sample_bytes * batch;
-        let depth = match req.depth {
-            0 => DEFAULT_DEPTH,
-            d => d as usize,
+        let workers = match (req.workers, config.workers) {
+            (0, 0) => std::thread::available_parallelism().map_or(2, usize::from),
+            (0, w) => w,
+            (w, _) => w as usize,
         };
-        if slot_bytes.saturating_mul(depth) > MAX_RING_BYTES {
-            return Err(invalid(&format!(
-                "batch_size x depth x sample size needs {} bytes; the limit is {MAX_RING_BYTES}",
-                slot_bytes.saturating_mul(depth)
-            )));
-        }
+        let registration = pipelines.admit(LoaderInfo {
+            name: if req.name.is_empty() {
+                format!("rank {}/{}", req.rank, world)
+            } else {
+                req.name.clone()
+            },
+            dataset: root.to_string(),
+            rank: req.rank,
+            world_size: world as u32,
+            epoch: req.epoch,
+            batches,
+            depth: depth as u32,
+            ring_bytes,
+            workers: workers as u32,
+        })?;
         let ring = Arc::new(BatchRing::new("loaderd-batches", depth, slot_bytes)?);
         let metas = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let next_batch = Arc::new(AtomicU64::new(0));
-        let workers = match req.workers {
-            0 => DEFAULT_WORKERS,
-            w => w as usize,
+        let limits = DecodeLimits {
+            max_pixels: config.max_pixels,
         };
         let spawn = |i: usize| {
             let w = Worker {
@@ -153,7 +186,11 @@ impl Session {
                 metas: metas.clone(),
                 stop: stop.clone(),
                 next_batch: next_batch.clone(),
+                stats: registration.stats().clone(),
                 spec,
+                limits,
+                on_error,
+                predecoded: req.predecoded,
                 batch,
                 batches,
                 seed: req.seed,
@@ -167,7 +204,16 @@ impl Session {
             .map(spawn)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SessionError::Invalid(format!("cannot start decode threads: {e}")))?;
-        info!(dataset = %root, samples = indices.len(), batches, batch, depth, "loader opened");
+        info!(
+            dataset = %root,
+            name = %registration.stats().info().name,
+            samples = indices.len(),
+            batches,
+            batch,
+            depth,
+            workers = workers.len(),
+            "loader opened"
+        );
         let opened = pb::LoaderOpened {
             code: 0,
             error: String::new(),
@@ -196,6 +242,8 @@ impl Session {
             batches,
             next: 0,
             opened,
+            failed: None,
+            registration,
         })
     }
 
@@ -211,10 +259,15 @@ impl Session {
 
     /// Releases `release` (if any) and waits for the next batch in order.
     pub fn next(&mut self, release: Option<usize>) -> pb::BatchReady {
+        let stats = self.registration.stats().clone();
+        stats.requested();
         if let Some(slot) = release
             && let Err(e) = self.ring.release(slot)
         {
             return batch_error(tonic::Code::InvalidArgument, e.to_string());
+        }
+        if let Some(failed) = &self.failed {
+            return batch_error(tonic::Code::DataLoss, failed.clone());
         }
         if self.next >= self.batches {
             return pb::BatchReady {
@@ -223,6 +276,7 @@ impl Session {
             };
         }
         let seq = self.next;
+        let asked = Instant::now();
         let slot = loop {
             if let Some(slot) = self.ring.deliver(seq, Duration::from_millis(200)) {
                 break slot;
@@ -231,8 +285,16 @@ impl Session {
                 return batch_error(tonic::Code::Internal, "decode workers stopped".into());
             }
         };
+        stats.delivered(asked.elapsed());
         self.next += 1;
         let meta = lock(&self.metas).remove(&seq).unwrap_or_default();
+        if let Some(failed) = meta.failed {
+            // The client never sees this slot: free it, stop decoding, fail from now on.
+            let _ = self.ring.release(slot);
+            self.stop.store(true, Ordering::SeqCst);
+            self.failed = Some(failed.clone());
+            return batch_error(tonic::Code::DataLoss, failed);
+        }
         pb::BatchReady {
             code: 0,
             error: String::new(),
@@ -277,7 +339,11 @@ struct Worker {
     metas: Arc<Mutex<HashMap<u64, BatchMeta>>>,
     stop: Arc<AtomicBool>,
     next_batch: Arc<AtomicU64>,
+    stats: Arc<LoaderStats>,
     spec: TransformSpec,
+    limits: DecodeLimits,
+    on_error: OnError,
+    predecoded: bool,
     batch: usize,
     batches: u64,
     seed: u64,
@@ -286,7 +352,9 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        let mut decoder = Decoder::new(DecodeLimits::default());
+        let mut decoder = Decoder::new(self.limits);
+        // With `predecoded`, the first good sample's output, copied into every later one.
+        let mut template: Option<Vec<u8>> = None;
         let sample_bytes = self.spec.sample_bytes();
         while !self.stop.load(Ordering::SeqCst) {
             // A slot first, then the batch number: the oldest pending batch always has a slot.
@@ -305,31 +373,56 @@ impl Worker {
                 let sample = &self.dataset.samples[index as usize];
                 let at = meta.labels.len() * sample_bytes;
                 let out = &mut bytes[at..at + sample_bytes];
-                let res = self
-                    .rt
-                    .block_on(fetch(&self.cache, &sample.source))
-                    .map_err(|e| e.to_string())
-                    .and_then(|data| {
-                        let mut rng = sample_rng(self.seed, self.epoch, index);
-                        process(&mut decoder, &data, &mut rng, &self.spec, out)
-                            .map_err(|e| e.to_string())
-                    });
+                let res = match &template {
+                    Some(t) => {
+                        out.copy_from_slice(t);
+                        Ok(())
+                    }
+                    None => self.sample(&mut decoder, index, &sample.source, out),
+                };
                 match res {
-                    Ok(_) => {
+                    Ok(()) => {
+                        if self.predecoded && template.is_none() {
+                            template = Some(out.to_vec());
+                        }
                         meta.labels.push(sample.label);
                         meta.keys.push(sample.key.clone());
                     }
+                    Err(e) if self.on_error == OnError::Fail => {
+                        error!(key = %sample.key, error = %e, "sample failed its batch (on_error = fail)");
+                        meta.failed = Some(format!("sample {}: {e}", sample.key));
+                        meta.skipped.push(sample.key.clone());
+                        break;
+                    }
                     Err(e) => {
                         warn!(key = %sample.key, error = %e, "sample skipped");
-                        counter!("loaderd_pipeline_skipped_total").increment(1);
                         meta.skipped.push(sample.key.clone());
                     }
                 }
             }
-            counter!("loaderd_pipeline_samples_total").increment(meta.labels.len() as u64);
-            counter!("loaderd_pipeline_batches_total").increment(1);
+            self.stats
+                .batch_ready(meta.labels.len(), meta.skipped.len());
             lock(&self.metas).insert(seq, meta);
             slot.publish(seq);
         }
+    }
+
+    /// Fetches, decodes and augments one sample into `out`, timing each stage.
+    fn sample(
+        &self,
+        decoder: &mut Decoder,
+        index: u64,
+        source: &super::dataset::Source,
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let data = self.rt.block_on(fetch(&self.cache, source));
+        self.stats.record(Stage::Fetch, started.elapsed());
+        let data = data.map_err(|e| e.to_string())?;
+        let mut rng = sample_rng(self.seed, self.epoch, index);
+        let info = process(decoder, &data, &mut rng, &self.spec, out).map_err(|e| e.to_string())?;
+        self.stats.record(Stage::Decode, info.decode_time);
+        self.stats.record(Stage::Augment, info.augment_time);
+        Ok(())
     }
 }

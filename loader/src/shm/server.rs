@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
 use super::{MAX_MESSAGE, accept_on, listen_at, recv_msg, send_msg};
+use crate::pipeline::registry::Pipelines;
 use crate::pipeline::session::Session;
 use crate::server::{status_at, to_status};
 
@@ -41,6 +42,7 @@ impl ShmServer {
     pub fn start(
         path: &Path,
         cache: Arc<Cache>,
+        pipelines: Arc<Pipelines>,
         rt: Handle,
         max_leased_bytes: u64,
     ) -> std::io::Result<Option<Self>> {
@@ -50,11 +52,17 @@ impl ShmServer {
         }
         let listener = Arc::new(listen_at(path)?);
         let stopping = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            cache,
+            pipelines,
+            rt,
+            max_leased: max_leased_bytes,
+        });
         let accept = {
             let (listener, stopping) = (listener.clone(), stopping.clone());
             std::thread::Builder::new()
                 .name("loaderd-shm-accept".into())
-                .spawn(move || accept_loop(&listener, &stopping, &cache, &rt, max_leased_bytes))?
+                .spawn(move || accept_loop(&listener, &stopping, &shared))?
         };
         Ok(Some(ShmServer {
             listener,
@@ -76,24 +84,27 @@ impl ShmServer {
     }
 }
 
-fn accept_loop(
-    listener: &OwnedFd,
-    stopping: &AtomicBool,
-    cache: &Arc<Cache>,
-    rt: &Handle,
-    max: u64,
-) {
+/// What every connection thread uses.
+struct Shared {
+    cache: Arc<Cache>,
+    pipelines: Arc<Pipelines>,
+    rt: Handle,
+    /// Bytes one client may hold leased.
+    max_leased: u64,
+}
+
+fn accept_loop(listener: &OwnedFd, stopping: &AtomicBool, shared: &Arc<Shared>) {
     let mut next = 0u64;
     while !stopping.load(Ordering::SeqCst) {
         match accept_on(listener.as_fd()) {
             Ok(conn) => {
                 next += 1;
-                let (cache, rt) = (cache.clone(), rt.clone());
+                let shared = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("loaderd-shm-{next}"))
                     .spawn(move || {
                         gauge!("loaderd_shm_clients").increment(1.0);
-                        if let Err(e) = serve(&conn, &cache, &rt, max) {
+                        if let Err(e) = serve(&conn, &shared) {
                             debug!(error = %e, "shared-memory client ended with an error");
                         }
                         gauge!("loaderd_shm_clients").decrement(1.0);
@@ -112,7 +123,14 @@ fn accept_loop(
 }
 
 /// One client: hello with the arena, then reads and releases until EOF.
-fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> std::io::Result<()> {
+fn serve(conn: &OwnedFd, shared: &Shared) -> std::io::Result<()> {
+    let Shared {
+        cache,
+        pipelines,
+        rt,
+        max_leased,
+    } = shared;
+    let max_leased = *max_leased;
     let arena = cache
         .memory()
         .arena()
@@ -171,7 +189,7 @@ fn serve(conn: &OwnedFd, cache: &Arc<Cache>, rt: &Handle, max_leased: u64) -> st
                 send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
             }
             Some(pb::shm_request::Kind::OpenLoader(r)) => {
-                let (reply, fd) = match (&session, Session::open(cache, rt, &r)) {
+                let (reply, fd) = match (&session, Session::open(cache, pipelines, rt, &r)) {
                     (Some(_), _) => (
                         pb::LoaderOpened {
                             code: tonic::Code::FailedPrecondition as i32,
