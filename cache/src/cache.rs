@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +21,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::block::{BlockId, BlockRef, blocks_for};
+use crate::cluster::Cluster;
+use crate::cluster::peer::block_request;
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
 use crate::meta::{DirEntry, Metadata, Stat};
@@ -88,6 +90,19 @@ pub struct Cache {
     inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
     budget: Arc<Semaphore>,
     started: Instant,
+    /// Set when this node is part of a cluster: blocks it does not own come from peers.
+    cluster: OnceLock<Arc<Cluster>>,
+}
+
+/// What a read of a block this node does not own keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Nothing: the owner caches it (no passive duplication).
+    Nothing,
+    /// A local copy too (pinned for this node's own trainers).
+    Local,
+    /// Nothing, and the bytes are not wanted (warming the owner).
+    Discard,
 }
 
 impl Cache {
@@ -118,8 +133,22 @@ impl Cache {
             inflight: Arc::default(),
             budget: Arc::new(Semaphore::new(permits)),
             started: Instant::now(),
+            cluster: OnceLock::new(),
             cfg,
         }))
+    }
+
+    /// Makes this cache a cluster node: from now on only blocks it owns are cached here, and
+    /// others are read from their owners. Set once, at start.
+    pub fn join_cluster(&self, cluster: Arc<Cluster>) -> Result<()> {
+        self.cluster
+            .set(cluster)
+            .map_err(|_| Error::Membership("this cache is already in a cluster".into()))
+    }
+
+    /// The cluster this node is in, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     /// The configuration in force.
@@ -298,16 +327,12 @@ impl Cache {
         Ok(self.memory.lease(b.id))
     }
 
-    async fn fetch_block(
-        &self,
-        fh: &FileHandle,
-        b: &BlockRef,
-        read_type: ReadType,
-    ) -> Result<Bytes> {
+    /// A block from this node's tiers, if there.
+    async fn in_tiers(&self, b: &BlockRef) -> Option<Bytes> {
         let len = b.range.end - b.range.start;
         if let Some(data) = self.memory.get(b.id) {
             stats::hit("memory", len);
-            return Ok(data);
+            return Some(data);
         }
         if let Some(ssd) = &self.ssd
             && ssd.contains(b.id)
@@ -315,9 +340,111 @@ impl Cache {
             let (ssd, id) = (ssd.clone(), b.id);
             if let Ok(Some(data)) = tokio::task::spawn_blocking(move || ssd.get(id)).await {
                 stats::hit("ssd", len);
-                return Ok(data);
+                return Some(data);
             }
         }
+        None
+    }
+
+    async fn fetch_block(
+        &self,
+        fh: &FileHandle,
+        b: &BlockRef,
+        read_type: ReadType,
+    ) -> Result<Bytes> {
+        if let Some(data) = self.in_tiers(b).await {
+            return Ok(data);
+        }
+        match self.cluster() {
+            Some(c) if !c.owns(b.id) => {
+                let keep = Keep::Nothing;
+                let data = self.fetch_remote(c, fh, b, read_type, keep).await?;
+                data.ok_or_else(|| Error::Membership("no data from a peer".into()))
+            }
+            _ => self.fetch_owned(fh, b, read_type).await,
+        }
+    }
+
+    /// A block a peer asks this node for, as its owner: from the tiers, or fetched from the
+    /// UFS once and cached. Never forwarded (the peer already chose this node), so differing
+    /// member views cannot bounce a request around. Returns whether it was cached already.
+    pub async fn get_block_as_owner(&self, fh: &FileHandle, b: &BlockRef) -> Result<(Bytes, bool)> {
+        if let Some(data) = self.in_tiers(b).await {
+            return Ok((data, true));
+        }
+        let res = self.fetch_owned(fh, b, ReadType::Cache).await;
+        if let Err(e) = &res
+            && matches!(e.root(), Error::Changed { .. })
+        {
+            let _ = self.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
+        }
+        Ok((res?, false))
+    }
+
+    /// A block this node does not own: from its owners in rendezvous order (skipping
+    /// suspects), taking it over when this node is next in line, else from the UFS uncached.
+    async fn fetch_remote(
+        &self,
+        c: &Cluster,
+        fh: &FileHandle,
+        b: &BlockRef,
+        read_type: ReadType,
+        keep: Keep,
+    ) -> Result<Option<Bytes>> {
+        let len = b.range.end - b.range.start;
+        let bs = self.cfg.block_size.0;
+        for m in c.candidates(b.id) {
+            if c.is_me(&m) {
+                // The owners before this node are down: it is the owner now.
+                return self.fetch_owned(fh, b, read_type).await.map(Some);
+            }
+            if c.peers().is_suspect(&m.addr) {
+                continue;
+            }
+            let req = block_request(fh, b, bs, keep == Keep::Discard);
+            match c.peers().get_block(&m, req).await {
+                Ok(block) if keep == Keep::Discard => {
+                    let _ = block;
+                    return Ok(None);
+                }
+                Ok(block) => {
+                    stats::peer_hit(len);
+                    if keep == Keep::Local {
+                        self.store(b.id, &block.data).await;
+                    }
+                    return Ok(Some(block.data));
+                }
+                Err(e) => debug!(error = %e, "peer read failed; trying the next"),
+            }
+        }
+        // No owner answered: read the UFS without caching (this node does not own it).
+        stats::passthrough("peers_unavailable");
+        let _permits = self.reserve(len).await?;
+        let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
+        stats::miss(len);
+        if keep == Keep::Local {
+            self.store(b.id, &data).await;
+        }
+        Ok(Some(data))
+    }
+
+    /// Puts a block in the memory tier and the SSD tier.
+    async fn store(&self, id: BlockId, data: &Bytes) {
+        self.memory.put(id, data);
+        if let Some(ssd) = self.ssd.clone() {
+            let data = data.clone();
+            let _ = tokio::task::spawn_blocking(move || ssd.put(id, &data)).await;
+        }
+    }
+
+    /// A block this node owns (or every block, outside a cluster): single-flight UFS fetch.
+    async fn fetch_owned(
+        &self,
+        fh: &FileHandle,
+        b: &BlockRef,
+        read_type: ReadType,
+    ) -> Result<Bytes> {
+        let len = b.range.end - b.range.start;
         let fetch = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(&b.id) {
@@ -409,10 +536,15 @@ impl Cache {
 
     /// Warms the cache with every file under `path`, `parallelism` files at a time; progress
     /// arrives on the returned channel, the last message with `done` set.
+    ///
+    /// In a cluster each block is warmed on its owner (a non-owner only asks the owner to
+    /// cache it, so warming N nodes costs one copy of UFS egress); `local` also keeps a copy
+    /// of every block here, for this node's own trainers.
     pub async fn load(
         self: &Arc<Self>,
         path: &LogicalPath,
         parallelism: usize,
+        local: bool,
     ) -> Result<mpsc::Receiver<LoadProgress>> {
         let files = self.files_under(path).await?;
         let (tx, rx) = mpsc::channel(16);
@@ -431,7 +563,7 @@ impl Cache {
                     async move {
                         let mut res = Ok(());
                         for b in this.blocks(&fh, 0..fh.meta.size) {
-                            if let Err(e) = this.get_block(&fh, &b, ReadType::Cache).await {
+                            if let Err(e) = this.warm_block(&fh, &b, local).await {
                                 res = Err(format!("{}: {e}", fh.path));
                                 break;
                             }
@@ -463,6 +595,21 @@ impl Cache {
             let _ = tx.send(p).await;
         });
         Ok(rx)
+    }
+
+    /// Makes sure block `b` is cached where it belongs (see [`Cache::load`]).
+    async fn warm_block(&self, fh: &FileHandle, b: &BlockRef, local: bool) -> Result<()> {
+        if self.is_cached(b.id) {
+            return Ok(());
+        }
+        match self.cluster() {
+            Some(c) if !c.owns(b.id) => {
+                let keep = if local { Keep::Local } else { Keep::Discard };
+                self.fetch_remote(c, fh, b, ReadType::Cache, keep).await?;
+                Ok(())
+            }
+            _ => self.get_block(fh, b, ReadType::Cache).await.map(|_| ()),
+        }
     }
 
     /// Drops every cached block of the files under `path`: (blocks, bytes) freed.

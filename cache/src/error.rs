@@ -59,6 +59,12 @@ pub enum Error {
     /// The daemon's memory budget for this kind of data is used up.
     #[error("memory budget exhausted: {what}")]
     Budget { what: &'static str },
+    /// A peer of the cluster failed a request (it is skipped for a while).
+    #[error("peer {peer}: {reason}")]
+    Peer { peer: String, reason: String },
+    /// Cluster membership could not be set up.
+    #[error("cluster membership: {0}")]
+    Membership(String),
     /// A single-flight fetch that this read waited on failed.
     #[error("{0}")]
     Shared(std::sync::Arc<Error>),
@@ -127,7 +133,25 @@ impl Error {
             Error::UfsTimeout { .. } => ErrorKind::Timeout,
             Error::Budget { .. } => ErrorKind::ResourceExhausted,
             Error::Io { .. } => ErrorKind::Internal,
+            Error::Peer { .. } | Error::Membership(_) => ErrorKind::Unavailable,
             Error::Shared(inner) => inner.kind(),
         }
+    }
+}
+
+/// Maps a cache error onto a gRPC status, by class (the one mapping of every gRPC boundary).
+pub fn to_status(e: &Error) -> tonic::Status {
+    use tonic::Status;
+    let msg = e.to_string();
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::IsDirectory => Status::failed_precondition(msg),
+        ErrorKind::Changed => Status::aborted(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::PermissionDenied => Status::permission_denied(msg),
+        ErrorKind::Timeout => Status::deadline_exceeded(msg),
+        ErrorKind::ResourceExhausted => Status::resource_exhausted(msg),
+        ErrorKind::Internal => Status::internal(msg),
     }
 }

@@ -13,6 +13,7 @@
 pub mod alloc;
 pub mod block;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod evict;

@@ -2,7 +2,7 @@
 //! exactly, and `metrics` facade counters that the daemon exports to Prometheus.
 //!
 //! Metric names (all prefixed `loaderd_`): `cache_hits_total{tier}`, `cache_misses_total`,
-//! `cache_bytes_read_total{source=cache|ufs}`, `cache_evictions_total{tier}`,
+//! `cache_bytes_read_total{source=cache|peer|ufs}`, `cache_evictions_total{tier}`,
 //! `cache_corrupt_blocks_total`, `cache_passthrough_total{reason}`, `ufs_requests_total{op}`,
 //! `ufs_bytes_total`, `ufs_retries_total`, `ufs_errors_total`, `singleflight_joins_total`.
 
@@ -23,6 +23,9 @@ pub struct Counters {
     pub ufs_errors: u64,
     pub corrupt_blocks: u64,
     pub singleflight_joins: u64,
+    /// Blocks this node read from the peers that own them, and their bytes.
+    pub peer_reads: u64,
+    pub bytes_from_peers: u64,
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -35,6 +38,8 @@ static UFS_HEADS: AtomicU64 = AtomicU64::new(0);
 static UFS_ERRORS: AtomicU64 = AtomicU64::new(0);
 static CORRUPT: AtomicU64 = AtomicU64::new(0);
 static JOINS: AtomicU64 = AtomicU64::new(0);
+static PEER_READS: AtomicU64 = AtomicU64::new(0);
+static BYTES_PEERS: AtomicU64 = AtomicU64::new(0);
 
 /// Reads every counter.
 pub fn snapshot() -> Counters {
@@ -49,6 +54,8 @@ pub fn snapshot() -> Counters {
         ufs_errors: UFS_ERRORS.load(Relaxed),
         corrupt_blocks: CORRUPT.load(Relaxed),
         singleflight_joins: JOINS.load(Relaxed),
+        peer_reads: PEER_READS.load(Relaxed),
+        bytes_from_peers: BYTES_PEERS.load(Relaxed),
     }
 }
 
@@ -57,6 +64,12 @@ pub(crate) fn hit(tier: &'static str, bytes: u64) {
     BYTES_CACHE.fetch_add(bytes, Relaxed);
     counter!("loaderd_cache_hits_total", "tier" => tier).increment(1);
     counter!("loaderd_cache_bytes_read_total", "source" => "cache").increment(bytes);
+}
+
+pub(crate) fn peer_hit(bytes: u64) {
+    PEER_READS.fetch_add(1, Relaxed);
+    BYTES_PEERS.fetch_add(bytes, Relaxed);
+    counter!("loaderd_cache_bytes_read_total", "source" => "peer").increment(bytes);
 }
 
 pub(crate) fn miss(bytes: u64) {

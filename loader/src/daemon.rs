@@ -24,6 +24,8 @@ use crate::http;
 use crate::pipeline::registry::Pipelines;
 use crate::server::LoaderService;
 use crate::shm::server::ShmServer;
+use loaderd_cache::cluster::Cluster;
+use loaderd_cache::cluster::service::PeerService;
 
 /// Largest gRPC message either side accepts (a data chunk is at most [`crate::server::CHUNK`]).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -44,6 +46,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     for m in cache.mounts().list() {
         info!(path = %m.point, uri = %m.spec.uri, "mounted");
     }
+    // Joined before anything serves reads, so no block is cached on a non-owner.
+    let cluster = match cfg.cluster.listen_addr {
+        Some(_) => {
+            let c = Cluster::start(&cfg.cluster).await?;
+            cache.join_cluster(c.clone())?;
+            Some(c)
+        }
+        None => None,
+    };
     // Mounted before the listeners: a daemon that answers `status` serves its FUSE view.
     let fuse = match cfg.fuse.mount_point.clone() {
         Some(path) => {
@@ -153,8 +164,27 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }));
     }
 
+    if let (Some(c), Some(addr)) = (&cluster, cfg.cluster.listen_addr) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the peer API on {addr} (cluster.listen_addr)"))?;
+        info!(addr = %listener.local_addr()?, node = %c.me().id, "peer API on TCP");
+        let svc = PeerService::new(cache.clone(), c.clone()).into_server();
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+                .context("peer API server")
+        }));
+    }
+
     let signal = wait_for_signal().await?;
     info!(signal, "shutting down");
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
     let _ = stop_tx.send(true);
     let drain = async {
         for t in tasks {

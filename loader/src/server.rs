@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
-use loaderd_cache::{Cache, Error, ErrorKind, LogicalPath, MountSpec, ReadType, Stat};
+use loaderd_cache::cluster::service::{node_status, tier_status};
+use loaderd_cache::{Cache, Error, LogicalPath, MountSpec, ReadType, Stat};
 use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::loader_server::Loader;
 use metrics::histogram;
@@ -55,21 +56,7 @@ impl LoaderService {
     }
 }
 
-/// Maps a cache error onto a gRPC status, by class.
-pub fn to_status(e: &Error) -> Status {
-    let msg = e.to_string();
-    match e.kind() {
-        ErrorKind::NotFound => Status::not_found(msg),
-        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
-        ErrorKind::IsDirectory => Status::failed_precondition(msg),
-        ErrorKind::Changed => Status::aborted(msg),
-        ErrorKind::Unavailable => Status::unavailable(msg),
-        ErrorKind::PermissionDenied => Status::permission_denied(msg),
-        ErrorKind::Timeout => Status::deadline_exceeded(msg),
-        ErrorKind::ResourceExhausted => Status::resource_exhausted(msg),
-        ErrorKind::Internal => Status::internal(msg),
-    }
-}
+pub use loaderd_cache::error::to_status;
 
 /// Like [`to_status`], naming the logical path when the error does not already.
 pub fn status_at(path: &LogicalPath, e: &Error) -> Status {
@@ -92,29 +79,34 @@ fn file_info(cache: &Cache, path: &LogicalPath, stat: &Stat) -> pb::FileInfo {
             is_dir: true,
             ..Default::default()
         },
-        Stat::File(f) => pb::FileInfo {
-            path: path.to_string(),
-            is_dir: false,
-            size: f.size,
-            version: f.version.clone(),
-            mtime_unix_ms: f.mtime_ms,
-            cached_bytes: cache
-                .mounts()
-                .resolve(path)
-                .ok()
-                .and_then(|r| match r {
-                    loaderd_cache::mount::Resolved::InMount(mount, _) => Some(mount),
-                    loaderd_cache::mount::Resolved::Virtual(_) => None,
-                })
-                .map(|mount| {
-                    cache.cached_bytes(&loaderd_cache::FileHandle {
+        Stat::File(f) => {
+            let fh = match cache.mounts().resolve(path) {
+                Ok(loaderd_cache::mount::Resolved::InMount(mount, _)) => {
+                    Some(loaderd_cache::FileHandle {
                         path: path.clone(),
                         mount,
                         meta: f.clone(),
                     })
-                })
-                .unwrap_or(0),
-        },
+                }
+                _ => None,
+            };
+            pb::FileInfo {
+                path: path.to_string(),
+                is_dir: false,
+                size: f.size,
+                version: f.version.clone(),
+                mtime_unix_ms: f.mtime_ms,
+                cached_bytes: fh.as_ref().map_or(0, |fh| cache.cached_bytes(fh)),
+                owners: match (cache.cluster(), &fh) {
+                    (Some(c), Some(fh)) => cache
+                        .blocks(fh, 0..fh.meta.size)
+                        .iter()
+                        .map(|b| c.owner(b.id).map(|m| m.id).unwrap_or_default())
+                        .collect(),
+                    _ => Vec::new(),
+                },
+            }
+        }
     }
 }
 
@@ -245,10 +237,10 @@ impl Loader for LoaderService {
             0 => self.load_parallelism,
             n => n as usize,
         };
-        info!(path = %path, parallelism, "load started");
+        info!(path = %path, parallelism, local = r.local, "load started");
         let rx = self
             .cache
-            .load(&path, parallelism)
+            .load(&path, parallelism, r.local)
             .await
             .map_err(|e| status_at(&path, &e))?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |p| {
@@ -307,20 +299,7 @@ impl Loader for LoaderService {
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: s.uptime.as_secs(),
-            tiers: s
-                .tiers
-                .iter()
-                .map(|t| pb::TierStatus {
-                    name: t.name.into(),
-                    capacity_bytes: t.capacity,
-                    used_bytes: t.used,
-                    blocks: t.blocks,
-                    evictions: t.evictions,
-                    high_watermark: t.watermarks.high,
-                    low_watermark: t.watermarks.low,
-                    location: t.location.clone(),
-                })
-                .collect(),
+            tiers: s.tiers.iter().map(tier_status).collect(),
             hits: c.hits,
             misses: c.misses,
             hit_ratio: if lookups == 0 {
@@ -341,6 +320,10 @@ impl Loader for LoaderService {
             loaders,
             ring_bytes,
             ring_capacity_bytes: self.pipelines.config().max_total_bytes.0,
+            cluster: match self.cache.cluster() {
+                Some(c) => Some(c.status(node_status(&self.cache)).await),
+                None => None,
+            },
         }))
     }
 

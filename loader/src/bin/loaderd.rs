@@ -106,6 +106,33 @@ struct Args {
     /// Retries of a failed UFS request.
     #[arg(long, env = "LOADERD_UFS_RETRIES", help_heading = "Cache")]
     ufs_retries: Option<u32>,
+
+    /// This node's id in the cluster (default: the host name).
+    #[arg(long, env = "LOADERD_NODE_ID", help_heading = "Cluster")]
+    node_id: Option<String>,
+    /// Serve the peer API here and join the cluster, e.g. 0.0.0.0:29998.
+    #[arg(long, env = "LOADERD_CLUSTER_LISTEN", help_heading = "Cluster")]
+    cluster_listen: Option<std::net::SocketAddr>,
+    /// How peers reach this node, host:port.
+    #[arg(long, env = "LOADERD_ADVERTISE_ADDR", help_heading = "Cluster")]
+    advertise_addr: Option<String>,
+    /// etcd endpoints for membership, comma-separated (http://host:2379,...).
+    #[arg(
+        long,
+        env = "LOADERD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// File holding the cluster token every peer request must carry.
+    #[arg(long, env = "LOADERD_CLUSTER_TOKEN_FILE", help_heading = "Cluster")]
+    cluster_token_file: Option<PathBuf>,
+    /// A static member, ID=HOST:PORT (repeatable; without etcd).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT", help_heading = "Cluster")]
+    peers: Vec<String>,
+    /// Owners per block.
+    #[arg(long, env = "LOADERD_REPLICATION", help_heading = "Cluster")]
+    replication: Option<usize>,
 }
 
 fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
@@ -200,6 +227,35 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
             uri: uri.to_string(),
             options: Default::default(),
         });
+    }
+    let k = &mut cfg.cluster;
+    if let Some(v) = &args.node_id {
+        k.node_id = Some(v.clone());
+    }
+    if let Some(v) = args.cluster_listen {
+        k.listen_addr = Some(v);
+    }
+    if let Some(v) = &args.advertise_addr {
+        k.advertise_addr = Some(v.clone());
+    }
+    if !args.etcd_endpoints.is_empty() {
+        k.etcd_endpoints = args.etcd_endpoints.clone();
+    }
+    if let Some(v) = &args.cluster_token_file {
+        k.token_file = Some(v.clone());
+        k.token = None;
+    }
+    for p in &args.peers {
+        let (id, addr) = p
+            .split_once('=')
+            .with_context(|| format!("--peer {p:?}: expected ID=HOST:PORT"))?;
+        k.members.push(loaderd_cache::MemberConfig {
+            id: id.to_string(),
+            addr: addr.to_string(),
+        });
+    }
+    if let Some(v) = args.replication {
+        k.replication = v;
     }
     for o in &args.mount_options {
         let (point, kv) = o

@@ -88,6 +88,10 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// In a cluster: keep a copy of every block on this node too (for its own trainers),
+        /// not only on the block's owner.
+        #[arg(long)]
+        local: bool,
         path: String,
     },
     /// Drop cached blocks of everything under a path.
@@ -259,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}",
                     json!({"path": f.path, "is_dir": f.is_dir, "size": f.size,
                         "version": f.version, "mtime_unix_ms": f.mtime_unix_ms,
-                        "cached_bytes": f.cached_bytes})
+                        "cached_bytes": f.cached_bytes, "owners": f.owners})
                 );
             } else if f.is_dir {
                 println!("{}: directory", f.path);
@@ -268,6 +272,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}: file, {} bytes, version {}, mtime {} ms, {} bytes cached",
                     f.path, f.size, f.version, f.mtime_unix_ms, f.cached_bytes
                 );
+                if !f.owners.is_empty() {
+                    println!("  block owners: {}", f.owners.join(" "));
+                }
             }
             Ok(())
         }
@@ -307,8 +314,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load {
             parallelism,
             no_progress,
+            local,
             path,
-        } => load(&mut c, path, parallelism, no_progress).await,
+        } => load(&mut c, path, parallelism, no_progress, local).await,
         Command::Free { path } => {
             let r = c
                 .free(pb::FreeRequest { path: path.clone() })
@@ -452,7 +460,8 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
                 "inflight_capacity_bytes": s.inflight_capacity_bytes,
                 "corrupt_blocks": s.corrupt_blocks, "ufs_errors": s.ufs_errors, "mounts": mounts,
                 "loaders": loaders, "ring_bytes": s.ring_bytes,
-                "ring_capacity_bytes": s.ring_capacity_bytes})
+                "ring_capacity_bytes": s.ring_capacity_bytes,
+                "cluster": s.cluster.as_ref().map(cluster_json)})
         );
         return Ok(());
     }
@@ -500,6 +509,42 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
     for m in &s.mounts {
         println!("  mount {} -> {}", m.path, m.uri);
     }
+    if let Some(k) = &s.cluster {
+        println!(
+            "  cluster: node {:?}, {} members ({} membership{}), replication {}; peer reads {} ({} failed), refused requests {}",
+            k.node_id,
+            k.members.len(),
+            k.membership,
+            if k.membership_healthy {
+                String::new()
+            } else {
+                format!(
+                    ", UNHEALTHY: {}; serving with the last known members",
+                    k.membership_error
+                )
+            },
+            k.replication,
+            k.peer_reads,
+            k.peer_read_failures,
+            k.peer_requests_refused
+        );
+        for m in &k.members {
+            let state = match (m.local, m.reachable, m.suspect) {
+                (true, _, _) => "this node".to_string(),
+                (false, true, false) => "up".to_string(),
+                (false, true, true) => "up, suspect".to_string(),
+                (false, false, _) => format!("unreachable: {}", m.error),
+            };
+            println!(
+                "    member {:<16} {:<22} {:>10} / {:>10}, hit ratio {:5.1}%  {state}",
+                m.id,
+                m.addr,
+                human(m.used_bytes),
+                human(m.capacity_bytes),
+                100.0 * m.hit_ratio
+            );
+        }
+    }
     println!(
         "  loaders {} open, rings {} / {}",
         s.loaders.len(),
@@ -533,17 +578,36 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cluster_json(k: &pb::ClusterStatus) -> serde_json::Value {
+    let members: Vec<_> = k
+        .members
+        .iter()
+        .map(|m| {
+            json!({"id": m.id, "addr": m.addr, "local": m.local, "suspect": m.suspect,
+                "reachable": m.reachable, "used_bytes": m.used_bytes,
+                "capacity_bytes": m.capacity_bytes, "hit_ratio": m.hit_ratio, "error": m.error})
+        })
+        .collect();
+    json!({"node_id": k.node_id, "membership": k.membership,
+        "membership_healthy": k.membership_healthy, "membership_error": k.membership_error,
+        "replication": k.replication, "members": members, "peer_reads": k.peer_reads,
+        "peer_read_failures": k.peer_read_failures,
+        "peer_requests_refused": k.peer_requests_refused})
+}
+
 async fn load(
     c: &mut Client,
     path: String,
     parallelism: u32,
     no_progress: bool,
+    local: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut stream = c
         .load(pb::LoadRequest {
             path: path.clone(),
             parallelism,
+            local,
         })
         .await
         .map_err(rpc_err)?

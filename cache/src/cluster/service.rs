@@ -1,0 +1,183 @@
+//! The peer API server: blocks this node owns, served to the other nodes.
+
+use std::sync::Arc;
+
+use loaderd_proto::v1 as pb;
+use loaderd_proto::v1::peer_server::{Peer, PeerServer};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info_span};
+
+use super::peer::MAX_PEER_MESSAGE;
+use super::{Cluster, TOKEN_HEADER};
+use crate::block::blocks_for;
+use crate::cache::{Cache, FileHandle};
+use crate::error::to_status;
+use crate::mount::Resolved;
+use crate::path::LogicalPath;
+use crate::ufs::FileMeta;
+
+/// Serves [`Peer`] over a cache.
+#[derive(Clone)]
+pub struct PeerService {
+    cache: Arc<Cache>,
+    cluster: Arc<Cluster>,
+}
+
+/// Refuses requests without the cluster token.
+#[derive(Clone)]
+pub struct TokenCheck(Arc<Cluster>);
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let presented = req.metadata().get(TOKEN_HEADER).map(|v| v.as_bytes());
+        if self.0.authorize(presented) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong cluster token (cluster.token_file)",
+            ))
+        }
+    }
+}
+
+impl PeerService {
+    /// The peer API of `cache`, which must have joined `cluster`.
+    pub fn new(cache: Arc<Cache>, cluster: Arc<Cluster>) -> Self {
+        PeerService { cache, cluster }
+    }
+
+    /// The tonic service, refusing requests without the cluster token.
+    pub fn into_server(self) -> InterceptedService<PeerServer<Self>, TokenCheck> {
+        let check = TokenCheck(self.cluster.clone());
+        let server = PeerServer::new(self)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        InterceptedService::new(server, check)
+    }
+
+    /// The file handle and block a request names, checked against this node's namespace.
+    fn resolve(
+        &self,
+        r: &pb::PeerBlockRequest,
+    ) -> Result<(FileHandle, crate::block::BlockRef), Status> {
+        let path =
+            LogicalPath::parse(&r.path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mount = match self.cache.mounts().resolve(&path) {
+            Ok(Resolved::InMount(mount, _)) => mount,
+            Ok(Resolved::Virtual(_)) => {
+                return Err(Status::invalid_argument(format!("{path} is not a file")));
+            }
+            Err(e) => {
+                return Err(Status::failed_precondition(format!(
+                    "this node cannot resolve {path}: {e} (mount tables must match across the cluster)"
+                )));
+            }
+        };
+        if mount.ufs.uri() != r.ufs_uri {
+            return Err(Status::failed_precondition(format!(
+                "{path} is mounted from {} here but from {} on the requesting node",
+                mount.ufs.uri(),
+                r.ufs_uri
+            )));
+        }
+        let block_size = self.cache.config().block_size.0;
+        if r.block_size != block_size {
+            return Err(Status::failed_precondition(format!(
+                "block size {} here, {} on the requesting node (cache.block_size must match)",
+                block_size, r.block_size
+            )));
+        }
+        let meta = FileMeta {
+            rel: r.rel.clone(),
+            size: r.size,
+            version: r.version.clone(),
+            mtime_ms: r.mtime_ms,
+        };
+        let start = r.index.saturating_mul(block_size);
+        let b = blocks_for(
+            mount.ufs.uri(),
+            &meta,
+            block_size,
+            start..start.saturating_add(1),
+        )
+        .into_iter()
+        .next()
+        .ok_or_else(|| Status::out_of_range(format!("no block {} in {path}", r.index)))?;
+        if b.id.to_hex() != r.block_id {
+            return Err(Status::invalid_argument(
+                "block id does not match the request",
+            ));
+        }
+        Ok((FileHandle { path, mount, meta }, b))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn get_block(
+        &self,
+        req: Request<pb::PeerBlockRequest>,
+    ) -> Result<Response<pb::PeerBlock>, Status> {
+        let r = req.into_inner();
+        let (fh, b) = self.resolve(&r)?;
+        let span = info_span!("peer_block", path = %fh.path, block = b.index);
+        let (data, was_cached) = self
+            .cache
+            .get_block_as_owner(&fh, &b)
+            .instrument(span)
+            .await
+            .map_err(|e| to_status(&e))?;
+        self.cluster.served();
+        metrics::counter!("loaderd_peer_blocks_served_total").increment(1);
+        let data = if r.discard { Default::default() } else { data };
+        Ok(Response::new(pb::PeerBlock {
+            crc32c: crc32c::crc32c(&data),
+            data,
+            was_cached,
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        Ok(Response::new(node_status(&self.cache)))
+    }
+}
+
+/// This node's numbers as peers see them.
+pub fn node_status(cache: &Cache) -> pb::NodeStatusResponse {
+    let s = cache.status();
+    let c = s.counters;
+    let lookups = c.hits + c.misses;
+    pb::NodeStatusResponse {
+        node_id: cache
+            .cluster()
+            .map(|c| c.me().id.clone())
+            .unwrap_or_default(),
+        tiers: s.tiers.iter().map(tier_status).collect(),
+        hits: c.hits,
+        misses: c.misses,
+        hit_ratio: if lookups == 0 {
+            0.0
+        } else {
+            c.hits as f64 / lookups as f64
+        },
+        peer_blocks_served: cache.cluster().map_or(0, |c| c.blocks_served()),
+    }
+}
+
+/// A tier's status on the wire.
+pub fn tier_status(t: &crate::tier::TierStatus) -> pb::TierStatus {
+    pb::TierStatus {
+        name: t.name.into(),
+        capacity_bytes: t.capacity,
+        used_bytes: t.used,
+        blocks: t.blocks,
+        evictions: t.evictions,
+        high_watermark: t.watermarks.high,
+        low_watermark: t.watermarks.low,
+        location: t.location.clone(),
+    }
+}

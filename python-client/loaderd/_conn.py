@@ -1,0 +1,142 @@
+"""The daemon's shared-memory socket: where it is, connecting, one request and its answer.
+
+The socket is SOCK_SEQPACKET, so each protobuf message is one datagram and message
+boundaries come for free. The daemon attaches descriptors (SCM_RIGHTS) to two messages: its
+hello (the cache arena, which a batch client does not need and closes at once) and a
+successful ``LoaderOpened`` (the client's batch ring).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+from . import _wire
+from .errors import DaemonUnavailable, ProtocolError
+
+#: Largest message either side sends.
+MAX_MESSAGE = 1 << 20
+#: The protocol version in the daemon's hello that this client speaks.
+PROTOCOL_VERSION = 1
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_FD_SIZE = array.array("i").itemsize
+# Room for a few descriptors: the daemon sends one, more would only be closed.
+_ANCILLARY = socket.CMSG_SPACE(4 * _FD_SIZE)
+
+# Connection errors after which a restarted daemon may answer: nothing listens (yet), or
+# the daemon went away under an open connection.
+_RETRYABLE = {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN}
+
+START_HINT = (
+    "start it with `loaderd --mount /data=file:///path/to/dataset` (or point `socket=` / "
+    "LOADERD_SOCKET at a running daemon's socket)"
+)
+
+
+def default_socket() -> Path:
+    """The daemon's default gRPC socket: ``$LOADERD_SOCKET``, else the per-user default.
+
+    ``/run/loaderd/loaderd.sock`` for root, ``/tmp/loaderd-<uid>/loaderd.sock`` otherwise.
+    """
+    env = os.environ.get("LOADERD_SOCKET")
+    if env:
+        return Path(env)
+    uid = os.getuid()
+    if uid == 0:
+        return Path("/run/loaderd/loaderd.sock")
+    return Path(f"/tmp/loaderd-{uid}/loaderd.sock")
+
+
+def shm_socket_path(sock: Optional[PathLike] = None) -> Path:
+    """The shared-memory socket for ``sock``: a gRPC socket path or a ``.shm.sock`` path.
+
+    ``loaderd.sock`` → ``loaderd.shm.sock`` in the same directory, as the daemon names it.
+    """
+    path = Path(sock) if sock is not None else default_socket()
+    if path.name.endswith(".shm.sock"):
+        return path
+    return path.with_name(f"{path.stem}.shm.sock")
+
+
+class Connection:
+    """One connection to the shared-memory socket, after the daemon's hello."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._buf = bytearray(MAX_MESSAGE)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.connect(str(path))
+            data, fds = self._recv()
+            for fd in fds:  # the cache arena: batch clients read their ring only
+                os.close(fd)
+            hello = _wire.ShmHello.decode(data)
+            if hello.version != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"loaderd at {path} speaks protocol {hello.version}; this client speaks "
+                    f"{PROTOCOL_VERSION} (upgrade the loaderd Python package or the daemon)"
+                )
+        except OSError as e:
+            self._sock.close()
+            raise _unavailable(path, e) from e
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def request(self, msg: _wire.ShmRequest) -> Tuple[bytes, List[int]]:
+        """Sends ``msg`` and returns the answer's bytes and the descriptors attached to it.
+
+        The caller owns the descriptors. Raises :class:`DaemonUnavailable` (``retryable``)
+        when the daemon has gone away.
+        """
+        try:
+            self._sock.send(msg.encode())
+            return self._recv()
+        except OSError as e:
+            raise _unavailable(self.path, e) from e
+
+    def _recv(self) -> Tuple[bytes, List[int]]:
+        n, ancdata, flags, _ = self._sock.recvmsg_into(
+            [self._buf], _ANCILLARY, socket.MSG_CMSG_CLOEXEC
+        )
+        fds: List[int] = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", data[: len(data) - len(data) % _FD_SIZE]))
+        if n == 0:
+            for fd in fds:
+                os.close(fd)
+            raise ConnectionResetError(errno.ECONNRESET, "the daemon closed the connection")
+        if flags & socket.MSG_TRUNC:
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError(f"a message from {self.path} is larger than {MAX_MESSAGE} bytes")
+        return bytes(self._buf[:n]), fds
+
+    def close(self) -> None:
+        """Closes the connection; the daemon then stops this connection's pipeline."""
+        self._sock.close()
+
+
+def _unavailable(path: Path, e: OSError) -> DaemonUnavailable:
+    retryable = e.errno in _RETRYABLE
+    if e.errno == errno.ENOENT:
+        what = f"no loaderd socket at {path}: is the daemon running? {START_HINT}"
+    elif e.errno == errno.ECONNREFUSED:
+        what = f"nothing listens on {path} (loaderd stopped or crashed); {START_HINT}"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        what = (
+            f"permission denied on {path}: the socket is 0660, so run as the daemon's user "
+            "or a member of its socket group (`--socket-group`)"
+        )
+    elif retryable:
+        what = f"loaderd at {path} went away ({e.strerror})"
+    else:
+        what = f"cannot talk to loaderd at {path}: {e}"
+    return DaemonUnavailable(what, str(path), retryable)
