@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+pub mod cluster;
+
 /// How long a daemon or S3 server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit after SIGTERM.
@@ -253,7 +255,7 @@ fn terminate(child: &mut Child) -> Option<ExitStatus> {
     None
 }
 
-fn open_log(path: &Path) -> (Stdio, Stdio) {
+pub(crate) fn open_log(path: &Path) -> (Stdio, Stdio) {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -638,13 +640,7 @@ impl Daemon {
 
     /// Runs `loaderctl --socket S ARGS...`.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        clean_env(&mut Command::new(bin("loaderctl")))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run loaderctl")
+        loaderctl(&self.socket, args)
     }
 
     /// Like `ctl`, but for a command that must succeed; returns its stdout.
@@ -757,6 +753,17 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs `loaderctl --socket SOCKET ARGS...` (usable from threads without the `Daemon`).
+pub fn loaderctl(socket: &Path, args: &[&str]) -> Output {
+    clean_env(&mut Command::new(bin("loaderctl")))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run loaderctl")
 }
 
 /// Why FUSE mounts cannot be tested on this machine, or `None` when they can be tried.
@@ -886,37 +893,41 @@ pub fn tail(text: &str, max: usize) -> &str {
 
 /// Plain HTTP/1.1 GET; returns the body. Panics on a non-200 answer.
 pub fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The body of `GET path` on `addr` if it answers 200, else why not.
+pub fn try_http_get(addr: &str, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("set timeout");
+        .map_err(|e| e.to_string())?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
-    .expect("send request");
+    .map_err(|e| format!("send request: {e}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("read {addr}{path}: {e}"));
+        .map_err(|e| format!("read {addr}{path}: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("malformed HTTP answer: {text}"));
+        .ok_or_else(|| format!("malformed HTTP answer: {text}"))?;
     let status_line = head.lines().next().unwrap_or_default();
-    assert!(
-        status_line.contains(" 200"),
-        "GET {addr}{path}: {status_line}\n{body}"
-    );
+    if !status_line.contains(" 200") {
+        return Err(format!("GET {addr}{path}: {status_line}\n{body}"));
+    }
     let chunked = head.lines().any(|l| {
         l.to_ascii_lowercase().starts_with("transfer-encoding:")
             && l.to_ascii_lowercase().contains("chunked")
     });
-    if chunked {
+    Ok(if chunked {
         dechunk(body)
     } else {
         body.to_string()
-    }
+    })
 }
 
 fn dechunk(mut body: &str) -> String {

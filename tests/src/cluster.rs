@@ -1,0 +1,233 @@
+//! Multi-node fixtures: a real etcd server and loaderd nodes joined through it, all as
+//! separate processes on loopback ports.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::{Daemon, S3Sandbox, args, free_port, open_log, tail};
+
+/// Why etcd-based tests cannot run here, or `None`.
+pub fn etcd_unavailable() -> Option<String> {
+    match Command::new("etcd").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("etcd --version failed: {}", o.status)),
+        Err(e) => Some(format!(
+            "etcd not found ({e}); scripts/install-deps.sh installs it"
+        )),
+    }
+}
+
+/// A single-member etcd cluster with its data in a temp dir.
+pub struct Etcd {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers `/health`.
+    pub fn start() -> Etcd {
+        let client_port = free_port();
+        let mut etcd = Etcd {
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            client_port,
+            peer_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let (out, err) = open_log(&self.dir.path().join("etcd.log"));
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.endpoint])
+            .args(["--advertise-client-urls", &self.endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !crate::try_http_get(&addr, "/health").is_ok_and(|b| b.contains("true")) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy; log:\n{}",
+                tail(&self.log(), 4000)
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills etcd (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Settings shared by the nodes of one test cluster.
+pub struct ClusterFixture {
+    dir: TempDir,
+    /// The file holding the cluster token.
+    pub token_file: PathBuf,
+    /// Short timings so failures show within seconds.
+    pub config: PathBuf,
+}
+
+/// The token the fixture's nodes share.
+pub const TOKEN: &str = "test-cluster-token-0123456789";
+
+impl ClusterFixture {
+    /// A token file and a config with a 3 s lease, 2 s peer timeout and 1 MiB blocks.
+    pub fn new() -> ClusterFixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("token");
+        fs::write(&token_file, TOKEN).expect("write token");
+        let config = dir.path().join("cluster.toml");
+        fs::write(
+            &config,
+            "[cache]\nblock_size = \"1MiB\"\n[cluster]\nlease_ttl = \"3s\"\npeer_timeout = \"2s\"\nsuspect_time = \"3s\"\n",
+        )
+        .expect("write config");
+        ClusterFixture {
+            dir,
+            token_file,
+            config,
+        }
+    }
+
+    /// A directory for a node's SSD tier that outlives the node's restarts.
+    pub fn ssd_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("ssd-{id}"))
+    }
+
+    /// Arguments of node `id` with its peer API on `port`, joined through `etcd`, with
+    /// `s3`'s bucket mounted at `/ds` and an SSD tier.
+    pub fn node_args(
+        &self,
+        id: &str,
+        port: u16,
+        membership: &[String],
+        s3: &S3Sandbox,
+    ) -> Vec<String> {
+        let mut a = args(&[
+            "--config",
+            self.config.to_str().expect("utf-8 path"),
+            "--node-id",
+            id,
+            "--cluster-listen",
+            &format!("127.0.0.1:{port}"),
+            "--cluster-token-file",
+            self.token_file.to_str().expect("utf-8 path"),
+            "--ssd-dir",
+            self.ssd_dir(id).to_str().expect("utf-8 path"),
+            "--ssd-capacity",
+            "256MiB",
+        ]);
+        a.extend(membership.iter().cloned());
+        a.extend(s3.mount_args("/ds", "ds"));
+        a
+    }
+}
+
+impl Default for ClusterFixture {
+    fn default() -> Self {
+        ClusterFixture::new()
+    }
+}
+
+/// `--etcd-endpoints E` for nodes joining through `etcd`.
+pub fn via_etcd(etcd: &Etcd) -> Vec<String> {
+    args(&["--etcd-endpoints", &etcd.endpoint])
+}
+
+/// The member ids `d` sees, sorted.
+pub fn members(d: &Daemon) -> Vec<String> {
+    let s = d.status_json();
+    let mut ids: Vec<String> = s["cluster"]["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Waits until `d` sees exactly `want` as members.
+#[track_caller]
+pub fn wait_members(d: &Daemon, want: &[&str], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = members(d);
+        if got.iter().map(String::as_str).eq(want.iter().copied()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {got:?}, expected {want:?}; log:\n{}",
+            tail(&d.log(), 3000)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Bytes of `path` cached on `d` (its `stat`).
+pub fn cached_bytes(d: &Daemon, path: &str) -> u64 {
+    d.stat_json(path)["cached_bytes"].as_u64().unwrap_or(0)
+}
+
+/// The block owners `d` computes for `path`.
+pub fn owners(d: &Daemon, path: &str) -> Vec<String> {
+    d.stat_json(path)["owners"]
+        .as_array()
+        .map(|o| {
+            o.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// UFS GETs `d` has made.
+pub fn ufs_gets(d: &Daemon) -> f64 {
+    d.metric("loaderd_ufs_requests_total{op=\"get\"}")
+}
