@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{Daemon, S3Sandbox, args, free_port, open_log, tail};
+use crate::{Daemon, args, free_port, open_log, tail};
 
 /// Why etcd-based tests cannot run here, or `None`.
 pub fn etcd_unavailable() -> Option<String> {
@@ -26,6 +26,7 @@ pub fn etcd_unavailable() -> Option<String> {
 pub struct Etcd {
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
+    ip: String,
     client_port: u16,
     peer_port: u16,
     dir: TempDir,
@@ -33,11 +34,17 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Starts etcd and waits until it answers `/health`.
+    /// Starts etcd on loopback and waits until it answers `/health`.
     pub fn start() -> Etcd {
+        Etcd::start_on("127.0.0.1")
+    }
+
+    /// Starts etcd listening on `ip`.
+    pub fn start_on(ip: &str) -> Etcd {
         let client_port = free_port();
         let mut etcd = Etcd {
-            endpoint: format!("http://127.0.0.1:{client_port}"),
+            ip: ip.to_string(),
+            endpoint: format!("http://{ip}:{client_port}"),
             client_port,
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
@@ -53,7 +60,7 @@ impl Etcd {
 
     fn spawn(&mut self) {
         let (out, err) = open_log(&self.dir.path().join("etcd.log"));
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.ip, self.peer_port);
         let child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
@@ -68,7 +75,7 @@ impl Etcd {
             .spawn()
             .expect("spawn etcd");
         self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.client_port);
+        let addr = format!("{}:{}", self.ip, self.client_port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !crate::try_http_get(&addr, "/health").is_ok_and(|b| b.contains("true")) {
             assert!(
@@ -137,14 +144,14 @@ impl ClusterFixture {
         self.dir.path().join(format!("ssd-{id}"))
     }
 
-    /// Arguments of node `id` with its peer API on `port`, joined through `etcd`, with
-    /// `s3`'s bucket mounted at `/ds` and an SSD tier.
+    /// Arguments of node `id` with its peer API on `listen` (`host:port`), joined by
+    /// `membership` (etcd or static peers), with `mount` and an SSD tier.
     pub fn node_args(
         &self,
         id: &str,
-        port: u16,
+        listen: &str,
         membership: &[String],
-        s3: &S3Sandbox,
+        mount: &[String],
     ) -> Vec<String> {
         let mut a = args(&[
             "--config",
@@ -152,7 +159,7 @@ impl ClusterFixture {
             "--node-id",
             id,
             "--cluster-listen",
-            &format!("127.0.0.1:{port}"),
+            listen,
             "--cluster-token-file",
             self.token_file.to_str().expect("utf-8 path"),
             "--ssd-dir",
@@ -161,7 +168,7 @@ impl ClusterFixture {
             "256MiB",
         ]);
         a.extend(membership.iter().cloned());
-        a.extend(s3.mount_args("/ds", "ds"));
+        a.extend(mount.iter().cloned());
         a
     }
 }
@@ -230,4 +237,104 @@ pub fn owners(d: &Daemon, path: &str) -> Vec<String> {
 /// UFS GETs `d` has made.
 pub fn ufs_gets(d: &Daemon) -> f64 {
     d.metric("loaderd_ufs_requests_total{op=\"get\"}")
+}
+
+/// A network namespace joined to the host by a veth pair: a node inside it is cut off from
+/// the others (and etcd) by taking the link down, as a network partition would.
+pub struct Netns {
+    name: String,
+    host_if: String,
+    /// The host side's address (reachable from inside).
+    pub host_ip: String,
+    /// The address inside the namespace.
+    pub inner_ip: String,
+}
+
+fn ip(cmd: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(cmd)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Creates the namespace, or says why it cannot (not root, no iproute2, no netns).
+    pub fn create() -> Result<Netns, String> {
+        let id = std::process::id() % 50_000;
+        let subnet = format!("10.{}.{}", 100 + id / 250 % 150, id % 250);
+        let ns = Netns {
+            name: format!("loaderd-test-{id}"),
+            host_if: format!("ldh{id}"),
+            host_ip: format!("{subnet}.1"),
+            inner_ip: format!("{subnet}.2"),
+        };
+        let inner_if = format!("ldn{id}");
+        ip(&["netns", "add", &ns.name])?;
+        // From here on, Drop removes what exists.
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner_if,
+        ])?;
+        ip(&["link", "set", &inner_if, "netns", &ns.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        let inside = |cmd: &[&str]| {
+            let mut full = vec!["netns", "exec", &ns.name, "ip"];
+            full.extend_from_slice(cmd);
+            ip(&full)
+        };
+        inside(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.inner_ip),
+            "dev",
+            &inner_if,
+        ])?;
+        inside(&["link", "set", &inner_if, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The command prefix that runs a program inside the namespace.
+    pub fn wrapper(&self) -> Vec<String> {
+        args(&["ip", "netns", "exec", &self.name])
+    }
+
+    /// Cuts the namespace off.
+    pub fn partition(&self) {
+        ip(&["link", "set", &self.host_if, "down"]).expect("link down");
+    }
+
+    /// Joins it again.
+    pub fn heal(&self) {
+        ip(&["link", "set", &self.host_if, "up"]).expect("link up");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
 }

@@ -551,6 +551,8 @@ pub struct Daemon {
     /// `127.0.0.1:PORT` serving `/metrics` and `/healthz`.
     pub metrics_addr: String,
     args: Vec<String>,
+    /// A command prefix the daemon runs under (`ip netns exec NS`), if any.
+    wrapper: Vec<String>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -580,6 +582,17 @@ impl Daemon {
     /// Like [`Daemon::start`], but a daemon that exits during start is an `Err` with its
     /// log instead of a panic (for tests that skip when the machine cannot do something).
     pub fn try_start(args: &[String]) -> Result<Daemon, String> {
+        Daemon::try_start_wrapped(&[], args)
+    }
+
+    /// Like [`Daemon::start`], running the daemon under `wrapper` (for example `ip netns
+    /// exec NS`). Its metrics address is then inside the wrapper's network.
+    pub fn start_wrapped(wrapper: &[String], args: &[String]) -> Daemon {
+        Daemon::try_start_wrapped(wrapper, args)
+            .unwrap_or_else(|log| panic!("loaderd exited during start; args {args:?}; log:\n{log}"))
+    }
+
+    fn try_start_wrapped(wrapper: &[String], args: &[String]) -> Result<Daemon, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("loaderd.sock");
         let metrics_addr = format!("127.0.0.1:{}", free_port());
@@ -587,6 +600,7 @@ impl Daemon {
             socket,
             metrics_addr,
             args: args.to_vec(),
+            wrapper: wrapper.to_vec(),
             dir,
             child: None,
         };
@@ -605,7 +619,15 @@ impl Daemon {
 
     fn try_spawn(&mut self) -> Result<(), String> {
         let (out, err) = open_log(&self.log_path());
-        let mut child = clean_env(&mut Command::new(bin("loaderd")))
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin("loaderd"));
+                c
+            }
+            None => Command::new(bin("loaderd")),
+        };
+        let mut child = clean_env(&mut cmd)
             .arg("--socket")
             .arg(&self.socket)
             .args(["--metrics-addr", &self.metrics_addr])

@@ -11,9 +11,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use loaderd_tests::cluster::{
-    ClusterFixture, Etcd, cached_bytes, etcd_unavailable, owners, ufs_gets, via_etcd, wait_members,
+    ClusterFixture, Etcd, Netns, cached_bytes, etcd_unavailable, owners, ufs_gets, via_etcd,
+    wait_members,
 };
-use loaderd_tests::{Daemon, Dataset, S3Sandbox, args, assert_bytes_eq, free_port, sha256};
+use loaderd_tests::{
+    Daemon, Dataset, S3Sandbox, args, assert_bytes_eq, file_mount_args, free_port, sha256,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -32,6 +35,11 @@ fn blocks(size: u64) -> u64 {
     size.div_ceil(MIB).max(1)
 }
 
+/// A free loopback address for a peer API.
+fn local() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 fn start_nodes(
     fx: &ClusterFixture,
     ids: &[&str],
@@ -39,7 +47,9 @@ fn start_nodes(
     s3: &S3Sandbox,
 ) -> Vec<Daemon> {
     ids.iter()
-        .map(|id| Daemon::start(&fx.node_args(id, free_port(), membership, s3)))
+        .map(|id| {
+            Daemon::start(&fx.node_args(id, &local(), membership, &s3.mount_args("/ds", "ds")))
+        })
         .collect()
 }
 
@@ -123,15 +133,15 @@ fn loading_from_one_node_warms_each_block_on_its_owner_once() {
     let (pa, pb) = (free_port(), free_port());
     let a = Daemon::start(&fx.node_args(
         "a",
-        pa,
+        &format!("127.0.0.1:{pa}"),
         &args(&["--peer", &format!("b=127.0.0.1:{pb}")]),
-        &s3,
+        &s3.mount_args("/ds", "ds"),
     ));
     let b = Daemon::start(&fx.node_args(
         "b",
-        pb,
+        &format!("127.0.0.1:{pb}"),
         &args(&["--peer", &format!("a=127.0.0.1:{pa}")]),
-        &s3,
+        &s3.mount_args("/ds", "ds"),
     ));
     a.ctl_ok(&["load", "/ds"]);
     let total_blocks: u64 = data
@@ -326,15 +336,15 @@ fn a_peer_without_the_token_is_refused_and_reads_fall_back_to_s3() {
     let (pa, px) = (free_port(), free_port());
     let a = Daemon::start(&fx.node_args(
         "a",
-        pa,
+        &format!("127.0.0.1:{pa}"),
         &args(&["--peer", &format!("x=127.0.0.1:{px}")]),
-        &s3,
+        &s3.mount_args("/ds", "ds"),
     ));
     let x = Daemon::start(&other.node_args(
         "x",
-        px,
+        &format!("127.0.0.1:{px}"),
         &args(&["--peer", &format!("a=127.0.0.1:{pa}")]),
-        &s3,
+        &s3.mount_args("/ds", "ds"),
     ));
     for (rel, _) in &data.files {
         assert_bytes_eq(&x.cat(&format!("/ds/{rel}")), &data.read(rel), rel);
@@ -353,5 +363,84 @@ fn a_peer_without_the_token_is_refused_and_reads_fall_back_to_s3() {
         cached_bytes(&a, &format!("/ds/{}", data.files[0].0)),
         0,
         "nothing reached a"
+    );
+}
+
+#[test]
+fn a_partitioned_node_reads_from_the_ufs_and_heals() {
+    if skip() {
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipping: cannot create a network namespace: {why}");
+            return;
+        }
+    };
+    // A file:// UFS: the partition cuts the nodes apart, not the node from its storage.
+    let data = Dataset::new(2, 10, &[]);
+    let mount = file_mount_args("/ds", &data.root);
+    let etcd = Etcd::start_on(&ns.host_ip);
+    let fx = ClusterFixture::new();
+    let on_host = |id: &str| {
+        let listen = format!("{}:{}", ns.host_ip, free_port());
+        Daemon::start(&fx.node_args(id, &listen, &via_etcd(&etcd), &mount))
+    };
+    let (a, b) = (on_host("a"), on_host("b"));
+    let c_listen = format!("{}:{}", ns.inner_ip, free_port());
+    let c = Daemon::start_wrapped(
+        &ns.wrapper(),
+        &fx.node_args("c", &c_listen, &via_etcd(&etcd), &mount),
+    );
+    for n in [&a, &b, &c] {
+        wait_members(n, &["a", "b", "c"], Duration::from_secs(20));
+    }
+    let read_all = |n: &Daemon| {
+        for (rel, _) in &data.files {
+            assert_bytes_eq(&n.cat(&format!("/ds/{rel}")), &data.read(rel), rel);
+        }
+    };
+    read_all(&c);
+    let before = c.status_json()["cluster"]["peer_reads"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(before > 0, "c read blocks from its peers");
+
+    ns.partition();
+    // Both sides keep reading correctly: peers that do not answer are skipped.
+    let started = Instant::now();
+    read_all(&c);
+    read_all(&a);
+    assert!(started.elapsed() < Duration::from_secs(30), "reads stalled");
+    // c's lease expires on the majority side; c keeps its last view and reports etcd lost.
+    wait_members(&a, &["a", "b"], Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.status_json()["cluster"]["membership_healthy"] != false {
+        assert!(Instant::now() < deadline, "c did not notice the partition");
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    ns.heal();
+    for n in [&a, &b, &c] {
+        wait_members(n, &["a", "b", "c"], Duration::from_secs(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.status_json()["cluster"]["membership_healthy"] != true {
+        assert!(Instant::now() < deadline, "c did not re-register");
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Suspicions expire (3 s) and c reads from its peers again.
+    thread::sleep(Duration::from_secs(4));
+    let mid = c.status_json()["cluster"]["peer_reads"]
+        .as_u64()
+        .unwrap_or(0);
+    read_all(&c);
+    let after = c.status_json()["cluster"]["peer_reads"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after > mid,
+        "peer reads resumed after the partition ({mid} -> {after})"
     );
 }
