@@ -179,6 +179,35 @@ fn loading_from_one_node_warms_each_block_on_its_owner_once() {
         .sum();
     assert_eq!(on_b, data.total_bytes());
     assert_eq!(b.status_json()["cluster"]["membership"], "static");
+
+    // The remote-read bench on a: b's files from b, then from a's own pinned copy, then
+    // given back; a's UFS requests do not move (the direct phase is loaderctl's own).
+    let gets_before = ufs_gets(&a);
+    let mut bench = args(&["bench", "read", "--path", "/ds", "--ufs", &s3.uri("ds")]);
+    for (k, v) in s3.options() {
+        bench.extend(["-o".to_string(), format!("{k}={v}")]);
+    }
+    bench.extend(args(&["--remote", "--json"]));
+    let out = a.ctl_ok(&bench.iter().map(String::as_str).collect::<Vec<_>>());
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("bench json");
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert_eq!(phases, ["ufs-direct", "peer", "local"], "{report}");
+    assert!(
+        report["peer_vs_ufs"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+    assert_eq!(ufs_gets(&a), gets_before, "{report}");
+    let on_a: u64 = data
+        .files
+        .iter()
+        .map(|(rel, _)| cached_bytes(&a, &format!("/ds/{rel}")))
+        .sum();
+    assert!(on_a < data.total_bytes(), "pinned copies were freed again");
 }
 
 #[test]

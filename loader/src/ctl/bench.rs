@@ -37,19 +37,23 @@ pub struct ReadArgs {
     /// Files read concurrently in every phase.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// In a cluster: read the files whose blocks peers own, from the peers, then the same
+    /// files from this node's own cache, against the UFS read directly.
+    #[arg(long)]
+    remote: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
 }
 
-struct Phase {
-    name: &'static str,
-    bytes: u64,
-    secs: f64,
+pub(super) struct Phase {
+    pub name: &'static str,
+    pub bytes: u64,
+    pub secs: f64,
 }
 
 impl Phase {
-    fn mbps(&self) -> f64 {
+    pub fn mbps(&self) -> f64 {
         self.bytes as f64 / self.secs / 1e6
     }
 }
@@ -61,27 +65,17 @@ pub async fn read(
 ) -> anyhow::Result<()> {
     let root = args.path.trim_end_matches('/').to_string();
     let files = list_files(c, &root).await?;
-    let total: u64 = files.iter().map(|f| f.size).sum();
     let n = args.concurrency.max(1);
     let ufs = Ufs::open(
         &args.ufs,
         &parse_options(&args.options)?,
         &UfsConfig::default(),
     )?;
-    let mut phases = Vec::new();
-
-    let t = Instant::now();
-    let bytes: u64 = futures::stream::iter(files.iter())
-        .map(|f| async { ufs.get_range(f, 0..f.size).await.map(|b| b.len() as u64) })
-        .buffer_unordered(n)
-        .try_fold(0, |a, b| async move { Ok(a + b) })
-        .await
-        .context("reading the UFS directly")?;
-    phases.push(Phase {
-        name: "ufs-direct",
-        bytes,
-        secs: t.elapsed().as_secs_f64(),
-    });
+    if args.remote {
+        return super::bench_remote::remote(c, &ufs, &root, files, n, args.json).await;
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let mut phases = vec![ufs_direct(&ufs, &files, n).await?];
 
     c.free(pb::FreeRequest { path: root.clone() })
         .await
@@ -177,6 +171,22 @@ pub async fn read(
         }
     }
     Ok(())
+}
+
+/// The baseline phase: `files` read straight from the UFS, `n` at a time.
+pub(super) async fn ufs_direct(ufs: &Ufs, files: &[FileMeta], n: usize) -> anyhow::Result<Phase> {
+    let t = Instant::now();
+    let bytes: u64 = futures::stream::iter(files.iter())
+        .map(|f| async { ufs.get_range(f, 0..f.size).await.map(|b| b.len() as u64) })
+        .buffer_unordered(n)
+        .try_fold(0, |a, b| async move { Ok(a + b) })
+        .await
+        .context("reading the UFS directly")?;
+    Ok(Phase {
+        name: "ufs-direct",
+        bytes,
+        secs: t.elapsed().as_secs_f64(),
+    })
 }
 
 /// Every file below logical directory `root` (recursively), paths relative to it.

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_fuse;
 mod bench_pipeline;
+mod bench_remote;
 pub mod dataset;
 
 use std::collections::BTreeMap;
@@ -603,15 +604,6 @@ async fn load(
     local: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut stream = c
-        .load(pb::LoadRequest {
-            path: path.clone(),
-            parallelism,
-            local,
-        })
-        .await
-        .map_err(rpc_err)?
-        .into_inner();
     let show = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = if show {
         let b = ProgressBar::new(0);
@@ -623,9 +615,12 @@ async fn load(
     } else {
         ProgressBar::hidden()
     };
-    let mut last = pb::LoadProgress::default();
-    while let Some(p) = stream.next().await {
-        let p = p.map_err(rpc_err)?;
+    let req = pb::LoadRequest {
+        path,
+        parallelism,
+        local,
+    };
+    let last = run_load(c, req, |p| {
         bar.set_length(p.bytes_total);
         bar.set_position(p.bytes_done);
         bar.set_message(format!(
@@ -633,12 +628,10 @@ async fn load(
             p.files_done + p.files_failed,
             p.files_total
         ));
-        last = p;
-    }
+    })
+    .await;
     bar.finish_and_clear();
-    if !last.done {
-        bail!("load of {path} ended early (daemon went away?)");
-    }
+    let last = last?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "loaded {} files, {} bytes ({} already cached) in {secs:.2}s, {:.1} MB/s; {} failed",
@@ -648,14 +641,35 @@ async fn load(
         last.bytes_done as f64 / secs / 1e6,
         last.files_failed
     );
+    Ok(())
+}
+
+/// Runs a load to its end, showing each progress message to `progress`; fails when the
+/// stream ends early or any file failed.
+pub(crate) async fn run_load(
+    c: &mut Client,
+    req: pb::LoadRequest,
+    mut progress: impl FnMut(&pb::LoadProgress),
+) -> anyhow::Result<pb::LoadProgress> {
+    let path = req.path.clone();
+    let mut stream = c.load(req).await.map_err(rpc_err)?.into_inner();
+    let mut last = pb::LoadProgress::default();
+    while let Some(p) = stream.next().await {
+        let p = p.map_err(rpc_err)?;
+        progress(&p);
+        last = p;
+    }
+    if !last.done {
+        bail!("load of {path} ended early (daemon went away?)");
+    }
     if last.files_failed > 0 {
         bail!(
-            "{} files failed; first: {}",
+            "load of {path}: {} files failed; first: {}",
             last.files_failed,
             last.first_error
         );
     }
-    Ok(())
+    Ok(last)
 }
 
 async fn mount(c: &mut Client, cmd: MountCmd) -> anyhow::Result<()> {
