@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
+# NVRTC from the wheel install-deps put in place (a CUDA toolkit's own is found without this).
+if [ -z "${LOADERD_NVRTC_LIB:-}" ]; then
+  LOADERD_NVRTC_LIB=$(python3 -c 'import nvidia.cuda_nvrtc as m, os; print(os.path.join(list(m.__path__)[0], "lib", "libnvrtc.so.12"))' 2>/dev/null || true)
+  export LOADERD_NVRTC_LIB
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The end-to-end tests run the binaries, so build them first.

@@ -19,6 +19,8 @@ pub struct DaemonConfig {
     pub pipeline: PipelineConfig,
     /// The distributed cache (`[cluster]`); off unless `cluster.listen_addr` is set.
     pub cluster: ClusterConfig,
+    /// GPU use (`[gpu]`).
+    pub gpu: GpuConfig,
     /// Mounts of the namespace (`[[mount]]` tables).
     pub mount: Vec<MountSpec>,
 }
@@ -111,6 +113,38 @@ impl Default for FuseConfig {
             keep_cache: true,
         }
     }
+}
+
+/// Whether the daemon looks for GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMode {
+    /// Use GPUs when a driver and devices are found, else the CPU path (logged).
+    #[default]
+    Auto,
+    /// Never touch CUDA.
+    Off,
+}
+
+impl std::str::FromStr for GpuMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(GpuMode::Auto),
+            "off" => Ok(GpuMode::Off),
+            other => Err(format!(
+                "gpu mode must be \"auto\" or \"off\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// GPU settings (`[gpu]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuConfig {
+    /// `auto` (the default) or `off`.
+    pub mode: GpuMode,
 }
 
 /// What a sample that cannot be read or decoded does to its batch.

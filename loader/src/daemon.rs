@@ -19,6 +19,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
 
 use crate::config::DaemonConfig;
+use crate::config::GpuMode;
 use crate::fuse::FuseMount;
 use crate::http;
 use crate::pipeline::registry::Pipelines;
@@ -26,6 +27,7 @@ use crate::server::LoaderService;
 use crate::shm::server::ShmServer;
 use loaderd_cache::cluster::Cluster;
 use loaderd_cache::cluster::service::PeerService;
+use loaderd_proto::v1 as pb;
 
 /// Largest gRPC message either side accepts (a data chunk is at most [`crate::server::CHUNK`]).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -89,9 +91,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
 
     let pipelines = Pipelines::new(cfg.pipeline.clone());
+    let gpu = tokio::task::spawn_blocking({
+        let mode = cfg.gpu.mode;
+        move || gpu_status(mode)
+    })
+    .await?;
     let service = LoaderService::new(
         cache.clone(),
         pipelines.clone(),
+        gpu,
         cfg.server.readahead_blocks,
         cfg.server.load_parallelism,
     );
@@ -210,6 +218,44 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     info!("stopped");
     Ok(())
+}
+
+/// Looks for GPUs (unless `mode` is off) and says which path serves.
+fn gpu_status(mode: GpuMode) -> pb::GpuStatus {
+    let mut st = pb::GpuStatus {
+        mode: match mode {
+            GpuMode::Auto => "auto",
+            GpuMode::Off => "off",
+        }
+        .into(),
+        ..Default::default()
+    };
+    if mode == GpuMode::Off {
+        st.reason = "gpu.mode is off".into();
+        info!("GPU off (gpu.mode = off): decoding on the CPU");
+        return st;
+    }
+    match loaderd_gpu::detect() {
+        loaderd_gpu::GpuAvailability::Available(devices) => {
+            st.available = true;
+            for d in devices {
+                info!(ordinal = d.ordinal, name = %d.name, memory = d.total_memory, "GPU found");
+                st.devices.push(pb::GpuDevice {
+                    ordinal: d.ordinal,
+                    name: d.name,
+                    total_memory: d.total_memory,
+                    compute_major: d.compute_capability.0,
+                    compute_minor: d.compute_capability.1,
+                    driver_version: d.driver_version,
+                });
+            }
+        }
+        loaderd_gpu::GpuAvailability::Unavailable { reason } => {
+            info!(%reason, "no GPU: decoding on the CPU");
+            st.reason = reason;
+        }
+    }
+    st
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

@@ -26,6 +26,7 @@ pub const CHUNK: usize = 2 << 20;
 pub struct LoaderService {
     cache: Arc<Cache>,
     pipelines: Arc<Pipelines>,
+    gpu: pb::GpuStatus,
     readahead: usize,
     load_parallelism: usize,
 }
@@ -44,12 +45,14 @@ impl LoaderService {
     pub fn new(
         cache: Arc<Cache>,
         pipelines: Arc<Pipelines>,
+        gpu: pb::GpuStatus,
         readahead: usize,
         load_parallelism: usize,
     ) -> Self {
         LoaderService {
             cache,
             pipelines,
+            gpu,
             readahead,
             load_parallelism,
         }
@@ -324,6 +327,7 @@ impl Loader for LoaderService {
                 Some(c) => Some(c.status(node_status(&self.cache)).await),
                 None => None,
             },
+            gpu: Some(self.gpu.clone()),
         }))
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use loaderd_tests::{bin, free_port, output_with_timeout};
+use loaderd_tests::{Daemon, bin, free_port, output_with_timeout};
 
 /// Runs `loaderd ARGS...` as a one-shot command. A private socket and metrics
 /// port keep it harmless should it start serving instead of exiting.
@@ -158,5 +158,35 @@ fn bad_watermark_flags_are_rejected() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("12parsecs"),
         "error does not show the bad value"
+    );
+}
+
+#[test]
+fn status_says_which_gpus_serve_or_why_the_cpu_does() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(&loaderd_tests::file_mount_args("/d", data.path()));
+    let gpu = &d.status_json()["gpu"];
+    assert_eq!(gpu["mode"], "auto", "{gpu}");
+    match loaderd_gpu::detect() {
+        loaderd_gpu::GpuAvailability::Available(devs) => {
+            assert_eq!(gpu["available"], true, "{gpu}");
+            assert_eq!(gpu["devices"].as_array().map(Vec::len), Some(devs.len()));
+        }
+        loaderd_gpu::GpuAvailability::Unavailable { reason } => {
+            assert_eq!(gpu["available"], false, "{gpu}");
+            assert_eq!(gpu["reason"], reason.as_str(), "{gpu}");
+            assert!(d.log().contains("decoding on the CPU"), "{}", d.log());
+        }
+    }
+    let off = Daemon::start(&loaderd_tests::args(&["--gpu", "off"]));
+    let gpu = &off.status_json()["gpu"];
+    assert_eq!(
+        (&gpu["mode"], &gpu["available"]),
+        (&"off".into(), &false.into()),
+        "{gpu}"
+    );
+    assert!(
+        off.ctl_ok(&["status"])
+            .contains("gpu off: none used (gpu.mode is off)")
     );
 }

@@ -133,6 +133,10 @@ struct Args {
     /// Owners per block.
     #[arg(long, env = "LOADERD_REPLICATION", help_heading = "Cluster")]
     replication: Option<usize>,
+
+    /// GPU use: `auto` (when a driver and devices are found) or `off`.
+    #[arg(long, env = "LOADERD_GPU", help_heading = "GPU")]
+    gpu: Option<loaderd::config::GpuMode>,
 }
 
 fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
@@ -256,6 +260,9 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
     }
     if let Some(v) = args.replication {
         k.replication = v;
+    }
+    if let Some(v) = args.gpu {
+        cfg.gpu.mode = v;
     }
     for o in &args.mount_options {
         let (point, kv) = o

@@ -41,6 +41,10 @@ pub struct ReadArgs {
     /// files from this node's own cache, against the UFS read directly.
     #[arg(long)]
     remote: bool,
+    /// With --remote: timed passes of the peer and local phases (their rates are over all
+    /// passes together).
+    #[arg(long, default_value_t = 3)]
+    passes: u32,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -72,7 +76,8 @@ pub async fn read(
         &UfsConfig::default(),
     )?;
     if args.remote {
-        return super::bench_remote::remote(c, &ufs, &root, files, n, args.json).await;
+        let passes = args.passes.max(1);
+        return super::bench_remote::remote(c, &ufs, &root, files, n, passes, args.json).await;
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
     let mut phases = vec![ufs_direct(&ufs, &files, n).await?];

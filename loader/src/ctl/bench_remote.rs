@@ -20,6 +20,7 @@ pub(super) async fn remote(
     root: &str,
     files: Vec<FileMeta>,
     n: usize,
+    passes: u32,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let status = c
@@ -54,21 +55,11 @@ pub(super) async fn remote(
     let total: u64 = remote.iter().map(|f| f.size).sum();
     let reads = whole_files(root, &remote);
     let mut phases = vec![ufs_direct(ufs, &remote, n).await?];
-    let t = Instant::now();
-    phases.push(Phase {
-        name: "peer",
-        bytes: grpc_reads(c, &reads, n).await?,
-        secs: t.elapsed().as_secs_f64(),
-    });
+    phases.push(timed(c, "peer", &reads, n, passes).await?);
     for r in &reads {
         run_load(c, load(&r.path, true), |_| {}).await?;
     }
-    let t = Instant::now();
-    phases.push(Phase {
-        name: "local",
-        bytes: grpc_reads(c, &reads, n).await?,
-        secs: t.elapsed().as_secs_f64(),
-    });
+    phases.push(timed(c, "local", &reads, n, passes).await?);
     // Give the pinned copies back: only the owners keep the blocks.
     for r in &reads {
         c.free(pb::FreeRequest {
@@ -78,8 +69,13 @@ pub(super) async fn remote(
         .map_err(rpc_err)?;
     }
     for p in &phases {
-        if p.bytes != total {
-            bail!("{} read {} bytes, expected {total}", p.name, p.bytes);
+        let want = if p.name == "ufs-direct" {
+            total
+        } else {
+            total * u64::from(passes)
+        };
+        if p.bytes != want {
+            bail!("{} read {} bytes, expected {want}", p.name, p.bytes);
         }
     }
     let (ufs_mbps, peer, local) = (phases[0].mbps(), phases[1].mbps(), phases[2].mbps());
@@ -91,7 +87,7 @@ pub(super) async fn remote(
         println!(
             "{}",
             json!({"node": cluster.node_id, "files": remote.len(), "bytes": total,
-                "concurrency": n, "phases": rows, "peer_vs_local": peer / local,
+                "concurrency": n, "passes": passes, "phases": rows, "peer_vs_local": peer / local,
                 "peer_vs_ufs": peer / ufs_mbps})
         );
     } else {
@@ -110,6 +106,26 @@ pub(super) async fn remote(
         );
     }
     Ok(())
+}
+
+/// `passes` timed rounds of whole-file reads through this node.
+async fn timed(
+    c: &Client,
+    name: &'static str,
+    reads: &[super::bench::ReadReq<String>],
+    n: usize,
+    passes: u32,
+) -> anyhow::Result<Phase> {
+    let t = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..passes {
+        bytes += grpc_reads(c, reads, n).await?;
+    }
+    Ok(Phase {
+        name,
+        bytes,
+        secs: t.elapsed().as_secs_f64(),
+    })
 }
 
 fn load(path: &str, local: bool) -> pb::LoadRequest {

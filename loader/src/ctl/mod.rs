@@ -462,7 +462,8 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
                 "corrupt_blocks": s.corrupt_blocks, "ufs_errors": s.ufs_errors, "mounts": mounts,
                 "loaders": loaders, "ring_bytes": s.ring_bytes,
                 "ring_capacity_bytes": s.ring_capacity_bytes,
-                "cluster": s.cluster.as_ref().map(cluster_json)})
+                "cluster": s.cluster.as_ref().map(cluster_json),
+                "gpu": s.gpu.as_ref().map(gpu_json)})
         );
         return Ok(());
     }
@@ -509,6 +510,23 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
     );
     for m in &s.mounts {
         println!("  mount {} -> {}", m.path, m.uri);
+    }
+    if let Some(g) = &s.gpu {
+        if g.devices.is_empty() {
+            println!("  gpu {}: none used ({})", g.mode, g.reason);
+        }
+        for d in &g.devices {
+            println!(
+                "  gpu {}: {} ({}, compute {}.{}, driver {}.{})",
+                d.ordinal,
+                d.name,
+                human(d.total_memory),
+                d.compute_major,
+                d.compute_minor,
+                d.driver_version / 1000,
+                d.driver_version % 1000 / 10
+            );
+        }
     }
     if let Some(k) = &s.cluster {
         println!(
@@ -577,6 +595,19 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn gpu_json(g: &pb::GpuStatus) -> serde_json::Value {
+    let devices: Vec<_> = g
+        .devices
+        .iter()
+        .map(|d| {
+            json!({"ordinal": d.ordinal, "name": d.name, "total_memory": d.total_memory,
+                "compute_capability": format!("{}.{}", d.compute_major, d.compute_minor),
+                "driver_version": d.driver_version})
+        })
+        .collect();
+    json!({"mode": g.mode, "available": g.available, "reason": g.reason, "devices": devices})
 }
 
 fn cluster_json(k: &pb::ClusterStatus) -> serde_json::Value {

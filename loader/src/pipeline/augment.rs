@@ -959,4 +959,85 @@ mod tests {
         // Tiny images are upscaled, not refused.
         process(&mut d, &data, &mut rng, &spec, &mut out).unwrap();
     }
+
+    /// The GPU kernel's arithmetic (`loaderd_gpu::reference`, the oracle its GPU test checks
+    /// the kernel against) gives the CPU path's bytes for the same crop, flip and layout.
+    #[test]
+    fn gpu_kernel_math_matches_the_cpu_path() {
+        let (w, h) = (97u32, 61u32);
+        let pixels = noisy_rgb(w, h, 9);
+        let img = RgbImage {
+            width: w,
+            height: h,
+            pixels: pixels.clone(),
+        };
+        let crops = [
+            CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 97.0,
+                y1: 61.0,
+            },
+            CropBox {
+                x0: 10.5,
+                y0: 3.25,
+                x1: 80.0,
+                y1: 50.75,
+            },
+            CropBox {
+                x0: 40.0,
+                y0: 20.0,
+                x1: 52.0,
+                y1: 30.0,
+            },
+        ];
+        for (i, bx) in crops.iter().enumerate() {
+            for flip in [false, true] {
+                for (layout, gpu_layout) in [
+                    (Layout::NhwcU8, loaderd_gpu::OutputLayout::NhwcU8),
+                    (Layout::NchwF32, loaderd_gpu::OutputLayout::NchwF32),
+                    (Layout::NchwF16, loaderd_gpu::OutputLayout::NchwF16),
+                ] {
+                    let size = 24;
+                    let spec = TransformSpec {
+                        size,
+                        layout,
+                        ..TransformSpec::default()
+                    };
+                    let mut cpu = vec![0u8; spec.sample_bytes()];
+                    let mut hwc = vec![0u8; (size * size * 3) as usize];
+                    resize_into(&img, *bx, size, size, flip, &mut hwc);
+                    match layout {
+                        Layout::NhwcU8 => cpu.copy_from_slice(&hwc),
+                        _ => write_normalized(&hwc, &spec, &mut cpu),
+                    }
+                    let params = loaderd_gpu::SampleParams {
+                        src_offset: 0,
+                        width: w,
+                        height: h,
+                        stride: w * 3,
+                        x0: bx.x0,
+                        y0: bx.y0,
+                        x1: bx.x1,
+                        y1: bx.y1,
+                        flip,
+                    };
+                    let norm = loaderd_gpu::Normalize {
+                        mean: spec.mean,
+                        std: spec.std,
+                    };
+                    let mut gpu = vec![0u8; cpu.len()];
+                    loaderd_gpu::reference::augment(
+                        &pixels, &params, size, size, gpu_layout, &norm, &mut gpu,
+                    )
+                    .unwrap();
+                    let differ = cpu.iter().zip(&gpu).filter(|(a, b)| a != b).count();
+                    assert_eq!(
+                        differ, 0,
+                        "crop {i} flip {flip} {layout:?}: {differ} bytes differ"
+                    );
+                }
+            }
+        }
+    }
 }

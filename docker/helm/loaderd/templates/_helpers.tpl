@@ -237,6 +237,9 @@ max_clients = {{ include "loaderd.toml.int" $c.pipeline.max_clients }}
 max_pixels = {{ include "loaderd.toml.int" $c.pipeline.max_pixels }}
 on_error = {{ include "loaderd.toml.str" $c.pipeline.on_error }}
 
+[gpu]
+mode = {{ include "loaderd.toml.str" $c.gpu.mode }}
+
 [cluster]
 {{- if $v.cluster.enabled }}
 listen_addr = "0.0.0.0:{{ ternary $v.fuse.peerPort $v.worker.peerPort $fuse | int }}"

@@ -1,0 +1,36 @@
+//! loaderd's GPU path: everything that touches CUDA, NVRTC or nvJPEG, behind a small safe API.
+//!
+//! Nothing here links against CUDA. `cudarc` is built with dynamic loading, NVRTC and nvJPEG
+//! are opened with `libloading` at run time, so the workspace builds and its tests pass on a
+//! machine with no driver; the daemon asks [`detect`] once at start-up and falls back to the CPU
+//! path when it says [`GpuAvailability::Unavailable`].
+//!
+//! - [`detect`]: driver + device discovery that never panics (probes `libcuda.so.1` before
+//!   letting `cudarc` near it, and catches a panic from a missing symbol as a last resort);
+//! - [`pinned`]: [`PinnedRegion`] registers a host range (the batch arena) with
+//!   `cuMemHostRegister(PORTABLE)` once and unregisters it on drop, before the owner unmaps it;
+//!   [`H2dStream`] is one client's copy stream with events;
+//! - [`augment`]: the fused crop + resize + flip + normalize + layout kernel
+//!   (`kernels/augment.cu`, compiled by [`nvrtc`] at run time), and [`reference`], the same
+//!   arithmetic in Rust, which is what the kernel is tested against;
+//! - [`nvjpeg`]: the nvJPEG entry points a batched decode needs, resolved from whichever
+//!   `libnvjpeg` the machine has.
+//!
+//! Unsafe code lives only in this crate, each block with a `// SAFETY:` note.
+#![warn(missing_docs)]
+
+pub mod augment;
+pub mod detect;
+mod error;
+mod libsearch;
+pub mod nvjpeg;
+pub mod nvrtc;
+pub mod pinned;
+pub mod reference;
+
+pub use augment::{AugmentKernel, Normalize, OutputLayout, SampleParams};
+pub use detect::{GpuAvailability, GpuInfo, detect};
+pub use error::GpuError;
+pub use nvjpeg::NvJpeg;
+pub use nvrtc::Nvrtc;
+pub use pinned::{DeviceBuffer, GpuContext, H2dStream, HostMemory, PageBuffer, PinnedRegion};

@@ -1,0 +1,188 @@
+//! nvJPEG, opened at run time (`LOADERD_NVJPEG_LIB`, `libnvjpeg.so.13`/`.12`, the toolkit
+//! directories; the `nvidia-nvjpeg` wheel's library works through the variable).
+//!
+//! [`NvJpeg::load`] resolves every entry point a batched decode needs up front, so a library
+//! that is too old fails at start-up with the missing symbol's name, not mid-batch. The decode
+//! path itself (hardware backend where `nvjpegCreateEx(HARDWARE)` succeeds, GPU hybrid
+//! otherwise, CPU fallback for progressive/CMYK) builds on the raw entry points kept here.
+
+use std::ffi::{c_int, c_uint, c_void};
+
+use libloading::Library;
+
+use crate::GpuError;
+use crate::libsearch;
+
+/// Environment variable naming the nvJPEG library file.
+pub const NVJPEG_ENV: &str = "LOADERD_NVJPEG_LIB";
+const NAMES: &[&str] = &["libnvjpeg.so.13", "libnvjpeg.so.12", "libnvjpeg.so"];
+
+/// `nvjpegHandle_t`.
+pub type Handle = *mut c_void;
+/// `nvjpegJpegState_t`.
+pub type JpegState = *mut c_void;
+/// `cudaStream_t` (the same object as a driver `CUstream`).
+pub type Stream = *mut c_void;
+
+/// `nvjpegBackend_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub enum Backend {
+    /// `NVJPEG_BACKEND_DEFAULT`.
+    Default = 0,
+    /// `NVJPEG_BACKEND_HYBRID`: Huffman on the CPU.
+    Hybrid = 1,
+    /// `NVJPEG_BACKEND_GPU_HYBRID`: Huffman on the GPU.
+    GpuHybrid = 2,
+    /// `NVJPEG_BACKEND_HARDWARE`: the A100/H100 JPEG engines.
+    Hardware = 3,
+}
+
+/// `nvjpegOutputFormat_t` values we use.
+pub const OUTPUT_RGBI: c_int = 5;
+
+/// `nvjpegImage_t`: up to four planes with their pitches.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Image {
+    /// Device pointers of the planes (interleaved RGB uses plane 0).
+    pub channel: [*mut u8; 4],
+    /// Bytes per row of each plane.
+    pub pitch: [c_uint; 4],
+}
+
+/// The raw entry points (signatures from nvjpeg.h).
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct Functions {
+    pub create_ex:
+        unsafe extern "C" fn(Backend, *mut c_void, *mut c_void, c_uint, *mut Handle) -> c_int,
+    pub destroy: unsafe extern "C" fn(Handle) -> c_int,
+    pub state_create: unsafe extern "C" fn(Handle, *mut JpegState) -> c_int,
+    pub state_destroy: unsafe extern "C" fn(JpegState) -> c_int,
+    pub get_image_info: unsafe extern "C" fn(
+        Handle,
+        *const u8,
+        usize,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+    ) -> c_int,
+    pub decode: unsafe extern "C" fn(
+        Handle,
+        JpegState,
+        *const u8,
+        usize,
+        c_int,
+        *mut Image,
+        Stream,
+    ) -> c_int,
+    pub decode_batched_initialize:
+        unsafe extern "C" fn(Handle, JpegState, c_int, c_int, c_int) -> c_int,
+    pub decode_batched: unsafe extern "C" fn(
+        Handle,
+        JpegState,
+        *const *const u8,
+        *const usize,
+        *mut Image,
+        Stream,
+    ) -> c_int,
+    pub get_property: unsafe extern "C" fn(c_int, *mut c_int) -> c_int,
+}
+
+/// An opened nvJPEG library.
+#[derive(Debug)]
+pub struct NvJpeg {
+    path: String,
+    version: (i32, i32, i32),
+    functions: Functions,
+    // Keeps `functions` valid; lives exactly as long as they do.
+    _lib: Library,
+}
+
+fn symbol<T: Copy>(lib: &Library, path: &str, name: &'static str) -> Result<T, GpuError> {
+    // SAFETY: each `T` used with this is the nvjpeg.h signature of `name`; the pointer is
+    // copied out and used only while the `Library` is alive (both live in `NvJpeg`).
+    unsafe { lib.get::<T>(name.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|e| GpuError::MissingSymbol {
+            library: "nvJPEG",
+            path: path.to_string(),
+            symbol: name,
+            message: libsearch::describe(&e),
+        })
+}
+
+impl NvJpeg {
+    /// Finds and opens nvJPEG and resolves the batched-decode entry points. Needs no GPU.
+    pub fn load() -> Result<Self, GpuError> {
+        let (lib, path) = libsearch::open("nvJPEG", NVJPEG_ENV, NAMES)?;
+        let functions = Functions {
+            create_ex: symbol(&lib, &path, "nvjpegCreateEx")?,
+            destroy: symbol(&lib, &path, "nvjpegDestroy")?,
+            state_create: symbol(&lib, &path, "nvjpegJpegStateCreate")?,
+            state_destroy: symbol(&lib, &path, "nvjpegJpegStateDestroy")?,
+            get_image_info: symbol(&lib, &path, "nvjpegGetImageInfo")?,
+            decode: symbol(&lib, &path, "nvjpegDecode")?,
+            decode_batched_initialize: symbol(&lib, &path, "nvjpegDecodeBatchedInitialize")?,
+            decode_batched: symbol(&lib, &path, "nvjpegDecodeBatched")?,
+            get_property: symbol(&lib, &path, "nvjpegGetProperty")?,
+        };
+        let prop = |which: c_int| {
+            let mut v = 0;
+            // SAFETY: `which` is a libraryPropertyType (0..=2) and `v` a valid out-pointer.
+            let status = unsafe { (functions.get_property)(which, &mut v) };
+            if status == 0 {
+                Ok(v)
+            } else {
+                Err(GpuError::NvJpeg {
+                    call: "nvjpegGetProperty",
+                    status,
+                })
+            }
+        };
+        let version = (prop(0)?, prop(1)?, prop(2)?);
+        tracing::info!(%path, ?version, "nvJPEG loaded");
+        Ok(NvJpeg {
+            path,
+            version,
+            functions,
+            _lib: lib,
+        })
+    }
+
+    /// The library file that was opened.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// (major, minor, patch).
+    pub fn version(&self) -> (i32, i32, i32) {
+        self.version
+    }
+
+    /// The raw entry points, for the decode path; valid while `self` lives.
+    pub fn functions(&self) -> &Functions {
+        &self.functions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absence_is_a_clear_error_not_a_panic() {
+        match NvJpeg::load() {
+            Ok(n) => println!("nvJPEG present here: {} {:?}", n.path(), n.version()),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("nvJPEG not found"), "{msg}");
+                assert!(msg.contains(NVJPEG_ENV), "{msg}");
+                assert!(msg.contains("libnvjpeg.so.13"), "{msg}");
+                println!("as expected without nvJPEG: {msg}");
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! NVRTC, opened at run time from whichever `libnvrtc` the machine has.
+//!
+//! Loaded by us rather than through `cudarc::nvrtc` so that the search is ours (an explicit
+//! `LOADERD_NVRTC_LIB`, then `libnvrtc.so.13`/`.12`, then the toolkit directories) and absence
+//! is an error, not a panic. Compiling needs no GPU and no driver, so the kernel source is
+//! syntax-checked in tests wherever NVRTC is installed (e.g. the `nvidia-cuda-nvrtc-cu12`
+//! wheel's `nvidia/cuda_nvrtc/lib/libnvrtc.so.12`).
+
+use std::ffi::{CString, c_char, c_int, c_void};
+
+use libloading::Library;
+
+use crate::GpuError;
+use crate::libsearch;
+
+/// Environment variable naming the NVRTC library file.
+pub const NVRTC_ENV: &str = "LOADERD_NVRTC_LIB";
+const NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+
+type Program = *mut c_void;
+type Version = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
+type Create = unsafe extern "C" fn(
+    *mut Program,
+    *const c_char,
+    *const c_char,
+    c_int,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+type Compile = unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int;
+type GetSize = unsafe extern "C" fn(Program, *mut usize) -> c_int;
+type GetText = unsafe extern "C" fn(Program, *mut c_char) -> c_int;
+type Destroy = unsafe extern "C" fn(*mut Program) -> c_int;
+
+/// An opened NVRTC library.
+#[derive(Debug)]
+pub struct Nvrtc {
+    path: String,
+    version: (i32, i32),
+    create: Create,
+    compile: Compile,
+    log_size: GetSize,
+    log: GetText,
+    ptx_size: GetSize,
+    ptx: GetText,
+    destroy: Destroy,
+    // Keeps the function pointers above valid; never dropped before them (same struct).
+    _lib: Library,
+}
+
+fn symbol<T: Copy>(lib: &Library, path: &str, name: &'static str) -> Result<T, GpuError> {
+    // SAFETY: every `T` used with this is the C signature of `name` from nvrtc.h; the pointer
+    // is copied out and used only while the `Library` is alive (both live in `Nvrtc`).
+    unsafe { lib.get::<T>(name.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|e| GpuError::MissingSymbol {
+            library: "NVRTC",
+            path: path.to_string(),
+            symbol: name,
+            message: libsearch::describe(&e),
+        })
+}
+
+fn check(call: &'static str, status: c_int) -> Result<(), GpuError> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(GpuError::Nvrtc { call, status })
+    }
+}
+
+impl Nvrtc {
+    /// Finds and opens NVRTC (`LOADERD_NVRTC_LIB`, the loader's path, CUDA toolkits).
+    pub fn load() -> Result<Self, GpuError> {
+        let (lib, path) = libsearch::open("NVRTC", NVRTC_ENV, NAMES)?;
+        let version_fn: Version = symbol(&lib, &path, "nvrtcVersion")?;
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: two valid out-pointers, as nvrtcVersion expects.
+        check("nvrtcVersion", unsafe {
+            version_fn(&mut major, &mut minor)
+        })?;
+        let nvrtc = Nvrtc {
+            create: symbol(&lib, &path, "nvrtcCreateProgram")?,
+            compile: symbol(&lib, &path, "nvrtcCompileProgram")?,
+            log_size: symbol(&lib, &path, "nvrtcGetProgramLogSize")?,
+            log: symbol(&lib, &path, "nvrtcGetProgramLog")?,
+            ptx_size: symbol(&lib, &path, "nvrtcGetPTXSize")?,
+            ptx: symbol(&lib, &path, "nvrtcGetPTX")?,
+            destroy: symbol(&lib, &path, "nvrtcDestroyProgram")?,
+            version: (major, minor),
+            path,
+            _lib: lib,
+        };
+        tracing::info!(path = %nvrtc.path, version = ?nvrtc.version, "NVRTC loaded");
+        Ok(nvrtc)
+    }
+
+    /// The library file that was opened.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// NVRTC's (major, minor) version, e.g. (12, 9).
+    pub fn version(&self) -> (i32, i32) {
+        self.version
+    }
+
+    /// Compiles CUDA C `source` to PTX text; [`GpuError::Compile`] carries the compiler log.
+    pub fn compile(
+        &self,
+        source: &str,
+        name: &str,
+        options: &[String],
+    ) -> Result<String, GpuError> {
+        let cstr = |s: &str| {
+            CString::new(s).map_err(|_| GpuError::InvalidArgument(format!("NUL in {s:?}")))
+        };
+        let (src, name) = (cstr(source)?, cstr(name)?);
+        let opts = options
+            .iter()
+            .map(|o| cstr(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+        let mut prog: Program = std::ptr::null_mut();
+        // SAFETY: `src` and `name` are NUL-terminated and outlive the call; no headers.
+        check("nvrtcCreateProgram", unsafe {
+            (self.create)(
+                &mut prog,
+                src.as_ptr(),
+                name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        })?;
+        let guard = ProgramGuard {
+            prog,
+            destroy: self.destroy,
+        };
+        // SAFETY: `prog` is a live program; `opt_ptrs` holds `len` NUL-terminated strings
+        // (owned by `opts`) for the duration of the call.
+        let status =
+            unsafe { (self.compile)(guard.prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
+        if status != 0 {
+            let log = self.text(guard.prog, self.log_size, self.log, "nvrtcGetProgramLog")?;
+            return Err(GpuError::Compile { log });
+        }
+        self.text(guard.prog, self.ptx_size, self.ptx, "nvrtcGetPTX")
+    }
+
+    fn text(
+        &self,
+        prog: Program,
+        size: GetSize,
+        get: GetText,
+        call: &'static str,
+    ) -> Result<String, GpuError> {
+        let mut n = 0usize;
+        // SAFETY: `prog` is live and `n` a valid out-pointer.
+        check(call, unsafe { size(prog, &mut n) })?;
+        let mut buf = vec![0u8; n.max(1)];
+        // SAFETY: `buf` holds the `n` bytes (including the NUL) NVRTC said it will write.
+        check(call, unsafe { get(prog, buf.as_mut_ptr().cast()) })?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        buf.truncate(end);
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+struct ProgramGuard {
+    prog: Program,
+    destroy: Destroy,
+}
+
+impl Drop for ProgramGuard {
+    fn drop(&mut self) {
+        // SAFETY: `prog` came from nvrtcCreateProgram and is destroyed exactly once, here.
+        unsafe { (self.destroy)(&mut self.prog) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absence_is_a_clear_error_not_a_panic() {
+        // Point the override at a file that does not exist: the error names it and the variable.
+        let err = libsearch::open(
+            "NVRTC",
+            "LOADERD_TEST_NO_SUCH_VAR",
+            &["libnvrtc-loaderd-missing.so.99"],
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("NVRTC not found"), "{msg}");
+        assert!(msg.contains("libnvrtc-loaderd-missing.so.99"), "{msg}");
+        assert!(msg.contains("LOADERD_TEST_NO_SUCH_VAR"), "{msg}");
+    }
+}
