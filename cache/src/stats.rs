@@ -28,6 +28,18 @@ pub struct Counters {
     pub bytes_from_peers: u64,
 }
 
+impl Counters {
+    /// Hits over hits + misses (0 before any lookup).
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+}
+
 static HITS: AtomicU64 = AtomicU64::new(0);
 static MISSES: AtomicU64 = AtomicU64::new(0);
 static BYTES_CACHE: AtomicU64 = AtomicU64::new(0);

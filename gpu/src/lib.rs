@@ -27,6 +27,8 @@ pub mod nvjpeg;
 pub mod nvrtc;
 pub mod pinned;
 pub mod reference;
+#[cfg(test)]
+mod testdata;
 
 pub use augment::{AugmentKernel, Normalize, OutputLayout, SampleParams};
 pub use detect::{GpuAvailability, GpuInfo, detect};

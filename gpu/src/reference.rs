@@ -125,43 +125,47 @@ pub fn augment(
     Ok(())
 }
 
-/// binary32 → binary16, round to nearest even (what `cvt.rn.f16.f32` does).
+/// IEEE 754 binary32 → binary16 bits, rounding to nearest, ties to even (as `cvt.rn.f16.f32`
+/// does on the GPU; the CPU path's f16 output uses this same function).
 pub fn f16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
     let sign = ((bits >> 16) & 0x8000) as u16;
-    let abs = bits & 0x7fff_ffff;
-    if abs >= 0x7f80_0000 {
-        // Infinity stays infinity; NaN stays a (quiet) NaN.
-        return sign | 0x7c00 | if abs > 0x7f80_0000 { 0x200 } else { 0 };
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x7f_ffff;
+    if exp == 0xff {
+        let nan = if man != 0 {
+            0x200 | (man >> 13) as u16
+        } else {
+            0
+        };
+        return sign | 0x7c00 | nan;
     }
-    // Work on the value scaled so that the half's last bit is the integer's last bit: for
-    // normals, round the 23-bit significand to 10 bits; subnormals shift further.
-    let exp = (abs >> 23) as i32 - 127;
-    if exp >= 16 {
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
         return sign | 0x7c00;
     }
-    let (mant, shift) = if exp >= -14 {
-        ((abs & 0x7f_ffff) | 0x80_0000, 13u32)
-    } else {
-        let shift = (13 + (-14 - exp)) as u32;
-        if shift > 24 {
+    if e <= 0 {
+        if e < -10 {
             return sign;
         }
-        ((abs & 0x7f_ffff) | 0x80_0000, shift)
-    };
-    let half = 1u32 << (shift - 1);
-    let rem = mant & ((1u32 << shift) - 1);
-    let mut m = mant >> shift;
-    if rem > half || (rem == half && m & 1 == 1) {
-        m += 1;
+        // Subnormal half: shift the full 24-bit significand down.
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rem = m & ((1u32 << shift) - 1);
+        let mut h = m >> shift;
+        if rem > half || (rem == half && h & 1 == 1) {
+            h += 1;
+        }
+        return sign | h as u16;
     }
-    if exp >= -14 {
-        // m holds the implicit bit at 1 << 10; a carry to 1 << 11 bumps the exponent.
-        let e = (exp + 15) as u32;
-        ((u32::from(sign) | (e << 10)) + (m - 0x400)) as u16
-    } else {
-        sign | m as u16
+    let mut h = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    // A carry out of the significand bumps the exponent, up to infinity: still correct.
+    if rem > 0x1000 || (rem == 0x1000 && h & 1 == 1) {
+        h += 1;
     }
+    sign | h as u16
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@ use loaderd_gpu::{
     PageBuffer, PinnedRegion, SampleParams, detect,
 };
 
+#[path = "../src/testdata.rs"]
+mod testdata;
+use testdata::noise;
+
 /// The first device, or `None` after printing why the test is skipped.
 fn gpu_or_skip() -> Option<GpuInfo> {
     match detect() {
@@ -30,17 +34,6 @@ fn nvrtc_or_skip() -> Option<Nvrtc> {
             None
         }
     }
-}
-
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect()
 }
 
 /// Needs only NVRTC (no driver, no GPU): the kernel source compiles.

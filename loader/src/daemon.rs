@@ -161,15 +161,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .with_context(|| format!("binding gRPC address {addr} (server.tcp_addr)"))?;
         warn_if_exposed("server.tcp_addr", listener.local_addr()?);
         info!(addr = %listener.local_addr()?, "gRPC on TCP");
-        let svc = grpc();
-        let stop = stopped(stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-                .await
-                .context("gRPC server on TCP")
-        }));
+        let router = builder().add_service(grpc());
+        tasks.push(serve_tcp(
+            router,
+            listener,
+            stop_rx.clone(),
+            "gRPC server on TCP",
+        ));
     }
 
     if let (Some(c), Some(addr)) = (&cluster, cfg.cluster.listen_addr) {
@@ -177,15 +175,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the peer API on {addr} (cluster.listen_addr)"))?;
         info!(addr = %listener.local_addr()?, node = %c.me().id, "peer API on TCP");
-        let svc = PeerService::new(cache.clone(), c.clone()).into_server();
-        let stop = stopped(stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-                .await
-                .context("peer API server")
-        }));
+        let router =
+            builder().add_service(PeerService::new(cache.clone(), c.clone()).into_server());
+        tasks.push(serve_tcp(
+            router,
+            listener,
+            stop_rx.clone(),
+            "peer API server",
+        ));
     }
 
     let signal = wait_for_signal().await?;
@@ -256,6 +253,21 @@ fn gpu_status(mode: GpuMode) -> pb::GpuStatus {
         }
     }
     st
+}
+
+/// Serves `router` on `listener` until `stop` turns true.
+fn serve_tcp(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
+            .await
+            .context(what)
+    })
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

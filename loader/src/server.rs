@@ -298,18 +298,13 @@ impl Loader for LoaderService {
         let s = self.cache.status();
         let c = s.counters;
         let (loaders, ring_bytes) = self.pipelines.status();
-        let lookups = c.hits + c.misses;
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: s.uptime.as_secs(),
             tiers: s.tiers.iter().map(tier_status).collect(),
             hits: c.hits,
             misses: c.misses,
-            hit_ratio: if lookups == 0 {
-                0.0
-            } else {
-                c.hits as f64 / lookups as f64
-            },
+            hit_ratio: c.hit_ratio(),
             bytes_from_ufs: c.bytes_from_ufs,
             bytes_from_cache: c.bytes_from_cache,
             block_size: s.block_size,

@@ -10,6 +10,14 @@ use loaderd::shm::client::{BatchClient, ShmError};
 use loaderd_proto::v1 as pb;
 use loaderd_tests::{Daemon, args, file_mount_args, gen_dataset};
 
+/// `loaderctl bench pipeline --dataset /ds ARGS...` (`--json` added) and its report.
+fn bench(d: &Daemon, extra: &[&str]) -> serde_json::Value {
+    let mut a = vec!["bench", "pipeline", "--dataset", "/ds", "--json"];
+    a.extend_from_slice(extra);
+    let out = d.ctl_ok(&a);
+    serde_json::from_str(out.trim()).expect("bench json")
+}
+
 /// Runs one epoch on `rank` of `world` and returns the keys in delivery order.
 fn epoch(
     d: &Daemon,
@@ -19,28 +27,25 @@ fn epoch(
     epoch: u64,
 ) -> (Vec<String>, serde_json::Value) {
     let keys = d.dir().join(format!("keys-{rank}-{world}-{seed}-{epoch}"));
-    let out = d.ctl_ok(&[
-        "bench",
-        "pipeline",
-        "--dataset",
-        "/ds",
-        "--batch-size",
-        "4",
-        "--size",
-        "32",
-        "--rank",
-        &rank.to_string(),
-        "--world-size",
-        &world.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--epoch",
-        &epoch.to_string(),
-        "--keys-out",
-        keys.to_str().expect("utf-8 path"),
-        "--json",
-    ]);
-    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("bench json");
+    let report = bench(
+        d,
+        &[
+            "--batch-size",
+            "4",
+            "--size",
+            "32",
+            "--rank",
+            &rank.to_string(),
+            "--world-size",
+            &world.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--epoch",
+            &epoch.to_string(),
+            "--keys-out",
+            keys.to_str().expect("utf-8 path"),
+        ],
+    );
     let keys = std::fs::read_to_string(&keys).expect("keys file");
     (keys.lines().map(str::to_string).collect(), report)
 }
@@ -243,19 +248,7 @@ fn predecoded_delivery_is_compared_with_memcpy() {
     let data = tempfile::tempdir().expect("tempdir");
     gen_dataset(data.path(), 1, 8);
     let d = Daemon::start(&file_mount_args("/ds", data.path()));
-    let out = d.ctl_ok(&[
-        "bench",
-        "pipeline",
-        "--dataset",
-        "/ds",
-        "--batch-size",
-        "4",
-        "--size",
-        "64",
-        "--predecoded",
-        "--json",
-    ]);
-    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("bench json");
+    let report = bench(&d, &["--batch-size", "4", "--size", "64", "--predecoded"]);
     assert_eq!(report["samples"], 8, "{report}");
     assert!(
         report["memcpy_mb_per_s"].as_f64().unwrap_or(0.0) > 0.0,

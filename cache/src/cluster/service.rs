@@ -150,7 +150,6 @@ impl Peer for PeerService {
 pub fn node_status(cache: &Cache) -> pb::NodeStatusResponse {
     let s = cache.status();
     let c = s.counters;
-    let lookups = c.hits + c.misses;
     pb::NodeStatusResponse {
         node_id: cache
             .cluster()
@@ -159,11 +158,7 @@ pub fn node_status(cache: &Cache) -> pb::NodeStatusResponse {
         tiers: s.tiers.iter().map(tier_status).collect(),
         hits: c.hits,
         misses: c.misses,
-        hit_ratio: if lookups == 0 {
-            0.0
-        } else {
-            c.hits as f64 / lookups as f64
-        },
+        hit_ratio: c.hit_ratio(),
         peer_blocks_served: cache.cluster().map_or(0, |c| c.blocks_served()),
     }
 }

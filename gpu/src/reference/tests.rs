@@ -1,4 +1,5 @@
 use super::*;
+use crate::testdata::noise;
 
 fn sample(w: u32, h: u32, bx: [f64; 4], flip: bool) -> SampleParams {
     SampleParams {
@@ -31,18 +32,6 @@ fn run(src: &[u8], s: &SampleParams, ow: u32, oh: u32) -> Vec<u8> {
 
 fn gray_row(values: &[u8]) -> Vec<u8> {
     values.iter().flat_map(|&v| [v; 3]).collect()
-}
-
-/// Deterministic noise (xorshift), so tests need no rand.
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -183,6 +172,24 @@ fn f16_rounds_to_nearest_even() {
     }
     assert_eq!(f16_bits(f32::NAN) & 0x7c00, 0x7c00);
     assert_ne!(f16_bits(f32::NAN) & 0x3ff, 0);
+    // Every finite half survives the round trip.
+    for h in 0..=u16::MAX {
+        if h & 0x7c00 != 0x7c00 {
+            assert_eq!(f16_bits(f16_to_f32(h)), h, "{h:#06x}");
+        }
+    }
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let e = i32::from((h >> 10) & 0x1f);
+    let m = f32::from(h & 0x3ff);
+    sign * match e {
+        0 => m * 2f32.powi(-24),
+        31 if m == 0.0 => f32::INFINITY,
+        31 => f32::NAN,
+        _ => (1.0 + m / 1024.0) * 2f32.powi(e - 15),
+    }
 }
 
 #[test]
