@@ -422,37 +422,64 @@ pub fn resize_into(
     let stride = src.width as usize * 3;
     let span = (col1 - col0) * 3;
     // Vertical pass first, one output row at a time: whole source rows times a weight, which
-    // vectorizes; then the (scalar) horizontal pass runs on out_h rows, not on every source
-    // row the crop covers.
-    let mut acc = vec![0f32; span];
+    // vectorizes; then the horizontal pass runs on out_h rows, not on every source row the
+    // crop covers. The accumulator has `ksize` pixels of zeros past its end, so every output
+    // pixel can take all `ksize` taps (the ones past its own are zero-weighted), a loop of
+    // fixed length that the compiler unrolls for the common sizes.
+    let mut acc = vec![0f32; span + tx.ksize * 3];
     for yy in 0..oh {
         let (s, n) = (ty.start[yy], ty.len[yy]);
         let k = &ty.weights[yy * ty.ksize..yy * ty.ksize + n];
-        acc.fill(0.0);
+        let row = &mut acc[..span];
+        row.fill(0.0);
         for (i, &w) in k.iter().enumerate() {
             let r = (s + i) * stride + col0 * 3;
-            for (a, &v) in acc.iter_mut().zip(&src.pixels[r..r + span]) {
+            for (a, &v) in row.iter_mut().zip(&src.pixels[r..r + span]) {
                 *a += w * f32::from(v);
             }
         }
         let dst = &mut out[yy * ow * 3..(yy + 1) * ow * 3];
-        for (xx, d) in dst.chunks_exact_mut(3).enumerate() {
-            let from = if flip { ow - 1 - xx } else { xx };
-            let (s, n) = (tx.start[from] - col0, tx.len[from]);
-            let k = &tx.weights[from * tx.ksize..from * tx.ksize + n];
-            let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
-            for (w, p) in k.iter().zip(acc[s * 3..(s + n) * 3].chunks_exact(3)) {
-                r += w * p[0];
-                g += w * p[1];
-                b += w * p[2];
-            }
-            // Round half up; the cast truncates, which is floor for the clamped value (and
-            // avoids a libm `floorf` call per value on baseline x86-64).
-            d[0] = (r + 0.5).clamp(0.0, 255.0) as u8;
-            d[1] = (g + 0.5).clamp(0.0, 255.0) as u8;
-            d[2] = (b + 0.5).clamp(0.0, 255.0) as u8;
+        match tx.ksize {
+            3 => horizontal::<3>(&acc, &tx, col0, flip, dst),
+            5 => horizontal::<5>(&acc, &tx, col0, flip, dst),
+            7 => horizontal::<7>(&acc, &tx, col0, flip, dst),
+            9 => horizontal::<9>(&acc, &tx, col0, flip, dst),
+            _ => horizontal::<0>(&acc, &tx, col0, flip, dst),
         }
     }
+}
+
+/// One output row of the horizontal pass from the vertically filtered row `acc`. `K` is the
+/// taps' `ksize` when known at compile time, 0 otherwise. Zero-weighted taps add exactly 0.0
+/// to non-negative sums, so the bytes do not depend on `K`.
+#[inline(always)]
+fn horizontal<const K: usize>(acc: &[f32], tx: &Taps, col0: usize, flip: bool, dst: &mut [u8]) {
+    let ksize = if K == 0 { tx.ksize } else { K };
+    let ow = dst.len() / 3;
+    for (xx, d) in dst.chunks_exact_mut(3).enumerate() {
+        let from = if flip { ow - 1 - xx } else { xx };
+        let s = (tx.start[from] - col0) * 3;
+        let k = &tx.weights[from * tx.ksize..from * tx.ksize + ksize];
+        let px = &acc[s..s + ksize * 3];
+        let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
+        for j in 0..ksize {
+            let w = k[j];
+            r += w * px[j * 3];
+            g += w * px[j * 3 + 1];
+            b += w * px[j * 3 + 2];
+        }
+        d[0] = round_u8(r);
+        d[1] = round_u8(g);
+        d[2] = round_u8(b);
+    }
+}
+
+/// Rounds half up and clamps to 0..=255. Truncating `v + 0.5` is floor for non-negative
+/// values, and anything that truncates to 0 from below was below 0.5: the same bytes as
+/// clamping in float first, with an integer clamp that compiles to two conditional moves.
+#[inline(always)]
+fn round_u8(v: f32) -> u8 {
+    ((v + 0.5) as i32).clamp(0, 255) as u8
 }
 
 /// Writes an HWC u8 image as normalized NCHW f32 or f16 (native byte order) into `out`.
