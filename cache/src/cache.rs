@@ -317,11 +317,16 @@ impl Cache {
     }
 
     /// Block `b` pinned in the memory tier's arena (fetched first if missing), or `None` when
-    /// the memory tier does not hold it (disabled, full, or the block is on SSD only).
+    /// the memory tier does not hold it (disabled, full, the block is on SSD only, or another
+    /// node owns it: fetching it here would not cache it, so the caller's fallback read is
+    /// the one fetch).
     pub async fn lease_block(&self, fh: &FileHandle, b: &BlockRef) -> Result<Option<Lease>> {
         if let Some(lease) = self.memory.lease(b.id) {
             stats::hit("memory", lease.len());
             return Ok(Some(lease));
+        }
+        if self.cluster().is_some_and(|c| !c.owns(b.id)) {
+            return Ok(None);
         }
         self.get_block(fh, b, ReadType::Cache).await?;
         Ok(self.memory.lease(b.id))

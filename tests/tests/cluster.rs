@@ -106,6 +106,21 @@ fn every_block_is_cached_once_on_its_owner_and_read_everywhere() {
         }
     }
     assert!(owned.len() >= 2, "blocks spread over the nodes: {owned:?}");
+    // Each node fetched each block it does not own from its owner exactly once (shared-memory
+    // reads of such blocks go straight to the fallback read, not through a second fetch).
+    let peer_reads: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.status_json()["cluster"]["peer_reads"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        peer_reads,
+        total_blocks * 2,
+        "3 nodes, each block owned by one"
+    );
     let gets: f64 = nodes.iter().map(ufs_gets).sum();
     assert_eq!(
         gets as u64, total_blocks,

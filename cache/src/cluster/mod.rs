@@ -131,14 +131,22 @@ impl Cluster {
     }
 
     /// Where to look for `id`, in order: its owners, then the member that would own it next
-    /// (it takes over when an owner is down).
+    /// (it takes over when an owner is down). With several owners each node starts at a
+    /// different one (by its id), so the readers of a hot block spread over its replicas.
     pub fn candidates(&self, id: BlockId) -> Vec<Member> {
-        self.placement()
+        let mut c: Vec<Member> = self
+            .placement()
             .ranked(id)
             .into_iter()
             .take(self.replication + 1)
             .cloned()
-            .collect()
+            .collect();
+        let owners = self.replication.min(c.len());
+        if owners > 1 {
+            let start = xxhash_rust::xxh3::xxh3_64(self.me.id.as_bytes()) as usize % owners;
+            c[..owners].rotate_left(start);
+        }
+        c
     }
 
     /// Whether `m` is this node.
@@ -316,6 +324,45 @@ mod tests {
         assert!(c.authorize(Some(b"0123456789abcdef")));
         assert!(!c.authorize(Some(b"0123456789abcdeX")));
         assert!(!c.authorize(None));
+    }
+
+    #[tokio::test]
+    async fn replicas_spread_the_readers_of_a_block() {
+        let mut firsts = std::collections::BTreeSet::new();
+        for me in ["a", "b", "c", "d", "e", "f"] {
+            let members = ["a", "b", "c", "d", "e", "f"]
+                .iter()
+                .filter(|m| **m != me)
+                .map(|m| crate::config::MemberConfig {
+                    id: (*m).into(),
+                    addr: format!("{m}:1"),
+                })
+                .collect();
+            let cfg = ClusterConfig {
+                node_id: Some(me.into()),
+                listen_addr: Some("127.0.0.1:1".parse().unwrap()),
+                members,
+                replication: 2,
+                token: Some("0123456789abcdef".into()),
+                ..ClusterConfig::default()
+            };
+            let c = Cluster::start(&cfg).await.unwrap();
+            let cands = c.candidates(BlockId(42));
+            assert_eq!(cands.len(), 3);
+            let owners: std::collections::BTreeSet<_> = c
+                .placement()
+                .owners(BlockId(42), 2)
+                .iter()
+                .map(|m| m.id.clone())
+                .collect();
+            assert!(owners.contains(&cands[0].id) && owners.contains(&cands[1].id));
+            firsts.insert(cands[0].id.clone());
+        }
+        assert_eq!(
+            firsts.len(),
+            2,
+            "different nodes start at different replicas"
+        );
     }
 
     #[tokio::test]
