@@ -293,6 +293,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", cfg.to_redacted_toml());
         return Ok(());
     }
+    loaderd::daemon::tune_allocator();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.server.log_level))
         .context("invalid log filter (server.log_level)")?;
