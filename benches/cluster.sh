@@ -3,8 +3,9 @@
 # sample dataset; node a reads the files whose blocks node b owns (1) straight from S3,
 # (2) from b over the peer API, (3) from a's own memory tier — the same bytes, in one run
 # (`loaderctl bench read --remote`).
-# Usage: benches/cluster.sh   (release binaries; DATASET=dir, else the quickstart dataset or a
-# generated one; BLOCK_SIZE=4MiB; BIN_DIR=target/release)
+# Usage: benches/cluster.sh [bench read flags]   (release binaries; DATASET=dir, else the
+# quickstart dataset or a generated one; BLOCK_SIZE=4MiB; BIN_DIR=target/release; PIN=1 runs
+# node b on CPU 1 and node a + loaderctl on CPU 0, as two hosts would not share cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,18 +36,22 @@ head -c 32 /dev/urandom | base64 >"$WORK/token"
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PA=$(port); PB=$(port)
-node() { # id listen peer
-  "$BIN/loaderd" --socket "$WORK/$1.sock" --metrics-addr off --block-size "$BLOCK_SIZE" \
+PIN=${PIN:-0}
+pin() { # cpu command...
+  if [ "$PIN" = 1 ]; then local c=$1; shift; taskset -c "$c" "$@"; else shift; "$@"; fi
+}
+node() { # id listen peer cpu
+  pin "$4" "$BIN/loaderd" --socket "$WORK/$1.sock" --metrics-addr off --block-size "$BLOCK_SIZE" \
     --node-id "$1" --cluster-listen "$2" --peer "$3" --cluster-token-file "$WORK/token" \
     --mount /ds=s3://datasets/ds --mount-option "/ds:endpoint=$ENDPOINT" \
     --mount-option /ds:allow_http=true --mount-option /ds:region=us-east-1 >"$WORK/$1.log" 2>&1 &
   pids+=($!)
 }
-node a "127.0.0.1:$PA" "b=127.0.0.1:$PB"
-node b "127.0.0.1:$PB" "a=127.0.0.1:$PA"
+node a "127.0.0.1:$PA" "b=127.0.0.1:$PB" 0
+node b "127.0.0.1:$PB" "a=127.0.0.1:$PA" 1
 for n in a b; do
   for _ in $(seq 100); do "$BIN/loaderctl" --socket "$WORK/$n.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
 done
-echo "dataset $DATASET: $(find "$DATASET" -type f | wc -l) files, $(du -sh "$DATASET" | cut -f1); block size $BLOCK_SIZE"
-"$BIN/loaderctl" --socket "$WORK/a.sock" bench read --path /ds --ufs s3://datasets/ds \
+echo "dataset $DATASET: $(find "$DATASET" -type f | wc -l) files, $(du -sh "$DATASET" | cut -f1); block size $BLOCK_SIZE; pinned: $PIN"
+pin 0 "$BIN/loaderctl" --socket "$WORK/a.sock" bench read --path /ds --ufs s3://datasets/ds \
   -o "endpoint=$ENDPOINT" -o allow_http=true -o region=us-east-1 --remote "$@"
