@@ -13,15 +13,20 @@
 //! - [`augment`]: the fused crop + resize + flip + normalize + layout kernel
 //!   (`kernels/augment.cu`, compiled by [`nvrtc`] at run time), and [`reference`], the same
 //!   arithmetic in Rust, which is what the kernel is tested against;
-//! - [`nvjpeg`]: the nvJPEG entry points a batched decode needs, resolved from whichever
-//!   `libnvjpeg` the machine has.
+//! - [`nvjpeg`]: the nvJPEG entry points, resolved from whichever `libnvjpeg` the machine has,
+//!   and [`JpegDecoder`], batched decode into one device buffer with per-image errors; [`jpeg`]
+//!   reads headers on the CPU to decide which images nvJPEG's fast path takes;
+//! - [`batch`]: [`GpuBatchPipeline`], decode → CPU-fallback upload → one augment launch per
+//!   batch, with a [`BatchReport`] saying which samples failed or took the CPU decoder.
 //!
 //! Unsafe code lives only in this crate, each block with a `// SAFETY:` note.
 #![warn(missing_docs)]
 
 pub mod augment;
+pub mod batch;
 pub mod detect;
 mod error;
+pub mod jpeg;
 mod libsearch;
 pub mod nvjpeg;
 pub mod nvrtc;
@@ -31,8 +36,14 @@ pub mod reference;
 mod testdata;
 
 pub use augment::{AugmentKernel, Normalize, OutputLayout, SampleParams};
+pub use batch::{
+    BatchConfig, BatchReport, CropBox, GpuBatchPipeline, GpuSample, HostImage, SampleOutcome,
+    SampleSource,
+};
 pub use detect::{GpuAvailability, GpuInfo, detect};
 pub use error::GpuError;
-pub use nvjpeg::NvJpeg;
+pub use nvjpeg::{DecodedBatch, DecodedImage, ImageError, JpegDecoder, NvJpeg};
 pub use nvrtc::Nvrtc;
-pub use pinned::{DeviceBuffer, GpuContext, H2dStream, HostMemory, PageBuffer, PinnedRegion};
+pub use pinned::{
+    CopyEvent, DeviceBuffer, GpuContext, H2dStream, HostMemory, PageBuffer, PinnedRegion,
+};

@@ -2,9 +2,26 @@
 //! directories; the `nvidia-nvjpeg` wheel's library works through the variable).
 //!
 //! [`NvJpeg::load`] resolves every entry point a batched decode needs up front, so a library
-//! that is too old fails at start-up with the missing symbol's name, not mid-batch. The decode
-//! path itself (hardware backend where `nvjpegCreateEx(HARDWARE)` succeeds, GPU hybrid
-//! otherwise, CPU fallback for progressive/CMYK) builds on the raw entry points kept here.
+//! that is too old fails at start-up with the missing symbol's name, not mid-batch.
+//!
+//! [`JpegDecoder`] is one worker's decoder: an nvJPEG handle (the hardware backend where
+//! `nvjpegCreateEx(HARDWARE)` succeeds — the A100/H100 JPEG engines — the default backend
+//! otherwise), a JPEG state and a CUDA stream. A batch is decoded in three steps:
+//!
+//! 1. [`JpegDecoder::inspect`] reads each header on the CPU ([`crate::jpeg`]) and with
+//!    `nvjpegGetImageInfo`, refuses images over `max_pixels` before anything is allocated,
+//!    and sends what the fast path does not take (progressive, CMYK, 4:1:1, …) back to the
+//!    caller as [`ImageError::NeedsCpu`];
+//! 2. the accepted images are packed into one device buffer, RGB interleaved, back to back,
+//!    which is also the augment kernel's source buffer;
+//! 3. they are decoded with one `nvjpegDecodeBatched` call (one `nvjpegDecode` for a single
+//!    image). nvJPEG fails a whole batch for one bad bitstream, so when the batched call fails
+//!    each image is decoded again on its own: a corrupt JPEG costs its own sample, not the
+//!    batch's.
+//!
+//! Every constant below is from `nvjpeg.h` as shipped with CUDA 12.x and 13.0; these values
+//! have been stable since they were introduced (`NVJPEG_BACKEND_HARDWARE` in CUDA 11.0, the
+//! rest in 10.0), as the enums only ever gained members at the end.
 
 use std::ffi::{c_int, c_uint, c_void};
 
@@ -38,8 +55,39 @@ pub enum Backend {
     Hardware = 3,
 }
 
-/// `nvjpegOutputFormat_t` values we use.
+/// `nvjpegOutputFormat_t`: `NVJPEG_OUTPUT_RGBI` (interleaved RGB in `channel[0]`), the sixth
+/// enumerator after UNCHANGED, YUV, Y, RGB, BGR.
 pub const OUTPUT_RGBI: c_int = 5;
+
+/// `NVJPEG_MAX_COMPONENT`: the length of `nvjpegGetImageInfo`'s width/height arrays.
+pub const MAX_COMPONENT: usize = 4;
+
+/// `nvjpegStatus_t` values.
+pub mod status {
+    use std::ffi::c_int;
+    /// `NVJPEG_STATUS_SUCCESS`.
+    pub const SUCCESS: c_int = 0;
+    /// `NVJPEG_STATUS_NOT_INITIALIZED`.
+    pub const NOT_INITIALIZED: c_int = 1;
+    /// `NVJPEG_STATUS_INVALID_PARAMETER`.
+    pub const INVALID_PARAMETER: c_int = 2;
+    /// `NVJPEG_STATUS_BAD_JPEG`.
+    pub const BAD_JPEG: c_int = 3;
+    /// `NVJPEG_STATUS_JPEG_NOT_SUPPORTED`.
+    pub const JPEG_NOT_SUPPORTED: c_int = 4;
+    /// `NVJPEG_STATUS_ALLOCATOR_FAILURE`.
+    pub const ALLOCATOR_FAILURE: c_int = 5;
+    /// `NVJPEG_STATUS_EXECUTION_FAILED`.
+    pub const EXECUTION_FAILED: c_int = 6;
+    /// `NVJPEG_STATUS_ARCH_MISMATCH`: e.g. the hardware backend on a GPU without JPEG engines.
+    pub const ARCH_MISMATCH: c_int = 7;
+    /// `NVJPEG_STATUS_INTERNAL_ERROR`.
+    pub const INTERNAL_ERROR: c_int = 8;
+    /// `NVJPEG_STATUS_IMPLEMENTATION_NOT_SUPPORTED`.
+    pub const IMPLEMENTATION_NOT_SUPPORTED: c_int = 9;
+    /// `NVJPEG_STATUS_INCOMPLETE_BITSTREAM`.
+    pub const INCOMPLETE_BITSTREAM: c_int = 10;
+}
 
 /// `nvjpegImage_t`: up to four planes with their pitches.
 #[derive(Debug, Clone, Copy)]
@@ -168,9 +216,38 @@ impl NvJpeg {
     }
 }
 
+mod decoder;
+pub(crate) use decoder::pack;
+pub use decoder::{DecodeJob, DecodedBatch, DecodedImage, ImageError, ImageGeometry, JpegDecoder};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jpeg::Unsupported;
+
+    #[test]
+    fn packing_aligns_and_detects_overflow() {
+        let (offsets, total) = pack([10, 0, 256, 1]).unwrap();
+        assert_eq!(offsets, [0, 256, 256, 512]);
+        assert_eq!(total, 768);
+        assert_eq!(pack([]).unwrap(), (vec![], 0));
+        assert!(pack([usize::MAX - 10, 100]).is_err());
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert_eq!(
+            ImageError::from_status("x", status::JPEG_NOT_SUPPORTED),
+            ImageError::NeedsCpu(Unsupported::Decoder(4))
+        );
+        assert_eq!(
+            ImageError::from_status("x", status::BAD_JPEG),
+            ImageError::Decode {
+                call: "x",
+                status: 3
+            }
+        );
+    }
 
     #[test]
     fn absence_is_a_clear_error_not_a_panic() {

@@ -15,7 +15,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, sys};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, sys};
 
 use crate::GpuError;
 use crate::detect::{driver_ready, guarded};
@@ -42,7 +42,7 @@ impl GpuContext {
         &self.ctx
     }
 
-    fn bind(&self) -> Result<(), GpuError> {
+    pub(crate) fn bind(&self) -> Result<(), GpuError> {
         self.ctx
             .bind_to_thread()
             .map_err(GpuError::driver("cuCtxSetCurrent"))
@@ -338,6 +338,77 @@ impl H2dStream {
             held.push(Arc::clone(src));
         }
         Ok(())
+    }
+
+    /// Queues a copy of `src[range]` into the pinned region at `dst_offset` (the "host pinned
+    /// ring" output mode). The host must not read those bytes until an event recorded after
+    /// it completes; the region is kept alive until then, as for [`H2dStream::copy_async`].
+    pub fn copy_to_host_async(
+        &self,
+        src: &DeviceBuffer,
+        range: Range<usize>,
+        dst: &Arc<PinnedRegion>,
+        dst_offset: usize,
+    ) -> Result<(), GpuError> {
+        if range.start > range.end || range.end > src.len() {
+            return Err(GpuError::InvalidArgument(format!(
+                "range {range:?} outside a device buffer of {} bytes",
+                src.len()
+            )));
+        }
+        let n = range.end - range.start;
+        let end = dst_offset
+            .checked_add(n)
+            .ok_or_else(|| GpuError::InvalidArgument("destination range overflows".into()))?;
+        dst.check(&(dst_offset..end))?;
+        let (sptr, _record) = src.slice.device_ptr(&self.stream);
+        // SAFETY: the destination range is inside the registered region (checked), which stays
+        // mapped while `dst` lives, and we keep `dst` below until the stream has passed this
+        // copy; the source range is inside `src` (checked), whose pending writes `_record`
+        // orders before the copy.
+        unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                dst.ptr.add(dst_offset).cast(),
+                sptr + range.start as u64,
+                n,
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(GpuError::driver("cuMemcpyDtoHAsync"))?;
+        let mut held = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !held.iter().any(|r| Arc::ptr_eq(r, dst)) {
+            held.push(Arc::clone(dst));
+        }
+        Ok(())
+    }
+
+    /// Copies pageable host bytes to `dst[dst_offset..]`, in stream order. Returns once the
+    /// driver has staged `bytes` (a pageable copy), so the caller may free them at once. For
+    /// the CPU-decoded fallback images, which are few; bulk data goes through pinned regions.
+    pub fn upload(
+        &self,
+        bytes: &[u8],
+        dst: &mut DeviceBuffer,
+        dst_offset: usize,
+    ) -> Result<(), GpuError> {
+        let end = dst_offset
+            .checked_add(bytes.len())
+            .filter(|&e| e <= dst.len())
+            .ok_or_else(|| {
+                GpuError::InvalidArgument(format!(
+                    "{} bytes at offset {dst_offset} overflow a device buffer of {}",
+                    bytes.len(),
+                    dst.len()
+                ))
+            })?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let mut view = dst.slice.slice_mut(dst_offset..end);
+        self.stream
+            .memcpy_htod(bytes, &mut view)
+            .map_err(GpuError::driver("cuMemcpyHtoDAsync"))
     }
 
     /// Records an event after the copies queued so far.

@@ -4,11 +4,14 @@
 
 use std::sync::Arc;
 
+use image::ImageEncoder as _;
 use loaderd_gpu::augment::{AUGMENT_CU, compile_options};
+use loaderd_gpu::batch::RgbImage;
 use loaderd_gpu::reference;
 use loaderd_gpu::{
-    AugmentKernel, GpuAvailability, GpuContext, GpuInfo, H2dStream, Normalize, Nvrtc, OutputLayout,
-    PageBuffer, PinnedRegion, SampleParams, detect,
+    AugmentKernel, BatchConfig, CropBox, GpuAvailability, GpuBatchPipeline, GpuContext, GpuInfo,
+    GpuSample, H2dStream, ImageError, JpegDecoder, Normalize, NvJpeg, Nvrtc, OutputLayout,
+    PageBuffer, PinnedRegion, SampleOutcome, SampleParams, SampleSource, detect,
 };
 
 #[path = "../src/testdata.rs"]
@@ -219,4 +222,315 @@ fn pinned_registration_and_h2d_bandwidth() {
     drop(region);
     let again = PinnedRegion::register(&ctx, owner).unwrap();
     assert_eq!(again.len(), len);
+}
+
+fn nvjpeg_or_skip() -> Option<Arc<NvJpeg>> {
+    match NvJpeg::load() {
+        Ok(n) => Some(Arc::new(n)),
+        Err(e) => {
+            println!("skipping: {e}");
+            None
+        }
+    }
+}
+
+/// Smooth gradients plus mild noise: photo-like, so chroma subsampling and the decoders'
+/// upsampling differences stay small (a pure-noise image measures the upsampler, not us).
+fn photo(w: u32, h: u32, seed: u64) -> Vec<u8> {
+    let n = noise(w as usize * h as usize * 3, seed);
+    let mut v = Vec::with_capacity(n.len());
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3u32 {
+                let (xf, yf, cf) = (f64::from(x), f64::from(y), f64::from(c));
+                let s = 128.0 + 60.0 * (xf / 37.0 + cf).sin() + 40.0 * (yf / 29.0 - cf).cos();
+                let i = v.len();
+                v.push((s + f64::from(n[i] % 9) - 4.0).clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    v
+}
+
+fn encode_jpeg(pixels: &[u8], w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+        .write_image(pixels, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// The `image` crate's CPU decode of a JPEG: (RGB, width, height).
+fn cpu_decode(data: &[u8]) -> (Vec<u8>, u32, u32) {
+    let img = image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
+        .unwrap()
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    (img.into_raw(), w, h)
+}
+
+/// Batched nvJPEG decode equals a CPU decode of the same files (PSNR ≥ 40 dB), and a corrupt
+/// file in the batch fails alone.
+#[test]
+fn batched_decode_matches_cpu_and_isolates_a_corrupt_jpeg() {
+    let Some(info) = gpu_or_skip() else { return };
+    let Some(lib) = nvjpeg_or_skip() else { return };
+    let ctx = GpuContext::new(info.ordinal).unwrap();
+    let mut dec = JpegDecoder::new(&ctx, lib, 64 << 20).unwrap();
+    println!("nvJPEG backend: {:?}", dec.backend());
+    let sizes = [(500u32, 375u32), (64, 48), (333, 500), (17, 9)];
+    let files: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(w, h))| encode_jpeg(&photo(w, h, i as u64 + 1), w, h))
+        .collect();
+    for batch in [&files[..1], &files[..]] {
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        let out = dec.decode_batch(&refs).unwrap();
+        let host = dec.stream().to_host(&out.buffer).unwrap();
+        for (i, r) in out.images.iter().enumerate() {
+            let d = r.as_ref().unwrap();
+            let (want, w, h) = cpu_decode(&batch[i]);
+            assert_eq!((d.width, d.height), (w, h));
+            let got = &host[d.offset..d.offset + d.pitch as usize * h as usize];
+            let p = psnr(got, &want);
+            println!(
+                "image {i} ({w}x{h}), batch of {}: PSNR {p:.1} dB",
+                batch.len()
+            );
+            assert!(p >= 40.0, "image {i}: PSNR {p}");
+        }
+    }
+    // A corrupt bitstream (header intact, entropy data garbled), a truncated file and a
+    // non-JPEG, among good ones: the good ones still decode.
+    let mut garbled = files[0].clone();
+    let n = garbled.len();
+    for b in &mut garbled[n / 3..n - 2] {
+        *b = 0xFF;
+    }
+    let truncated = files[2][..files[2].len() / 2].to_vec();
+    let batch: Vec<&[u8]> = vec![&files[1], &garbled, &files[3], &truncated, b"not a jpeg"];
+    let out = dec.decode_batch(&batch).unwrap();
+    let host = dec.stream().to_host(&out.buffer).unwrap();
+    for i in [0, 2] {
+        let d = out.images[i].as_ref().unwrap();
+        let (want, _, h) = cpu_decode(batch[i]);
+        let p = psnr(
+            &host[d.offset..d.offset + d.pitch as usize * h as usize],
+            &want,
+        );
+        assert!(p >= 40.0, "good image {i} next to corrupt ones: PSNR {p}");
+    }
+    assert!(matches!(out.images[4], Err(ImageError::Corrupt(_))));
+    println!(
+        "garbled: {:?}; truncated: {:?}",
+        out.images[1], out.images[3]
+    );
+    // A header over the pixel limit is refused before allocation.
+    let small = JpegDecoder::new(&ctx, NvJpeg::load().map(Arc::new).unwrap(), 1000).unwrap();
+    assert!(matches!(
+        small.inspect(&files[0]),
+        Err(ImageError::TooLarge { .. })
+    ));
+}
+
+fn pipeline_or_skip(config: BatchConfig) -> Option<(GpuContext, GpuBatchPipeline)> {
+    let info = gpu_or_skip()?;
+    let nvrtc = nvrtc_or_skip()?;
+    let lib = nvjpeg_or_skip()?;
+    let ctx = GpuContext::new(info.ordinal).unwrap();
+    let p = GpuBatchPipeline::new(&ctx, &nvrtc, lib, config).unwrap();
+    Some((ctx, p))
+}
+
+/// Decode + augment of a batch with a corrupt sample, a progressive-marked (CPU fallback)
+/// sample and caller-decoded pixels: output equals the reference on CPU-decoded pixels
+/// (PSNR ≥ 40 dB), compacted, with the report naming the failed and fallen-back samples.
+#[test]
+fn decode_and_augment_matches_reference() {
+    let config = BatchConfig {
+        max_batch: 8,
+        layout: OutputLayout::NhwcU8,
+        ..BatchConfig::default()
+    };
+    let Some((ctx, mut pipe)) = pipeline_or_skip(config) else {
+        return;
+    };
+    pipe.set_cpu_decoder(Box::new(|data| {
+        let img = image::load_from_memory(data).map_err(|e| e.to_string())?;
+        let img = img.to_rgb8();
+        let (width, height) = img.dimensions();
+        Ok(RgbImage {
+            pixels: img.into_raw(),
+            width,
+            height,
+        })
+    }));
+    let a = encode_jpeg(&photo(500, 375, 7), 500, 375);
+    let b = encode_jpeg(&photo(320, 480, 8), 320, 480);
+    // The same file relabelled extended sequential (SOF1): bytes any decoder reads, but
+    // outside what is sent to nvJPEG, so it takes the CPU decoder.
+    let mut c = a.clone();
+    let at = c.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    c[at + 1] = 0xC1;
+    let mut corrupt = b.clone();
+    corrupt.truncate(200);
+    let rgb = photo(64, 48, 9);
+    let host = loaderd_gpu::HostImage {
+        pixels: &rgb,
+        width: 64,
+        height: 48,
+        stride: 192,
+    };
+    let items = [
+        GpuSample {
+            source: SampleSource::Jpeg(&a),
+            crop: CropBox {
+                x0: 100.0,
+                y0: 10.0,
+                x1: 418.0,
+                y1: 328.0,
+            },
+            flip: false,
+        },
+        GpuSample {
+            source: SampleSource::Jpeg(&corrupt),
+            crop: CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 320.0,
+                y1: 480.0,
+            },
+            flip: false,
+        },
+        GpuSample {
+            source: SampleSource::Jpeg(&b),
+            crop: CropBox {
+                x0: 10.5,
+                y0: 20.0,
+                x1: 300.0,
+                y1: 400.25,
+            },
+            flip: true,
+        },
+        GpuSample {
+            source: SampleSource::Jpeg(&c),
+            crop: CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 500.0,
+                y1: 375.0,
+            },
+            flip: true,
+        },
+        GpuSample {
+            source: SampleSource::Rgb(host),
+            crop: CropBox {
+                x0: 3.5,
+                y0: 2.0,
+                x1: 50.25,
+                y1: 40.0,
+            },
+            flip: false,
+        },
+    ];
+    let mut out = pipe.stream().alloc(pipe.output_bytes(items.len())).unwrap();
+    let report = pipe.run(&items, &mut out).unwrap();
+    println!("{report:?}");
+    assert_eq!(report.delivered(), 4);
+    assert_eq!(report.failed().map(|(i, _)| i).collect::<Vec<_>>(), [1]);
+    assert_eq!(report.fell_back().collect::<Vec<_>>(), [3, 4]);
+    let got = pipe.stream().to_host(&out).unwrap();
+    let per = pipe.output_bytes(1);
+    let norm = Normalize::default();
+    let mut slot = 0;
+    for (i, item) in items.iter().enumerate() {
+        if matches!(report.outcomes[i], SampleOutcome::Failed(_)) {
+            continue;
+        }
+        let (pixels, w, h) = match item.source {
+            SampleSource::Jpeg(d) => cpu_decode(d),
+            SampleSource::Rgb(img) => (img.pixels.to_vec(), img.width, img.height),
+        };
+        let s = SampleParams {
+            src_offset: 0,
+            width: w,
+            height: h,
+            stride: w * 3,
+            x0: item.crop.x0,
+            y0: item.crop.y0,
+            x1: item.crop.x1,
+            y1: item.crop.y1,
+            flip: item.flip,
+        };
+        let mut want = vec![0u8; per];
+        reference::augment(
+            &pixels,
+            &s,
+            224,
+            224,
+            OutputLayout::NhwcU8,
+            &norm,
+            &mut want,
+        )
+        .unwrap();
+        let p = psnr(&got[slot * per..(slot + 1) * per], &want);
+        println!("sample {i} → slot {slot}: PSNR {p:.1} dB");
+        assert!(p >= 40.0, "sample {i}: PSNR {p}");
+        slot += 1;
+    }
+    // Host pinned ring mode: the same bytes land in a pinned slot.
+    let region = Arc::new(
+        PinnedRegion::register(&ctx, Arc::new(PageBuffer::zeroed(per * 4 + 4096).unwrap()))
+            .unwrap(),
+    );
+    let ev = pipe.copy_to_host(&out, 4, &region, 4096).unwrap();
+    ev.synchronize().unwrap();
+    assert!(pipe.copy_to_host(&out, 5, &region, 4096).is_err());
+}
+
+/// Throughput of decode + augment for 256 generated 500×375 JPEGs (printed, not asserted).
+#[test]
+fn batch_throughput() {
+    let config = BatchConfig {
+        max_batch: 256,
+        layout: OutputLayout::NchwF16,
+        ..BatchConfig::default()
+    };
+    let Some((_ctx, mut pipe)) = pipeline_or_skip(config) else {
+        return;
+    };
+    let files: Vec<Vec<u8>> = (0..256)
+        .map(|i| encode_jpeg(&photo(500, 375, 100 + i), 500, 375))
+        .collect();
+    let items: Vec<GpuSample<'_>> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| GpuSample {
+            source: SampleSource::Jpeg(f),
+            crop: CropBox {
+                x0: (i % 50) as f64,
+                y0: 5.0,
+                x1: 450.0,
+                y1: 370.0,
+            },
+            flip: i % 2 == 0,
+        })
+        .collect();
+    let mut out = pipe.stream().alloc(pipe.output_bytes(256)).unwrap();
+    pipe.run(&items, &mut out).unwrap(); // warm-up: buffers, nvJPEG state
+    pipe.stream().synchronize().unwrap();
+    let reps = 5;
+    let started = std::time::Instant::now();
+    for _ in 0..reps {
+        let r = pipe.run(&items, &mut out).unwrap();
+        assert_eq!(r.delivered(), 256);
+    }
+    pipe.stream().synchronize().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "decode + augment ({:?} backend): {:.0} img/s (256 × 500×375 JPEG → 224×224 f16)",
+        pipe.decoder().backend(),
+        (256 * reps) as f64 / secs
+    );
 }

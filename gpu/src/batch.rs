@@ -1,0 +1,636 @@
+//! One batch on the GPU: nvJPEG decode → upload of CPU-decoded fallbacks → one augment
+//! launch → the batch in device memory (or, for the "host pinned ring" mode, copied into a
+//! pinned slot).
+//!
+//! The loader draws each sample's crop box and flip exactly as on the CPU path (from the
+//! image size in the header and the sample's seeded stream) and hands them in with the JPEG
+//! bytes; this module only applies them, so a GPU batch and a CPU batch of the same epoch hold
+//! the same crops. Differences are confined to the decoders (nvJPEG decodes at full size, the
+//! CPU path may let the DCT downscale) and NVRTC's math library.
+//!
+//! Every sample ends in one of three states, reported in [`BatchReport`]:
+//! - decoded by nvJPEG ([`SampleOutcome::Gpu`]);
+//! - decoded on the CPU and uploaded ([`SampleOutcome::Cpu`]): the caller passed RGB pixels, or
+//!   the JPEG is one nvJPEG's fast path does not take (progressive, CMYK, …) and the pipeline's
+//!   CPU decoder ([`GpuBatchPipeline::set_cpu_decoder`]) decoded it;
+//! - failed ([`SampleOutcome::Failed`]): the caller skips it or fails the batch, as its
+//!   `on_error` says. A failed sample costs only itself (see [`crate::nvjpeg`]).
+//!
+//! The output is compacted like the CPU path's batches: delivered samples are back to back in
+//! input order, sample `k` of the output being the `k`-th sample that did not fail.
+//!
+//! All work is queued on the decoder's stream in order (decode, uploads, kernel, copy out), so
+//! no events are needed inside a batch; the decode buffer is reused from batch to batch and is
+//! only overwritten by work queued after the previous batch's kernel.
+
+use std::sync::Arc;
+
+use crate::augment::{AugmentKernel, Normalize, OutputLayout, SampleParams};
+use crate::jpeg::Unsupported;
+use crate::nvjpeg::{DecodeJob, ImageError, ImageGeometry, JpegDecoder, NvJpeg, pack};
+use crate::pinned::{CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion};
+use crate::{GpuError, Nvrtc};
+
+/// What a [`GpuBatchPipeline`] produces, and its limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchConfig {
+    /// Most samples per [`GpuBatchPipeline::run`] (≤ 65 535, the kernel's grid limit).
+    pub max_batch: usize,
+    /// Output width in pixels.
+    pub out_width: u32,
+    /// Output height in pixels.
+    pub out_height: u32,
+    /// Output element type and layout.
+    pub layout: OutputLayout,
+    /// Normalization for the float layouts.
+    pub norm: Normalize,
+    /// Largest `width × height` a JPEG header (or fallback image) may claim.
+    pub max_pixels: u64,
+}
+
+impl Default for BatchConfig {
+    /// 256 × 224×224 NCHW f32, ImageNet normalization, the CPU path's 64 Mi pixel limit.
+    fn default() -> Self {
+        BatchConfig {
+            max_batch: 256,
+            out_width: 224,
+            out_height: 224,
+            layout: OutputLayout::NchwF32,
+            norm: Normalize::default(),
+            max_pixels: 64 << 20,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Checks the configuration; every constructor calls this.
+    pub fn validate(&self) -> Result<(), GpuError> {
+        let bad = |why: &str| Err(GpuError::InvalidArgument(format!("{why}: {self:?}")));
+        if self.max_batch == 0 || self.max_batch > 65_535 {
+            return bad("max_batch must be in 1..=65535");
+        }
+        if self.out_width == 0 || self.out_height == 0 {
+            return bad("empty output size");
+        }
+        if self.norm.std.iter().any(|s| !s.is_normal()) {
+            return bad("std must be nonzero");
+        }
+        if self.max_pixels == 0 {
+            return bad("max_pixels must be positive");
+        }
+        // The kernel indexes a sample's plane with 32-bit unsigned ints.
+        let plane = u64::from(self.out_width) * u64::from(self.out_height);
+        if plane > u64::from(u32::MAX) / 3 {
+            return bad("output plane too large");
+        }
+        if (plane as usize * 3 * self.layout.element_bytes())
+            .checked_mul(self.max_batch)
+            .is_none()
+        {
+            return bad("batch size overflows");
+        }
+        Ok(())
+    }
+
+    /// Bytes of one output sample.
+    pub fn sample_bytes(&self) -> usize {
+        self.layout.sample_bytes(self.out_width, self.out_height)
+    }
+
+    /// Checks one `run`'s arguments: `items` samples into an output of `out_len` bytes.
+    fn check_run(&self, items: usize, out_len: usize) -> Result<(), GpuError> {
+        if items > self.max_batch {
+            return Err(GpuError::InvalidArgument(format!(
+                "{items} samples, max_batch is {}",
+                self.max_batch
+            )));
+        }
+        let need = self.sample_bytes() * items;
+        if out_len < need {
+            return Err(GpuError::InvalidArgument(format!(
+                "output buffer of {out_len} bytes, {items} samples need {need}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A crop in source pixels (pixel `i` spans `[i, i+1)`), as the CPU path's `CropBox`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropBox {
+    /// Left.
+    pub x0: f64,
+    /// Top.
+    pub y0: f64,
+    /// Right.
+    pub x1: f64,
+    /// Bottom.
+    pub y1: f64,
+}
+
+/// RGB interleaved pixels on the host, `height` rows of `stride` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostImage<'a> {
+    /// The pixels (at least `(height − 1) × stride + 3 × width` bytes).
+    pub pixels: &'a [u8],
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Bytes per row (≥ 3 × width).
+    pub stride: u32,
+}
+
+impl<'a> HostImage<'a> {
+    /// The bytes from pixel (0, 0) to the last pixel, checked against `pixels`.
+    fn span(self) -> Result<&'a [u8], GpuError> {
+        let len = (self.height as usize)
+            .checked_sub(1)
+            .and_then(|h| h.checked_mul(self.stride as usize))
+            .and_then(|v| v.checked_add(self.width as usize * 3));
+        match len {
+            Some(n)
+                if self.width > 0
+                    && self.stride as usize >= self.width as usize * 3
+                    && n <= self.pixels.len() =>
+            {
+                Ok(&self.pixels[..n])
+            }
+            _ => Err(GpuError::InvalidArgument(format!(
+                "{}x{} image, stride {}, in {} bytes",
+                self.width,
+                self.height,
+                self.stride,
+                self.pixels.len()
+            ))),
+        }
+    }
+}
+
+/// Where a sample's pixels come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleSource<'a> {
+    /// A JPEG file, decoded by nvJPEG (or by the CPU decoder when nvJPEG cannot).
+    Jpeg(&'a [u8]),
+    /// Pixels the caller already decoded on the CPU (PNG, or a JPEG it decoded itself).
+    Rgb(HostImage<'a>),
+}
+
+/// One sample of a batch: its pixels, crop box and flip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuSample<'a> {
+    /// The encoded or decoded image.
+    pub source: SampleSource<'a>,
+    /// The crop box in the image's pixels.
+    pub crop: CropBox,
+    /// Mirror left-right.
+    pub flip: bool,
+}
+
+/// An image the CPU decoder produced: `height` rows of `3 × width` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// The pixels, RGB interleaved, rows unpadded.
+    pub pixels: Vec<u8>,
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+}
+
+/// Decodes a JPEG the GPU does not take (e.g. libjpeg-turbo); the error is for the report.
+pub type CpuDecoder = Box<dyn FnMut(&[u8]) -> Result<RgbImage, String> + Send>;
+
+/// Why a sample is missing from the batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SampleError {
+    /// The GPU decoder refused or failed on it (with no CPU decoder, `NeedsCpu` ends here).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The CPU decoder failed on it.
+    #[error("CPU fallback decode failed: {0}")]
+    CpuDecode(String),
+    /// The CPU decoder returned something unusable (size, pixel count).
+    #[error("CPU fallback image rejected: {0}")]
+    BadFallback(String),
+}
+
+/// What happened to one sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SampleOutcome {
+    /// nvJPEG decoded it; it is output sample `slot`.
+    Gpu {
+        /// Index in the compacted output.
+        slot: usize,
+    },
+    /// Decoded on the CPU and uploaded; it is output sample `slot`.
+    Cpu {
+        /// Index in the compacted output.
+        slot: usize,
+        /// Why the GPU did not decode it; `None` when the caller passed pixels.
+        reason: Option<Unsupported>,
+    },
+    /// Not in the output.
+    Failed(SampleError),
+}
+
+/// One batch's bookkeeping, one outcome per input sample, in input order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Per input sample.
+    pub outcomes: Vec<SampleOutcome>,
+}
+
+impl BatchReport {
+    /// Samples in the output.
+    pub fn delivered(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| !matches!(o, SampleOutcome::Failed(_)))
+            .count()
+    }
+
+    /// (input index, error) of every failed sample.
+    pub fn failed(&self) -> impl Iterator<Item = (usize, &SampleError)> {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                SampleOutcome::Failed(e) => Some((i, e)),
+                _ => None,
+            })
+    }
+
+    /// Input indices of the samples decoded on the CPU.
+    pub fn fell_back(&self) -> impl Iterator<Item = usize> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| matches!(o, SampleOutcome::Cpu { .. }).then_some(i))
+    }
+}
+
+/// A sample after decoding: where its pixels are in the source buffer, or why it is not.
+#[derive(Debug, Clone, PartialEq)]
+enum Placed {
+    Ready {
+        offset: usize,
+        width: u32,
+        height: u32,
+        stride: u32,
+        cpu: Option<Option<Unsupported>>,
+    },
+    Failed(SampleError),
+}
+
+/// The kernel's sample table and the report: delivered samples get consecutive slots.
+fn assemble(samples: &[GpuSample<'_>], placed: Vec<Placed>) -> (Vec<SampleParams>, BatchReport) {
+    let mut params = Vec::with_capacity(samples.len());
+    let mut outcomes = Vec::with_capacity(samples.len());
+    for (s, p) in samples.iter().zip(placed) {
+        match p {
+            Placed::Ready {
+                offset,
+                width,
+                height,
+                stride,
+                cpu,
+            } => {
+                let slot = params.len();
+                params.push(SampleParams {
+                    src_offset: offset,
+                    width,
+                    height,
+                    stride,
+                    x0: s.crop.x0,
+                    y0: s.crop.y0,
+                    x1: s.crop.x1,
+                    y1: s.crop.y1,
+                    flip: s.flip,
+                });
+                outcomes.push(match cpu {
+                    None => SampleOutcome::Gpu { slot },
+                    Some(reason) => SampleOutcome::Cpu { slot, reason },
+                });
+            }
+            Placed::Failed(e) => outcomes.push(SampleOutcome::Failed(e)),
+        }
+    }
+    (params, BatchReport { outcomes })
+}
+
+/// A sample after the header pass.
+enum Staged<'a> {
+    Gpu(ImageGeometry),
+    /// Host pixels to upload (borrowed from the caller or owned from the CPU decoder).
+    Host {
+        bytes: std::borrow::Cow<'a, [u8]>,
+        width: u32,
+        height: u32,
+        stride: u32,
+        reason: Option<Unsupported>,
+    },
+    Failed(SampleError),
+}
+
+impl Staged<'_> {
+    fn bytes(&self) -> usize {
+        match self {
+            Staged::Gpu(g) => g.bytes(),
+            Staged::Host { bytes, .. } => bytes.len(),
+            Staged::Failed(_) => 0,
+        }
+    }
+}
+
+/// Checks a CPU decoder's output against the size limit and its own claims.
+fn accept_fallback(img: RgbImage, max_pixels: u64) -> Result<RgbImage, SampleError> {
+    let px = u64::from(img.width) * u64::from(img.height);
+    if img.width == 0 || img.height == 0 || px > max_pixels {
+        return Err(SampleError::BadFallback(format!(
+            "{}x{} (limit {max_pixels} pixels)",
+            img.width, img.height
+        )));
+    }
+    if img.pixels.len() as u64 != px * 3 {
+        return Err(SampleError::BadFallback(format!(
+            "{}x{} RGB in {} bytes",
+            img.width,
+            img.height,
+            img.pixels.len()
+        )));
+    }
+    Ok(img)
+}
+
+/// nvJPEG decode + augment for whole batches, on one stream.
+pub struct GpuBatchPipeline {
+    config: BatchConfig,
+    decoder: JpegDecoder,
+    kernel: AugmentKernel,
+    cpu: Option<CpuDecoder>,
+    /// The decode buffer, reused while large enough.
+    arena: Option<DeviceBuffer>,
+}
+
+impl std::fmt::Debug for GpuBatchPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBatchPipeline")
+            .field("config", &self.config)
+            .field("decoder", &self.decoder)
+            .field("cpu_decoder", &self.cpu.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuBatchPipeline {
+    /// Compiles the augment kernel and opens an nvJPEG decoder on `ctx`.
+    pub fn new(
+        ctx: &GpuContext,
+        nvrtc: &Nvrtc,
+        nvjpeg: Arc<NvJpeg>,
+        config: BatchConfig,
+    ) -> Result<Self, GpuError> {
+        config.validate()?;
+        let kernel = AugmentKernel::new(ctx, nvrtc)?;
+        let decoder = JpegDecoder::new(ctx, nvjpeg, config.max_pixels)?;
+        Ok(GpuBatchPipeline {
+            config,
+            decoder,
+            kernel,
+            cpu: None,
+            arena: None,
+        })
+    }
+
+    /// Decodes JPEGs that nvJPEG does not take with `decoder`; without one they fail with
+    /// [`ImageError::NeedsCpu`].
+    pub fn set_cpu_decoder(&mut self, decoder: CpuDecoder) {
+        self.cpu = Some(decoder);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BatchConfig {
+        &self.config
+    }
+
+    /// The decoder (its backend, for logs).
+    pub fn decoder(&self) -> &JpegDecoder {
+        &self.decoder
+    }
+
+    /// The stream all of a batch's work is queued on; synchronize it (or record an event on
+    /// it) before reading `out` elsewhere.
+    pub fn stream(&self) -> &H2dStream {
+        self.decoder.stream()
+    }
+
+    /// Output bytes for `samples` samples.
+    pub fn output_bytes(&self, samples: usize) -> usize {
+        self.config.sample_bytes() * samples
+    }
+
+    /// Decodes and augments `items` into `out` (device memory, at least
+    /// [`Self::output_bytes`]`(items.len())` bytes), compacted: output sample `k` is the `k`-th
+    /// delivered one. Returns when the work is queued; the report is final.
+    pub fn run(
+        &mut self,
+        items: &[GpuSample<'_>],
+        out: &mut DeviceBuffer,
+    ) -> Result<BatchReport, GpuError> {
+        self.config.check_run(items.len(), out.len())?;
+        let staged = items
+            .iter()
+            .map(|s| self.stage(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (offsets, total) = pack(staged.iter().map(Staged::bytes))?;
+        let mut arena = match self.arena.take() {
+            Some(a) if a.len() >= total.max(1) => a,
+            _ => self.decoder.stream().alloc(total.max(1))?,
+        };
+        let result = self.fill(items, staged, &offsets, &mut arena, out);
+        self.arena = Some(arena);
+        result
+    }
+
+    fn stage<'a>(&mut self, s: &GpuSample<'a>) -> Result<Staged<'a>, GpuError> {
+        Ok(match s.source {
+            SampleSource::Rgb(img) => {
+                let span = img.span()?;
+                if u64::from(img.width) * u64::from(img.height) > self.config.max_pixels {
+                    return Ok(Staged::Failed(SampleError::Image(ImageError::TooLarge {
+                        width: img.width,
+                        height: img.height,
+                        max_pixels: self.config.max_pixels,
+                    })));
+                }
+                Staged::Host {
+                    bytes: span.into(),
+                    width: img.width,
+                    height: img.height,
+                    stride: img.stride,
+                    reason: None,
+                }
+            }
+            SampleSource::Jpeg(data) => match self.decoder.inspect(data) {
+                Ok(g) => Staged::Gpu(g),
+                Err(ImageError::NeedsCpu(why)) => match self.cpu.as_mut() {
+                    None => Staged::Failed(ImageError::NeedsCpu(why).into()),
+                    Some(decode) => match decode(data)
+                        .map_err(SampleError::CpuDecode)
+                        .and_then(|img| accept_fallback(img, self.config.max_pixels))
+                    {
+                        Ok(img) => Staged::Host {
+                            stride: img.width * 3,
+                            width: img.width,
+                            height: img.height,
+                            bytes: img.pixels.into(),
+                            reason: Some(why),
+                        },
+                        Err(e) => Staged::Failed(e),
+                    },
+                },
+                Err(e) => Staged::Failed(e.into()),
+            },
+        })
+    }
+
+    fn fill(
+        &mut self,
+        items: &[GpuSample<'_>],
+        staged: Vec<Staged<'_>>,
+        offsets: &[usize],
+        arena: &mut DeviceBuffer,
+        out: &mut DeviceBuffer,
+    ) -> Result<BatchReport, GpuError> {
+        let mut jobs = Vec::new();
+        let mut job_of = Vec::new();
+        for (i, s) in staged.iter().enumerate() {
+            if let (SampleSource::Jpeg(data), Staged::Gpu(geometry)) = (items[i].source, s) {
+                jobs.push(DecodeJob {
+                    data,
+                    geometry: *geometry,
+                    offset: offsets[i],
+                });
+                job_of.push(i);
+            }
+        }
+        let mut decoded = vec![None; items.len()];
+        for (i, r) in job_of
+            .into_iter()
+            .zip(self.decoder.decode_into(&jobs, arena)?)
+        {
+            decoded[i] = Some(r);
+        }
+        let mut placed = Vec::with_capacity(items.len());
+        for (i, s) in staged.into_iter().enumerate() {
+            placed.push(match s {
+                Staged::Gpu(g) => match decoded[i].take() {
+                    Some(Ok(())) => Placed::Ready {
+                        offset: offsets[i],
+                        width: g.width(),
+                        height: g.height(),
+                        stride: g.pitch(),
+                        cpu: None,
+                    },
+                    // nvJPEG refused it only when decoding: the CPU decoder may still,
+                    // into the same reserved space (same size, or it is not this image).
+                    Some(Err(ImageError::NeedsCpu(why))) => {
+                        match self.late_fallback(items[i].source, g) {
+                            Ok(pixels) => {
+                                self.decoder.stream().upload(&pixels, arena, offsets[i])?;
+                                Placed::Ready {
+                                    offset: offsets[i],
+                                    width: g.width(),
+                                    height: g.height(),
+                                    stride: g.pitch(),
+                                    cpu: Some(Some(why)),
+                                }
+                            }
+                            Err(None) => Placed::Failed(ImageError::NeedsCpu(why).into()),
+                            Err(Some(e)) => Placed::Failed(e),
+                        }
+                    }
+                    Some(Err(e)) => Placed::Failed(e.into()),
+                    None => Placed::Failed(SampleError::Image(ImageError::Corrupt(
+                        "not decoded".into(),
+                    ))),
+                },
+                Staged::Host {
+                    bytes,
+                    width,
+                    height,
+                    stride,
+                    reason,
+                } => {
+                    self.decoder.stream().upload(&bytes, arena, offsets[i])?;
+                    Placed::Ready {
+                        offset: offsets[i],
+                        width,
+                        height,
+                        stride,
+                        cpu: Some(reason),
+                    }
+                }
+                Staged::Failed(e) => Placed::Failed(e),
+            });
+        }
+        let (params, report) = assemble(items, placed);
+        let c = &self.config;
+        self.kernel.launch(
+            self.decoder.stream(),
+            arena,
+            &params,
+            c.out_width,
+            c.out_height,
+            c.layout,
+            &c.norm,
+            out,
+        )?;
+        Ok(report)
+    }
+
+    /// CPU-decodes a JPEG nvJPEG refused at decode time; its pixels must have the size the
+    /// header promised. `Err(None)` when there is no CPU decoder.
+    fn late_fallback(
+        &mut self,
+        source: SampleSource<'_>,
+        g: ImageGeometry,
+    ) -> Result<Vec<u8>, Option<SampleError>> {
+        let (SampleSource::Jpeg(data), Some(decode)) = (source, self.cpu.as_mut()) else {
+            return Err(None);
+        };
+        let img = decode(data)
+            .map_err(SampleError::CpuDecode)
+            .and_then(|img| accept_fallback(img, self.config.max_pixels))?;
+        if (img.width, img.height) != (g.width(), g.height()) {
+            return Err(Some(SampleError::BadFallback(format!(
+                "CPU decode is {}x{}, header says {}x{}",
+                img.width,
+                img.height,
+                g.width(),
+                g.height()
+            ))));
+        }
+        Ok(img.pixels)
+    }
+
+    /// Queues a copy of the first `samples` output samples of `out` into the pinned `slot`
+    /// at `slot_offset` (the "host pinned ring" mode) and returns the event after it: the
+    /// slot may be published once the event completes.
+    pub fn copy_to_host(
+        &self,
+        out: &DeviceBuffer,
+        samples: usize,
+        slot: &Arc<PinnedRegion>,
+        slot_offset: usize,
+    ) -> Result<CopyEvent, GpuError> {
+        let n = self.output_bytes(samples);
+        let stream = self.decoder.stream();
+        stream.copy_to_host_async(out, 0..n, slot, slot_offset)?;
+        stream.record()
+    }
+}
+
+#[cfg(test)]
+mod tests;
