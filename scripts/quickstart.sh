@@ -5,7 +5,8 @@
 #   3. starts a real S3 server on loopback (moto) holding it,
 #   4. starts loaderd on built-in defaults with the bucket mounted at /imagenet,
 #   5. warms the cache with `loaderctl load`, then runs `loaderctl bench read`
-#      (S3 direct vs loaderd cold vs warm vs local page cache).
+#      (S3 direct vs loaderd cold vs warm vs local page cache) and one epoch of training
+#      batches (`loaderctl bench pipeline`: decode + RandomResizedCrop + flip into shared memory).
 # Everything lives under .quickstart/ and is stopped on exit.
 # Knobs (environment): CLASSES (10), PER_CLASS (100).
 set -euo pipefail
@@ -59,6 +60,9 @@ echo
 echo "== loaderctl bench read (S3 direct vs loaderd cold vs warm vs local page cache)"
 "${CTL[@]}" bench read --path /imagenet --ufs s3://datasets/imagenet \
   -o "endpoint=$ENDPOINT" -o allow_http=true -o region=us-east-1 --local "$WORK/dataset"
+echo
+echo "== loaderctl bench pipeline (one epoch of 224x224 training batches of 64 into shared memory)"
+"${CTL[@]}" bench pipeline --dataset /imagenet --batch-size 64
 echo
 echo "== loaderctl status"
 "${CTL[@]}" status
