@@ -372,18 +372,32 @@ impl Cache {
 
     /// A block a peer asks this node for, as its owner: from the tiers, or fetched from the
     /// UFS once and cached. Never forwarded (the peer already chose this node), so differing
-    /// member views cannot bounce a request around. Returns whether it was cached already.
-    pub async fn get_block_as_owner(&self, fh: &FileHandle, b: &BlockRef) -> Result<(Bytes, bool)> {
-        if let Some(data) = self.in_tiers(b).await {
-            return Ok((data, true));
+    /// member views cannot bounce a request around. Returns the bytes, their CRC32C (kept
+    /// with a memory-tier block, so a hot block is checksummed once) and whether the block
+    /// was cached already.
+    pub async fn get_block_as_owner(
+        &self,
+        fh: &FileHandle,
+        b: &BlockRef,
+    ) -> Result<(Bytes, u32, bool)> {
+        if let Some((data, crc)) = self.memory.get_with_crc(b.id) {
+            stats::hit("memory", data.len() as u64);
+            return Ok((data, crc, true));
         }
-        let res = self.fetch_owned(fh, b, ReadType::Cache).await;
-        if let Err(e) = &res
-            && matches!(e.root(), Error::Changed { .. })
-        {
-            let _ = self.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
-        }
-        Ok((res?, false))
+        let (data, was_cached) = match self.in_tiers(b).await {
+            Some(data) => (data, true),
+            None => {
+                let res = self.fetch_owned(fh, b, ReadType::Cache).await;
+                if let Err(e) = &res
+                    && matches!(e.root(), Error::Changed { .. })
+                {
+                    let _ = self.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
+                }
+                (res?, false)
+            }
+        };
+        let crc = crc32c::crc32c(&data);
+        Ok((data, crc, was_cached))
     }
 
     /// A block this node does not own: from its owners in rendezvous order (skipping

@@ -121,6 +121,24 @@ fn every_block_is_cached_once_on_its_owner_and_read_everywhere() {
         total_blocks * 2,
         "3 nodes, each block owned by one"
     );
+    let failures = |nodes: &[Daemon]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| {
+                n.status_json()["cluster"]["peer_read_failures"]
+                    .as_u64()
+                    .unwrap_or(1)
+            })
+            .sum()
+    };
+    assert_eq!(failures(&nodes), 0, "every peer reply passed its checksum");
+    // Again: now served from the owners' memory with the checksums they kept.
+    for n in &nodes {
+        for (rel, _) in &data.files {
+            assert_bytes_eq(&n.cat(&format!("/ds/{rel}")), &data.read(rel), rel);
+        }
+    }
+    assert_eq!(failures(&nodes), 0, "kept checksums match the bytes");
     let gets: f64 = nodes.iter().map(ufs_gets).sum();
     assert_eq!(
         gets as u64, total_blocks,

@@ -122,7 +122,7 @@ impl Peer for PeerService {
         let r = req.into_inner();
         let (fh, b) = self.resolve(&r)?;
         let span = info_span!("peer_block", path = %fh.path, block = b.index);
-        let (data, was_cached) = self
+        let (data, crc, was_cached) = self
             .cache
             .get_block_as_owner(&fh, &b)
             .instrument(span)
@@ -130,9 +130,13 @@ impl Peer for PeerService {
             .map_err(|e| to_status(&e))?;
         self.cluster.served();
         metrics::counter!("loaderd_peer_blocks_served_total").increment(1);
-        let data = if r.discard { Default::default() } else { data };
+        let (data, crc) = if r.discard {
+            (Default::default(), crc32c::crc32c(&[]))
+        } else {
+            (data, crc)
+        };
         Ok(Response::new(pb::PeerBlock {
-            crc32c: crc32c::crc32c(&data),
+            crc32c: crc,
             data,
             was_cached,
         }))

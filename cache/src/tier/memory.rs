@@ -24,6 +24,8 @@ struct Region {
     alloc: Arc<Mutex<SlotAllocator>>,
     slot: Slot,
     len: usize,
+    /// CRC32C of the bytes, computed the first time a peer asks (blocks never change).
+    crc: std::sync::OnceLock<u32>,
 }
 
 impl AsRef<[u8]> for Region {
@@ -81,13 +83,28 @@ impl MemoryTier {
         self.arena.as_ref()
     }
 
+    /// The live region of block `id`, marked recently used.
+    fn region(&self, id: BlockId) -> Option<Arc<Region>> {
+        let mut idx = lock(&self.index);
+        let r = idx.blocks.get(&id)?.clone();
+        idx.occ.touch(id);
+        Some(r)
+    }
+
+    /// The block and its CRC32C (computed once per cached block, then remembered), for
+    /// serving it to peers without checksumming it again on every request.
+    pub fn get_with_crc(&self, id: BlockId) -> Option<(Bytes, u32)> {
+        let region = self.region(id)?;
+        let crc = *region
+            .crc
+            .get_or_init(|| crc32c::crc32c((*region).as_ref()));
+        Some((Bytes::from_owner(ArcRegion(region)), crc))
+    }
+
     /// Pins block `id` where it is in the arena: the slot is not reused while the lease lives,
     /// so another process that mapped the arena can read `offset..offset + len` safely.
     pub fn lease(&self, id: BlockId) -> Option<Lease> {
-        let mut idx = lock(&self.index);
-        let region = idx.blocks.get(&id)?.clone();
-        idx.occ.touch(id);
-        Some(Lease(region))
+        self.region(id).map(Lease)
     }
 
     /// Reserves a slot for `len` bytes under `id`, evicting as needed.
@@ -123,6 +140,7 @@ impl MemoryTier {
             alloc: self.alloc.clone(),
             slot,
             len,
+            crc: std::sync::OnceLock::new(),
         })
     }
 }
@@ -133,13 +151,8 @@ impl Tier for MemoryTier {
     }
 
     fn get(&self, id: BlockId) -> Option<Bytes> {
-        let region = {
-            let mut idx = lock(&self.index);
-            let r = idx.blocks.get(&id)?.clone();
-            idx.occ.touch(id);
-            r
-        };
-        Some(Bytes::from_owner(ArcRegion(region)))
+        self.region(id)
+            .map(|region| Bytes::from_owner(ArcRegion(region)))
     }
 
     fn put(&self, id: BlockId, data: &Bytes) -> bool {
@@ -284,5 +297,18 @@ mod tests {
         let t = tier(0);
         assert!(!t.put(BlockId(1), &Bytes::from_static(b"x")));
         assert_eq!(t.status().capacity, 0);
+    }
+
+    #[test]
+    fn the_crc_served_to_peers_is_the_blocks() {
+        let t = tier(1 << 20);
+        let data = Bytes::from((0..10_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+        assert!(t.get_with_crc(BlockId(1)).is_none());
+        assert!(t.put(BlockId(1), &data));
+        for _ in 0..2 {
+            let (got, crc) = t.get_with_crc(BlockId(1)).unwrap();
+            assert_eq!(got, data);
+            assert_eq!(crc, crc32c::crc32c(&data));
+        }
     }
 }
