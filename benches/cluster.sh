@@ -37,11 +37,12 @@ head -c 32 /dev/urandom | base64 >"$WORK/token"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PA=$(port); PB=$(port)
 PIN=${PIN:-0}
-pin() { # cpu command...
-  if [ "$PIN" = 1 ]; then local c=$1; shift; taskset -c "$c" "$@"; else shift; "$@"; fi
+cpu() { # the command prefix that runs on CPU $1 when pinning (taskset execs the program)
+  if [ "$PIN" = 1 ]; then echo "taskset -c $1"; fi
 }
 node() { # id listen peer cpu
-  pin "$4" "$BIN/loaderd" --socket "$WORK/$1.sock" --metrics-addr off --block-size "$BLOCK_SIZE" \
+  # shellcheck disable=SC2046
+  $(cpu "$4") "$BIN/loaderd" --socket "$WORK/$1.sock" --metrics-addr off --block-size "$BLOCK_SIZE" \
     --node-id "$1" --cluster-listen "$2" --peer "$3" --cluster-token-file "$WORK/token" \
     --mount /ds=s3://datasets/ds --mount-option "/ds:endpoint=$ENDPOINT" \
     --mount-option /ds:allow_http=true --mount-option /ds:region=us-east-1 >"$WORK/$1.log" 2>&1 &
@@ -53,5 +54,5 @@ for n in a b; do
   for _ in $(seq 100); do "$BIN/loaderctl" --socket "$WORK/$n.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
 done
 echo "dataset $DATASET: $(find "$DATASET" -type f | wc -l) files, $(du -sh "$DATASET" | cut -f1); block size $BLOCK_SIZE; pinned: $PIN"
-pin 0 "$BIN/loaderctl" --socket "$WORK/a.sock" bench read --path /ds --ufs s3://datasets/ds \
+$(cpu 0) "$BIN/loaderctl" --socket "$WORK/a.sock" bench read --path /ds --ufs s3://datasets/ds \
   -o "endpoint=$ENDPOINT" -o allow_http=true -o region=us-east-1 --remote "$@"
