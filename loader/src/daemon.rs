@@ -49,11 +49,25 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         info!(path = %m.point, uri = %m.spec.uri, "mounted");
     }
     // Joined before anything serves reads, so no block is cached on a non-owner.
+    // The peer listener is bound before joining, so port 0 works: the cluster is told the
+    // port the kernel chose.
     let cluster = match cfg.cluster.listen_addr {
-        Some(_) => {
-            let c = Cluster::start(&cfg.cluster).await?;
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the peer API on {addr} (cluster.listen_addr)"))?;
+            let bound = listener.local_addr()?;
+            let mut ccfg = cfg.cluster.clone();
+            ccfg.listen_addr = Some(bound);
+            if addr.port() == 0
+                && let Some(adv) = &ccfg.advertise_addr
+                && adv.ends_with(":0")
+            {
+                ccfg.advertise_addr = Some(format!("{}:{}", &adv[..adv.len() - 2], bound.port()));
+            }
+            let c = Cluster::start(&ccfg).await?;
             cache.join_cluster(c.clone())?;
-            Some(c)
+            Some((c, listener))
         }
         None => None,
     };
@@ -170,20 +184,21 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         ));
     }
 
-    if let (Some(c), Some(addr)) = (&cluster, cfg.cluster.listen_addr) {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the peer API on {addr} (cluster.listen_addr)"))?;
-        info!(addr = %listener.local_addr()?, node = %c.me().id, "peer API on TCP");
-        let router =
-            builder().add_service(PeerService::new(cache.clone(), c.clone()).into_server());
-        tasks.push(serve_tcp(
-            router,
-            listener,
-            stop_rx.clone(),
-            "peer API server",
-        ));
-    }
+    let cluster = match cluster {
+        Some((c, listener)) => {
+            info!(addr = %listener.local_addr()?, node = %c.me().id, "peer API on TCP");
+            let router =
+                builder().add_service(PeerService::new(cache.clone(), c.clone()).into_server());
+            tasks.push(serve_tcp(
+                router,
+                listener,
+                stop_rx.clone(),
+                "peer API server",
+            ));
+            Some(c)
+        }
+        None => None,
+    };
 
     let signal = wait_for_signal().await?;
     info!(signal, "shutting down");

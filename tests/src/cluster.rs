@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{Daemon, args, free_port, open_log, tail};
+use crate::{Daemon, args, open_log, tail};
 
 /// Why etcd-based tests cannot run here, or `None`.
 pub fn etcd_unavailable() -> Option<String> {
@@ -20,6 +20,15 @@ pub fn etcd_unavailable() -> Option<String> {
             "etcd not found ({e}); scripts/install-deps.sh installs it"
         )),
     }
+}
+
+/// A port free on `ip` right now (probed there: a port free on loopback may be taken on
+/// another address, by an outgoing connection's ephemeral port for one).
+fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("bind an ephemeral port on {ip}: {e}"))
+        .port()
 }
 
 /// A single-member etcd cluster with its data in a temp dir.
@@ -41,12 +50,12 @@ impl Etcd {
 
     /// Starts etcd listening on `ip`.
     pub fn start_on(ip: &str) -> Etcd {
-        let client_port = free_port();
+        let client_port = free_port_on(ip);
         let mut etcd = Etcd {
             ip: ip.to_string(),
             endpoint: format!("http://{ip}:{client_port}"),
             client_port,
-            peer_port: free_port(),
+            peer_port: free_port_on(ip),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };

@@ -35,9 +35,10 @@ fn blocks(size: u64) -> u64 {
     size.div_ceil(MIB).max(1)
 }
 
-/// A free loopback address for a peer API.
+/// A loopback address for a peer API: port 0, the daemon takes what the kernel gives it and
+/// advertises that.
 fn local() -> String {
-    format!("127.0.0.1:{}", free_port())
+    "127.0.0.1:0".to_string()
 }
 
 fn start_nodes(
@@ -446,11 +447,11 @@ fn a_partitioned_node_reads_from_the_ufs_and_heals() {
     let etcd = Etcd::start_on(&ns.host_ip);
     let fx = ClusterFixture::new();
     let on_host = |id: &str| {
-        let listen = format!("{}:{}", ns.host_ip, free_port());
+        let listen = format!("{}:0", ns.host_ip);
         Daemon::start(&fx.node_args(id, &listen, &via_etcd(&etcd), &mount))
     };
     let (a, b) = (on_host("a"), on_host("b"));
-    let c_listen = format!("{}:{}", ns.inner_ip, free_port());
+    let c_listen = format!("{}:0", ns.inner_ip);
     let c = Daemon::start_wrapped(
         &ns.wrapper(),
         &fx.node_args("c", &c_listen, &via_etcd(&etcd), &mount),
