@@ -5,7 +5,8 @@
 # (`loaderctl bench read --remote`).
 # Usage: benches/cluster.sh [bench read flags]   (release binaries; DATASET=dir, else the
 # quickstart dataset or a generated one; BLOCK_SIZE=4MiB; BIN_DIR=target/release; PIN=1 runs
-# node b on CPU 1 and node a + loaderctl on CPU 0, as two hosts would not share cores)
+# node b on CPU 1 and node a + loaderctl on CPU 0, as two hosts would not share cores; KEEP=1
+# keeps the work directory with both nodes' logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,7 +18,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 

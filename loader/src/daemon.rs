@@ -15,7 +15,8 @@ use loaderd_cache::Cache;
 use loaderd_proto::v1::loader_server::LoaderServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::config::DaemonConfig;
@@ -293,7 +294,9 @@ fn gpu_status(mode: GpuMode) -> pb::GpuStatus {
     st
 }
 
-/// Serves `router` on `listener` until `stop` turns true.
+/// Serves `router` on `listener` until `stop` turns true. Accepted connections get
+/// `TCP_NODELAY`: a reply's last frame must not wait for the peer's delayed ACK (Nagle), which
+/// otherwise stalls every small-file read by milliseconds.
 fn serve_tcp(
     router: tonic::transport::server::Router,
     listener: tokio::net::TcpListener,
@@ -302,7 +305,10 @@ fn serve_tcp(
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped(stop),
+            )
             .await
             .context(what)
     })

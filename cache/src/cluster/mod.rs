@@ -13,6 +13,7 @@
 pub mod membership;
 pub mod peer;
 pub mod service;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -6,23 +6,32 @@
 //! the first request after the suspicion expires tries it again.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::Full;
 use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::peer_client::PeerClient;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::Service;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
-use super::{TOKEN_HEADER, lock};
+use super::{TOKEN_HEADER, lock, wire};
 use crate::error::{Error, Result};
 use crate::placement::Member;
 
 /// Largest peer message: a block of the largest allowed size plus framing.
 pub const MAX_PEER_MESSAGE: usize = (256 << 20) + (1 << 20);
+
+/// HTTP/2 frame size limit for replies (the protocol's maximum): a block arrives in one DATA
+/// frame instead of one per 16 KiB, each a separate write on the owner.
+const MAX_FRAME: u32 = (16 << 20) - 1;
 
 /// Adds the cluster token to every request.
 #[derive(Clone)]
@@ -38,7 +47,8 @@ impl tonic::service::Interceptor for AddToken {
     }
 }
 
-type Client = PeerClient<InterceptedService<Channel, AddToken>>;
+/// A channel to one peer that adds the cluster token to every request.
+type TokenChannel = InterceptedService<Channel, AddToken>;
 
 /// Connections to the other members.
 pub struct PeerPool {
@@ -92,7 +102,8 @@ impl PeerPool {
         )
     }
 
-    fn client(&self, m: &Member, timeout: Duration) -> Result<Client> {
+    /// The channel to `m`, with the token added to every request.
+    fn channel(&self, m: &Member, timeout: Duration) -> Result<TokenChannel> {
         let channel = {
             let mut channels = lock(&self.channels);
             match channels.get(&m.addr) {
@@ -107,6 +118,7 @@ impl PeerPool {
                         .tcp_nodelay(true)
                         .initial_stream_window_size(16 << 20)
                         .initial_connection_window_size(64 << 20)
+                        .max_frame_size(MAX_FRAME)
                         .connect_lazy();
                     channels.insert(m.addr.clone(), c.clone());
                     c
@@ -117,25 +129,38 @@ impl PeerPool {
             peer: m.id.clone(),
             reason: "the cluster token is not a valid header value".into(),
         })?;
-        Ok(PeerClient::with_interceptor(channel, AddToken(token))
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE))
+        Ok(InterceptedService::new(channel, AddToken(token)))
     }
 
     /// Asks `m` for a block. The bytes are checked against the owner's CRC32C; any failure
-    /// (error, timeout, bad checksum) marks `m` suspect.
+    /// (error, timeout, bad checksum) marks `m` suspect. The reply is decoded in place
+    /// ([`wire`]): the block is a slice of the HTTP/2 frame it arrived in.
     pub async fn get_block(&self, m: &Member, req: pb::PeerBlockRequest) -> Result<pb::PeerBlock> {
         let discard = req.discard;
         let res = async {
-            let mut client = self.client(m, self.timeout).map_err(|e| e.to_string())?;
-            let mut request = tonic::Request::new(req);
-            request.set_timeout(self.timeout);
-            let call = client.get_block(request);
+            let mut channel = self.channel(m, self.timeout).map_err(|e| e.to_string())?;
+            let call = async {
+                let request = http::Request::builder()
+                    .method(http::Method::POST)
+                    .uri(format!("http://{}{}", m.addr, wire::GET_BLOCK_PATH))
+                    .header(http::header::CONTENT_TYPE, "application/grpc")
+                    .header(http::header::TE, "trailers")
+                    .header("grpc-timeout", format!("{}m", self.timeout.as_millis()))
+                    .body(Body::new(Full::new(wire::encode_request(&req)?)))
+                    .map_err(|e| Status::internal(format!("building a block request: {e}")))?;
+                poll_fn(|cx| channel.poll_ready(cx))
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let resp = channel
+                    .call(request)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                wire::read_reply(resp, MAX_PEER_MESSAGE).await
+            };
             let block = tokio::time::timeout(self.timeout, call)
                 .await
                 .map_err(|_| format!("no answer within {:?}", self.timeout))?
-                .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-                .into_inner();
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
             if !discard && crc32c::crc32c(&block.data) != block.crc32c {
                 metrics::counter!("loaderd_peer_corrupt_blocks_total").increment(1);
                 return Err("block failed its checksum".to_string());
@@ -172,7 +197,7 @@ impl PeerPool {
             peer: m.id.clone(),
             reason,
         };
-        let mut client = self.client(m, timeout)?;
+        let mut client = PeerClient::new(self.channel(m, timeout)?);
         let mut request = tonic::Request::new(pb::NodeStatusRequest {});
         request.set_timeout(timeout);
         tokio::time::timeout(timeout, client.node_status(request))

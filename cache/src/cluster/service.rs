@@ -1,15 +1,19 @@
 //! The peer API server: blocks this node owns, served to the other nodes.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use loaderd_proto::v1 as pb;
-use loaderd_proto::v1::peer_server::{Peer, PeerServer};
+use loaderd_proto::v1::peer_server::{self, Peer, PeerServer};
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Context, Poll, Service};
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
 use super::peer::MAX_PEER_MESSAGE;
-use super::{Cluster, TOKEN_HEADER};
+use super::{Cluster, TOKEN_HEADER, wire};
 use crate::block::blocks_for;
 use crate::cache::{Cache, FileHandle};
 use crate::error::to_status;
@@ -47,13 +51,37 @@ impl PeerService {
         PeerService { cache, cluster }
     }
 
-    /// The tonic service, refusing requests without the cluster token.
-    pub fn into_server(self) -> InterceptedService<PeerServer<Self>, TokenCheck> {
+    /// The peer API as a tonic service, refusing requests without the cluster token.
+    pub fn into_server(self) -> InterceptedService<PeerApi, TokenCheck> {
         let check = TokenCheck(self.cluster.clone());
-        let server = PeerServer::new(self)
+        let grpc = PeerServer::new(self.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
-        InterceptedService::new(server, check)
+        InterceptedService::new(PeerApi { grpc, blocks: self }, check)
+    }
+
+    /// The reply to one block request.
+    async fn serve_block(&self, r: pb::PeerBlockRequest) -> Result<pb::PeerBlock, Status> {
+        let (fh, b) = self.resolve(&r)?;
+        let span = info_span!("peer_block", path = %fh.path, block = b.index);
+        let (data, crc, was_cached) = self
+            .cache
+            .get_block_as_owner(&fh, &b)
+            .instrument(span)
+            .await
+            .map_err(|e| to_status(&e))?;
+        self.cluster.served();
+        metrics::counter!("loaderd_peer_blocks_served_total").increment(1);
+        let (data, crc) = if r.discard {
+            (Default::default(), crc32c::crc32c(&[]))
+        } else {
+            (data, crc)
+        };
+        Ok(pb::PeerBlock {
+            crc32c: crc,
+            data,
+            was_cached,
+        })
     }
 
     /// The file handle and block a request names, checked against this node's namespace.
@@ -115,31 +143,13 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    /// Reached only by clients that bypass [`PeerApi`]'s routing (none in this crate): the
+    /// same reply, encoded by tonic.
     async fn get_block(
         &self,
         req: Request<pb::PeerBlockRequest>,
     ) -> Result<Response<pb::PeerBlock>, Status> {
-        let r = req.into_inner();
-        let (fh, b) = self.resolve(&r)?;
-        let span = info_span!("peer_block", path = %fh.path, block = b.index);
-        let (data, crc, was_cached) = self
-            .cache
-            .get_block_as_owner(&fh, &b)
-            .instrument(span)
-            .await
-            .map_err(|e| to_status(&e))?;
-        self.cluster.served();
-        metrics::counter!("loaderd_peer_blocks_served_total").increment(1);
-        let (data, crc) = if r.discard {
-            (Default::default(), crc32c::crc32c(&[]))
-        } else {
-            (data, crc)
-        };
-        Ok(Response::new(pb::PeerBlock {
-            crc32c: crc,
-            data,
-            was_cached,
-        }))
+        self.serve_block(req.into_inner()).await.map(Response::new)
     }
 
     async fn node_status(
@@ -147,6 +157,42 @@ impl Peer for PeerService {
         _: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         Ok(Response::new(node_status(&self.cache)))
+    }
+}
+
+/// The peer API: `GetBlock` answered with the block uncopied ([`wire`]), every other method
+/// by the generated tonic server.
+#[derive(Clone)]
+pub struct PeerApi {
+    grpc: PeerServer<PeerService>,
+    blocks: PeerService,
+}
+
+impl NamedService for PeerApi {
+    const NAME: &'static str = peer_server::SERVICE_NAME;
+}
+
+impl Service<http::Request<Body>> for PeerApi {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if req.uri().path() != wire::GET_BLOCK_PATH {
+            return self.grpc.call(req);
+        }
+        let blocks = self.blocks.clone();
+        Box::pin(async move {
+            let reply = match wire::read_request(req.into_body()).await {
+                Ok(r) => blocks.serve_block(r).await,
+                Err(e) => Err(e),
+            };
+            Ok(wire::reply(reply))
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! `loaderctl bench read --remote`: in a cluster, the files whose blocks all belong to other
 //! nodes, read (a) straight from the UFS, (b) through this node from their owners (peer
 //! reads), and (c) through this node from its own memory tier after pinning a local copy —
-//! the same bytes each time, in one run.
+//! the same bytes each time, in one run, with the peer and local passes alternating.
 
 use std::time::Instant;
 
@@ -55,19 +55,32 @@ pub(super) async fn remote(
     let total: u64 = remote.iter().map(|f| f.size).sum();
     let reads = whole_files(root, &remote);
     let mut phases = vec![ufs_direct(ufs, &remote, n).await?];
-    phases.push(timed(c, "peer", &reads, n, passes).await?);
-    for r in &reads {
-        run_load(c, load(&r.path, true), |_| {}).await?;
+    // Peer and local passes alternate, so a slow spell of the machine hits both alike.
+    let mut peer = Phase {
+        name: "peer",
+        bytes: 0,
+        secs: 0.0,
+    };
+    let mut local = Phase {
+        name: "local",
+        ..peer
+    };
+    for _ in 0..passes {
+        timed(c, &mut peer, &reads, n).await?;
+        for r in &reads {
+            run_load(c, load(&r.path, true), |_| {}).await?;
+        }
+        timed(c, &mut local, &reads, n).await?;
+        // Give the pinned copies back: only the owners keep the blocks.
+        for r in &reads {
+            c.free(pb::FreeRequest {
+                path: r.path.clone(),
+            })
+            .await
+            .map_err(rpc_err)?;
+        }
     }
-    phases.push(timed(c, "local", &reads, n, passes).await?);
-    // Give the pinned copies back: only the owners keep the blocks.
-    for r in &reads {
-        c.free(pb::FreeRequest {
-            path: r.path.clone(),
-        })
-        .await
-        .map_err(rpc_err)?;
-    }
+    phases.extend([peer, local]);
     for p in &phases {
         let want = if p.name == "ufs-direct" {
             total
@@ -108,24 +121,17 @@ pub(super) async fn remote(
     Ok(())
 }
 
-/// `passes` timed rounds of whole-file reads through this node.
+/// One timed round of whole-file reads through this node, added to `phase`.
 async fn timed(
     c: &Client,
-    name: &'static str,
+    phase: &mut Phase,
     reads: &[super::bench::ReadReq<String>],
     n: usize,
-    passes: u32,
-) -> anyhow::Result<Phase> {
+) -> anyhow::Result<()> {
     let t = Instant::now();
-    let mut bytes = 0;
-    for _ in 0..passes {
-        bytes += grpc_reads(c, reads, n).await?;
-    }
-    Ok(Phase {
-        name,
-        bytes,
-        secs: t.elapsed().as_secs_f64(),
-    })
+    phase.bytes += grpc_reads(c, reads, n).await?;
+    phase.secs += t.elapsed().as_secs_f64();
+    Ok(())
 }
 
 fn load(path: &str, local: bool) -> pb::LoadRequest {
