@@ -4,9 +4,10 @@
 # (2) from b over the peer API, (3) from a's own memory tier — the same bytes, in one run
 # (`loaderctl bench read --remote`).
 # Usage: benches/cluster.sh [bench read flags]   (release binaries; DATASET=dir, else the
-# quickstart dataset or a generated one; BLOCK_SIZE=4MiB; BIN_DIR=target/release; PIN=1 runs
-# node b on CPU 1 and node a + loaderctl on CPU 0, as two hosts would not share cores; KEEP=1
-# keeps the work directory with both nodes' logs)
+# quickstart dataset or a generated one; LARGE=1: 12 random files of 8 MiB instead;
+# BLOCK_SIZE=4MiB; BIN_DIR=target/release; PIN=1 runs node b on CPU 1 and node a + loaderctl
+# on CPU 0, as two hosts would not share cores; KEEP=1 keeps the work directory with both
+# nodes' logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,7 +24,17 @@ cleanup() {
 trap cleanup EXIT
 
 DATASET=${DATASET:-$ROOT/.quickstart/dataset}
-if [ ! -d "$DATASET" ]; then
+if [ "${LARGE:-0}" = 1 ]; then # 12 files of 8 MiB of random bytes
+  DATASET=$WORK/large
+  mkdir -p "$DATASET"
+  python3 - "$DATASET" <<'PY'
+import random, sys
+rng = random.Random(1)
+for i in range(12):
+    with open(f"{sys.argv[1]}/f{i:02}.bin", "wb") as f:
+        f.write(rng.randbytes(8 << 20))
+PY
+elif [ ! -d "$DATASET" ]; then
   DATASET=$WORK/dataset
   "$BIN/loaderctl" dataset gen --out "$DATASET" --classes 10 --per-class 100 --seed 1 >/dev/null
 fi

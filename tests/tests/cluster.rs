@@ -236,6 +236,14 @@ fn loading_from_one_node_warms_each_block_on_its_owner_once() {
         "{report}"
     );
     assert_eq!(ufs_gets(&a), gets_before, "{report}");
+    // One read at a time: a reply's last frame must not wait for the reader's delayed ACK.
+    // With Nagle on the owner's socket, some peer reads stall up to 40 ms (measured here:
+    // 0.11 of local speed; 0.46 without).
+    bench.extend(args(&["--concurrency", "1", "--passes", "5"]));
+    let out = a.ctl_ok(&bench.iter().map(String::as_str).collect::<Vec<_>>());
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("bench json");
+    let ratio = report["peer_vs_local"].as_f64().unwrap_or(0.0);
+    assert!(ratio > 0.2, "sequential peer reads stall: {report}");
     let on_a: u64 = data
         .files
         .iter()

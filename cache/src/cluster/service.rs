@@ -226,3 +226,122 @@ pub fn tier_status(t: &crate::tier::TierStatus) -> pb::TierStatus {
         location: t.location.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use loaderd_proto::v1::peer_client::PeerClient;
+    use tokio::net::TcpListener;
+    use tonic::transport::Server;
+    use tonic::transport::server::{Router, TcpIncoming};
+
+    use super::*;
+    use crate::cluster::peer::{PeerPool, block_request};
+    use crate::config::{CacheConfig, ClusterConfig};
+    use crate::placement::Member;
+    use crate::{ByteSize, MountSpec};
+
+    const TOKEN: &str = "peer-api-test-token";
+
+    /// A file of three blocks (the last one short) behind a one-node cluster.
+    async fn node(dir: &std::path::Path) -> (Arc<Cache>, Arc<Cluster>, Vec<u8>) {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(dir.join("f.bin"), &bytes).unwrap();
+        let cfg = CacheConfig {
+            block_size: ByteSize(128 << 10),
+            ..CacheConfig::default()
+        };
+        let spec = MountSpec {
+            path: "/ds".into(),
+            uri: format!("file://{}", dir.display()),
+            options: Default::default(),
+        };
+        let cache = Cache::open(cfg, vec![spec]).unwrap();
+        let cluster = Cluster::start(&ClusterConfig {
+            node_id: Some("a".into()),
+            listen_addr: Some("127.0.0.1:0".parse().unwrap()),
+            token: Some(TOKEN.into()),
+            ..ClusterConfig::default()
+        })
+        .await
+        .unwrap();
+        cache.join_cluster(cluster.clone()).unwrap();
+        (cache, cluster, bytes)
+    }
+
+    /// Serves `svc` on a loopback port, as the daemon does (largest HTTP/2 frames).
+    async fn serve(router: Router) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(router.serve_with_incoming(TcpIncoming::from(listener)));
+        addr
+    }
+
+    fn server() -> Server {
+        Server::builder().max_frame_size((16 << 20) - 1)
+    }
+
+    #[tokio::test]
+    async fn get_block_is_plain_grpc_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, cluster, bytes) = node(dir.path()).await;
+        let svc = PeerService::new(cache.clone(), cluster.clone());
+        // This node's peer API (replies written without copies), and the generated tonic
+        // server over the same service (replies encoded by tonic).
+        let ours = serve(server().add_service(svc.clone().into_server())).await;
+        let stock = serve(server().add_service(InterceptedService::new(
+            PeerServer::new(svc),
+            TokenCheck(cluster.clone()),
+        )))
+        .await;
+
+        let fh = cache
+            .open_file(&LogicalPath::parse("/ds/f.bin").unwrap())
+            .await
+            .unwrap();
+        let blocks = cache.blocks(&fh, 0..fh.meta.size);
+        assert_eq!(blocks.len(), 3);
+        let bs = cache.config().block_size.0;
+
+        // A stock gRPC client reads this node's replies.
+        let mut client = PeerClient::connect(format!("http://{ours}")).await.unwrap();
+        for b in &blocks {
+            let mut req = Request::new(block_request(&fh, b, bs, false));
+            req.metadata_mut()
+                .insert(TOKEN_HEADER, TOKEN.parse().unwrap());
+            let reply = client.get_block(req).await.unwrap().into_inner();
+            let want = &bytes[b.range.start as usize..b.range.end as usize];
+            assert_eq!(&reply.data[..], want, "block {}", b.index);
+            assert_eq!(reply.crc32c, crc32c::crc32c(want));
+        }
+        // Without the token: refused, in a status the stock client understands.
+        let err = client
+            .get_block(Request::new(block_request(&fh, &blocks[0], bs, false)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+        // This node's client reads both servers' replies; errors come back as errors.
+        let pool = PeerPool::new(TOKEN.into(), Duration::from_secs(5), Duration::from_secs(5));
+        for addr in [&ours, &stock] {
+            let m = Member {
+                id: "peer".into(),
+                addr: addr.clone(),
+            };
+            for b in &blocks {
+                let reply = pool
+                    .get_block(&m, block_request(&fh, b, bs, false))
+                    .await
+                    .unwrap();
+                let want = &bytes[b.range.start as usize..b.range.end as usize];
+                assert_eq!(&reply.data[..], want, "block {} from {addr}", b.index);
+            }
+            let mut bad = block_request(&fh, &blocks[0], bs, false);
+            bad.block_id = "0".into();
+            let err = pool.get_block(&m, bad).await.unwrap_err().to_string();
+            assert!(err.contains("block id does not match"), "{err}");
+        }
+        assert_eq!(pool.counts(), (8, 2));
+    }
+}
