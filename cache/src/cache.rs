@@ -334,11 +334,16 @@ impl Cache {
 
     /// A block from this node's tiers, if there.
     async fn in_tiers(&self, b: &BlockRef) -> Option<Bytes> {
-        let len = b.range.end - b.range.start;
         if let Some(data) = self.memory.get(b.id) {
-            stats::hit("memory", len);
+            stats::hit("memory", b.range.end - b.range.start);
             return Some(data);
         }
+        self.in_ssd(b).await
+    }
+
+    /// A block from this node's SSD tier, if there.
+    async fn in_ssd(&self, b: &BlockRef) -> Option<Bytes> {
+        let len = b.range.end - b.range.start;
         if let Some(ssd) = &self.ssd
             && ssd.contains(b.id)
         {
@@ -384,7 +389,7 @@ impl Cache {
             stats::hit("memory", data.len() as u64);
             return Ok((data, crc, true));
         }
-        let (data, was_cached) = match self.in_tiers(b).await {
+        let (data, was_cached) = match self.in_ssd(b).await {
             Some(data) => (data, true),
             None => {
                 let res = self.fetch_owned(fh, b, ReadType::Cache).await;
