@@ -14,6 +14,7 @@ See :class:`Loader` for the arguments, and ``Loader.torch()`` for torch tensors.
 from ._conn import default_socket, shm_socket_path
 from .errors import (
     DaemonError,
+    DaemonTimeout,
     DaemonUnavailable,
     DatasetNotFound,
     InvalidArgument,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch",
     "DaemonError",
+    "DaemonTimeout",
     "DaemonUnavailable",
     "DatasetNotFound",
     "InvalidArgument",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from . import _wire
-from .errors import DaemonUnavailable, ProtocolError
+from .errors import DaemonTimeout, DaemonUnavailable, ProtocolError
 
 #: Largest message either side sends.
 MAX_MESSAGE = 1 << 20
@@ -67,11 +67,14 @@ def shm_socket_path(sock: Optional[PathLike] = None) -> Path:
 class Connection:
     """One connection to the shared-memory socket, after the daemon's hello."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: Optional[float] = None) -> None:
         self.path = path
+        self.timeout = timeout
         self._buf = bytearray(MAX_MESSAGE)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
+            # Every send and receive waits at most `timeout` seconds (None: forever).
+            self._sock.settimeout(timeout)
             self._sock.connect(str(path))
             data, fds = self._recv()
             for fd in fds:  # the cache arena: batch clients read their ring only
@@ -84,7 +87,7 @@ class Connection:
                 )
         except OSError as e:
             self._sock.close()
-            raise _unavailable(path, e) from e
+            raise self._unavailable(e) from e
         except BaseException:
             self._sock.close()
             raise
@@ -99,7 +102,7 @@ class Connection:
             self._sock.send(msg.encode())
             return self._recv()
         except OSError as e:
-            raise _unavailable(self.path, e) from e
+            raise self._unavailable(e) from e
 
     def _recv(self) -> Tuple[bytes, List[int]]:
         n, ancdata, flags, _ = self._sock.recvmsg_into(
@@ -122,6 +125,18 @@ class Connection:
     def close(self) -> None:
         """Closes the connection; the daemon then stops this connection's pipeline."""
         self._sock.close()
+
+    def _unavailable(self, e: OSError) -> DaemonUnavailable:
+        if isinstance(e, TimeoutError):
+            # An answer may still come, out of step with the next request: give up this
+            # connection.
+            self._sock.close()
+            return DaemonTimeout(
+                f"loaderd at {self.path} did not answer within {self.timeout:g}s: it is hung "
+                "or overloaded (Loader(timeout=...) sets the limit)",
+                str(self.path),
+            )
+        return _unavailable(self.path, e)
 
 
 def _unavailable(path: Path, e: OSError) -> DaemonUnavailable:

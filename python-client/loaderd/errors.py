@@ -37,6 +37,13 @@ class DaemonUnavailable(LoaderError, ConnectionError):
         self.retryable = retryable
 
 
+class DaemonTimeout(DaemonUnavailable):
+    """The daemon did not answer within the loader's ``timeout``: it is hung or overloaded.
+
+    The connection is closed (a late answer would be out of step); not ``retryable``.
+    """
+
+
 class ProtocolError(LoaderError):
     """The daemon answered something this client does not understand."""
 

@@ -203,9 +203,13 @@ class Loader:
         name: a label for this loader in ``loaderctl status`` and the daemon's logs.
         reconnect: when the daemon goes away mid-epoch, wait for it to come back (up to
             ``reconnect_timeout`` seconds) and continue at the same position.
+        timeout: seconds to wait for any one answer of the daemon (opening the loader,
+            which may list the dataset, or the next batch) before raising
+            :class:`~loaderd.DaemonTimeout`; ``None`` waits forever.
 
     Raises:
         DaemonUnavailable: the daemon is not running (or not on that socket).
+        DaemonTimeout: the daemon did not answer within ``timeout`` (hung or overloaded).
         DatasetNotFound: the dataset is not in the daemon's namespace.
         InvalidArgument: an argument the client or the daemon refuses.
         ResourceExhausted: the daemon cannot hold the batch ring.
@@ -234,6 +238,7 @@ class Loader:
         name: Optional[str] = None,
         reconnect: bool = True,
         reconnect_timeout: float = 30.0,
+        timeout: Optional[float] = 600.0,
     ) -> None:
         self._session: Optional[_Session] = None
         self._closed = False
@@ -259,6 +264,9 @@ class Loader:
         self.world_size = world_size
         self.reconnect = reconnect
         self.reconnect_timeout = reconnect_timeout
+        if timeout is not None and not timeout > 0:
+            raise _invalid(f"timeout must be positive seconds or None, not {timeout!r}")
+        self.timeout = timeout
         # Everything but the position (seed, epoch, consumed), filled in per open.
         self._request = _wire.OpenLoader(
             dataset=dataset,
@@ -445,7 +453,7 @@ class Loader:
         pause = 0.05
         while True:
             try:
-                session = _Session(Connection(self.socket_path), req)
+                session = _Session(Connection(self.socket_path, self.timeout), req)
                 break
             except (DaemonUnavailable, DaemonError) as e:
                 lost = isinstance(e, DaemonUnavailable) and e.retryable

@@ -1,11 +1,15 @@
-"""Failures: corrupt samples, a client killed mid-epoch, the daemon killed and restarted."""
+"""Failures: corrupt samples, a client killed mid-epoch, the daemon killed and restarted or
+hung."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import List
 
 import pytest
@@ -112,3 +116,30 @@ def test_reconnect_gives_up_after_its_timeout(own_daemon: Daemon) -> None:
         own_daemon.kill()
         with pytest.raises(loaderd.DaemonUnavailable, match="did not come back within 0.5s"):
             next(it)
+
+
+def test_a_hung_daemon_is_a_timeout_not_a_hang(own_daemon: Daemon) -> None:
+    assert own_daemon.proc is not None
+    with open_loader(own_daemon, batch_size=5, timeout=0.5) as loader:
+        it = iter(loader)
+        next(it)
+        os.kill(own_daemon.proc.pid, signal.SIGSTOP)  # alive, but answers nothing
+        try:
+            started = time.monotonic()
+            with pytest.raises(loaderd.DaemonTimeout, match="did not answer within 0.5s"):
+                next(it)
+            # Opening another loader waits for the daemon's hello no longer either.
+            with pytest.raises(loaderd.DaemonTimeout):
+                open_loader(own_daemon, batch_size=5, timeout=0.5)
+            assert time.monotonic() - started < 10
+        finally:
+            os.kill(own_daemon.proc.pid, signal.SIGCONT)
+    # The daemon serves again once it runs.
+    with open_loader(own_daemon, batch_size=5, timeout=10) as loader:
+        _, labels = next(iter(loader))
+        assert len(labels) == 5
+
+
+def test_timeout_must_be_positive(own_daemon: Daemon) -> None:
+    with pytest.raises(loaderd.InvalidArgument, match="timeout"):
+        open_loader(own_daemon, batch_size=5, timeout=0)
