@@ -8,7 +8,8 @@
 //! DATA frames it received, so the block it gets is a slice of the frame that carried it.
 //!
 //! It is plain gRPC (length-prefixed protobuf, `grpc-status` trailers): any gRPC client can
-//! call `GetBlock` on a node, and [`call_get_block`] can call any gRPC server.
+//! call `GetBlock` on a node, and this node's client
+//! ([`super::peer::PeerPool::get_block`], through [`read_reply`]) can call any gRPC server.
 
 use std::collections::VecDeque;
 
