@@ -11,15 +11,14 @@
 //! call `GetBlock` on a node, and this node's client
 //! ([`super::peer::PeerPool::get_block`], through [`read_reply`]) can call any gRPC server.
 
-use std::collections::VecDeque;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Collected, LengthLimitError, Limited};
 use loaderd_proto::v1 as pb;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
 use tonic::body::Body;
+use tonic::codegen::StdError;
 
 /// The gRPC path of `GetBlock`.
 pub const GET_BLOCK_PATH: &str = "/loaderd.v1.Peer/GetBlock";
@@ -81,142 +80,61 @@ pub fn encode_request(req: &pb::PeerBlockRequest) -> Result<Bytes, Status> {
     Ok(out.freeze())
 }
 
-/// The received DATA frames of a body, read as one buffer. [`Buf::copy_to_bytes`] hands out
-/// a slice of a frame, without copying, whenever the bytes asked for lie within one frame,
-/// which is how prost reads `bytes` fields.
-#[derive(Default)]
-pub struct Frames {
-    chunks: VecDeque<Bytes>,
-    remaining: usize,
+/// Decodes the one gRPC message of `buf` as a `T` of at most `max` bytes, checking that it
+/// is uncompressed, complete and alone.
+fn decode_message<T: Message + Default>(
+    mut buf: impl Buf,
+    what: &str,
+    max: usize,
+) -> Result<T, Status> {
+    if buf.remaining() < PREFIX_LEN {
+        return Err(Status::internal(format!(
+            "{what}: {} bytes, shorter than a gRPC message prefix",
+            buf.remaining()
+        )));
+    }
+    if buf.get_u8() != 0 {
+        return Err(Status::unimplemented(format!(
+            "{what} is compressed; the peer API does not compress"
+        )));
+    }
+    let len = buf.get_u32() as usize;
+    if len > max {
+        return Err(Status::resource_exhausted(format!(
+            "{what} of {len} bytes is over the limit of {max}"
+        )));
+    }
+    if len != buf.remaining() {
+        return Err(Status::internal(format!(
+            "{what}: the message says {len} bytes, the body holds {}",
+            buf.remaining()
+        )));
+    }
+    T::decode(buf).map_err(|e| Status::internal(format!("decoding {what}: {e}")))
 }
 
-impl Frames {
-    /// Appends a received frame.
-    pub fn push(&mut self, data: Bytes) {
-        if !data.is_empty() {
-            self.remaining += data.len();
-            self.chunks.push_back(data);
-        }
-    }
-
-    /// Strips the gRPC prefix of the one message these frames must hold, checking that the
-    /// message is uncompressed, complete and alone.
-    fn message(&mut self, what: &str, max: usize) -> Result<(), Status> {
-        if self.remaining < PREFIX_LEN {
-            return Err(Status::internal(format!(
-                "{what}: {} bytes, shorter than a gRPC message prefix",
-                self.remaining
-            )));
-        }
-        if self.get_u8() != 0 {
-            return Err(Status::unimplemented(format!(
-                "{what} is compressed; the peer API does not compress"
-            )));
-        }
-        let len = self.get_u32() as usize;
-        if len > max {
-            return Err(Status::resource_exhausted(format!(
-                "{what} of {len} bytes is over the limit of {max}"
-            )));
-        }
-        if len != self.remaining {
-            return Err(Status::internal(format!(
-                "{what}: the message says {len} bytes, the body holds {}",
-                self.remaining
-            )));
-        }
-        Ok(())
-    }
-
-    /// Decodes the one `T` these frames hold, at most `max` bytes.
-    pub fn decode<T: Message + Default>(mut self, what: &str, max: usize) -> Result<T, Status> {
-        self.message(what, max)?;
-        T::decode(&mut self).map_err(|e| Status::internal(format!("decoding {what}: {e}")))
-    }
-}
-
-impl Buf for Frames {
-    fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.chunks.front().map_or(&[], |c| &c[..])
-    }
-
-    fn advance(&mut self, mut cnt: usize) {
-        assert!(cnt <= self.remaining, "advance past the end of the frames");
-        self.remaining -= cnt;
-        while cnt > 0 {
-            let Some(front) = self.chunks.front_mut() else {
-                return;
-            };
-            if cnt < front.len() {
-                front.advance(cnt);
-                return;
-            }
-            cnt -= front.len();
-            self.chunks.pop_front();
-        }
-    }
-
-    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
-        assert!(
-            len <= self.remaining,
-            "copy_to_bytes past the end of the frames"
-        );
-        if let Some(front) = self.chunks.front_mut()
-            && len <= front.len()
-        {
-            let out = front.split_to(len);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
-            self.remaining -= len;
-            return out;
-        }
-        // Spans frames: the one case that copies.
-        let mut out = BytesMut::with_capacity(len);
-        out.put((&mut *self).take(len));
-        out.freeze()
-    }
-}
-
-/// Reads a whole HTTP/2 body into [`Frames`], refusing more than `max` bytes, and returns
-/// its trailers.
-async fn collect<B>(body: B, max: usize) -> Result<(Frames, Option<http::HeaderMap>), Status>
+/// Reads a whole HTTP/2 body, refusing more than `max` bytes. The DATA frames stay as they
+/// arrived: the collected body's buffer hands out a slice of a frame, without copying,
+/// whenever the bytes asked for lie within one frame, which is how prost reads `bytes`
+/// fields.
+async fn collect<B>(body: B, max: usize) -> Result<Collected<Bytes>, Status>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<tonic::codegen::StdError>,
+    B::Error: Into<StdError>,
 {
-    let mut body = std::pin::pin!(body);
-    let mut frames = Frames::default();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Status::from_error(e.into()))?;
-        match frame.into_data() {
-            Ok(data) => {
-                if frames.remaining() + data.len() > max {
-                    return Err(Status::resource_exhausted(format!(
-                        "message over the limit of {max} bytes"
-                    )));
-                }
-                frames.push(data);
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
-                }
-            }
+    Limited::new(body, max).collect().await.map_err(|e| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            Status::resource_exhausted(format!("message over the limit of {max} bytes"))
+        } else {
+            Status::from_error(e)
         }
-    }
-    Ok((frames, trailers))
+    })
 }
 
 /// The `GetBlock` request in an HTTP/2 request body (server side).
 pub async fn read_request(body: Body) -> Result<pb::PeerBlockRequest, Status> {
-    let (frames, _) = collect(body, PREFIX_LEN + MAX_REQUEST).await?;
-    frames.decode("block request", MAX_REQUEST)
+    let body = collect(body, PREFIX_LEN + MAX_REQUEST).await?;
+    decode_message(body.aggregate(), "block request", MAX_REQUEST)
 }
 
 /// The HTTP response carrying a `GetBlock` reply or its error (server side).
@@ -251,7 +169,7 @@ pub fn reply(result: Result<pb::PeerBlock, Status>) -> http::Response<Body> {
 pub async fn read_reply<B>(resp: http::Response<B>, max: usize) -> Result<pb::PeerBlock, Status>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<tonic::codegen::StdError>,
+    B::Error: Into<StdError>,
 {
     let (parts, body) = resp.into_parts();
     // A "trailers-only" reply: an error with no body.
@@ -266,9 +184,11 @@ where
             parts.status
         )));
     }
-    let (frames, trailers) = collect(body, max.saturating_add(PREFIX_LEN)).await?;
-    match trailers.as_ref().and_then(Status::from_header_map) {
-        Some(status) if status.code() == tonic::Code::Ok => frames.decode("block reply", max),
+    let body = collect(body, max.saturating_add(PREFIX_LEN)).await?;
+    match body.trailers().and_then(Status::from_header_map) {
+        Some(status) if status.code() == tonic::Code::Ok => {
+            decode_message(body.aggregate(), "block reply", max)
+        }
         Some(status) => Err(status),
         None => Err(Status::internal("the reply ended without a grpc-status")),
     }
@@ -290,23 +210,28 @@ mod tests {
         }
     }
 
-    fn frames_of(parts: &[Bytes]) -> Frames {
-        let mut f = Frames::default();
-        for p in parts {
-            f.push(p.clone());
-        }
-        f
+    /// A body received as `parts`, one DATA frame each, collected as the client does.
+    async fn frames_of(parts: &[Bytes]) -> impl Buf + use<> {
+        let frames = parts
+            .iter()
+            .map(|p| Ok::<_, std::convert::Infallible>(http_body::Frame::data(p.clone())));
+        collect(
+            http_body_util::StreamBody::new(futures::stream::iter(frames)),
+            usize::MAX,
+        )
+        .await
+        .unwrap()
+        .aggregate()
     }
 
-    #[test]
-    fn reply_is_the_same_message_as_prosts_encoding() {
+    #[tokio::test]
+    async fn reply_is_the_same_message_as_prosts_encoding() {
         for len in [0, 1, 127, 128, 16_384, 115_000] {
             let b = block(len);
             let [head, data] = encode_reply(b.clone()).unwrap();
             assert_eq!(data.as_ptr(), b.data.as_ptr(), "the block is not copied");
-            let decoded: pb::PeerBlock = frames_of(&[head.clone(), data.clone()])
-                .decode("reply", usize::MAX)
-                .unwrap();
+            let frames = frames_of(&[head.clone(), data.clone()]).await;
+            let decoded: pb::PeerBlock = decode_message(frames, "reply", usize::MAX).unwrap();
             assert_eq!(decoded, b);
             // tonic's encoding of the same message decodes the same, and has the same length.
             let mut whole = head.to_vec();
@@ -316,19 +241,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_block_is_a_slice_of_the_frame_that_carried_it() {
+    #[tokio::test]
+    async fn the_block_is_a_slice_of_the_frame_that_carried_it() {
         let b = block(115_000);
         let [head, data] = encode_reply(b).unwrap();
         let carried = data.clone();
-        let decoded: pb::PeerBlock = frames_of(&[head, data])
-            .decode("reply", usize::MAX)
-            .unwrap();
+        let frames = frames_of(&[head, data]).await;
+        let decoded: pb::PeerBlock = decode_message(frames, "reply", usize::MAX).unwrap();
         assert_eq!(decoded.data.as_ptr(), carried.as_ptr());
     }
 
-    #[test]
-    fn any_split_into_frames_decodes() {
+    #[tokio::test]
+    async fn any_split_into_frames_decodes() {
         let b = block(5_000);
         let [head, data] = encode_reply(b.clone()).unwrap();
         let mut whole = head.to_vec();
@@ -339,36 +263,33 @@ mod tests {
                 .step_by(step)
                 .map(|i| whole.slice(i..(i + step).min(whole.len())))
                 .collect();
-            let decoded: pb::PeerBlock = frames_of(&parts).decode("reply", usize::MAX).unwrap();
+            let frames = frames_of(&parts).await;
+            let decoded: pb::PeerBlock = decode_message(frames, "reply", usize::MAX).unwrap();
             assert_eq!(decoded, b, "split every {step} bytes");
         }
     }
 
-    #[test]
-    fn bad_messages_are_refused() {
+    #[tokio::test]
+    async fn bad_messages_are_refused() {
         let [head, data] = encode_reply(block(1000)).unwrap();
         let whole: Bytes = [head.to_vec(), data.to_vec()].concat().into();
         // Truncated.
-        let err = frames_of(&[whole.slice(..whole.len() - 1)])
-            .decode::<pb::PeerBlock>("reply", usize::MAX)
-            .unwrap_err();
+        let frames = frames_of(&[whole.slice(..whole.len() - 1)]).await;
+        let err = decode_message::<pb::PeerBlock>(frames, "reply", usize::MAX).unwrap_err();
         assert!(err.message().contains("the body holds"), "{err}");
         // Over the limit.
-        let err = frames_of(std::slice::from_ref(&whole))
-            .decode::<pb::PeerBlock>("reply", 100)
-            .unwrap_err();
+        let frames = frames_of(std::slice::from_ref(&whole)).await;
+        let err = decode_message::<pb::PeerBlock>(frames, "reply", 100).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         // Compressed.
         let mut compressed = whole.to_vec();
         compressed[0] = 1;
-        let err = frames_of(&[compressed.into()])
-            .decode::<pb::PeerBlock>("reply", usize::MAX)
-            .unwrap_err();
+        let frames = frames_of(&[compressed.into()]).await;
+        let err = decode_message::<pb::PeerBlock>(frames, "reply", usize::MAX).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         // Shorter than a prefix.
-        let err = frames_of(&[whole.slice(..3)])
-            .decode::<pb::PeerBlock>("reply", usize::MAX)
-            .unwrap_err();
+        let frames = frames_of(&[whole.slice(..3)]).await;
+        let err = decode_message::<pb::PeerBlock>(frames, "reply", usize::MAX).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Internal);
     }
 
