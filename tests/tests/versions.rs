@@ -28,13 +28,6 @@ const CAT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Linux's errno for a file whose version is gone under an open handle.
 const ESTALE: i32 = 116;
 
-/// Where the object lives, and how it is replaced.
-enum Store {
-    S3(S3Sandbox),
-    /// The dataset directory itself is mounted.
-    File,
-}
-
 /// How the daemon learns about the change while the read runs.
 #[derive(Debug, Clone, Copy)]
 enum Change {
@@ -44,7 +37,8 @@ enum Change {
 
 struct Setup {
     data: Dataset,
-    store: Store,
+    /// Where the object lives: S3, or (`None`) the dataset directory mounted as `file://`.
+    s3: Option<S3Sandbox>,
     daemon: Daemon,
 }
 
@@ -62,20 +56,16 @@ impl Setup {
             &format!("{}s", TTL.as_secs()),
         ]);
         daemon_args.extend(args(extra));
-        let store = if s3 {
+        let s3 = if s3 {
             let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
             daemon_args.extend(s3.mount_args("/data", "ds"));
-            Store::S3(s3)
+            Some(s3)
         } else {
             daemon_args.extend(file_mount_args("/data", &data.root));
-            Store::File
+            None
         };
         let daemon = Daemon::start(&daemon_args);
-        Setup {
-            data,
-            store,
-            daemon,
-        }
+        Setup { data, s3, daemon }
     }
 
     fn old(&self) -> Vec<u8> {
@@ -84,9 +74,9 @@ impl Setup {
 
     /// Replaces the object with `new` (same size, other bytes) in its store.
     fn replace(&self, new: &[u8]) {
-        match &self.store {
-            Store::S3(s3) => s3.put_object(&format!("ds/{REL}"), new),
-            Store::File => {
+        match &self.s3 {
+            Some(s3) => s3.put_object(&format!("ds/{REL}"), new),
+            None => {
                 // A new file renamed over the old one: the old inode's bytes stay whole, and
                 // the new file's modification time differs (the version of a file:// object).
                 thread::sleep(Duration::from_millis(20));
