@@ -394,6 +394,41 @@ mod tests {
     }
 
     #[test]
+    fn broken_files_at_open_are_dropped_by_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        for i in 0..4u128 {
+            assert!(t.put(BlockId(i), &Bytes::from(vec![7u8; 3000])));
+        }
+        let path = |i| t.path_of(BlockId(i));
+        let mut raw = fs::read(path(0)).unwrap();
+        raw.truncate(HEADER - 1);
+        fs::write(path(0), &raw).unwrap();
+        let mut raw = fs::read(path(1)).unwrap();
+        raw.extend_from_slice(b"junk");
+        fs::write(path(1), &raw).unwrap();
+        let moved = t.path_of(BlockId(99));
+        fs::create_dir_all(moved.parent().unwrap()).unwrap();
+        fs::rename(path(2), &moved).unwrap();
+        let partial = path(3).with_file_name(".tmp-1-1");
+        fs::write(&partial, b"a write cut short").unwrap();
+
+        assert_eq!(scan(&path(0)), Err(Dropped::Truncated));
+        assert_eq!(scan(&path(1)), Err(Dropped::JunkAppended));
+        assert_eq!(scan(&moved), Err(Dropped::WrongId));
+        assert_eq!(scan(&partial), Err(Dropped::Partial));
+        assert!(scan(&path(3)).is_ok());
+        let before = stats::snapshot().corrupt_blocks;
+        let reopened = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        assert_eq!(reopened.status().blocks, 1);
+        // The three broken files count; the partial write does not (other tests may add).
+        assert!(stats::snapshot().corrupt_blocks >= before + 3);
+        for p in [path(0), path(1), moved, partial] {
+            assert!(!p.exists(), "{} kept", p.display());
+        }
+    }
+
+    #[test]
     fn corrupt_block_is_a_miss_and_counted() {
         let d = tempfile::tempdir().unwrap();
         let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
