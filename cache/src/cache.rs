@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::block::{BlockId, BlockRef, blocks_for};
@@ -31,6 +31,9 @@ use crate::path::LogicalPath;
 use crate::stats;
 use crate::tier::{Lease, MemoryTier, SsdTier, Tier, TierStatus};
 use crate::ufs::FileMeta;
+
+mod load;
+pub use load::LoadProgress;
 
 /// How a read treats the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,19 +51,6 @@ pub struct FileHandle {
     pub path: LogicalPath,
     pub mount: Arc<Mount>,
     pub meta: FileMeta,
-}
-
-/// Progress of a `load`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadProgress {
-    pub files_total: u64,
-    pub files_done: u64,
-    pub files_failed: u64,
-    pub bytes_total: u64,
-    pub bytes_done: u64,
-    pub bytes_cached_before: u64,
-    pub done: bool,
-    pub first_error: Option<String>,
 }
 
 /// Everything `Status` reports.
@@ -89,6 +79,8 @@ pub struct Cache {
     ssd: Option<Arc<SsdTier>>,
     inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
     budget: Arc<Semaphore>,
+    /// Notified whenever a spawned fetch leaves `inflight` (its tier writes done).
+    fetch_ended: Arc<Notify>,
     started: Instant,
     /// Set when this node is part of a cluster: blocks it does not own come from peers.
     cluster: OnceLock<Arc<Cluster>>,
@@ -132,6 +124,7 @@ impl Cache {
             mounts,
             inflight: Arc::default(),
             budget: Arc::new(Semaphore::new(permits)),
+            fetch_ended: Arc::default(),
             started: Instant::now(),
             cluster: OnceLock::new(),
             cfg,
@@ -247,6 +240,23 @@ impl Cache {
         }
     }
 
+    /// Opens a file for a read pinned to `version` (empty: whatever is current): a different
+    /// current version, or the object gone, is [`Error::VersionChanged`], so a read continued
+    /// in pieces (shared-memory fallbacks, one request per piece) never mixes two versions.
+    pub async fn open_file_at(&self, path: &LogicalPath, version: &str) -> Result<FileHandle> {
+        let changed = |new: String| Error::VersionChanged {
+            path: path.to_string(),
+            old: version.to_string(),
+            new,
+        };
+        match self.open_file(path).await {
+            Ok(fh) if version.is_empty() || fh.meta.version == version => Ok(fh),
+            Ok(fh) => Err(changed(fh.meta.version)),
+            Err(Error::NotFound { .. }) if !version.is_empty() => Err(changed(String::new())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The blocks covering `range` of `fh`.
     pub fn blocks(&self, fh: &FileHandle, range: Range<u64>) -> Vec<BlockRef> {
         blocks_for(fh.mount.ufs.uri(), &fh.meta, self.cfg.block_size.0, range)
@@ -308,12 +318,22 @@ impl Cache {
         read_type: ReadType,
     ) -> Result<Bytes> {
         let res = self.fetch_block(fh, b, read_type).await;
-        if let Err(e) = &res
-            && matches!(e.root(), Error::Changed { .. })
-        {
-            let _ = self.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
+        match res {
+            Err(e) if matches!(e.root(), Error::Changed { .. }) => Err(self.changed(fh, e).await),
+            other => other,
         }
-        res
+    }
+
+    /// Refreshes the metadata of `fh`'s object, found changed by `e`, and names both versions.
+    async fn changed(&self, fh: &FileHandle, e: Error) -> Error {
+        match self.meta.refresh_file(&fh.mount, &fh.meta.rel).await {
+            Ok(fresh) => Error::VersionChanged {
+                path: fh.path.to_string(),
+                old: fh.meta.version.clone(),
+                new: fresh.map(|f| f.version).unwrap_or_default(),
+            },
+            Err(_) => e,
+        }
     }
 
     /// Block `b` pinned in the memory tier's arena (fetched first if missing), or `None` when
@@ -392,12 +412,12 @@ impl Cache {
         let (data, was_cached) = match self.in_ssd(b).await {
             Some(data) => (data, true),
             None => {
-                let res = self.fetch_owned(fh, b, ReadType::Cache).await;
-                if let Err(e) = &res
-                    && matches!(e.root(), Error::Changed { .. })
-                {
-                    let _ = self.meta.refresh_file(&fh.mount, &fh.meta.rel).await;
-                }
+                let res = match self.fetch_owned(fh, b, ReadType::Cache).await {
+                    Err(e) if matches!(e.root(), Error::Changed { .. }) => {
+                        Err(self.changed(fh, e).await)
+                    }
+                    other => other,
+                };
                 (res?, false)
             }
         };
@@ -517,6 +537,7 @@ impl Cache {
         let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
         let span = info_span!("fetch_block", path = %fh.path, block = block.index);
         let inflight = self.inflight.clone();
+        let fetch_ended = self.fetch_ended.clone();
         tokio::spawn(
             async move {
                 let len = block.range.end - block.range.start;
@@ -544,6 +565,7 @@ impl Cache {
                     debug!(error = %e, "block fetch failed");
                 }
                 lock(&inflight).remove(&block.id);
+                fetch_ended.notify_waiters();
             }
             .instrument(span),
         );
@@ -556,84 +578,6 @@ impl Cache {
         })
         .boxed()
         .shared()
-    }
-
-    /// Warms the cache with every file under `path`, `parallelism` files at a time; progress
-    /// arrives on the returned channel, the last message with `done` set.
-    ///
-    /// In a cluster each block is warmed on its owner (a non-owner only asks the owner to
-    /// cache it, so warming N nodes costs one copy of UFS egress); `local` also keeps a copy
-    /// of every block here, for this node's own trainers.
-    pub async fn load(
-        self: &Arc<Self>,
-        path: &LogicalPath,
-        parallelism: usize,
-        local: bool,
-    ) -> Result<mpsc::Receiver<LoadProgress>> {
-        let files = self.files_under(path).await?;
-        let (tx, rx) = mpsc::channel(16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut p = LoadProgress {
-                files_total: files.len() as u64,
-                bytes_total: files.iter().map(|f| f.meta.size).sum(),
-                ..LoadProgress::default()
-            };
-            p.bytes_cached_before = files.iter().map(|f| this.cached_bytes(f)).sum();
-            let _ = tx.send(p.clone()).await;
-            let mut results = futures::stream::iter(files)
-                .map(|fh| {
-                    let this = this.clone();
-                    async move {
-                        let mut res = Ok(());
-                        for b in this.blocks(&fh, 0..fh.meta.size) {
-                            if let Err(e) = this.warm_block(&fh, &b, local).await {
-                                res = Err(format!("{}: {e}", fh.path));
-                                break;
-                            }
-                        }
-                        (fh.meta.size, res)
-                    }
-                })
-                .buffer_unordered(parallelism.max(1));
-            let mut last_sent = Instant::now();
-            while let Some((size, res)) = results.next().await {
-                match res {
-                    Ok(()) => {
-                        p.files_done += 1;
-                        p.bytes_done += size;
-                    }
-                    Err(e) => {
-                        p.files_failed += 1;
-                        p.first_error.get_or_insert(e);
-                    }
-                }
-                if last_sent.elapsed() > Duration::from_millis(100) {
-                    last_sent = Instant::now();
-                    if tx.send(p.clone()).await.is_err() {
-                        // Nobody watches; keep loading anyway (the cache still benefits).
-                    }
-                }
-            }
-            p.done = true;
-            let _ = tx.send(p).await;
-        });
-        Ok(rx)
-    }
-
-    /// Makes sure block `b` is cached where it belongs (see [`Cache::load`]).
-    async fn warm_block(&self, fh: &FileHandle, b: &BlockRef, local: bool) -> Result<()> {
-        if self.is_cached(b.id) {
-            return Ok(());
-        }
-        match self.cluster() {
-            Some(c) if !c.owns(b.id) => {
-                let keep = if local { Keep::Local } else { Keep::Discard };
-                self.fetch_remote(c, fh, b, ReadType::Cache, keep).await?;
-                Ok(())
-            }
-            _ => self.get_block(fh, b, ReadType::Cache).await.map(|_| ()),
-        }
     }
 
     /// Drops every cached block of the files under `path`: (blocks, bytes) freed.

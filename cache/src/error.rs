@@ -24,6 +24,14 @@ pub enum Error {
     /// The object changed in the UFS since its metadata was cached; the caller may retry.
     #[error("{path} changed in the UFS while it was read")]
     Changed { path: String },
+    /// A read pinned to one version found another: the object changed between the read's
+    /// first block and a later one. `new` is empty when the object is gone.
+    #[error("object changed during the read: {path} (version {old} → {})", if new.is_empty() { "deleted" } else { new.as_str() })]
+    VersionChanged {
+        path: String,
+        old: String,
+        new: String,
+    },
     /// The UFS refused or failed the request after retries.
     #[error("UFS error on {uri}: {source}")]
     Ufs {
@@ -121,7 +129,7 @@ impl Error {
             | Error::Config { .. }
             | Error::Mount { .. } => ErrorKind::InvalidArgument,
             Error::IsDirectory { .. } => ErrorKind::IsDirectory,
-            Error::Changed { .. } => ErrorKind::Changed,
+            Error::Changed { .. } | Error::VersionChanged { .. } => ErrorKind::Changed,
             Error::Ufs { source, .. } => match source {
                 O::PermissionDenied { .. } | O::Unauthenticated { .. } => {
                     ErrorKind::PermissionDenied

@@ -171,6 +171,12 @@ impl Occupancy {
         self.used
     }
 
+    /// Changes the capacity (a disk tier whose file system has less room than configured);
+    /// the next admission evicts down to the new watermarks.
+    pub fn set_capacity(&mut self, capacity: u64) {
+        self.capacity = capacity;
+    }
+
     /// Bytes of capacity.
     pub fn capacity(&self) -> u64 {
         self.capacity

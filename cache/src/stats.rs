@@ -3,7 +3,8 @@
 //!
 //! Metric names (all prefixed `loaderd_`): `cache_hits_total{tier}`, `cache_misses_total`,
 //! `cache_bytes_read_total{source=cache|peer|ufs}`, `cache_evictions_total{tier}`,
-//! `cache_corrupt_blocks_total`, `cache_passthrough_total{reason}`, `ufs_requests_total{op}`,
+//! `cache_corrupt_blocks_total`, `ssd_dropped_at_start_total{reason}`,
+//! `cache_passthrough_total{reason}`, `ufs_requests_total{op}`,
 //! `ufs_bytes_total`, `ufs_retries_total`, `ufs_errors_total`, `singleflight_joins_total`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -98,6 +99,12 @@ pub(crate) fn eviction(tier: &'static str, blocks: u64) {
 pub(crate) fn corrupt_block() {
     CORRUPT.fetch_add(1, Relaxed);
     counter!("loaderd_cache_corrupt_blocks_total").increment(1);
+}
+
+/// A broken SSD block file found and deleted while the index was rebuilt at start.
+pub(crate) fn ssd_dropped_at_start(reason: &'static str) {
+    corrupt_block();
+    counter!("loaderd_ssd_dropped_at_start_total", "reason" => reason).increment(1);
 }
 
 pub(crate) fn passthrough(reason: &'static str) {

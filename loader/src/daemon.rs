@@ -42,6 +42,12 @@ pub const MAX_FRAME: u32 = (16 << 20) - 1;
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     cfg.validate()?;
+    // Installed before the cache opens, so what opening counts (SSD block files dropped at
+    // start) reaches the metrics.
+    let recorder = match cfg.server.metrics_addr {
+        Some(_) => Some(http::install_recorder()?),
+        None => None,
+    };
     let cache = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || Cache::open(cfg.cache, cfg.mount)).await??
@@ -91,8 +97,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    if let Some(addr) = cfg.server.metrics_addr {
-        let handle = http::install_recorder()?;
+    if let (Some(addr), Some(handle)) = (cfg.server.metrics_addr, recorder) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding metrics address {addr} (server.metrics_addr)"))?;

@@ -185,7 +185,7 @@ impl Loader for LoaderService {
         let span = info_span!("read", path = %path, offset = r.offset, length = r.length);
         let fh = self
             .cache
-            .open_file(&path)
+            .open_file_at(&path, &r.version)
             .instrument(span.clone())
             .await
             .map_err(|e| status_at(&path, &e))?;
@@ -248,7 +248,7 @@ impl Loader for LoaderService {
             .map_err(|e| status_at(&path, &e))?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |p| {
             if p.done {
-                info!(path = %path, files = p.files_done, failed = p.files_failed, bytes = p.bytes_done, "load finished");
+                info!(path = %path, files = p.files_done, failed = p.files_failed, bytes = p.bytes_done, not_cached = p.bytes_not_cached, "load finished");
             }
             Ok(pb::LoadProgress {
                 files_total: p.files_total,
@@ -259,6 +259,8 @@ impl Loader for LoaderService {
                 files_failed: p.files_failed,
                 done: p.done,
                 first_error: p.first_error.unwrap_or_default(),
+                blocks_not_cached: p.blocks_not_cached,
+                bytes_not_cached: p.bytes_not_cached,
             })
         });
         Ok(Response::new(Box::pin(stream)))

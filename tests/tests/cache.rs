@@ -221,6 +221,63 @@ fn ssd_tier_survives_restart() {
 }
 
 #[test]
+fn broken_ssd_files_at_restart_are_counted() {
+    let data = Dataset::blobs(&[MIB, 300_000]);
+    let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
+    let (ssd, mut daemon) = ssd_only_daemon(&s3);
+    let blocks_needed = load_to_ssd(&daemon, &data, ssd.path());
+    daemon.stop();
+
+    // One file cut short, one with junk appended, one moved under another block's id.
+    let files = ssd_block_files(ssd.path());
+    let truncated = &files[0];
+    let len = fs::metadata(truncated).expect("block file").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(truncated)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate a block file");
+    let mut junk = fs::read(&files[1]).expect("block file");
+    junk.extend_from_slice(b"junk after the block");
+    fs::write(&files[1], junk).expect("append junk");
+    let foreign = ssd
+        .path()
+        .join("blocks/ff/ffffffffffffffffffffffffffffffff.blk");
+    fs::create_dir_all(foreign.parent().expect("prefix dir")).expect("prefix dir");
+    fs::rename(&files[2], &foreign).expect("move a block file under another id");
+
+    daemon.restart();
+    let status = daemon.status_json();
+    assert_eq!(
+        status["corrupt_blocks"].as_u64(),
+        Some(3),
+        "status after a restart over 3 broken block files: {status}"
+    );
+    for reason in ["truncated", "junk_appended", "wrong_id"] {
+        assert_eq!(
+            daemon.metric(&format!(
+                "loaderd_ssd_dropped_at_start_total{{reason=\"{reason}\"}}"
+            )),
+            1.0,
+            "files dropped at start for {reason}"
+        );
+    }
+    assert_eq!(daemon.metric("loaderd_cache_corrupt_blocks_total"), 3.0);
+    assert_eq!(
+        tier(&status, "ssd")["blocks"].as_u64(),
+        Some(blocks_needed as u64 - 3),
+        "ssd tier after restart: {status}"
+    );
+    assert!(!foreign.exists(), "the misnamed block file was kept");
+    assert_all_read_back(&daemon, &data, "after broken block files were dropped");
+    assert_eq!(
+        daemon.metric(GET),
+        3.0,
+        "the 3 dropped blocks are refetched, nothing else"
+    );
+}
+
+#[test]
 fn corrupt_ssd_block_is_dropped_and_refetched() {
     let data = Dataset::blobs(&[100_000]);
     let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
@@ -297,7 +354,7 @@ impl Drop for TmpfsMount {
 
 #[test]
 fn full_ssd_passes_reads_through_uncached() {
-    // A 256 KiB tmpfs as the SSD tier, configured far larger than the disk: writes hit ENOSPC.
+    // A 256 KiB tmpfs as the SSD tier, configured far larger than the disk.
     let dir = tempfile::tempdir().expect("tempdir");
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
@@ -323,20 +380,93 @@ fn full_ssd_passes_reads_through_uncached() {
             );
         }
     }
-    let passthrough = daemon.metric("loaderd_cache_passthrough_total{reason=\"ssd_write_failed\"}");
-    assert!(passthrough > 0.0, "no write failure was counted");
+    // The tier's capacity follows the file system: 64 MiB configured, 256 KiB of disk.
+    let status = daemon.status_json();
+    let ssd = tier(&status, "ssd");
+    let field = |k: &str| {
+        ssd[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("ssd {k} in {ssd}"))
+    };
+    let (fs_total, fs_free) = (field("fs_total_bytes"), field("fs_free_bytes"));
     assert!(
-        daemon.log().contains("SSD tier write failed"),
-        "no warning logged:\n{}",
+        fs_total > 0 && fs_total <= 256 * KIB as u64 && fs_free <= fs_total,
+        "SSD file system space in status: {ssd}"
+    );
+    assert_eq!(field("configured_capacity_bytes"), 64 * MIB as u64, "{ssd}");
+    assert!(
+        field("capacity_bytes") <= fs_total,
+        "capacity in force must be lowered to what the disk holds: {ssd}"
+    );
+    assert!(
+        field("used_bytes") <= fs_total,
+        "SSD accounting counts blocks that were never written: {ssd}"
+    );
+    let text = daemon.ctl_ok(&["status"]);
+    assert!(
+        text.contains("file system") && text.contains("capacity lowered from the configured"),
+        "status text does not show the file system's space:\n{text}"
+    );
+
+    // A load reads every byte but cannot keep most of them: it says so, and --strict fails.
+    let out = daemon.ctl_ok(&["load", "--no-progress", "/data"]);
+    let not_cached: u64 = out
+        .split("; ")
+        .find_map(|part| {
+            part.strip_suffix(" not cached\n")
+                .or(part.strip_suffix(" not cached"))
+        })
+        .and_then(|part| part.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no not-cached count in the load report: {out}"));
+    let total = data.total_bytes();
+    assert!(
+        not_cached > total / 2 && not_cached <= total,
+        "load of {total} bytes onto a 256 KiB disk reported {not_cached} bytes not cached: {out}"
+    );
+    let err = daemon.ctl_err(&["load", "--no-progress", "--strict", "/data"]);
+    assert!(err.contains("not cached"), "load --strict: {err}");
+
+    // Writes that still fail (another writer fills the disk) warn once per interval.
+    let warnings = daemon.log().matches("SSD tier write failed").count();
+    assert!(
+        warnings <= 1,
+        "{warnings} write-failure warnings in one interval:\n{}",
         daemon.log()
     );
-    let (used, cap) = {
-        let s = daemon.status_json();
-        let t = tier(&s, "ssd");
-        (t["used_bytes"].as_u64().unwrap_or(0), 256 * KIB as u64)
-    };
+}
+
+#[test]
+fn ssd_write_failures_warn_once_per_interval() {
+    // Every block's directory is taken by a file: each SSD write fails with an I/O error.
+    let ssd = tempfile::tempdir().expect("tempdir");
+    let blocks = ssd.path().join("blocks");
+    fs::create_dir_all(&blocks).expect("blocks dir");
+    for prefix in 0..=255u8 {
+        fs::write(blocks.join(format!("{prefix:02x}")), b"in the way").expect("blocker");
+    }
+    let data = Dataset::blobs(&[MIB, 300_000]);
+    let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
+    let daemon = ssd_daemon_at(&s3, ssd.path());
+    let started = std::time::Instant::now();
+    for round in ["first", "second"] {
+        assert_all_read_back(
+            &daemon,
+            &data,
+            &format!("({round} round, SSD writes failing)"),
+        );
+    }
+    let failures = daemon.metric("loaderd_cache_passthrough_total{reason=\"ssd_write_failed\"}");
     assert!(
-        used <= cap,
-        "SSD accounting {used} counts blocks that were never written"
+        failures >= 20.0,
+        "{failures} SSD write failures counted, expected one per block"
+    );
+    let warnings = daemon.log().matches("SSD tier write failed").count();
+    let intervals = started.elapsed().as_secs() / 10 + 1;
+    assert!(
+        warnings >= 1 && warnings as u64 <= intervals,
+        "{warnings} write-failure warnings for {failures} failures in {:?} (one per 10 s allowed):\n{}",
+        started.elapsed(),
+        daemon.log()
     );
 }

@@ -224,6 +224,9 @@ pub fn tier_status(t: &crate::tier::TierStatus) -> pb::TierStatus {
         high_watermark: t.watermarks.high,
         low_watermark: t.watermarks.low,
         location: t.location.clone(),
+        fs_free_bytes: t.fs.map_or(0, |f| f.free),
+        fs_total_bytes: t.fs.map_or(0, |f| f.total),
+        configured_capacity_bytes: t.fs.map_or(t.capacity, |f| f.configured_capacity),
     }
 }
 

@@ -197,6 +197,7 @@ impl Tier for MemoryTier {
             evictions: idx.occ.evictions(),
             watermarks: idx.occ.watermarks(),
             location: "memfd".into(),
+            fs: None,
         }
     }
 }

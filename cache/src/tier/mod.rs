@@ -26,6 +26,17 @@ pub struct TierStatus {
     pub evictions: u64,
     pub watermarks: Watermarks,
     pub location: String,
+    /// The file system under a disk tier (`None` for memory).
+    pub fs: Option<FsSpace>,
+}
+
+/// Space of the file system holding a disk tier (statvfs), and the configured capacity that
+/// `TierStatus::capacity` is lowered from when the file system has less room than that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    pub free: u64,
+    pub total: u64,
+    pub configured_capacity: u64,
 }
 
 /// A store of whole blocks.

@@ -79,6 +79,10 @@ enum Command {
         /// Bytes to read (default: to the end).
         #[arg(long, default_value_t = 0)]
         length: u64,
+        /// Only read object version V (`stat`'s version): fail if the object is another one
+        /// now, so that a file read in several ranges is of one version.
+        #[arg(long, value_name = "V")]
+        if_version: Option<String>,
         path: String,
     },
     /// Warm the cache with everything under a path.
@@ -93,6 +97,9 @@ enum Command {
         /// not only on the block's owner.
         #[arg(long)]
         local: bool,
+        /// Exit nonzero when any loaded byte could not be cached (tier or disk full).
+        #[arg(long)]
+        strict: bool,
         path: String,
     },
     /// Drop cached blocks of everything under a path.
@@ -284,11 +291,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_shm,
             offset,
             length,
+            if_version,
             path,
         } => {
-            // NO_CACHE must not fill the memory tier, so it never takes the shared-memory path.
+            let version = if_version.unwrap_or_default();
+            // NO_CACHE must not fill the memory tier, so it never takes the shared-memory path;
+            // a pinned version goes over gRPC, which checks it.
             if !no_cache
                 && !no_shm
+                && version.is_empty()
                 && let Some(mut s) = shm()
             {
                 let mut out = std::io::stdout().lock();
@@ -306,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 offset,
                 length,
                 read_type: read_type as i32,
+                version,
             };
             let mut out = std::io::stdout().lock();
             read_to(&mut c, req, &mut out).await?;
@@ -316,8 +328,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             parallelism,
             no_progress,
             local,
+            strict,
             path,
-        } => load(&mut c, path, parallelism, no_progress, local).await,
+        } => load(&mut c, path, parallelism, no_progress, local, strict).await,
         Command::Free { path } => {
             let r = c
                 .free(pb::FreeRequest { path: path.clone() })
@@ -354,7 +367,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Streams a Read into `out`; retries from the start if the object changed before any byte
-/// was written (never mixes two versions). Returns the bytes written.
+/// was written and the read is not pinned to a version (never mixes two versions). Returns
+/// the bytes written.
 pub(crate) async fn read_to(
     c: &mut Client,
     req: pb::ReadRequest,
@@ -377,7 +391,14 @@ pub(crate) async fn read_to(
         .await;
         match res {
             Ok(()) => return Ok(written),
-            Err(s) if s.code() == Code::Aborted && written == 0 && attempts < 3 => continue,
+            Err(s)
+                if s.code() == Code::Aborted
+                    && written == 0
+                    && req.version.is_empty()
+                    && attempts < 3 =>
+            {
+                continue;
+            }
             Err(s) => return Err(rpc_err(s)),
         }
     }
@@ -396,12 +417,19 @@ fn cat_shm(
     tokio::task::block_in_place(|| {
         s.read(path, offset, length, |_, piece| match piece {
             Piece::Mapped(bytes) => out.write_all(bytes),
-            Piece::Fallback { offset, len } => {
+            Piece::Fallback {
+                offset,
+                len,
+                version,
+            } => {
+                // Pinned to the version of the mapped pieces: a changed object fails the
+                // read instead of splicing the new version into the old.
                 let req = pb::ReadRequest {
                     path: path.to_string(),
                     offset,
                     length: len,
                     read_type: pb::ReadType::Cache as i32,
+                    version: version.to_string(),
                 };
                 rt.block_on(read_to(c, req, out))
                     .map(drop)
@@ -429,7 +457,9 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
             .map(|t| {
                 json!({"name": t.name, "capacity_bytes": t.capacity_bytes, "used_bytes": t.used_bytes,
                     "blocks": t.blocks, "evictions": t.evictions, "high_watermark": t.high_watermark,
-                    "low_watermark": t.low_watermark, "location": t.location})
+                    "low_watermark": t.low_watermark, "location": t.location,
+                    "fs_free_bytes": t.fs_free_bytes, "fs_total_bytes": t.fs_total_bytes,
+                    "configured_capacity_bytes": t.configured_capacity_bytes})
             })
             .collect();
         let mounts: Vec<_> = s
@@ -490,6 +520,21 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
             t.low_watermark,
             t.location
         );
+        if t.fs_total_bytes > 0 {
+            let lowered = if t.capacity_bytes < t.configured_capacity_bytes {
+                format!(
+                    "; capacity lowered from the configured {} to fit",
+                    human(t.configured_capacity_bytes)
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "         file system {} free of {}{lowered}",
+                human(t.fs_free_bytes),
+                human(t.fs_total_bytes)
+            );
+        }
     }
     println!(
         "  hits {} misses {} (hit ratio {:.1}%), from cache {}, from UFS {}",
@@ -633,6 +678,7 @@ async fn load(
     parallelism: u32,
     no_progress: bool,
     local: bool,
+    strict: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let show = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -646,6 +692,7 @@ async fn load(
     } else {
         ProgressBar::hidden()
     };
+    let req_path = path.clone();
     let req = pb::LoadRequest {
         path,
         parallelism,
@@ -665,13 +712,30 @@ async fn load(
     let last = last?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "loaded {} files, {} bytes ({} already cached) in {secs:.2}s, {:.1} MB/s; {} failed",
+        "loaded {} files, {} bytes ({} already cached) in {secs:.2}s, {:.1} MB/s; {} failed; {} bytes ({} blocks) not cached",
         last.files_done,
         last.bytes_done,
         last.bytes_cached_before,
         last.bytes_done as f64 / secs / 1e6,
-        last.files_failed
+        last.files_failed,
+        last.bytes_not_cached,
+        last.blocks_not_cached
     );
+    if last.bytes_not_cached > 0 {
+        let pct = 100.0 * last.bytes_not_cached as f64 / last.bytes_done.max(1) as f64;
+        eprintln!(
+            "warning: {} of {} loaded bytes ({pct:.0}%) are not cached (a tier or its disk is full; see `loaderctl status`)",
+            last.bytes_not_cached, last.bytes_done
+        );
+        if strict {
+            bail!(
+                "load of {}: {} bytes ({} blocks) not cached (--strict)",
+                req_path,
+                last.bytes_not_cached,
+                last.blocks_not_cached
+            );
+        }
+    }
     Ok(())
 }
 

@@ -39,6 +39,10 @@ pub struct LoaderFs {
     rt: Handle,
     inodes: InodeTable,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    /// Hash of the object version each inode was last opened at: the kernel keeps its cached
+    /// pages across opens (`keep_cache`) only while the version is unchanged, so a read
+    /// never joins cached pages of an old version with bytes of a new one.
+    opened_versions: Mutex<HashMap<u64, u64>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     entry_ttl: Duration,
@@ -71,6 +75,7 @@ impl LoaderFs {
             rt,
             inodes: InodeTable::default(),
             files: Mutex::default(),
+            opened_versions: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
             entry_ttl: cfg.entry_timeout.0,
@@ -217,6 +222,9 @@ impl Filesystem for LoaderFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.inodes.forget(ino.0, nlookup);
+        if self.inodes.path(ino.0).is_none() {
+            lock(&self.opened_versions).remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
@@ -237,9 +245,13 @@ impl Filesystem for LoaderFs {
         match self.rt.block_on(self.cache.open_file(&path)) {
             Ok(fh) => {
                 let id = self.next_fh();
+                let version = xxhash_rust::xxh3::xxh3_64(fh.meta.version.as_bytes());
+                let same_version =
+                    lock(&self.opened_versions).insert(ino.0, version) == Some(version);
                 lock(&self.files).insert(id, Arc::new(fh));
                 counter!("loaderd_fuse_opens_total").increment(1);
-                let flags = if self.keep_cache {
+                // Without FOPEN_KEEP_CACHE the kernel drops this inode's cached pages.
+                let flags = if self.keep_cache && same_version {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()

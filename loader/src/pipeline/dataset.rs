@@ -31,11 +31,13 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 pub enum Source {
     /// A whole file.
     File { path: LogicalPath, size: u64 },
-    /// A member of a tar shard.
+    /// A member of a tar shard, at the offset the shard's index found in version `version`:
+    /// read from that version only (a rewritten shard has other offsets).
     TarMember {
         shard: LogicalPath,
         offset: u64,
         len: u64,
+        version: String,
     },
 }
 
@@ -112,8 +114,10 @@ impl Dataset {
             }
             let mut samples = Vec::new();
             for (shard, _) in &files {
-                let bytes = read_all(cache, shard).await?;
-                samples.extend(index_shard(shard, &bytes)?);
+                let fh = cache.open_file(shard).await?;
+                let version = fh.meta.version.clone();
+                let bytes = read_fh(cache, fh, None).await?;
+                samples.extend(index_shard(shard, &version, &bytes)?);
             }
             Dataset {
                 root: root.clone(),
@@ -195,16 +199,15 @@ fn image_folder(root: &LogicalPath, files: &[(LogicalPath, u64)]) -> Dataset {
 
 /// Reads a whole file through the cache.
 async fn read_all(cache: &Arc<Cache>, path: &LogicalPath) -> Result<Bytes, loaderd_cache::Error> {
-    read_range(cache, path, None).await
+    read_fh(cache, cache.open_file(path).await?, None).await
 }
 
-/// Bytes `range` of `path` (all of it for `None`) through the cache.
-async fn read_range(
+/// Bytes `range` of open file `fh` (all of it for `None`) through the cache: one version.
+async fn read_fh(
     cache: &Arc<Cache>,
-    path: &LogicalPath,
+    fh: loaderd_cache::FileHandle,
     range: Option<std::ops::Range<u64>>,
 ) -> Result<Bytes, loaderd_cache::Error> {
-    let fh = cache.open_file(path).await?;
     let range = range.unwrap_or(0..fh.meta.size);
     let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
     let mut chunks = cache.read(fh, range, ReadType::Cache, 4)?;
@@ -218,14 +221,24 @@ async fn read_range(
 pub async fn fetch(cache: &Arc<Cache>, source: &Source) -> Result<Bytes, loaderd_cache::Error> {
     match source {
         Source::File { path, .. } => read_all(cache, path).await,
-        Source::TarMember { shard, offset, len } => {
-            read_range(cache, shard, Some(*offset..offset + len)).await
+        Source::TarMember {
+            shard,
+            offset,
+            len,
+            version,
+        } => {
+            let fh = cache.open_file_at(shard, version).await?;
+            read_fh(cache, fh, Some(*offset..offset + len)).await
         }
     }
 }
 
 /// (key, image member, label) of one shard, in member order.
-fn index_shard(shard: &LogicalPath, bytes: &[u8]) -> Result<Vec<Sample>, DatasetError> {
+fn index_shard(
+    shard: &LogicalPath,
+    version: &str,
+    bytes: &[u8],
+) -> Result<Vec<Sample>, DatasetError> {
     let bad = |reason: String| DatasetError::BadShard {
         shard: shard.to_string(),
         reason,
@@ -286,6 +299,7 @@ fn index_shard(shard: &LogicalPath, bytes: &[u8]) -> Result<Vec<Sample>, Dataset
                     shard: shard.clone(),
                     offset,
                     len,
+                    version: version.to_string(),
                 },
             },
         ));
@@ -413,7 +427,10 @@ mod tests {
             .iter()
             .zip([&b"JPEG-1"[..], b"PNG-2", b"JPEG-3", b"JPEG-t1"])
         {
-            let Source::TarMember { shard, offset, len } = &s.source else {
+            let Source::TarMember {
+                shard, offset, len, ..
+            } = &s.source
+            else {
                 panic!()
             };
             let raw = std::fs::read(d.path().join(&shard.as_str()[3..])).unwrap();

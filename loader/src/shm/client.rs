@@ -57,8 +57,13 @@ fn status(code: i32, message: String) -> Result<(), ShmError> {
 pub enum Piece<'a> {
     /// Bytes mapped from the daemon's arena (valid during the callback only).
     Mapped(&'a [u8]),
-    /// Bytes that are not in the memory tier: read `len` bytes at `offset` over gRPC.
-    Fallback { offset: u64, len: u64 },
+    /// Bytes that are not in the memory tier: read `len` bytes at `offset` over gRPC, of
+    /// object version `version` (`ReadRequest.version`), the version of every other piece.
+    Fallback {
+        offset: u64,
+        len: u64,
+        version: &'a str,
+    },
 }
 
 /// A connection to a daemon's shared-memory socket with the arena mapped.
@@ -88,6 +93,8 @@ impl ShmClient {
     /// Reads `length` bytes (0: to the end) of `path` from `offset`, handing each piece in
     /// order to `f`; returns the file's size. The mapped pieces are valid only inside `f`; the
     /// daemon's lease on them is released with the next request or when the client drops.
+    /// Every piece is of one object version; fallback pieces name it, so that the caller's
+    /// gRPC read of them is pinned to it.
     pub fn read(
         &mut self,
         path: &str,
@@ -104,6 +111,7 @@ impl ShmClient {
                 offset,
                 length,
                 release: self.unreleased.take().into_iter().collect(),
+                version: String::new(),
             })),
         };
         send_msg(self.conn.as_fd(), &req.encode_to_vec(), None)?;
@@ -132,6 +140,7 @@ impl ShmClient {
                 Piece::Fallback {
                     offset: e.file_offset,
                     len: e.length,
+                    version: &reply.version,
                 }
             };
             if let Err(err) = f(e.file_offset, piece) {

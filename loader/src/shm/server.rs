@@ -260,7 +260,7 @@ async fn read(
 ) -> Result<(pb::ShmReadReply, Vec<Lease>), tonic::Status> {
     let path = LogicalPath::parse(&r.path).map_err(|e| to_status(&e))?;
     let fh = cache
-        .open_file(&path)
+        .open_file_at(&path, &r.version)
         .await
         .map_err(|e| status_at(&path, &e))?;
     let size = fh.meta.size;
@@ -301,6 +301,7 @@ async fn read(
             error: String::new(),
             file_size: size,
             extents,
+            version: fh.meta.version.clone(),
         },
         held,
     ))
