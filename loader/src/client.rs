@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
+use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::loader_client::LoaderClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -77,4 +78,26 @@ pub async fn connect_tcp(addr: &str) -> Result<Client, ConnectError> {
     };
     let channel = endpoint(&uri).map_err(err)?.connect().await.map_err(err)?;
     Ok(tune(LoaderClient::new(channel)))
+}
+
+/// Every entry of the listing of `path` (with `recursive`, every file below it), in path
+/// order, gathered from the pages the daemon streams.
+pub async fn list_all(
+    c: &mut Client,
+    path: &str,
+    recursive: bool,
+) -> Result<Vec<pb::FileInfo>, tonic::Status> {
+    let mut pages = c
+        .list(pb::ListRequest {
+            path: path.to_string(),
+            recursive,
+            page_size: 0,
+        })
+        .await?
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(page) = pages.message().await? {
+        entries.extend(page.entries);
+    }
+    Ok(entries)
 }
