@@ -152,6 +152,10 @@ class _Session:
         ).reshape((ready.samples, *self.shape))
         return ready, images
 
+    def interrupt(self) -> None:
+        """Ends the pipeline from any thread; a ``next`` waiting elsewhere fails at once."""
+        self.conn.shutdown()
+
     def close(self) -> None:
         """Ends the pipeline (the daemon frees the ring); live views keep their mapping."""
         self.conn.close()
@@ -172,6 +176,11 @@ class Loader:
     loader is closed**: the daemon then reuses its slot. Copy what must outlive the step.
     :meth:`batches` yields :class:`Batch` objects with the keys and skipped keys as well;
     :attr:`last_keys` and :attr:`last_skipped` describe the latest batch.
+
+    :meth:`close` stops a running iteration, from inside the loop or from another thread
+    (even one waiting for the daemon's next batch): the iteration ends as if the epoch were
+    over, without its last batches, and the position stays where the last delivered batch
+    left it. Views handed out stay readable.
 
     Epochs follow ``DistributedSampler``: one seeded permutation of the whole dataset per
     epoch, strided over ``world_size`` ranks (padded by repeating the head unless
@@ -214,7 +223,7 @@ class Loader:
         InvalidArgument: an argument the client or the daemon refuses.
         ResourceExhausted: the daemon cannot hold the batch ring.
 
-    A loader is not thread-safe and runs one iteration at a time.
+    A loader runs one iteration at a time; apart from :meth:`close`, call it from one thread.
     """
 
     def __init__(
@@ -241,6 +250,8 @@ class Loader:
         timeout: Optional[float] = 600.0,
     ) -> None:
         self._session: Optional[_Session] = None
+        # The session of the running iteration, for close() from another thread.
+        self._running: Optional[_Session] = None
         self._closed = False
         wire_layout = LAYOUTS.get(layout.lower())
         if wire_layout is None:
@@ -346,21 +357,32 @@ class Loader:
 
     def batches(self) -> Iterator[Batch]:
         """Like iterating the loader, with each batch's keys and skipped keys."""
+        return self._batches()
+
+    def _batches(self) -> Iterator[Batch]:
         self._not_iterating("iterate")
         session = self._pending()
         self._session = None
+        self._running = session
         self._iteration_len = session.opened.batches
         step = self.batch_size * self.world_size
         try:
             while True:
+                if self._closed:
+                    return  # closed inside the loop or by another thread
                 try:
                     got = session.next()
                 except DaemonUnavailable as e:
+                    if self._closed:
+                        return  # close() ended the wait
                     if not (self.reconnect and e.retryable):
                         raise
                     log.warning("%s; reconnecting at %s", e, self.state_dict())
                     session.close()
                     session = self._open(retry=True)
+                    self._running = session
+                    if self._closed:  # closed while reconnecting
+                        return
                     continue
                 if got is None:
                     break
@@ -376,6 +398,7 @@ class Loader:
                 )
             self._epoch, self._consumed = self._epoch + 1, 0
         finally:
+            self._running = None
             self._iteration_len = None
             session.close()
 
@@ -402,8 +425,15 @@ class Loader:
     # Lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stops the daemon's pipeline for this loader; views already handed out stay mapped."""
+        """Stops the daemon's pipeline for this loader; views already handed out stay mapped.
+
+        Safe from another thread and inside the loop: a running iteration ends at once (a
+        wait for the daemon's next batch returns) instead of reading the rest of the epoch.
+        """
         self._closed = True
+        running = self._running
+        if running is not None:
+            running.interrupt()
         self._drop_pending()
 
     def __enter__(self) -> "Loader":
