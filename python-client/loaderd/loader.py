@@ -112,6 +112,12 @@ class _Session:
             # The mapping keeps the ring's memory alive after the descriptor is closed, and
             # for as long as a view of it lives, even past this session.
             self.ring = mmap.mmap(fds[0], size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            # The same ring copy-on-write, for tensors (torch has no read-only ones): reading
+            # it reads the daemon's pages, and a write copies the page it touches into this
+            # process, never reaching the daemon. Mapping costs address space only.
+            self.private = mmap.mmap(
+                fds[0], size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
         finally:
             for fd in fds:
                 os.close(fd)
@@ -121,8 +127,12 @@ class _Session:
         self.held: Optional[int] = None
         self.used = False
 
-    def next(self) -> Optional[Tuple[_wire.BatchReady, np.ndarray]]:
-        """The next batch and its view, releasing the previous slot; ``None`` at the end."""
+    def next(self, writable: bool = False) -> Optional[Tuple[_wire.BatchReady, np.ndarray]]:
+        """The next batch and its view, releasing the previous slot; ``None`` at the end.
+
+        The view is read-only, or with ``writable`` a copy-on-write view whose writes stay in
+        this process.
+        """
         self.used = True
         release = -1 if self.held is None else self.held
         self.held = None
@@ -144,13 +154,29 @@ class _Session:
                 f"batch {ready.seq} has {ready.samples} samples but {len(ready.labels)} labels"
             )
         self.held = ready.slot
+        offset = ready.slot * self.opened.slot_bytes
+        ring = self.ring
+        if writable:
+            ring = self.private
+            self._drop_copies(offset, self.opened.slot_bytes)
         images = np.frombuffer(
-            self.ring,
+            ring,
             dtype=self.dtype,
             count=ready.samples * int(np.prod(self.shape)),
-            offset=ready.slot * self.opened.slot_bytes,
+            offset=offset,
         ).reshape((ready.samples, *self.shape))
         return ready, images
+
+    def _drop_copies(self, offset: int, length: int) -> None:
+        """Drops this process's copies of the slot's pages (written through an earlier
+        batch's tensor), so the copy-on-write view shows the daemon's new batch again.
+
+        Whole pages around the slot: a neighbour's part of a shared page belongs to a
+        released slot, whose views are no longer valid anyway.
+        """
+        start = offset - offset % mmap.PAGESIZE
+        end = min(len(self.private), -(-(offset + length) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        self.private.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def interrupt(self) -> None:
         """Ends the pipeline from any thread; a ``next`` waiting elsewhere fails at once."""
@@ -159,10 +185,11 @@ class _Session:
     def close(self) -> None:
         """Ends the pipeline (the daemon frees the ring); live views keep their mapping."""
         self.conn.close()
-        try:
-            self.ring.close()
-        except BufferError:
-            pass  # views still exported: unmapped when the last one goes
+        for ring in (self.ring, self.private):
+            try:
+                ring.close()
+            except BufferError:
+                pass  # views still exported: unmapped when the last one goes
 
 
 class Loader:
@@ -357,9 +384,9 @@ class Loader:
 
     def batches(self) -> Iterator[Batch]:
         """Like iterating the loader, with each batch's keys and skipped keys."""
-        return self._batches()
+        return self._batches(writable=False)
 
-    def _batches(self) -> Iterator[Batch]:
+    def _batches(self, writable: bool) -> Iterator[Batch]:
         self._not_iterating("iterate")
         session = self._pending()
         self._session = None
@@ -371,7 +398,7 @@ class Loader:
                 if self._closed:
                     return  # closed inside the loop or by another thread
                 try:
-                    got = session.next()
+                    got = session.next(writable)
                 except DaemonUnavailable as e:
                     if self._closed:
                         return  # close() ended the wait
@@ -407,15 +434,18 @@ class Loader:
     ) -> Iterator[Tuple["torch.Tensor", "torch.Tensor"]]:
         """Iterates like the loader, yielding torch tensors ``(images, labels)``.
 
-        On the CPU (``device=None`` or ``"cpu"``) the images are a zero-copy tensor over the
-        read-only slot, valid until the next batch, that must not be written (``.clone()``
-        it first). On a GPU each batch is copied into pinned memory, which frees the slot at
-        once, and then to ``device`` (asynchronously with ``non_blocking``).
+        On the CPU (``device=None`` or ``"cpu"``) the images are a zero-copy tensor over a
+        copy-on-write mapping of the slot, valid until the next batch: reading costs nothing
+        extra, and in-place ops (``x.add_(1)``, ``x.div_(255)``) work, copying each page they
+        write into this process (the daemon's batch is never changed). On a GPU each batch is
+        copied into pinned memory, which frees the slot at once, and then to ``device``
+        (asynchronously with ``non_blocking``).
         """
         import torch
 
         dev = torch.device("cpu" if device is None else device)
-        for images, labels in self:
+        for batch in self._batches(writable=dev.type == "cpu"):
+            images, labels = batch.images, batch.labels
             x, y = _readonly_tensor(torch, images), torch.from_numpy(labels)
             if dev.type != "cpu":
                 x = x.pin_memory().to(dev, non_blocking=non_blocking)
@@ -519,8 +549,8 @@ def _check_int(name: str, value: object, top: int) -> None:
 def _readonly_tensor(torch: Any, array: np.ndarray) -> "torch.Tensor":
     """``torch.from_numpy`` of a read-only view, without the warning it gives for one.
 
-    torch has no read-only tensors and warns; the view is read-only on purpose (the daemon
-    owns the memory, mapped PROT_READ) and the callers are told not to write it.
+    torch has no read-only tensors and warns; only the GPU path takes one of the read-only
+    slot, and copies it into pinned memory at once, before anything could write it.
     """
     if array.flags.writeable:
         return torch.from_numpy(array)
