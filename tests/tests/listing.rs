@@ -124,12 +124,33 @@ fn ls_recursive_streams_an_imagenet_sized_listing() {
         "ls -R lists a path that was never generated"
     );
 
-    // The paths alone are more than one message could carry: this scale fails a
-    // single-message reply.
-    let path_bytes: usize = got.iter().map(|p| p.len()).sum();
+    eprintln!(
+        "{files} files: first ls -R {:.1}s, daemon RSS {} -> {} MiB",
+        first_listing.as_secs_f64(),
+        rss_before >> 20,
+        rss_after >> 20
+    );
+
+    // As one message (the reply before pages), the listing is over the limit: this scale
+    // fails a single-message reply. Entries carry the version and mtime `stat` shows.
+    let one = daemon.stat_json(got[0]);
+    let version = one["version"].as_str().expect("version").to_string();
+    let mtime_unix_ms = one["mtime_unix_ms"].as_i64().expect("mtime");
+    let whole = pb::ListResponse {
+        entries: got
+            .iter()
+            .map(|p| pb::FileInfo {
+                path: p.to_string(),
+                version: version.clone(),
+                mtime_unix_ms,
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let whole = prost::Message::encoded_len(&whole);
     assert!(
-        path_bytes > MESSAGE_LIMIT,
-        "the listing's paths ({path_bytes} B) fit one message; the test proves nothing"
+        whole > MESSAGE_LIMIT,
+        "the listing ({whole} B as one message) fits one message; the test proves nothing"
     );
 
     // One level: the 1,000 class folders.
