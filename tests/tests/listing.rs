@@ -104,13 +104,20 @@ fn ls_recursive_streams_an_imagenet_sized_listing() {
         Duration::from_secs(600),
     );
     let first_listing = t.elapsed();
+    let rss_after = rss_bytes(pid);
+    eprintln!(
+        "{files} files: first ls -R {:.1}s ({}), daemon RSS {} -> {} MiB",
+        first_listing.as_secs_f64(),
+        out.status,
+        rss_before >> 20,
+        rss_after >> 20
+    );
     assert!(
         out.status.success(),
         "ls -R failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let rss_after = rss_bytes(pid);
     let text = String::from_utf8(out.stdout).expect("utf-8 listing");
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(got.len(), files, "ls -R lines");
@@ -122,13 +129,6 @@ fn ls_recursive_streams_an_imagenet_sized_listing() {
     assert!(
         got.iter().all(|p| want_set.contains(p)),
         "ls -R lists a path that was never generated"
-    );
-
-    eprintln!(
-        "{files} files: first ls -R {:.1}s, daemon RSS {} -> {} MiB",
-        first_listing.as_secs_f64(),
-        rss_before >> 20,
-        rss_after >> 20
     );
 
     // As one message (the reply before pages), the listing is over the limit: this scale
