@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
+use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::loader_client::LoaderClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -22,6 +23,8 @@ pub enum ConnectError {
         socket: PathBuf,
         source: tonic::transport::Error,
     },
+    #[error("permission denied on loaderd's socket {}: {access}", socket.display())]
+    PermissionDenied { socket: PathBuf, access: String },
     #[error("cannot reach loaderd at {addr}: {source}")]
     Tcp {
         addr: String,
@@ -60,8 +63,57 @@ pub async fn connect_unix(socket: &Path) -> Result<Client, ConnectError> {
             }
         }))
         .await
-        .map_err(err)?;
+        .map_err(|e| {
+            if is_permission_denied(&e) {
+                ConnectError::PermissionDenied {
+                    socket: socket.to_path_buf(),
+                    access: who_may_connect(socket),
+                }
+            } else {
+                err(e)
+            }
+        })?;
     Ok(tune(LoaderClient::new(channel)))
+}
+
+fn is_permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Who may connect to `socket`, from its owner, group and mode, for a caller who may not.
+fn who_may_connect(socket: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(socket) {
+        Ok(m) => m,
+        Err(e) => {
+            return format!(
+                "cannot even look at it ({e}): a directory above it is closed to this user"
+            );
+        }
+    };
+    let user = nix::unistd::User::from_uid(meta.uid().into())
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {}", meta.uid()), |u| u.name);
+    let group = nix::unistd::Group::from_gid(meta.gid().into())
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("gid {}", meta.gid()), |g| g.name);
+    format!(
+        "it is mode {:04o}, owner {user}, group {group}: run loaderctl as {user} or as a member \
+         of group {group} (an admin adds you with `usermod -aG {group} USER`; log in again \
+         after), or start the daemon with another --socket-group",
+        meta.mode() & 0o7777
+    )
 }
 
 /// Connects over TCP to `addr` (`host:port` or `http://host:port`).
@@ -77,4 +129,26 @@ pub async fn connect_tcp(addr: &str) -> Result<Client, ConnectError> {
     };
     let channel = endpoint(&uri).map_err(err)?.connect().await.map_err(err)?;
     Ok(tune(LoaderClient::new(channel)))
+}
+
+/// Every entry of the listing of `path` (with `recursive`, every file below it), in path
+/// order, gathered from the pages the daemon streams.
+pub async fn list_all(
+    c: &mut Client,
+    path: &str,
+    recursive: bool,
+) -> Result<Vec<pb::FileInfo>, tonic::Status> {
+    let mut pages = c
+        .list(pb::ListRequest {
+            path: path.to_string(),
+            recursive,
+            page_size: 0,
+        })
+        .await?
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(page) = pages.message().await? {
+        entries.extend(page.entries);
+    }
+    Ok(entries)
 }

@@ -16,7 +16,7 @@ use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::loader_server::Loader;
 use metrics::histogram;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Largest data chunk per streamed message.
 pub const CHUNK: usize = 2 << 20;
@@ -145,32 +145,24 @@ impl Loader for LoaderService {
         Ok(Response::new(file_info(&self.cache, &path, &stat)))
     }
 
+    type ListStream = BoxStream<pb::ListResponse>;
+
     async fn list(
         &self,
         req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListResponse>, Status> {
+    ) -> Result<Response<Self::ListStream>, Status> {
         let r = req.get_ref();
         let path = parse(&r.path)?;
+        let span = info_span!("list", path = %path, recursive = r.recursive);
         let entries = self
             .cache
             .list(&path, r.recursive)
+            .instrument(span.clone())
             .await
             .map_err(|e| status_at(&path, &e))?;
-        let entries = entries
-            .iter()
-            .map(|(p, s)| {
-                // Listing reports sizes, not residency (that would cost a lookup per block).
-                let mut info = file_info(&self.cache, p, &Stat::Dir);
-                if let Stat::File(f) = s {
-                    info.is_dir = false;
-                    info.size = f.size;
-                    info.version = f.version.clone();
-                    info.mtime_unix_ms = f.mtime_ms;
-                }
-                info
-            })
-            .collect();
-        Ok(Response::new(pb::ListResponse { entries }))
+        span.in_scope(|| debug!(entries = entries.len(), "listed"));
+        let pages = crate::list::pages(entries, r.page_size).map(Ok);
+        Ok(Response::new(Box::pin(futures::stream::iter(pages))))
     }
 
     type ReadStream = BoxStream<pb::ReadChunk>;

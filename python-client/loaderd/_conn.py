@@ -126,6 +126,19 @@ class Connection:
         """Closes the connection; the daemon then stops this connection's pipeline."""
         self._sock.close()
 
+    def shutdown(self) -> None:
+        """Ends the connection from any thread: a request waiting in another thread fails at
+        once (:class:`DaemonUnavailable`) and the daemon stops this connection's pipeline.
+
+        Unlike :meth:`close` it leaves the descriptor to the thread using it (closing it
+        under a blocked receive would not wake that receive), so :meth:`close` still
+        follows.
+        """
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already, or the daemon went away first: ended either way
+
     def _unavailable(self, e: OSError) -> DaemonUnavailable:
         if isinstance(e, TimeoutError):
             # An answer may still come, out of step with the next request: give up this

@@ -112,6 +112,12 @@ class _Session:
             # The mapping keeps the ring's memory alive after the descriptor is closed, and
             # for as long as a view of it lives, even past this session.
             self.ring = mmap.mmap(fds[0], size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            # The same ring copy-on-write, for tensors (torch has no read-only ones): reading
+            # it reads the daemon's pages, and a write copies the page it touches into this
+            # process, never reaching the daemon. Mapping costs address space only.
+            self.private = mmap.mmap(
+                fds[0], size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
         finally:
             for fd in fds:
                 os.close(fd)
@@ -121,8 +127,12 @@ class _Session:
         self.held: Optional[int] = None
         self.used = False
 
-    def next(self) -> Optional[Tuple[_wire.BatchReady, np.ndarray]]:
-        """The next batch and its view, releasing the previous slot; ``None`` at the end."""
+    def next(self, writable: bool = False) -> Optional[Tuple[_wire.BatchReady, np.ndarray]]:
+        """The next batch and its view, releasing the previous slot; ``None`` at the end.
+
+        The view is read-only, or with ``writable`` a copy-on-write view whose writes stay in
+        this process.
+        """
         self.used = True
         release = -1 if self.held is None else self.held
         self.held = None
@@ -144,21 +154,42 @@ class _Session:
                 f"batch {ready.seq} has {ready.samples} samples but {len(ready.labels)} labels"
             )
         self.held = ready.slot
+        offset = ready.slot * self.opened.slot_bytes
+        ring = self.ring
+        if writable:
+            ring = self.private
+            self._drop_copies(offset, self.opened.slot_bytes)
         images = np.frombuffer(
-            self.ring,
+            ring,
             dtype=self.dtype,
             count=ready.samples * int(np.prod(self.shape)),
-            offset=ready.slot * self.opened.slot_bytes,
+            offset=offset,
         ).reshape((ready.samples, *self.shape))
         return ready, images
+
+    def _drop_copies(self, offset: int, length: int) -> None:
+        """Drops this process's copies of the slot's pages (written through an earlier
+        batch's tensor), so the copy-on-write view shows the daemon's new batch again.
+
+        Whole pages around the slot: a neighbour's part of a shared page belongs to a
+        released slot, whose views are no longer valid anyway.
+        """
+        start = offset - offset % mmap.PAGESIZE
+        end = min(len(self.private), -(-(offset + length) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        self.private.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def interrupt(self) -> None:
+        """Ends the pipeline from any thread; a ``next`` waiting elsewhere fails at once."""
+        self.conn.shutdown()
 
     def close(self) -> None:
         """Ends the pipeline (the daemon frees the ring); live views keep their mapping."""
         self.conn.close()
-        try:
-            self.ring.close()
-        except BufferError:
-            pass  # views still exported: unmapped when the last one goes
+        for ring in (self.ring, self.private):
+            try:
+                ring.close()
+            except BufferError:
+                pass  # views still exported: unmapped when the last one goes
 
 
 class Loader:
@@ -172,6 +203,11 @@ class Loader:
     loader is closed**: the daemon then reuses its slot. Copy what must outlive the step.
     :meth:`batches` yields :class:`Batch` objects with the keys and skipped keys as well;
     :attr:`last_keys` and :attr:`last_skipped` describe the latest batch.
+
+    :meth:`close` stops a running iteration, from inside the loop or from another thread
+    (even one waiting for the daemon's next batch): the iteration ends as if the epoch were
+    over, without its last batches, and the position stays where the last delivered batch
+    left it. Views handed out stay readable.
 
     Epochs follow ``DistributedSampler``: one seeded permutation of the whole dataset per
     epoch, strided over ``world_size`` ranks (padded by repeating the head unless
@@ -214,7 +250,7 @@ class Loader:
         InvalidArgument: an argument the client or the daemon refuses.
         ResourceExhausted: the daemon cannot hold the batch ring.
 
-    A loader is not thread-safe and runs one iteration at a time.
+    A loader runs one iteration at a time; apart from :meth:`close`, call it from one thread.
     """
 
     def __init__(
@@ -241,6 +277,8 @@ class Loader:
         timeout: Optional[float] = 600.0,
     ) -> None:
         self._session: Optional[_Session] = None
+        # The session of the running iteration, for close() from another thread.
+        self._running: Optional[_Session] = None
         self._closed = False
         wire_layout = LAYOUTS.get(layout.lower())
         if wire_layout is None:
@@ -346,21 +384,32 @@ class Loader:
 
     def batches(self) -> Iterator[Batch]:
         """Like iterating the loader, with each batch's keys and skipped keys."""
+        return self._batches(writable=False)
+
+    def _batches(self, writable: bool) -> Iterator[Batch]:
         self._not_iterating("iterate")
         session = self._pending()
         self._session = None
+        self._running = session
         self._iteration_len = session.opened.batches
         step = self.batch_size * self.world_size
         try:
             while True:
+                if self._closed:
+                    return  # closed inside the loop or by another thread
                 try:
-                    got = session.next()
+                    got = session.next(writable)
                 except DaemonUnavailable as e:
+                    if self._closed:
+                        return  # close() ended the wait
                     if not (self.reconnect and e.retryable):
                         raise
                     log.warning("%s; reconnecting at %s", e, self.state_dict())
                     session.close()
                     session = self._open(retry=True)
+                    self._running = session
+                    if self._closed:  # closed while reconnecting
+                        return
                     continue
                 if got is None:
                     break
@@ -376,6 +425,7 @@ class Loader:
                 )
             self._epoch, self._consumed = self._epoch + 1, 0
         finally:
+            self._running = None
             self._iteration_len = None
             session.close()
 
@@ -384,15 +434,18 @@ class Loader:
     ) -> Iterator[Tuple["torch.Tensor", "torch.Tensor"]]:
         """Iterates like the loader, yielding torch tensors ``(images, labels)``.
 
-        On the CPU (``device=None`` or ``"cpu"``) the images are a zero-copy tensor over the
-        read-only slot, valid until the next batch, that must not be written (``.clone()``
-        it first). On a GPU each batch is copied into pinned memory, which frees the slot at
-        once, and then to ``device`` (asynchronously with ``non_blocking``).
+        On the CPU (``device=None`` or ``"cpu"``) the images are a zero-copy tensor over a
+        copy-on-write mapping of the slot, valid until the next batch: reading costs nothing
+        extra, and in-place ops (``x.add_(1)``, ``x.div_(255)``) work, copying each page they
+        write into this process (the daemon's batch is never changed). On a GPU each batch is
+        copied into pinned memory, which frees the slot at once, and then to ``device``
+        (asynchronously with ``non_blocking``).
         """
         import torch
 
         dev = torch.device("cpu" if device is None else device)
-        for images, labels in self:
+        for batch in self._batches(writable=dev.type == "cpu"):
+            images, labels = batch.images, batch.labels
             x, y = _readonly_tensor(torch, images), torch.from_numpy(labels)
             if dev.type != "cpu":
                 x = x.pin_memory().to(dev, non_blocking=non_blocking)
@@ -402,8 +455,15 @@ class Loader:
     # Lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stops the daemon's pipeline for this loader; views already handed out stay mapped."""
+        """Stops the daemon's pipeline for this loader; views already handed out stay mapped.
+
+        Safe from another thread and inside the loop: a running iteration ends at once (a
+        wait for the daemon's next batch returns) instead of reading the rest of the epoch.
+        """
         self._closed = True
+        running = self._running
+        if running is not None:
+            running.interrupt()
         self._drop_pending()
 
     def __enter__(self) -> "Loader":
@@ -489,8 +549,8 @@ def _check_int(name: str, value: object, top: int) -> None:
 def _readonly_tensor(torch: Any, array: np.ndarray) -> "torch.Tensor":
     """``torch.from_numpy`` of a read-only view, without the warning it gives for one.
 
-    torch has no read-only tensors and warns; the view is read-only on purpose (the daemon
-    owns the memory, mapped PROT_READ) and the callers are told not to write it.
+    torch has no read-only tensors and warns; only the GPU path takes one of the read-only
+    slot, and copies it into pinned memory at once, before anything could write it.
     """
     if array.flags.writeable:
         return torch.from_numpy(array)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -132,3 +133,21 @@ def read_epoch(loader: "loaderd.Loader") -> Tuple[List[str], List[int], List[int
         labels += batch.labels.tolist()
         sizes.append(len(batch.keys))
     return keys, labels, sizes
+
+
+def wait_stopped(pid: int) -> None:
+    """Waits until every thread of ``pid`` is stopped: a signal stops threads running on
+    another CPU a moment after ``kill`` returns, time enough to answer one more request."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # a thread that just exited
+                continue
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"loaderd (pid {pid}) did not stop")

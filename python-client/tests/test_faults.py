@@ -15,7 +15,15 @@ from typing import List
 import pytest
 
 import loaderd
-from _support import CLIENT_ROOT, CORRUPTED, TRUNCATED, Daemon, open_loader, read_epoch
+from _support import (
+    CLIENT_ROOT,
+    CORRUPTED,
+    TRUNCATED,
+    Daemon,
+    open_loader,
+    read_epoch,
+    wait_stopped,
+)
 
 
 def test_corrupt_samples_are_skipped_and_named(daemon: Daemon, all_keys: List[str]) -> None:
@@ -125,7 +133,7 @@ def test_a_hung_daemon_is_a_timeout_not_a_hang(own_daemon: Daemon) -> None:
         next(it)
         os.kill(own_daemon.proc.pid, signal.SIGSTOP)  # alive, but answers nothing
         try:
-            _wait_stopped(own_daemon.proc.pid)
+            wait_stopped(own_daemon.proc.pid)
             started = time.monotonic()
             with pytest.raises(loaderd.DaemonTimeout, match="did not answer within 0.5s"):
                 next(it)
@@ -144,21 +152,3 @@ def test_a_hung_daemon_is_a_timeout_not_a_hang(own_daemon: Daemon) -> None:
 def test_timeout_must_be_positive(own_daemon: Daemon) -> None:
     with pytest.raises(loaderd.InvalidArgument, match="timeout"):
         open_loader(own_daemon, batch_size=5, timeout=0)
-
-
-def _wait_stopped(pid: int) -> None:
-    """Waits until every thread of ``pid`` is stopped: a signal stops threads running on
-    another CPU a moment after ``kill`` returns, time enough to answer one more request."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        states = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{task}/stat") as f:
-                    states.append(f.read().rsplit(")", 1)[1].split()[0])
-            except FileNotFoundError:  # a thread that just exited
-                continue
-        if states and all(s in ("T", "t") for s in states):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"loaderd (pid {pid}) did not stop")

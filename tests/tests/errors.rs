@@ -156,3 +156,61 @@ fn ufs_outage_fails_within_timeout_and_recovers() {
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
+
+/// `loaderctl` run by a user the socket's 0660 mode keeps out says so, and names the group
+/// that grants access; a member of that group then gets in. Needs root (to switch users with
+/// `setpriv`); skips otherwise.
+#[test]
+fn a_permission_denied_socket_names_the_group_that_grants_access() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
+    if !root || !setpriv {
+        eprintln!("skipped: needs root and setpriv to run loaderctl as another user");
+        return;
+    }
+    // Group `daemon` (gid 1) owns the socket: the message must name it, not the owner.
+    let daemon = Daemon::start(&args(&["--socket-group", "daemon"]));
+    // Only the socket's own mode may keep the user out: open the daemon's private directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the daemon's directory");
+    let as_user = |gid: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(bin("loaderctl"))
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("status")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run loaderctl under setpriv")
+    };
+
+    let out = as_user("65534");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody reached a 0660 socket: {err}");
+    assert!(
+        err.contains("permission denied") && err.contains("group daemon"),
+        "the error does not say permission denied and name group daemon: {err}"
+    );
+    assert!(
+        !err.contains("is the daemon running"),
+        "the error blames a stopped daemon: {err}"
+    );
+
+    let out = as_user("1");
+    assert!(
+        out.status.success(),
+        "a member of group daemon was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.ctl_ok(&["status"]);
+}

@@ -196,16 +196,10 @@ pub(super) async fn ufs_direct(ufs: &Ufs, files: &[FileMeta], n: usize) -> anyho
 
 /// Every file below logical directory `root` (recursively), paths relative to it.
 pub(super) async fn list_files(c: &mut Client, root: &str) -> anyhow::Result<Vec<FileMeta>> {
-    let listing = c
-        .list(pb::ListRequest {
-            path: root.to_string(),
-            recursive: true,
-        })
+    let listing = crate::client::list_all(c, root, true)
         .await
-        .map_err(rpc_err)?
-        .into_inner();
+        .map_err(rpc_err)?;
     let files: Vec<FileMeta> = listing
-        .entries
         .iter()
         .filter(|e| !e.is_dir)
         .map(|e| FileMeta {

@@ -5,6 +5,7 @@ mod bench_fuse;
 mod bench_pipeline;
 mod bench_remote;
 pub mod dataset;
+mod ls;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -243,23 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             recursive,
             long,
             path,
-        } => {
-            let r = c
-                .list(pb::ListRequest { path, recursive })
-                .await
-                .map_err(rpc_err)?
-                .into_inner();
-            let mut out = std::io::stdout().lock();
-            for e in r.entries {
-                let suffix = if e.is_dir { "/" } else { "" };
-                if long {
-                    writeln!(out, "{:>12} {}{suffix}", e.size, e.path)?;
-                } else {
-                    writeln!(out, "{}{suffix}", e.path)?;
-                }
-            }
-            Ok(())
-        }
+        } => ls::ls(&mut c, path, recursive, long).await,
         Command::Stat { json, path } => {
             let f = c
                 .stat(pb::StatRequest { path })
