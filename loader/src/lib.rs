@@ -5,6 +5,7 @@
 //! * [`server`]: the gRPC `Loader` service over the cache.
 //! * [`fuse`]: the read-only POSIX view of the namespace, mounted by the daemon.
 //! * [`http`]: Prometheus metrics and health.
+//! * [`listen`]: connection caps, handshake timeouts and the descriptor limit of every listener.
 //! * [`client`]: connecting to a daemon.
 //! * [`pipeline`]: the sampler (global seeded shuffle sharded by rank).
 //! * [`ctl`]: `loaderctl` commands, including `bench read` and the sample dataset generator.
@@ -15,6 +16,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod fuse;
 pub mod http;
+pub mod listen;
 pub mod pipeline;
 pub mod server;
 pub mod shm;

@@ -2,13 +2,12 @@
 //! LIST (and its error) instead of queueing to redo it, and GETs that never answer cannot take
 //! the fetch budget of another mount.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loaderd_tests::{
-    BlackHole, Daemon, Dataset, S3Sandbox, args, assert_bytes_eq, bin, file_mount_args, free_port,
-    wait_until, write_random_file,
+    BlackHole, Daemon, Dataset, S3Sandbox, args, assert_bytes_eq, bin, config_file_args,
+    file_mount_args, free_port, wait_until, write_random_file,
 };
 
 /// A `loaderctl cat PATH` running in the background (no backtrace on its error: symbolizing
@@ -24,13 +23,6 @@ fn spawn_cat(daemon: &Daemon, path: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn loaderctl cat")
-}
-
-/// Writes `text` as a config file in `dir`; returns `["--config", PATH]`.
-fn config_args(dir: &Path, text: &str) -> Vec<String> {
-    let path: PathBuf = dir.join("loaderd.toml");
-    std::fs::write(&path, text).expect("write config");
-    args(&["--config", path.to_str().expect("utf-8 path")])
 }
 
 /// `--mount POINT=s3://hung/ds` at an endpoint that accepts connections and never answers.
@@ -58,7 +50,7 @@ fn concurrent_first_reads_of_a_hung_store_share_one_list() {
     let port = free_port();
     let _hole = BlackHole::bind(port);
     let conf = tempfile::tempdir().expect("tempdir");
-    let mut daemon_args = config_args(
+    let mut daemon_args = config_file_args(
         conf.path(),
         "[cache.ufs]\ntimeout = \"1s\"\nretries = 1\ninitial_backoff = \"100ms\"\n",
     );
@@ -110,7 +102,7 @@ fn a_hung_store_leaves_other_mounts_their_fetch_budget() {
     let big = write_random_file(&healthy.path().join("big.bin"), 9 << 20, 8);
 
     let conf = tempfile::tempdir().expect("tempdir");
-    let mut daemon_args = config_args(
+    let mut daemon_args = config_file_args(
         conf.path(),
         "[cache]\nblock_size = \"4MiB\"\n[cache.ufs]\nmax_inflight_bytes = \"24MiB\"\n\
          timeout = \"20s\"\nretries = 0\n",
