@@ -238,10 +238,7 @@ impl State {
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
-            loop {
-                let Some(head) = self.mounts.get(&key).and_then(|m| m.waiters.front()) else {
-                    break;
-                };
+            while let Some(head) = self.mounts.get(&key).and_then(|m| m.waiters.front()) {
                 let bytes = head.bytes;
                 if !head.tx.is_closed() && !self.fits(key, bytes) {
                     break;
