@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::block::{BlockId, BlockRef, blocks_for};
+use crate::budget::{BudgetPermit, InflightBudget};
 use crate::cluster::Cluster;
 use crate::cluster::peer::block_request;
 use crate::config::CacheConfig;
@@ -68,8 +69,6 @@ pub struct CacheStatus {
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, Arc<Error>>>>;
 
-const BUDGET_UNIT: u64 = 4096;
-
 /// The cache.
 pub struct Cache {
     cfg: CacheConfig,
@@ -78,7 +77,8 @@ pub struct Cache {
     memory: Arc<MemoryTier>,
     ssd: Option<Arc<SsdTier>>,
     inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
-    budget: Arc<Semaphore>,
+    /// The in-flight fetch budget, with a reserve per mount (see [`crate::budget`]).
+    budget: Arc<InflightBudget>,
     /// Notified whenever a spawned fetch leaves `inflight` (its tier writes done).
     fetch_ended: Arc<Notify>,
     started: Instant,
@@ -110,10 +110,11 @@ impl Cache {
             warn!("no cache capacity configured: every read passes through to the UFS uncached");
         }
         let mounts = MountTable::default();
+        let budget =
+            InflightBudget::new(cfg.ufs.max_inflight_bytes.0, cfg.ufs.mount_reserved_bytes.0);
         for spec in specs {
-            mounts.add(spec, &cfg.ufs)?;
+            budget.add_mount(&mounts.add(spec, &cfg.ufs)?);
         }
-        let permits = (cfg.ufs.max_inflight_bytes.0 / BUDGET_UNIT) as usize;
         Ok(Arc::new(Cache {
             meta: Metadata::new(
                 cfg.metadata.clone(),
@@ -123,7 +124,7 @@ impl Cache {
             ssd,
             mounts,
             inflight: Arc::default(),
-            budget: Arc::new(Semaphore::new(permits)),
+            budget,
             fetch_ended: Arc::default(),
             started: Instant::now(),
             cluster: OnceLock::new(),
@@ -161,12 +162,15 @@ impl Cache {
 
     /// Mounts `spec` at runtime.
     pub fn mount_add(&self, spec: MountSpec) -> Result<Arc<Mount>> {
-        self.mounts.add(spec, &self.cfg.ufs)
+        let m = self.mounts.add(spec, &self.cfg.ufs)?;
+        self.budget.add_mount(&m);
+        Ok(m)
     }
 
     /// Removes the mount at `path`; its cached blocks age out by eviction.
     pub fn mount_remove(&self, path: &LogicalPath) -> Result<()> {
         let m = self.mounts.remove(path)?;
+        self.budget.remove_mount(&m);
         self.meta.invalidate(&m, "");
         Ok(())
     }
@@ -463,7 +467,7 @@ impl Cache {
         }
         // No owner answered: read the UFS without caching (this node does not own it).
         stats::passthrough("peers_unavailable");
-        let _permits = self.reserve(len).await?;
+        let _permit = self.reserve(fh, len).await;
         let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
         stats::miss(len);
         if keep == Keep::Local {
@@ -510,7 +514,7 @@ impl Cache {
             }
         };
         let Some(fetch) = fetch else {
-            let _permits = self.reserve(len).await?;
+            let _permit = self.reserve(fh, len).await;
             let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
             stats::miss(len);
             return Ok(data);
@@ -518,15 +522,9 @@ impl Cache {
         fetch.await.map_err(Error::Shared)
     }
 
-    async fn reserve(&self, len: u64) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        let units = len.div_ceil(BUDGET_UNIT).max(1) as u32;
-        self.budget
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .map_err(|_| Error::Budget {
-                what: "in-flight fetch budget closed",
-            })
+    /// `len` bytes of the in-flight budget, charged to `fh`'s mount.
+    async fn reserve(&self, fh: &FileHandle, len: u64) -> BudgetPermit {
+        self.budget.acquire(&fh.mount, len.max(1)).await
     }
 
     fn spawn_fetch(&self, fh: &FileHandle, b: &BlockRef) -> SharedFetch {
@@ -541,27 +539,19 @@ impl Cache {
         tokio::spawn(
             async move {
                 let len = block.range.end - block.range.start;
-                let units = len.div_ceil(BUDGET_UNIT).max(1) as u32;
-                let res = match budget.acquire_many_owned(units).await {
-                    Ok(_permits) => {
-                        let res = mount.ufs.get_range(&meta, block.range.clone()).await;
-                        if let Ok(data) = &res {
-                            stats::miss(len);
-                            memory.put(block.id, data);
-                        }
-                        let shared = res.map_err(Arc::new);
-                        let _ = tx.send(shared.clone());
-                        if let (Ok(data), Some(ssd)) = (&shared, ssd) {
-                            let (id, data) = (block.id, data.clone());
-                            let _ = tokio::task::spawn_blocking(move || ssd.put(id, &data)).await;
-                        }
-                        shared.map(|_| ())
-                    }
-                    Err(_) => Err(Arc::new(Error::Budget {
-                        what: "in-flight fetch budget closed",
-                    })),
-                };
-                if let Err(e) = res {
+                let _permit = budget.acquire(&mount, len.max(1)).await;
+                let res = mount.ufs.get_range(&meta, block.range.clone()).await;
+                if let Ok(data) = &res {
+                    stats::miss(len);
+                    memory.put(block.id, data);
+                }
+                let shared = res.map_err(Arc::new);
+                let _ = tx.send(shared.clone());
+                if let (Ok(data), Some(ssd)) = (&shared, ssd) {
+                    let (id, data) = (block.id, data.clone());
+                    let _ = tokio::task::spawn_blocking(move || ssd.put(id, &data)).await;
+                }
+                if let Err(e) = shared {
                     debug!(error = %e, "block fetch failed");
                 }
                 lock(&inflight).remove(&block.id);
@@ -634,15 +624,15 @@ impl Cache {
             tiers.push(s.status());
         }
         let (entries, bytes) = self.meta.usage();
-        let cap_units = self.cfg.ufs.max_inflight_bytes.0 / BUDGET_UNIT;
+        let (inflight_bytes, inflight_capacity) = self.budget.usage();
         CacheStatus {
             tiers,
             counters: stats::snapshot(),
             block_size: self.cfg.block_size.0,
             metadata_entries: entries,
             metadata_bytes: bytes,
-            inflight_bytes: (cap_units - self.budget.available_permits() as u64) * BUDGET_UNIT,
-            inflight_capacity: cap_units * BUDGET_UNIT,
+            inflight_bytes,
+            inflight_capacity,
             uptime: self.started.elapsed(),
         }
     }

@@ -128,6 +128,10 @@ pub struct UfsConfig {
     pub max_backoff: Secs,
     /// Memory for block fetches in flight; misses beyond it wait.
     pub max_inflight_bytes: ByteSize,
+    /// Part of `max_inflight_bytes` kept for each mount (at most an equal share; at least a
+    /// block to be of use): fetches of other mounts never take it, so a hung store cannot
+    /// block another mount's reads. 0 makes the budget one pool.
+    pub mount_reserved_bytes: ByteSize,
 }
 
 impl Default for UfsConfig {
@@ -138,6 +142,7 @@ impl Default for UfsConfig {
             initial_backoff: Secs(Duration::from_millis(100)),
             max_backoff: Secs(Duration::from_secs(5)),
             max_inflight_bytes: ByteSize(256 << 20),
+            mount_reserved_bytes: ByteSize(16 << 20),
         }
     }
 }

@@ -6,17 +6,20 @@
 //! * [`tier`]: the memory tier (a shared-memory arena) and the SSD tier (checksummed files).
 //! * [`evict`]: watermark-driven eviction with pluggable policies.
 //! * [`placement`]: rendezvous hashing of blocks over cluster members.
+//! * [`budget`]: the in-flight fetch budget, with a reserve per mount.
 //! * [`cache`]: the read path tying them together, with single-flight misses.
 #![warn(missing_docs)]
 #![allow(missing_docs)] // Field-level docs live on the types; see each module header.
 
 pub mod alloc;
 pub mod block;
+pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod evict;
+pub mod flight;
 pub mod meta;
 pub mod mount;
 pub mod path;

@@ -21,6 +21,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::MetadataConfig;
 use crate::error::{Error, Result};
+use crate::flight::Flight;
 use crate::mount::Mount;
 use crate::ufs::FileMeta;
 
@@ -131,10 +132,15 @@ fn entry_bytes(f: &FileMeta) -> u64 {
     (2 * f.rel.len() + f.version.len() + 96) as u64
 }
 
+/// A manifest load's outcome, shared by everyone who waited for it.
+type Loaded = std::result::Result<Arc<Manifest>, Arc<Error>>;
+
 #[derive(Default)]
 struct MountMeta {
-    /// Serializes LISTs of this mount (single flight for manifest loads).
-    load: tokio::sync::Mutex<()>,
+    /// The manifest load in flight: one LIST per mount, its result or error shared by every
+    /// reader that arrives meanwhile (a hung store costs each of them one timeout, not one
+    /// per reader queued ahead).
+    load: Flight<Loaded>,
     manifest: Mutex<Option<(Arc<Manifest>, Instant)>>,
     /// Per-path answers when manifests are off: stat and list results with their time.
     stats: Mutex<HashMap<String, (Instant, Option<Stat>)>>,
@@ -166,7 +172,7 @@ impl Metadata {
     }
 
     /// What `rel` is in `mount`.
-    pub async fn stat(&self, mount: &Mount, rel: &str) -> Result<Stat> {
+    pub async fn stat(&self, mount: &Arc<Mount>, rel: &str) -> Result<Stat> {
         let not_found = || Error::NotFound {
             path: format!("{}/{}", mount.point.as_str().trim_end_matches('/'), rel),
             uri: mount.ufs.uri_of(rel),
@@ -197,7 +203,7 @@ impl Metadata {
     }
 
     /// The children of directory `rel`.
-    pub async fn list(&self, mount: &Mount, rel: &str) -> Result<Vec<DirEntry>> {
+    pub async fn list(&self, mount: &Arc<Mount>, rel: &str) -> Result<Vec<DirEntry>> {
         if self.cfg.manifest {
             return Ok(self.manifest(mount).await?.list(rel));
         }
@@ -225,7 +231,7 @@ impl Metadata {
     }
 
     /// Every file at or below `rel`.
-    pub async fn walk(&self, mount: &Mount, rel: &str) -> Result<Vec<FileMeta>> {
+    pub async fn walk(&self, mount: &Arc<Mount>, rel: &str) -> Result<Vec<FileMeta>> {
         if self.cfg.manifest {
             return Ok(self.manifest(mount).await?.walk(rel));
         }
@@ -333,61 +339,39 @@ impl Metadata {
         )))
     }
 
-    /// The mount's manifest: in memory, else from disk, else LISTed from the UFS.
-    async fn manifest(&self, mount: &Mount) -> Result<Arc<Manifest>> {
+    /// The mount's manifest: in memory, else from disk, else LISTed from the UFS (one load
+    /// per mount at a time, shared by all who ask meanwhile).
+    async fn manifest(&self, mount: &Arc<Mount>) -> Result<Arc<Manifest>> {
         let mm = self.mount_meta(mount);
         let ttl = self.cfg.ttl.0;
-        let cached = |mm: &MountMeta| {
+        if let Some(m) = mm.fresh_manifest(ttl) {
+            return Ok(m);
+        }
+        let start = {
+            let (mm, mount, path) = (mm.clone(), mount.clone(), self.manifest_path(mount));
+            // Started under the flight's lock, after any earlier flight landed: a manifest it
+            // stored is found here instead of LISTing again.
+            move || async move {
+                match mm.fresh_manifest(ttl) {
+                    Some(m) => Ok(m),
+                    None => load_manifest(&mount, path, ttl).await.map(Arc::new),
+                }
+                .map_err(Arc::new)
+            }
+        };
+        let land = |loaded: Loaded| {
+            let m = loaded?;
             let mut slot = lock(&mm.manifest);
-            match slot.as_mut() {
-                Some((m, used)) if m.fresh(ttl) => {
-                    *used = Instant::now();
-                    Some(m.clone())
-                }
-                _ => None,
+            if slot.as_ref().is_some_and(|(held, _)| Arc::ptr_eq(held, &m)) {
+                return Ok(m);
             }
+            drop(slot);
+            self.make_room(m.bytes, &mm).map_err(Arc::new)?;
+            slot = lock(&mm.manifest);
+            *slot = Some((m.clone(), Instant::now()));
+            Ok(m)
         };
-        if let Some(m) = cached(&mm) {
-            return Ok(m);
-        }
-        let _guard = mm.load.lock().await;
-        if let Some(m) = cached(&mm) {
-            return Ok(m);
-        }
-        let path = self.manifest_path(mount);
-        let from_disk = match &path {
-            Some(p) => {
-                let (p, uri) = (p.clone(), mount.ufs.uri().to_string());
-                tokio::task::spawn_blocking(move || read_manifest(&p, &uri))
-                    .await
-                    .ok()
-                    .flatten()
-                    .filter(|m| m.fresh(ttl))
-            }
-            None => None,
-        };
-        let manifest = match from_disk {
-            Some(m) => {
-                info!(mount = %mount.point, files = m.files.len(), "dataset manifest loaded from disk");
-                m
-            }
-            None => {
-                let started = Instant::now();
-                let files = mount.ufs.list_recursive("").await?;
-                let m = Manifest::new(SystemTime::now(), files);
-                info!(mount = %mount.point, files = m.files.len(), secs = started.elapsed().as_secs_f64(), "dataset manifest listed from the UFS");
-                if let Some(p) = &path
-                    && let Err(e) = write_manifest(p, mount.ufs.uri(), &m)
-                {
-                    warn!(path = %p.display(), error = %e, "could not persist manifest");
-                }
-                m
-            }
-        };
-        self.make_room(manifest.bytes, &mm)?;
-        let m = Arc::new(manifest);
-        *lock(&mm.manifest) = Some((m.clone(), Instant::now()));
-        Ok(m)
+        mm.load.run(start, land).await.map_err(Error::Shared)
     }
 
     /// Drops other mounts' manifests from memory (least recently used first) until `need`
@@ -422,6 +406,47 @@ impl Metadata {
             }
         }
     }
+}
+
+impl MountMeta {
+    /// The manifest in memory if younger than `ttl` (marked as used).
+    fn fresh_manifest(&self, ttl: Duration) -> Option<Arc<Manifest>> {
+        let mut slot = lock(&self.manifest);
+        match slot.as_mut() {
+            Some((m, used)) if m.fresh(ttl) => {
+                *used = Instant::now();
+                Some(m.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A mount's manifest from disk when persisted and fresh, else LISTed from the UFS (and
+/// persisted at `path`).
+async fn load_manifest(mount: &Mount, path: Option<PathBuf>, ttl: Duration) -> Result<Manifest> {
+    if let Some(p) = &path {
+        let (p, uri) = (p.clone(), mount.ufs.uri().to_string());
+        let from_disk = tokio::task::spawn_blocking(move || read_manifest(&p, &uri))
+            .await
+            .ok()
+            .flatten()
+            .filter(|m| m.fresh(ttl));
+        if let Some(m) = from_disk {
+            info!(mount = %mount.point, files = m.files.len(), "dataset manifest loaded from disk");
+            return Ok(m);
+        }
+    }
+    let started = Instant::now();
+    let files = mount.ufs.list_recursive("").await?;
+    let m = Manifest::new(SystemTime::now(), files);
+    info!(mount = %mount.point, files = m.files.len(), secs = started.elapsed().as_secs_f64(), "dataset manifest listed from the UFS");
+    if let Some(p) = &path
+        && let Err(e) = write_manifest(p, mount.ufs.uri(), &m)
+    {
+        warn!(path = %p.display(), error = %e, "could not persist manifest");
+    }
+    Ok(m)
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -49,6 +49,23 @@ pub struct ServerConfig {
     pub shm_socket: Option<PathBuf>,
     /// Bytes one shared-memory client may hold leased (unreleased reads) at once.
     pub shm_max_leased: ByteSize,
+    /// Open connections the metrics endpoint accepts (more are closed at once and counted in
+    /// `loaderd_connections_refused_total`); at most 1/16 of the descriptor limit.
+    pub metrics_max_connections: usize,
+    /// A metrics request's headers must arrive within this of the connection opening or of
+    /// the previous answer (closes idle keep-alive and slowloris connections).
+    pub metrics_header_timeout: Secs,
+    /// The longest a metrics connection stays open.
+    pub metrics_connection_timeout: Secs,
+    /// Open connections each gRPC listener (Unix socket, TCP, peer API) accepts; more are
+    /// closed at once and counted. At most 1/4 of the descriptor limit.
+    pub grpc_max_connections: usize,
+    /// A gRPC connection must send its HTTP/2 preface within this, or it is closed.
+    pub grpc_handshake_timeout: Secs,
+    /// Idle gRPC connections are pinged this often (HTTP/2 keepalive)...
+    pub grpc_keepalive_interval: Secs,
+    /// ...and closed when a ping is not answered within this.
+    pub grpc_keepalive_timeout: Secs,
 }
 
 impl ServerConfig {
@@ -73,6 +90,13 @@ impl Default for ServerConfig {
             shm_reads: true,
             shm_socket: None,
             shm_max_leased: ByteSize(1 << 30),
+            metrics_max_connections: 64,
+            metrics_header_timeout: Secs(std::time::Duration::from_secs(5)),
+            metrics_connection_timeout: Secs(std::time::Duration::from_secs(60)),
+            grpc_max_connections: 1024,
+            grpc_handshake_timeout: Secs(std::time::Duration::from_secs(10)),
+            grpc_keepalive_interval: Secs(std::time::Duration::from_secs(60)),
+            grpc_keepalive_timeout: Secs(std::time::Duration::from_secs(20)),
         }
     }
 }
@@ -260,6 +284,46 @@ impl DaemonConfig {
         }
         if self.server.load_parallelism == 0 {
             return Err(invalid("server.load_parallelism", "must be at least 1"));
+        }
+        for (key, n) in [
+            (
+                "server.metrics_max_connections",
+                self.server.metrics_max_connections,
+            ),
+            (
+                "server.grpc_max_connections",
+                self.server.grpc_max_connections,
+            ),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, t) in [
+            (
+                "server.metrics_header_timeout",
+                self.server.metrics_header_timeout,
+            ),
+            (
+                "server.metrics_connection_timeout",
+                self.server.metrics_connection_timeout,
+            ),
+            (
+                "server.grpc_handshake_timeout",
+                self.server.grpc_handshake_timeout,
+            ),
+            (
+                "server.grpc_keepalive_interval",
+                self.server.grpc_keepalive_interval,
+            ),
+            (
+                "server.grpc_keepalive_timeout",
+                self.server.grpc_keepalive_timeout,
+            ),
+        ] {
+            if t.0.is_zero() {
+                return Err(invalid(key, "must be positive"));
+            }
         }
         if self.fuse.threads == 0 {
             return Err(invalid("fuse.threads", "must be at least 1"));

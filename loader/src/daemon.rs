@@ -15,14 +15,13 @@ use loaderd_cache::Cache;
 use loaderd_proto::v1::loader_server::LoaderServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::config::DaemonConfig;
 use crate::config::GpuMode;
 use crate::fuse::FuseMount;
 use crate::http;
+use crate::listen::{self, ConnLimit};
 use crate::pipeline::registry::Pipelines;
 use crate::server::LoaderService;
 use crate::shm::server::ShmServer;
@@ -38,6 +37,11 @@ pub const STREAM_WINDOW: u32 = 16 << 20;
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
 /// HTTP/2 frame size limit (the protocol's maximum): fewer frames per data chunk.
 pub const MAX_FRAME: u32 = (16 << 20) - 1;
+/// Each gRPC listener may hold at most 1/GRPC_FD_SHARE of the descriptor limit...
+const GRPC_FD_SHARE: u64 = 4;
+/// ...and the metrics endpoint 1/METRICS_FD_SHARE, leaving the rest to files, UFS and peer
+/// connections and the shared-memory socket.
+const METRICS_FD_SHARE: u64 = 16;
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
@@ -48,6 +52,17 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         Some(_) => Some(http::install_recorder()?),
         None => None,
     };
+    // Caps of every listener are sized from the descriptor limit (see `listen`).
+    let nofile = listen::raise_nofile_limit();
+    let grpc_limit = |listener| {
+        ConnLimit::sized(
+            listener,
+            cfg.server.grpc_max_connections,
+            nofile,
+            GRPC_FD_SHARE,
+        )
+    };
+    let handshake = cfg.server.grpc_handshake_timeout.0;
     let cache = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || Cache::open(cfg.cache, cfg.mount)).await??
@@ -102,10 +117,22 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding metrics address {addr} (server.metrics_addr)"))?;
         warn_if_exposed("server.metrics_addr", listener.local_addr()?);
-        info!(addr = %listener.local_addr()?, "metrics on /metrics, health on /healthz");
+        let limit = ConnLimit::sized(
+            "metrics",
+            cfg.server.metrics_max_connections,
+            nofile,
+            METRICS_FD_SHARE,
+        );
+        info!(addr = %listener.local_addr()?, max_connections = limit.max(), nofile, "metrics on /metrics, health on /healthz");
+        let timeouts = http::HttpTimeouts {
+            header: cfg.server.metrics_header_timeout.0,
+            connection: cfg.server.metrics_connection_timeout.0,
+        };
         tasks.push(tokio::spawn(http::serve(
             listener,
             handle,
+            limit,
+            timeouts,
             stopped(stop_rx.clone()),
         )));
     }
@@ -128,12 +155,18 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     };
-    let builder = || {
+    let keepalive = (
+        cfg.server.grpc_keepalive_interval.0,
+        cfg.server.grpc_keepalive_timeout.0,
+    );
+    let builder = move || {
         tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(keepalive.0))
+            .http2_keepalive_timeout(Some(keepalive.1))
     };
 
     let socket = cfg.server.socket.clone();
@@ -142,10 +175,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     {
         let svc = grpc();
         let stop = stopped(stop_rx.clone());
+        let incoming = listen::grpc_incoming(unix, grpc_limit("grpc"), handshake);
         tasks.push(tokio::spawn(async move {
             builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stop)
+                .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .context("gRPC server on the Unix socket")
         }));
@@ -182,9 +216,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         warn_if_exposed("server.tcp_addr", listener.local_addr()?);
         info!(addr = %listener.local_addr()?, "gRPC on TCP");
         let router = builder().add_service(grpc());
+        let incoming = listen::grpc_incoming(listener, grpc_limit("grpc_tcp"), handshake);
         tasks.push(serve_tcp(
             router,
-            listener,
+            incoming,
             stop_rx.clone(),
             "gRPC server on TCP",
         ));
@@ -195,9 +230,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             info!(addr = %listener.local_addr()?, node = %c.me().id, "peer API on TCP");
             let router =
                 builder().add_service(PeerService::new(cache.clone(), c.clone()).into_server());
+            let incoming = listen::grpc_incoming(listener, grpc_limit("peer"), handshake);
             tasks.push(serve_tcp(
                 router,
-                listener,
+                incoming,
                 stop_rx.clone(),
                 "peer API server",
             ));
@@ -299,21 +335,21 @@ fn gpu_status(mode: GpuMode) -> pb::GpuStatus {
     st
 }
 
-/// Serves `router` on `listener` until `stop` turns true. Accepted connections get
-/// `TCP_NODELAY`: a reply's last frame must not wait for the peer's delayed ACK (Nagle), which
-/// otherwise stalls every small-file read by milliseconds.
+/// Serves `router` on the bounded connections of a TCP listener until `stop` turns true.
+/// Accepted connections get `TCP_NODELAY` (see [`listen`]): a reply's last frame must not wait
+/// for the peer's delayed ACK (Nagle), which otherwise stalls every small-file read by
+/// milliseconds.
 fn serve_tcp(
     router: tonic::transport::server::Router,
-    listener: tokio::net::TcpListener,
+    incoming: impl futures::Stream<Item = std::io::Result<listen::Guarded<tokio::net::TcpStream>>>
+    + Send
+    + 'static,
     stop: watch::Receiver<bool>,
     what: &'static str,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stopped(stop),
-            )
+            .serve_with_incoming_shutdown(incoming, stopped(stop))
             .await
             .context(what)
     })

@@ -6,6 +6,7 @@
 //! * [`fuse`]: the read-only POSIX view of the namespace, mounted by the daemon.
 //! * [`http`]: Prometheus metrics and health.
 //! * [`list`]: listing replies in pages.
+//! * [`listen`]: connection caps, handshake timeouts and the descriptor limit of every listener.
 //! * [`client`]: connecting to a daemon.
 //! * [`pipeline`]: the sampler (global seeded shuffle sharded by rank).
 //! * [`ctl`]: `loaderctl` commands, including `bench read` and the sample dataset generator.
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod fuse;
 pub mod http;
 pub mod list;
+pub mod listen;
 pub mod pipeline;
 pub mod server;
 pub mod shm;

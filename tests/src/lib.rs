@@ -1083,6 +1083,13 @@ pub fn file_uri(dir: &Path) -> String {
     format!("file://{}", abs.display())
 }
 
+/// Writes `toml` as `loaderd.toml` in `dir`; returns `["--config", PATH]` for the daemon.
+pub fn config_file_args(dir: &Path, toml: &str) -> Vec<String> {
+    let path = dir.join("loaderd.toml");
+    fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    vec!["--config".into(), path.to_string_lossy().into_owned()]
+}
+
 /// `["--flag", "value", ...]` from string pairs; saves `.to_string()` noise.
 pub fn args(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()

@@ -191,6 +191,13 @@ shm_reads = {{ include "loaderd.toml.bool" $c.server.shm_reads }}
 shm_socket = {{ include "loaderd.toml.str" $c.server.shm_socket }}
 {{- end }}
 shm_max_leased = {{ include "loaderd.toml.quantity" $c.server.shm_max_leased }}
+metrics_max_connections = {{ include "loaderd.toml.int" $c.server.metrics_max_connections }}
+metrics_header_timeout = {{ include "loaderd.toml.quantity" $c.server.metrics_header_timeout }}
+metrics_connection_timeout = {{ include "loaderd.toml.quantity" $c.server.metrics_connection_timeout }}
+grpc_max_connections = {{ include "loaderd.toml.int" $c.server.grpc_max_connections }}
+grpc_handshake_timeout = {{ include "loaderd.toml.quantity" $c.server.grpc_handshake_timeout }}
+grpc_keepalive_interval = {{ include "loaderd.toml.quantity" $c.server.grpc_keepalive_interval }}
+grpc_keepalive_timeout = {{ include "loaderd.toml.quantity" $c.server.grpc_keepalive_timeout }}
 
 [cache]
 block_size = {{ include "loaderd.toml.quantity" $c.cache.block_size }}
@@ -217,6 +224,7 @@ retries = {{ include "loaderd.toml.int" $c.cache.ufs.retries }}
 initial_backoff = {{ include "loaderd.toml.quantity" $c.cache.ufs.initial_backoff }}
 max_backoff = {{ include "loaderd.toml.quantity" $c.cache.ufs.max_backoff }}
 max_inflight_bytes = {{ include "loaderd.toml.quantity" $c.cache.ufs.max_inflight_bytes }}
+mount_reserved_bytes = {{ include "loaderd.toml.quantity" $c.cache.ufs.mount_reserved_bytes }}
 
 [fuse]
 # mount_point: the FUSE daemon gets --fuse-mount.
