@@ -74,6 +74,14 @@ fn is_url_option(key: &str) -> bool {
 }
 
 impl RuntimeMountPolicy {
+    /// The allowed roots that exist, with symlinks resolved.
+    pub fn canonical_roots(&self) -> Vec<std::path::PathBuf> {
+        self.allowed_roots
+            .iter()
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .collect()
+    }
+
     /// Checks a runtime mount: the spec to mount (a `file://` URI resolved to its real
     /// directory) and where its credentials may come from.
     pub fn check(&self, mut spec: MountSpec) -> Result<(MountSpec, Credentials)> {
@@ -93,9 +101,9 @@ impl RuntimeMountPolicy {
                 reason: format!("cannot resolve {dir}: {e}"),
             })?;
             let inside = self
-                .allowed_roots
+                .canonical_roots()
                 .iter()
-                .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)));
+                .any(|root| real.starts_with(root));
             if !inside {
                 let roots: Vec<String> = self
                     .allowed_roots
@@ -172,7 +180,7 @@ pub struct MountTable {
 impl MountTable {
     /// Adds a mount, refusing duplicates and nesting.
     pub fn add(&self, spec: MountSpec, ufs_cfg: &UfsConfig) -> Result<Arc<Mount>> {
-        self.add_with(spec, ufs_cfg, Credentials::Ambient)
+        self.add_with(spec, ufs_cfg, Credentials::Ambient, None)
     }
 
     /// Adds a mount asked for at run time, if `policy` allows it.
@@ -183,7 +191,11 @@ impl MountTable {
         policy: &RuntimeMountPolicy,
     ) -> Result<Arc<Mount>> {
         let (spec, creds) = policy.check(spec)?;
-        self.add_with(spec, ufs_cfg, creds)
+        let confine = spec
+            .uri
+            .starts_with("file://")
+            .then(|| policy.canonical_roots());
+        self.add_with(spec, ufs_cfg, creds, confine)
     }
 
     fn add_with(
@@ -191,6 +203,7 @@ impl MountTable {
         spec: MountSpec,
         ufs_cfg: &UfsConfig,
         creds: Credentials,
+        confine: Option<Vec<std::path::PathBuf>>,
     ) -> Result<Arc<Mount>> {
         let point = LogicalPath::parse(&spec.path)?;
         let err = |reason: String| Error::Mount {
@@ -209,7 +222,10 @@ impl MountTable {
                 }
             }
         }
-        let ufs = Ufs::open_with(&spec.uri, &spec.options, ufs_cfg, creds)?;
+        let mut ufs = Ufs::open_with(&spec.uri, &spec.options, ufs_cfg, creds)?;
+        if let Some(roots) = confine {
+            ufs = ufs.confine_to(roots);
+        }
         let mount = Arc::new(Mount {
             point: point.clone(),
             spec,

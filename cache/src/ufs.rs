@@ -66,6 +66,9 @@ pub struct Ufs {
     uri: String,
     cfg: UfsConfig,
     local_root: Option<std::path::PathBuf>,
+    /// Directories every file of a `file://` mount must resolve into (runtime mounts:
+    /// `mounts.allowed_roots`), so a symlink inside cannot reach outside them.
+    confine: Option<Arc<[std::path::PathBuf]>>,
 }
 
 impl std::fmt::Debug for Ufs {
@@ -181,7 +184,39 @@ impl Ufs {
             uri: uri.trim_end_matches('/').to_string(),
             cfg: cfg.clone(),
             local_root,
+            confine: None,
         })
+    }
+
+    /// Confines a `file://` UFS to `roots` (canonical directories): files that resolve
+    /// outside them (symlinks) are not listed and cannot be read.
+    pub fn confine_to(mut self, roots: Vec<std::path::PathBuf>) -> Self {
+        self.confine = Some(roots.into());
+        self
+    }
+
+    /// Where `rel` really is when that is outside the confinement (`None`: it is inside,
+    /// or there is no confinement, or it does not exist).
+    fn escapes(&self, rel: &str) -> Option<std::path::PathBuf> {
+        let (roots, base) = (self.confine.as_ref()?, self.local_root.as_ref()?);
+        let real = std::fs::canonicalize(base.join(rel)).ok()?;
+        (!roots.iter().any(|r| real.starts_with(r))).then_some(real)
+    }
+
+    fn refuse_escape(&self, rel: &str) -> Result<()> {
+        match self.escapes(rel) {
+            None => Ok(()),
+            Some(real) => {
+                warn!(uri = %self.uri_of(rel), real = %real.display(), "read outside mounts.allowed_roots refused");
+                Err(Error::NotAllowed {
+                    uri: self.uri_of(rel),
+                    reason: format!(
+                        "it resolves to {} outside mounts.allowed_roots",
+                        real.display()
+                    ),
+                })
+            }
+        }
     }
 
     /// Wraps an existing store (fault-injection wrappers in tests).
@@ -192,6 +227,7 @@ impl Ufs {
             uri: uri.to_string(),
             cfg: cfg.clone(),
             local_root: None,
+            confine: None,
         }
     }
 
@@ -248,6 +284,7 @@ impl Ufs {
 
     /// HEAD of one object.
     pub async fn head(&self, rel: &str) -> Result<FileMeta> {
+        self.refuse_escape(rel)?;
         let loc = self.location(rel)?;
         let meta = self.retrying("head", rel, || self.store.head(&loc)).await?;
         stats::ufs_head();
@@ -265,7 +302,11 @@ impl Ufs {
             .retrying("list", rel, || self.store.list(prefix).try_collect())
             .await?;
         stats::ufs_list();
-        Ok(metas.into_iter().filter_map(|m| self.to_meta(m)).collect())
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| self.to_meta(m))
+            .filter(|m| self.escapes(&m.rel).is_none())
+            .collect())
     }
 
     /// One directory level below `rel`: (files, sub-directory names).
@@ -285,12 +326,14 @@ impl Ufs {
             .objects
             .into_iter()
             .filter_map(|m| self.to_meta(m))
+            .filter(|m| self.escapes(&m.rel).is_none())
             .collect();
         Ok((files, dirs))
     }
 
     /// Bytes `range` of `file`, only if the object still has `file.version`.
     pub async fn get_range(&self, file: &FileMeta, range: Range<u64>) -> Result<Bytes> {
+        self.refuse_escape(&file.rel)?;
         let loc = self.location(&file.rel)?;
         // Only ETags can be checked by the backend; `mtime-size` versions are checked below.
         let etag = (!is_synthetic_version(&file.version)).then(|| file.version.clone());

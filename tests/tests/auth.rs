@@ -103,14 +103,26 @@ fn a_socket_group_member_reads_but_cannot_mount_free_or_invalidate() {
 
     // Data calls work for a plain member of the socket's group.
     let out = ctl_as(&daemon, &[NOBODY], &["cat", "/data/a.txt"]);
-    assert!(out.status.success(), "cat as a group member: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "cat as a group member: {}",
+        text(&out)
+    );
     assert_eq!(out.stdout, b"dataset bytes");
     let out = ctl_as(&daemon, &[NOBODY], &["status"]);
-    assert!(out.status.success(), "status as a group member: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "status as a group member: {}",
+        text(&out)
+    );
 
     // The attack of the report: mount /etc and read /etc/shadow through the root daemon.
     let out = ctl_as(&daemon, &[NOBODY], &["mount", "add", "/etc", "file:///etc"]);
-    assert!(!out.status.success(), "mount add by a non-admin: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "mount add by a non-admin: {}",
+        text(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("mount add needs an admin caller")
@@ -122,15 +134,27 @@ fn a_socket_group_member_reads_but_cannot_mount_free_or_invalidate() {
     let out = ctl_as(&daemon, &[NOBODY], &["cat", "/etc/shadow"]);
     assert!(!out.status.success(), "cat /etc/shadow: {}", text(&out));
     // Refused for the role, not the roots: the same user cannot mount an allowed root.
-    let out = ctl_as(&daemon, &[NOBODY], &["mount", "add", "/ok", &file_uri(allowed.path())]);
-    assert!(!out.status.success(), "mount add by a non-admin: {}", text(&out));
+    let out = ctl_as(
+        &daemon,
+        &[NOBODY],
+        &["mount", "add", "/ok", &file_uri(allowed.path())],
+    );
+    assert!(
+        !out.status.success(),
+        "mount add by a non-admin: {}",
+        text(&out)
+    );
     for cmd in [
         &["mount", "rm", "/data"][..],
         &["free", "/data"],
         &["invalidate", "/data"],
     ] {
         let out = ctl_as(&daemon, &[NOBODY], cmd);
-        assert!(!out.status.success(), "{cmd:?} by a non-admin: {}", text(&out));
+        assert!(
+            !out.status.success(),
+            "{cmd:?} by a non-admin: {}",
+            text(&out)
+        );
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("needs an admin caller"),
             "{cmd:?}: {}",
@@ -153,9 +177,17 @@ fn a_socket_group_member_reads_but_cannot_mount_free_or_invalidate() {
         &[NOBODY, ADMIN_GID],
         &["mount", "add", "/ok", &file_uri(allowed.path())],
     );
-    assert!(out.status.success(), "mount add by an admin-group member: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "mount add by an admin-group member: {}",
+        text(&out)
+    );
     let out = ctl_as(&daemon, &[NOBODY, ADMIN_GID], &["invalidate", "/data"]);
-    assert!(out.status.success(), "invalidate by an admin: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "invalidate by an admin: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -167,6 +199,16 @@ fn runtime_file_mounts_only_under_allowed_roots_after_resolving_symlinks() {
     fs::write(outside.path().join("secret.txt"), b"outside the roots").expect("write");
     symlink("/etc", allowed.path().join("etc-link")).expect("symlink");
     symlink(outside.path(), allowed.path().join("out-link")).expect("symlink");
+    // Links inside a mounted directory: to a file outside the roots, to /etc/shadow, and to
+    // a file inside the roots (which stays readable).
+    let ds = allowed.path().join("ds");
+    symlink(
+        outside.path().join("secret.txt"),
+        ds.join("secret-link.txt"),
+    )
+    .expect("symlink");
+    symlink("/etc/shadow", ds.join("shadow")).expect("symlink");
+    symlink(ds.join("x.txt"), ds.join("x-link.txt")).expect("symlink");
 
     // No roots configured: no runtime file:// mount at all, even for root.
     let none = Daemon::start(&[]);
@@ -195,6 +237,21 @@ fn runtime_file_mounts_only_under_allowed_roots_after_resolving_symlinks() {
     }
     daemon.ctl_ok(&["mount", "add", "/ds", &format!("{base}/ds")]);
     assert_eq!(daemon.cat("/ds/x.txt"), b"inside");
+    assert_eq!(daemon.cat("/ds/x-link.txt"), b"inside");
+    for path in ["/ds/secret-link.txt", "/ds/shadow"] {
+        let out = daemon.ctl(&["cat", path]);
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "cat {path} read through a symlink out of the roots: {}",
+            text(&out)
+        );
+        daemon.ctl_err(&["cat", "--no-shm", path]);
+    }
+    let listing = daemon.ctl_ok(&["ls", "-R", "/ds"]);
+    assert!(
+        !listing.contains("secret-link") && !listing.contains("shadow"),
+        "ls lists links out of the roots:\n{listing}"
+    );
     assert!(
         daemon.metric("loaderd_requests_refused_total{reason=\"mount_policy\"}") >= 4.0,
         "policy refusals are not counted"
@@ -309,16 +366,24 @@ fn runtime_s3_endpoints_are_allow_listed_and_get_no_ambient_credentials() {
     // Not in the allow list (empty): refused before any request is sent.
     let closed = daemon_with_ambient_credentials(&[]);
     let out = mount_s3(&closed, "/x", &rec.endpoint(), &[]);
-    assert!(!out.status.success(), "mount add with any endpoint: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "mount add with any endpoint: {}",
+        text(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("allowed_endpoints"), "{err}");
     closed.ctl_err(&["ls", "/x"]);
     let other = format!("http://127.0.0.1:{}", free_port());
     let open = daemon_with_ambient_credentials(&args(&["--allowed-endpoint", &other]));
-    let err = String::from_utf8_lossy(&mount_s3(&open, "/x", &rec.endpoint(), &[]).stderr)
-        .into_owned();
+    let err =
+        String::from_utf8_lossy(&mount_s3(&open, "/x", &rec.endpoint(), &[]).stderr).into_owned();
     assert!(err.contains("allowed_endpoints"), "{err}");
-    assert!(rec.heads().is_empty(), "requests were sent: {:?}", rec.heads());
+    assert!(
+        rec.heads().is_empty(),
+        "requests were sent: {:?}",
+        rec.heads()
+    );
 
     // Allowed endpoint, no keys of its own: unsigned, none of the daemon's credentials.
     let daemon = daemon_with_ambient_credentials(&args(&["--allowed-endpoint", &rec.endpoint()]));
@@ -344,7 +409,11 @@ fn runtime_s3_endpoints_are_allow_listed_and_get_no_ambient_credentials() {
     // so the check above can see a leak.
     let n = rec.heads().len();
     let out = mount_s3(&daemon, "/y", &rec.endpoint(), &["credentials=ambient"]);
-    assert!(out.status.success(), "mount add credentials=ambient: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "mount add credentials=ambient: {}",
+        text(&out)
+    );
     let _ = daemon.ctl(&["ls", "/y"]);
     assert!(
         wait_until(Duration::from_secs(20), || rec.heads().len() > n),
@@ -407,16 +476,28 @@ fn the_tcp_api_needs_its_token_and_admin_calls_the_admin_token() {
         assert!(err.contains("token"), "status with {what}: {err}");
     }
     let out = ctl_tcp(&addr, Some(&data), &["status"]);
-    assert!(out.status.success(), "status with the data token: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "status with the data token: {}",
+        text(&out)
+    );
     let out = ctl_tcp(&addr, Some(&data), &["invalidate", "/"]);
-    assert!(!out.status.success(), "invalidate with the data token: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "invalidate with the data token: {}",
+        text(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("admin token"),
         "{}",
         text(&out)
     );
     let out = ctl_tcp(&addr, Some(&admin), &["invalidate", "/"]);
-    assert!(out.status.success(), "invalidate with the admin token: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "invalidate with the admin token: {}",
+        text(&out)
+    );
     for reason in ["no_token", "wrong_token", "not_admin"] {
         assert!(
             daemon.metric(&format!(
