@@ -160,9 +160,13 @@ impl Cache {
         &self.memory
     }
 
-    /// Mounts `spec` at runtime.
-    pub fn mount_add(&self, spec: MountSpec) -> Result<Arc<Mount>> {
-        let m = self.mounts.add(spec, &self.cfg.ufs)?;
+    /// Mounts `spec` at runtime, if `policy` allows it.
+    pub fn mount_add(
+        &self,
+        spec: MountSpec,
+        policy: &crate::mount::RuntimeMountPolicy,
+    ) -> Result<Arc<Mount>> {
+        let m = self.mounts.add_runtime(spec, &self.cfg.ufs, policy)?;
         self.budget.add_mount(&m);
         Ok(m)
     }

@@ -76,6 +76,9 @@ pub enum Error {
     /// A single-flight fetch that this read waited on failed.
     #[error("{0}")]
     Shared(std::sync::Arc<Error>),
+    /// A runtime mount the daemon's policy (`[mounts]`) does not allow.
+    #[error("mount {uri} refused: {reason}")]
+    NotAllowed { uri: String, reason: String },
 }
 
 impl Error {
@@ -143,6 +146,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Internal,
             Error::Peer { .. } | Error::Membership(_) => ErrorKind::Unavailable,
             Error::Shared(inner) => inner.kind(),
+            Error::NotAllowed { .. } => ErrorKind::PermissionDenied,
         }
     }
 }

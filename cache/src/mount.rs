@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::UfsConfig;
 use crate::error::{Error, Result};
 use crate::path::LogicalPath;
-use crate::ufs::{Ufs, is_secret_option};
+use crate::ufs::{CREDENTIALS_OPTION, Credentials, Ufs, is_secret_option};
 
 /// A mount as written in the config file or sent by `loaderctl mount add`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,113 @@ impl MountSpec {
                 (k.clone(), v)
             })
             .collect()
+    }
+}
+
+/// What mounts added at run time (`loaderctl mount add`) may reach (`[mounts]`). Mounts of
+/// the config file and flags are the operator's and are not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeMountPolicy {
+    /// Directories a runtime `file://` mount must lie in (after resolving symlinks); empty:
+    /// no runtime `file://` mounts.
+    pub allowed_roots: Vec<std::path::PathBuf>,
+    /// Endpoints (`http://host:port`) a runtime S3 mount may name in `endpoint` (or any
+    /// other URL option); empty: none, only the default AWS endpoint.
+    pub allowed_endpoints: Vec<String>,
+}
+
+/// S3 options naming a URL the daemon would send requests to.
+fn is_url_option(key: &str) -> bool {
+    use object_store::ClientConfigKey as C;
+    use object_store::aws::AmazonS3ConfigKey as K;
+    use std::str::FromStr;
+    matches!(
+        K::from_str(key),
+        Ok(K::Endpoint
+            | K::S3Endpoint
+            | K::MetadataEndpoint
+            | K::StsEndpoint
+            | K::ContainerCredentialsFullUri
+            | K::Client(C::ProxyUrl))
+    )
+}
+
+impl RuntimeMountPolicy {
+    /// The allowed roots that exist, with symlinks resolved.
+    pub fn canonical_roots(&self) -> Vec<std::path::PathBuf> {
+        self.allowed_roots
+            .iter()
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .collect()
+    }
+
+    /// Checks a runtime mount: the spec to mount (a `file://` URI resolved to its real
+    /// directory) and where its credentials may come from.
+    pub fn check(&self, mut spec: MountSpec) -> Result<(MountSpec, Credentials)> {
+        let refuse = |uri: &str, reason: String| Error::NotAllowed {
+            uri: uri.to_string(),
+            reason,
+        };
+        if let Some(dir) = spec.uri.strip_prefix("file://") {
+            if self.allowed_roots.is_empty() {
+                return Err(refuse(
+                    &spec.uri,
+                    "runtime file:// mounts are off (mounts.allowed_roots is empty)".into(),
+                ));
+            }
+            let real = std::fs::canonicalize(dir).map_err(|e| Error::Mount {
+                path: spec.uri.clone(),
+                reason: format!("cannot resolve {dir}: {e}"),
+            })?;
+            let inside = self
+                .canonical_roots()
+                .iter()
+                .any(|root| real.starts_with(root));
+            if !inside {
+                let roots: Vec<String> = self
+                    .allowed_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect();
+                return Err(refuse(
+                    &spec.uri,
+                    format!(
+                        "{} is not under mounts.allowed_roots ({})",
+                        real.display(),
+                        roots.join(", ")
+                    ),
+                ));
+            }
+            spec.uri = format!("file://{}", real.display());
+            return Ok((spec, Credentials::Explicit));
+        }
+        for (key, value) in &spec.options {
+            let allowed = |v: &str| {
+                let v = v.trim_end_matches('/');
+                self.allowed_endpoints
+                    .iter()
+                    .any(|e| e.trim_end_matches('/').eq_ignore_ascii_case(v))
+            };
+            if is_url_option(key) && !allowed(value) {
+                return Err(refuse(
+                    &spec.uri,
+                    format!(
+                        "option `{key}` = {value:?} is not in mounts.allowed_endpoints ({})",
+                        if self.allowed_endpoints.is_empty() {
+                            "empty: only the default AWS endpoint".to_string()
+                        } else {
+                            self.allowed_endpoints.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        let creds = match spec.options.get(CREDENTIALS_OPTION).map(String::as_str) {
+            Some("ambient") => Credentials::Ambient,
+            _ => Credentials::Explicit,
+        };
+        Ok((spec, creds))
     }
 }
 
@@ -73,6 +180,31 @@ pub struct MountTable {
 impl MountTable {
     /// Adds a mount, refusing duplicates and nesting.
     pub fn add(&self, spec: MountSpec, ufs_cfg: &UfsConfig) -> Result<Arc<Mount>> {
+        self.add_with(spec, ufs_cfg, Credentials::Ambient, None)
+    }
+
+    /// Adds a mount asked for at run time, if `policy` allows it.
+    pub fn add_runtime(
+        &self,
+        spec: MountSpec,
+        ufs_cfg: &UfsConfig,
+        policy: &RuntimeMountPolicy,
+    ) -> Result<Arc<Mount>> {
+        let (spec, creds) = policy.check(spec)?;
+        let confine = spec
+            .uri
+            .starts_with("file://")
+            .then(|| policy.canonical_roots());
+        self.add_with(spec, ufs_cfg, creds, confine)
+    }
+
+    fn add_with(
+        &self,
+        spec: MountSpec,
+        ufs_cfg: &UfsConfig,
+        creds: Credentials,
+        confine: Option<Vec<std::path::PathBuf>>,
+    ) -> Result<Arc<Mount>> {
         let point = LogicalPath::parse(&spec.path)?;
         let err = |reason: String| Error::Mount {
             path: point.to_string(),
@@ -90,7 +222,10 @@ impl MountTable {
                 }
             }
         }
-        let ufs = Ufs::open(&spec.uri, &spec.options, ufs_cfg)?;
+        let mut ufs = Ufs::open_with(&spec.uri, &spec.options, ufs_cfg, creds)?;
+        if let Some(roots) = confine {
+            ufs = ufs.confine_to(roots);
+        }
         let mount = Arc::new(Mount {
             point: point.clone(),
             spec,

@@ -46,12 +46,29 @@ pub fn is_secret_option(key: &str) -> bool {
     k.contains("secret") || k.contains("token") || k.contains("password")
 }
 
+/// The mount option that lets an S3 mount use the daemon's own credentials.
+pub const CREDENTIALS_OPTION: &str = "credentials";
+
+/// Where an S3 mount's credentials may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// The daemon's own: `AWS_*` environment, web identity, container or instance profile.
+    /// Config-file mounts, and runtime mounts with `credentials=ambient`.
+    Ambient,
+    /// Only the mount's options: its own keys, or none (anonymous, unsigned requests).
+    Explicit,
+}
+
 /// One backend at one prefix.
 pub struct Ufs {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     uri: String,
     cfg: UfsConfig,
+    local_root: Option<std::path::PathBuf>,
+    /// Directories every file of a `file://` mount must resolve into (runtime mounts:
+    /// `mounts.allowed_roots`), so a symlink inside cannot reach outside them.
+    confine: Option<Arc<[std::path::PathBuf]>>,
 }
 
 impl std::fmt::Debug for Ufs {
@@ -67,6 +84,17 @@ impl Ufs {
     /// `secret_access_key`, `session_token`, `allow_http`, `virtual_hosted_style_request`, ...);
     /// anything not given comes from the usual `AWS_*` environment variables.
     pub fn open(uri: &str, options: &BTreeMap<String, String>, cfg: &UfsConfig) -> Result<Self> {
+        Ufs::open_with(uri, options, cfg, Credentials::Ambient)
+    }
+
+    /// Like [`Ufs::open`]; with [`Credentials::Explicit`] nothing comes from the daemon's
+    /// environment or instance: the options' keys sign requests, or none do.
+    pub fn open_with(
+        uri: &str,
+        options: &BTreeMap<String, String>,
+        cfg: &UfsConfig,
+        creds: Credentials,
+    ) -> Result<Self> {
         let bad = |reason: String| Error::Mount {
             path: uri.to_string(),
             reason,
@@ -74,6 +102,7 @@ impl Ufs {
         let (scheme, rest) = uri
             .split_once("://")
             .ok_or_else(|| bad("URI must look like s3://bucket/prefix or file:///dir".into()))?;
+        let mut local_root = None;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match scheme {
             "s3" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -93,15 +122,37 @@ impl Ufs {
                     max_retries: 0,
                     ..RetryConfig::default()
                 };
+                let base = match creds {
+                    Credentials::Ambient => AmazonS3Builder::from_env(),
+                    Credentials::Explicit => AmazonS3Builder::new(),
+                };
                 // Client options first: user options (allow_http, ...) then refine them.
-                let mut b = AmazonS3Builder::from_env()
+                let mut b = base
                     .with_bucket_name(bucket)
                     .with_client_options(client)
                     .with_retry(retry);
+                let mut has_keys = false;
                 for (k, v) in options {
+                    if k == CREDENTIALS_OPTION {
+                        if v != "ambient" {
+                            return Err(bad(format!(
+                                "option `{CREDENTIALS_OPTION}` can only be `ambient`, not {v:?}"
+                            )));
+                        }
+                        continue;
+                    }
                     let key = AmazonS3ConfigKey::from_str(k)
                         .map_err(|_| bad(format!("unknown S3 option `{k}`")))?;
+                    has_keys |= matches!(
+                        key,
+                        AmazonS3ConfigKey::AccessKeyId | AmazonS3ConfigKey::SecretAccessKey
+                    );
                     b = b.with_config(key, v);
+                }
+                if creds == Credentials::Explicit && !has_keys {
+                    // Without keys of its own, a mount is anonymous: object_store would
+                    // otherwise ask the instance metadata service for the daemon's role.
+                    b = b.with_skip_signature(true);
                 }
                 let s3 = b.build().map_err(|e| bad(e.to_string()))?;
                 (Arc::new(s3), prefix.to_string())
@@ -118,6 +169,7 @@ impl Ufs {
                     return Err(bad(format!("{} is not a directory", dir.display())));
                 }
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+                local_root = Some(dir.to_path_buf());
                 (Arc::new(fs), String::new())
             }
             other => {
@@ -131,7 +183,40 @@ impl Ufs {
             prefix: ObjectPath::from(prefix.trim_matches('/')),
             uri: uri.trim_end_matches('/').to_string(),
             cfg: cfg.clone(),
+            local_root,
+            confine: None,
         })
+    }
+
+    /// Confines a `file://` UFS to `roots` (canonical directories): files that resolve
+    /// outside them (symlinks) are not listed and cannot be read.
+    pub fn confine_to(mut self, roots: Vec<std::path::PathBuf>) -> Self {
+        self.confine = Some(roots.into());
+        self
+    }
+
+    /// Where `rel` really is when that is outside the confinement (`None`: it is inside,
+    /// or there is no confinement, or it does not exist).
+    fn escapes(&self, rel: &str) -> Option<std::path::PathBuf> {
+        let (roots, base) = (self.confine.as_ref()?, self.local_root.as_ref()?);
+        let real = std::fs::canonicalize(base.join(rel)).ok()?;
+        (!roots.iter().any(|r| real.starts_with(r))).then_some(real)
+    }
+
+    fn refuse_escape(&self, rel: &str) -> Result<()> {
+        match self.escapes(rel) {
+            None => Ok(()),
+            Some(real) => {
+                warn!(uri = %self.uri_of(rel), real = %real.display(), "read outside mounts.allowed_roots refused");
+                Err(Error::NotAllowed {
+                    uri: self.uri_of(rel),
+                    reason: format!(
+                        "it resolves to {} outside mounts.allowed_roots",
+                        real.display()
+                    ),
+                })
+            }
+        }
     }
 
     /// Wraps an existing store (fault-injection wrappers in tests).
@@ -141,7 +226,14 @@ impl Ufs {
             prefix: ObjectPath::default(),
             uri: uri.to_string(),
             cfg: cfg.clone(),
+            local_root: None,
+            confine: None,
         }
+    }
+
+    /// The local directory of a `file://` mount (`None` for object stores).
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
     }
 
     /// The URI this UFS was opened with (it never holds credentials).
@@ -192,6 +284,7 @@ impl Ufs {
 
     /// HEAD of one object.
     pub async fn head(&self, rel: &str) -> Result<FileMeta> {
+        self.refuse_escape(rel)?;
         let loc = self.location(rel)?;
         let meta = self.retrying("head", rel, || self.store.head(&loc)).await?;
         stats::ufs_head();
@@ -209,7 +302,11 @@ impl Ufs {
             .retrying("list", rel, || self.store.list(prefix).try_collect())
             .await?;
         stats::ufs_list();
-        Ok(metas.into_iter().filter_map(|m| self.to_meta(m)).collect())
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| self.to_meta(m))
+            .filter(|m| self.escapes(&m.rel).is_none())
+            .collect())
     }
 
     /// One directory level below `rel`: (files, sub-directory names).
@@ -229,12 +326,14 @@ impl Ufs {
             .objects
             .into_iter()
             .filter_map(|m| self.to_meta(m))
+            .filter(|m| self.escapes(&m.rel).is_none())
             .collect();
         Ok((files, dirs))
     }
 
     /// Bytes `range` of `file`, only if the object still has `file.version`.
     pub async fn get_range(&self, file: &FileMeta, range: Range<u64>) -> Result<Bytes> {
+        self.refuse_escape(&file.rel)?;
         let loc = self.location(&file.rel)?;
         // Only ETags can be checked by the backend; `mtime-size` versions are checked below.
         let etag = (!is_synthetic_version(&file.version)).then(|| file.version.clone());

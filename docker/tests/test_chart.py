@@ -441,6 +441,7 @@ def test_rendered_config_round_trips_through_the_daemon(render, run_loaderd, dae
             expect = {k for k in expect if not k.startswith("cache.ssd.")}
         # tcp_addr, socket_group, shm_socket and cluster members are off unless set.
         expect -= {"server.tcp_addr", "server.socket_group", "server.shm_socket"}
+        expect -= {"server.tcp_token_file", "server.tcp_admin_token_file", "server.admin_group"}
         if SCENARIOS[scenario].get("cluster", {}).get("enabled") is False:
             expect -= {"cluster.listen_addr"}
         missing = expect - keys_of(rendered)
@@ -459,7 +460,8 @@ def test_rendered_config_round_trips_through_the_daemon(render, run_loaderd, dae
 def test_value_changes_reach_the_daemon(render, run_loaderd, tmp_path):
     values = {
         "config": {
-            "server": {"readahead_blocks": 9, "log_level": "debug", "tcp_addr": "127.0.0.1:7070"},
+            "server": {"readahead_blocks": 9, "log_level": "debug", "tcp_addr": "127.0.0.1:7070",
+                       "tcp_token_file": "/etc/loaderd/tcp-token"},
             "cache": {
                 "block_size": "8MiB",
                 "memory": {"capacity": "3GiB", "watermarks": {"high": 1, "low": 0.5}},

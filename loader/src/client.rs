@@ -5,12 +5,44 @@ use std::path::{Path, PathBuf};
 use hyper_util::rt::TokioIo;
 use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::loader_client::LoaderClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::auth::AUTHORIZATION;
 use crate::daemon::{CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
 
 /// A client of the `Loader` service.
-pub type Client = LoaderClient<Channel>;
+pub type Client = LoaderClient<InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <token>` to every request (TCP); nothing on the Unix socket,
+/// where the daemon knows the caller from its credentials.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    /// The token in `path` (surrounding whitespace trimmed).
+    pub fn from_file(path: &Path) -> Result<Self, ConnectError> {
+        let err = |reason: String| ConnectError::Token {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| err("the token is not printable ASCII".into()))?;
+        Ok(BearerToken(Some(value)))
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(AUTHORIZATION, v.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Why no connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +57,8 @@ pub enum ConnectError {
     },
     #[error("permission denied on loaderd's socket {}: {access}", socket.display())]
     PermissionDenied { socket: PathBuf, access: String },
+    #[error("token file {}: {reason}", path.display())]
+    Token { path: PathBuf, reason: String },
     #[error("cannot reach loaderd at {addr}: {source}")]
     Tcp {
         addr: String,
@@ -40,8 +74,9 @@ fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
         .tcp_nodelay(true))
 }
 
-fn tune(c: Client) -> Client {
-    c.max_decoding_message_size(MAX_MESSAGE)
+fn tune(channel: Channel, token: BearerToken) -> Client {
+    LoaderClient::with_interceptor(channel, token)
+        .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
@@ -73,7 +108,7 @@ pub async fn connect_unix(socket: &Path) -> Result<Client, ConnectError> {
                 err(e)
             }
         })?;
-    Ok(tune(LoaderClient::new(channel)))
+    Ok(tune(channel, BearerToken::default()))
 }
 
 fn is_permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -116,8 +151,9 @@ fn who_may_connect(socket: &Path) -> String {
     )
 }
 
-/// Connects over TCP to `addr` (`host:port` or `http://host:port`).
-pub async fn connect_tcp(addr: &str) -> Result<Client, ConnectError> {
+/// Connects over TCP to `addr` (`host:port` or `http://host:port`), sending `token` with
+/// every request.
+pub async fn connect_tcp(addr: &str, token: BearerToken) -> Result<Client, ConnectError> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -128,7 +164,7 @@ pub async fn connect_tcp(addr: &str) -> Result<Client, ConnectError> {
         source,
     };
     let channel = endpoint(&uri).map_err(err)?.connect().await.map_err(err)?;
-    Ok(tune(LoaderClient::new(channel)))
+    Ok(tune(channel, token))
 }
 
 /// Every entry of the listing of `path` (with `recursive`, every file below it), in path

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use loaderd_cache::mount::RuntimeMountPolicy;
 use loaderd_cache::{ByteSize, CacheConfig, ClusterConfig, MountSpec, Secs};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,8 @@ pub struct DaemonConfig {
     pub gpu: GpuConfig,
     /// Mounts of the namespace (`[[mount]]` tables).
     pub mount: Vec<MountSpec>,
+    /// What runtime mounts (`loaderctl mount add`) may reach (`[mounts]`).
+    pub mounts: RuntimeMountPolicy,
 }
 
 /// Listeners.
@@ -66,6 +69,14 @@ pub struct ServerConfig {
     pub grpc_keepalive_interval: Secs,
     /// ...and closed when a ping is not answered within this.
     pub grpc_keepalive_timeout: Secs,
+    /// Group (name or gid) whose members may change daemon state over the Unix socket
+    /// (mount add/rm, free, invalidate), besides uid 0 and the daemon's own uid.
+    pub admin_group: Option<String>,
+    /// Token every TCP request must carry (`authorization: Bearer ...`); required with
+    /// `tcp_addr`. It grants data access only.
+    pub tcp_token_file: Option<PathBuf>,
+    /// Token for admin calls over TCP (it also grants data access); none: TCP has no admin.
+    pub tcp_admin_token_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -97,6 +108,9 @@ impl Default for ServerConfig {
             grpc_handshake_timeout: Secs(std::time::Duration::from_secs(10)),
             grpc_keepalive_interval: Secs(std::time::Duration::from_secs(60)),
             grpc_keepalive_timeout: Secs(std::time::Duration::from_secs(20)),
+            admin_group: None,
+            tcp_token_file: None,
+            tcp_admin_token_file: None,
         }
     }
 }
@@ -122,6 +136,9 @@ pub struct FuseConfig {
     pub default_permissions: bool,
     /// Keep a file's pages cached across opens (datasets are immutable).
     pub keep_cache: bool,
+    /// Mode of object-store files (owner: the daemon's uid); their directories get the
+    /// same bits plus x where r is set. `file://` mounts show the source's bits and owner.
+    pub object_mode: u32,
 }
 
 impl Default for FuseConfig {
@@ -135,6 +152,7 @@ impl Default for FuseConfig {
             allow_other: true,
             default_permissions: true,
             keep_cache: true,
+            object_mode: 0o444,
         }
     }
 }
@@ -338,6 +356,25 @@ impl DaemonConfig {
             .is_some_and(|p| !p.is_absolute())
         {
             return Err(invalid("fuse.mount_point", "must be an absolute path"));
+        }
+        if self.fuse.allow_other && !self.fuse.default_permissions {
+            return Err(invalid(
+                "fuse.default_permissions",
+                "must be on with fuse.allow_other: without it every local user reads every file",
+            ));
+        }
+        if self.fuse.object_mode & !0o777 != 0 || self.fuse.object_mode & 0o222 != 0 {
+            return Err(invalid(
+                "fuse.object_mode",
+                "must be read/execute permission bits only (at most 0o555)",
+            ));
+        }
+        if self.server.tcp_addr.is_some() && self.server.tcp_token_file.is_none() {
+            return Err(invalid(
+                "server.tcp_token_file",
+                "server.tcp_addr needs a token file: the TCP API serves only clients that \
+                 present its token",
+            ));
         }
         self.cluster.validate()?;
         if self.pipeline.depth == 0 {

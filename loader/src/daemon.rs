@@ -15,8 +15,10 @@ use loaderd_cache::Cache;
 use loaderd_proto::v1::loader_server::LoaderServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
+use crate::auth::Access;
 use crate::config::DaemonConfig;
 use crate::config::GpuMode;
 use crate::fuse::FuseMount;
@@ -143,13 +145,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         move || gpu_status(mode)
     })
     .await?;
+    let access = Access::from_config(&cfg.server)?;
     let service = LoaderService::new(
         cache.clone(),
         pipelines.clone(),
         gpu,
         cfg.server.readahead_blocks,
         cfg.server.load_parallelism,
-    );
+    )
+    .with_access(access.clone(), cfg.mounts.clone());
     let grpc = || {
         LoaderServer::new(service.clone())
             .max_decoding_message_size(MAX_MESSAGE)
@@ -214,8 +218,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding gRPC address {addr} (server.tcp_addr)"))?;
         warn_if_exposed("server.tcp_addr", listener.local_addr()?);
-        info!(addr = %listener.local_addr()?, "gRPC on TCP");
-        let router = builder().add_service(grpc());
+        info!(addr = %listener.local_addr()?, "gRPC on TCP (token required)");
+        let router = builder().add_service(InterceptedService::new(grpc(), access.tcp_check()));
         let incoming = listen::grpc_incoming(listener, grpc_limit("grpc_tcp"), handshake);
         tasks.push(serve_tcp(
             router,

@@ -11,6 +11,7 @@
 //! * [`pipeline`]: the sampler (global seeded shuffle sharded by rank).
 //! * [`ctl`]: `loaderctl` commands, including `bench read` and the sample dataset generator.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod ctl;

@@ -4,7 +4,9 @@
 //! that could escape a mount. Cache errors become `tonic::Status` in exactly one place
 //! ([`to_status`]), by error class.
 
+use crate::auth::Access;
 use crate::pipeline::registry::Pipelines;
+use loaderd_cache::mount::RuntimeMountPolicy;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,9 +31,19 @@ pub struct LoaderService {
     gpu: pb::GpuStatus,
     readahead: usize,
     load_parallelism: usize,
+    access: Access,
+    mount_policy: Arc<RuntimeMountPolicy>,
 }
 
 impl LoaderService {
+    /// Admin calls only for the callers `access` names; runtime mounts only as `policy`
+    /// allows (the default: admins are uid 0 and the daemon's uid, no runtime mounts).
+    pub fn with_access(mut self, access: Access, policy: RuntimeMountPolicy) -> Self {
+        self.access = access;
+        self.mount_policy = Arc::new(policy);
+        self
+    }
+
     fn mount_infos(&self) -> Vec<pb::MountInfo> {
         self.cache
             .mounts()
@@ -55,6 +67,8 @@ impl LoaderService {
             gpu,
             readahead,
             load_parallelism,
+            access: Access::default(),
+            mount_policy: Arc::default(),
         }
     }
 }
@@ -262,6 +276,7 @@ impl Loader for LoaderService {
         &self,
         req: Request<pb::FreeRequest>,
     ) -> Result<Response<pb::FreeResponse>, Status> {
+        self.access.require_admin(&req, "free")?;
         let path = parse(&req.get_ref().path)?;
         let (blocks, bytes) = self
             .cache
@@ -279,6 +294,7 @@ impl Loader for LoaderService {
         &self,
         req: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        self.access.require_admin(&req, "invalidate")?;
         let path = parse(&req.get_ref().path)?;
         let n = self.cache.invalidate(&path).map_err(|e| to_status(&e))?;
         info!(path = %path, entries = n, "metadata invalidated");
@@ -324,13 +340,23 @@ impl Loader for LoaderService {
         &self,
         req: Request<pb::MountAddRequest>,
     ) -> Result<Response<pb::MountInfo>, Status> {
+        self.access.require_admin(&req, "mount add")?;
         let r = req.into_inner();
         let spec = MountSpec {
             path: parse(&r.path)?.to_string(),
             uri: r.uri,
             options: r.options.into_iter().collect(),
         };
-        let m = self.cache.mount_add(spec).map_err(|e| to_status(&e))?;
+        let m = self
+            .cache
+            .mount_add(spec, &self.mount_policy)
+            .map_err(|e| {
+                if matches!(e, Error::NotAllowed { .. }) {
+                    crate::auth::refused("mount", "mount_policy");
+                    warn!(error = %e, "runtime mount refused");
+                }
+                to_status(&e)
+            })?;
         info!(path = %m.point, uri = %m.spec.uri, "mounted");
         Ok(Response::new(mount_info(&m.spec)))
     }
@@ -339,6 +365,7 @@ impl Loader for LoaderService {
         &self,
         req: Request<pb::MountRemoveRequest>,
     ) -> Result<Response<pb::MountRemoveResponse>, Status> {
+        self.access.require_admin(&req, "mount rm")?;
         let path = parse(&req.get_ref().path)?;
         self.cache.mount_remove(&path).map_err(|e| to_status(&e))?;
         info!(path = %path, "unmounted");

@@ -2,7 +2,9 @@
 
 use std::fs;
 
-use loaderd_tests::{Daemon, Dataset, S3Sandbox, assert_bytes_eq, file_uri, write_random_file};
+use loaderd_tests::{
+    Daemon, Dataset, S3Sandbox, args, assert_bytes_eq, file_uri, write_random_file,
+};
 
 #[test]
 fn file_mount_added_and_removed_at_runtime() {
@@ -10,7 +12,8 @@ fn file_mount_added_and_removed_at_runtime() {
     let a = write_random_file(&dir.path().join("a.bin"), 150_000, 3);
     fs::create_dir_all(dir.path().join("nested")).expect("mkdir");
     fs::write(dir.path().join("nested/b.txt"), b"hello\n").expect("write");
-    let daemon = Daemon::start(&[]);
+    let root = dir.path().display().to_string();
+    let daemon = Daemon::start(&args(&["--allowed-root", &root]));
 
     let uri = file_uri(dir.path());
     daemon.ctl_ok(&["mount", "add", "/extra", &uri]);
@@ -49,7 +52,7 @@ fn file_mount_added_and_removed_at_runtime() {
 fn s3_mount_added_at_runtime_with_options() {
     let data = Dataset::blobs(&[100_000]);
     let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::start(&args(&["--allowed-endpoint", &s3.endpoint]));
 
     let uri = s3.uri("ds");
     let mut add = vec!["mount".to_string(), "add".into(), "/s3".into(), uri.clone()];

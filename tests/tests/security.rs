@@ -33,7 +33,7 @@ fn secret_key_is_never_printed() {
     let data = Dataset::blobs(&[1000]);
     let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
     let mount = s3.mount_args_with_secret("/data", "ds", SECRET);
-    let mut daemon_args = args(&["--log-level", "debug"]);
+    let mut daemon_args = args(&["--log-level", "debug", "--allowed-endpoint", &s3.endpoint]);
     daemon_args.extend(mount.clone());
     let daemon = Daemon::start(&daemon_args);
 

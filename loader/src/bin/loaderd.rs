@@ -34,6 +34,15 @@ struct Args {
     /// Also serve gRPC on this TCP address (keep it on loopback).
     #[arg(long, env = "LOADERD_TCP_ADDR", help_heading = "Server")]
     tcp_addr: Option<SocketAddr>,
+    /// File with the token every TCP request must carry (data access); needed with --tcp-addr.
+    #[arg(long, env = "LOADERD_TCP_TOKEN_FILE", help_heading = "Server")]
+    tcp_token_file: Option<PathBuf>,
+    /// File with the token for admin calls over TCP (mount, free, invalidate).
+    #[arg(long, env = "LOADERD_TCP_ADMIN_TOKEN_FILE", help_heading = "Server")]
+    tcp_admin_token_file: Option<PathBuf>,
+    /// Group (name or gid) whose members may make admin calls on the Unix socket.
+    #[arg(long, env = "LOADERD_ADMIN_GROUP", help_heading = "Server")]
+    admin_group: Option<String>,
     /// Prometheus metrics address, or `off`.
     #[arg(long, env = "LOADERD_METRICS_ADDR", help_heading = "Server")]
     metrics_addr: Option<String>,
@@ -51,6 +60,16 @@ struct Args {
         help_heading = "Namespace"
     )]
     mount_options: Vec<String>,
+    /// A directory runtime `file://` mounts may lie in (repeatable; `[mounts] allowed_roots`).
+    #[arg(long = "allowed-root", value_name = "DIR", help_heading = "Namespace")]
+    allowed_roots: Vec<PathBuf>,
+    /// An endpoint runtime S3 mounts may use (repeatable; `[mounts] allowed_endpoints`).
+    #[arg(
+        long = "allowed-endpoint",
+        value_name = "URL",
+        help_heading = "Namespace"
+    )]
+    allowed_endpoints: Vec<String>,
 
     /// Block size, e.g. 4MiB.
     #[arg(long, env = "LOADERD_BLOCK_SIZE", help_heading = "Cache")]
@@ -150,6 +169,15 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
     if let Some(v) = args.tcp_addr {
         s.tcp_addr = Some(v);
     }
+    if let Some(v) = &args.tcp_token_file {
+        s.tcp_token_file = Some(v.clone());
+    }
+    if let Some(v) = &args.tcp_admin_token_file {
+        s.tcp_admin_token_file = Some(v.clone());
+    }
+    if let Some(v) = &args.admin_group {
+        s.admin_group = Some(v.clone());
+    }
     if let Some(v) = &args.metrics_addr {
         s.metrics_addr = match v.as_str() {
             "off" | "" => None,
@@ -232,6 +260,12 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
             options: Default::default(),
         });
     }
+    cfg.mounts
+        .allowed_roots
+        .extend(args.allowed_roots.iter().cloned());
+    cfg.mounts
+        .allowed_endpoints
+        .extend(args.allowed_endpoints.iter().cloned());
     let k = &mut cfg.cluster;
     if let Some(v) = &args.node_id {
         k.node_id = Some(v.clone());

@@ -39,6 +39,9 @@ pub struct Cli {
     /// Reach the daemon over TCP instead (host:port).
     #[arg(long, env = "LOADERD_ADDR", global = true, conflicts_with = "socket")]
     addr: Option<String>,
+    /// File holding the TCP API's token (data or admin), sent with `--addr`.
+    #[arg(long, env = "LOADERD_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -203,7 +206,13 @@ pub fn main() -> anyhow::Result<()> {
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(match &cli.addr {
-        Some(addr) => client::connect_tcp(addr).await?,
+        Some(addr) => {
+            let token = match &cli.token_file {
+                Some(path) => client::BearerToken::from_file(path)?,
+                None => client::BearerToken::default(),
+            };
+            client::connect_tcp(addr, token).await?
+        }
         None => client::connect_unix(&cli.socket.clone().unwrap_or_else(default_socket)).await?,
     })
 }

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use super::errno::errno_of;
 use super::inode::{InodeTable, ROOT};
+use super::perm::owner_and_mode;
 use crate::config::FuseConfig;
 
 const BLKSIZE: u32 = 4096;
@@ -52,6 +53,7 @@ pub struct LoaderFs {
     threads: usize,
     uid: u32,
     gid: u32,
+    object_mode: u32,
     started: SystemTime,
 }
 
@@ -85,6 +87,7 @@ impl LoaderFs {
             threads: cfg.threads,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
+            object_mode: cfg.object_mode,
             started: SystemTime::now(),
         }
     }
@@ -121,14 +124,21 @@ impl LoaderFs {
     }
 
     fn attr(&self, ino: u64, stat: &Stat) -> FileAttr {
-        let (kind, perm, size, nlink, mtime) = match stat {
+        let (kind, size, nlink, mtime) = match stat {
             Stat::File(f) => {
                 let mtime = UNIX_EPOCH
                     + Duration::from_millis(u64::try_from(f.mtime_ms).unwrap_or_default());
-                (FileType::RegularFile, 0o444, f.size, 1, mtime)
+                (FileType::RegularFile, f.size, 1, mtime)
             }
-            Stat::Dir => (FileType::Directory, 0o555, 0, 2, self.started),
+            Stat::Dir => (FileType::Directory, 0, 2, self.started),
         };
+        let (perm, uid, gid) = owner_and_mode(
+            &self.cache,
+            self.inodes.path(ino).as_ref(),
+            kind == FileType::Directory,
+            self.object_mode,
+            (self.uid, self.gid),
+        );
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -140,8 +150,8 @@ impl LoaderFs {
             kind,
             perm,
             nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: BLKSIZE,
             flags: 0,

@@ -26,6 +26,7 @@
 mod errno;
 mod fs;
 mod inode;
+mod perm;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -180,7 +180,19 @@ socket = {{ include "loaderd.socketPath" .root | toJson }}
 socket_group = {{ include "loaderd.toml.str" . }}
 {{- end }}
 {{- with $c.server.tcp_addr }}
+{{- if not $c.server.tcp_token_file }}
+{{- fail "config.server.tcp_addr needs config.server.tcp_token_file: the TCP API serves only clients with its token" }}
+{{- end }}
 tcp_addr = {{ include "loaderd.toml.str" . }}
+{{- end }}
+{{- with $c.server.tcp_token_file }}
+tcp_token_file = {{ include "loaderd.toml.str" . }}
+{{- end }}
+{{- with $c.server.tcp_admin_token_file }}
+tcp_admin_token_file = {{ include "loaderd.toml.str" . }}
+{{- end }}
+{{- with $c.server.admin_group }}
+admin_group = {{ include "loaderd.toml.str" . }}
 {{- end }}
 metrics_addr = "0.0.0.0:{{ ternary $v.fuse.metricsPort $v.metrics.port $fuse | int }}"
 readahead_blocks = {{ include "loaderd.toml.int" $c.server.readahead_blocks }}
@@ -235,6 +247,11 @@ max_read = {{ include "loaderd.toml.quantity" $c.fuse.max_read }}
 allow_other = {{ include "loaderd.toml.bool" $c.fuse.allow_other }}
 default_permissions = {{ include "loaderd.toml.bool" $c.fuse.default_permissions }}
 keep_cache = {{ include "loaderd.toml.bool" $c.fuse.keep_cache }}
+object_mode = {{ include "loaderd.toml.int" $c.fuse.object_mode }}
+
+[mounts]
+allowed_roots = {{ default list $c.mounts.allowed_roots | toJson }}
+allowed_endpoints = {{ default list $c.mounts.allowed_endpoints | toJson }}
 
 [pipeline]
 depth = {{ include "loaderd.toml.int" $c.pipeline.depth }}
