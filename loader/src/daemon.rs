@@ -25,6 +25,7 @@ use crate::fuse::FuseMount;
 use crate::http;
 use crate::pipeline::registry::Pipelines;
 use crate::server::LoaderService;
+use crate::shm::clients::{ClientLimits, ShmClients};
 use crate::shm::server::ShmServer;
 use loaderd_cache::cluster::Cluster;
 use loaderd_cache::cluster::service::PeerService;
@@ -111,13 +112,18 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         move || gpu_status(mode)
     })
     .await?;
+    let shm_clients = ShmClients::new(ClientLimits::new(
+        &cfg.server,
+        cfg.cache.memory.capacity.0,
+    ));
     let service = LoaderService::new(
         cache.clone(),
         pipelines.clone(),
         gpu,
         cfg.server.readahead_blocks,
         cfg.server.load_parallelism,
-    );
+    )
+    .with_shm_clients(shm_clients.clone());
     let grpc = || {
         LoaderServer::new(service.clone())
             .max_decoding_message_size(MAX_MESSAGE)
@@ -154,7 +160,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             cache.clone(),
             pipelines.clone(),
             tokio::runtime::Handle::current(),
-            cfg.server.shm_max_leased.0,
+            shm_clients.clone(),
         )
         .with_context(|| {
             format!(

@@ -5,6 +5,7 @@
 //! ([`to_status`]), by error class.
 
 use crate::pipeline::registry::Pipelines;
+use crate::shm::clients::ShmClients;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +30,8 @@ pub struct LoaderService {
     gpu: pb::GpuStatus,
     readahead: usize,
     load_parallelism: usize,
+    /// Shared-memory clients, for the leased bytes in status.
+    shm_clients: Option<Arc<ShmClients>>,
 }
 
 impl LoaderService {
@@ -55,7 +58,14 @@ impl LoaderService {
             gpu,
             readahead,
             load_parallelism,
+            shm_clients: None,
         }
+    }
+
+    /// Shows `clients`' leases and connections in status.
+    pub fn with_shm_clients(mut self, clients: Arc<ShmClients>) -> Self {
+        self.shm_clients = Some(clients);
+        self
     }
 }
 
@@ -323,6 +333,15 @@ impl Loader for LoaderService {
                 None => None,
             },
             gpu: Some(self.gpu.clone()),
+            shm_leased_bytes: self.shm_clients.as_ref().map_or(0, |c| c.leased()),
+            shm_leased_capacity_bytes: self
+                .shm_clients
+                .as_ref()
+                .map_or(0, |c| c.limits().max_leased_total),
+            shm_connections: self
+                .shm_clients
+                .as_ref()
+                .map_or(0, |c| c.connections() as u64),
         }))
     }
 

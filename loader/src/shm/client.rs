@@ -25,6 +25,8 @@ fn handshake(path: &Path) -> Result<(OwnedFd, pb::ShmHello, OwnedFd), ShmError> 
     let mut buf = vec![0u8; MAX_MESSAGE];
     let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
     let hello = decode::<pb::ShmHello>(&buf[..n])?;
+    // A refused connection (too many): the hello says why and carries no arena.
+    status(hello.code, hello.error.clone())?;
     if hello.version != super::server::VERSION {
         return Err(ShmError::Protocol(format!(
             "unknown version {}",

@@ -191,6 +191,9 @@ shm_reads = {{ include "loaderd.toml.bool" $c.server.shm_reads }}
 shm_socket = {{ include "loaderd.toml.str" $c.server.shm_socket }}
 {{- end }}
 shm_max_leased = {{ include "loaderd.toml.quantity" $c.server.shm_max_leased }}
+shm_max_leased_fraction = {{ include "loaderd.toml.float" $c.server.shm_max_leased_fraction }}
+shm_max_connections = {{ include "loaderd.toml.int" $c.server.shm_max_connections }}
+shm_max_connections_per_process = {{ include "loaderd.toml.int" $c.server.shm_max_connections_per_process }}
 
 [cache]
 block_size = {{ include "loaderd.toml.quantity" $c.cache.block_size }}
@@ -236,6 +239,11 @@ max_total_bytes = {{ include "loaderd.toml.quantity" $c.pipeline.max_total_bytes
 max_clients = {{ include "loaderd.toml.int" $c.pipeline.max_clients }}
 max_pixels = {{ include "loaderd.toml.int" $c.pipeline.max_pixels }}
 on_error = {{ include "loaderd.toml.str" $c.pipeline.on_error }}
+max_depth = {{ include "loaderd.toml.int" $c.pipeline.max_depth }}
+max_batch_size = {{ include "loaderd.toml.int" $c.pipeline.max_batch_size }}
+max_workers = {{ include "loaderd.toml.int" $c.pipeline.max_workers }}
+max_total_workers = {{ include "loaderd.toml.int" $c.pipeline.max_total_workers }}
+max_image_size = {{ include "loaderd.toml.int" $c.pipeline.max_image_size }}
 
 [gpu]
 mode = {{ include "loaderd.toml.str" $c.gpu.mode }}
