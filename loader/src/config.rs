@@ -351,7 +351,10 @@ impl DaemonConfig {
             }
         }
         if p.depth > p.max_depth {
-            return Err(invalid("pipeline.depth", "must not exceed pipeline.max_depth"));
+            return Err(invalid(
+                "pipeline.depth",
+                "must not exceed pipeline.max_depth",
+            ));
         }
         if p.max_workers > p.max_total_workers {
             return Err(invalid(

@@ -112,10 +112,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         move || gpu_status(mode)
     })
     .await?;
-    let shm_clients = ShmClients::new(ClientLimits::new(
-        &cfg.server,
-        cfg.cache.memory.capacity.0,
-    ));
+    let shm_clients = ShmClients::new(ClientLimits::new(&cfg.server, cfg.cache.memory.capacity.0));
     let service = LoaderService::new(
         cache.clone(),
         pipelines.clone(),

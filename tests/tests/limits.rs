@@ -103,7 +103,11 @@ fn every_open_loader_field_is_bounded_before_anything_is_allocated() {
     // was counted; 1000 workers started hundreds of threads.
     let cases: [(&str, &str, pb::OpenLoader); 6] = [
         ("depth", "pipeline.max_depth", loader(1, 1, 80_000_000, 1)),
-        ("depth", "pipeline.max_depth", loader(1, 1, 1_000_000_000, 1)),
+        (
+            "depth",
+            "pipeline.max_depth",
+            loader(1, 1, 1_000_000_000, 1),
+        ),
         ("workers", "pipeline.max_workers", loader(1, 32, 2, 1000)),
         (
             "batch_size",
@@ -181,7 +185,8 @@ fn a_loaders_memory_counts_its_per_slot_state() {
     );
     drop(c);
     assert!(
-        wait_until(Duration::from_secs(20), || d.status_json()["ring_bytes"] == 0),
+        wait_until(Duration::from_secs(20), || d.status_json()["ring_bytes"]
+            == 0),
         "a closed loader gives its budget back"
     );
 }
@@ -231,6 +236,13 @@ fn a_loader_start_that_fails_midway_stops_every_worker_and_gives_the_budget_back
         Ok(_) => panic!("40 workers cannot start within {headroom} bytes of address space"),
         Err(e) => e,
     };
+    // Every started worker was stopped, and nothing stays counted.
+    assert!(
+        wait_until(Duration::from_secs(10), || threads(pid, "loaderd-decode")
+            == 0),
+        "{} decode threads still run after the failed start ({err})",
+        threads(pid, "loaderd-decode")
+    );
     let text = err.to_string();
     assert_eq!(
         code_of(&err),
@@ -238,12 +250,6 @@ fn a_loader_start_that_fails_midway_stops_every_worker_and_gives_the_budget_back
         "{text}"
     );
     assert!(text.contains("decode thread"), "{text}");
-    // Every started worker was stopped, and nothing stays counted.
-    assert!(
-        wait_until(Duration::from_secs(10), || threads(pid, "loaderd-decode") == 0),
-        "{} decode threads still run after the failed start",
-        threads(pid, "loaderd-decode")
-    );
     let status = d.status_json();
     assert_eq!(status["ring_bytes"], 0, "{status}");
     assert_eq!(status["loaders"].as_array().map(Vec::len), Some(0));
@@ -292,7 +298,12 @@ fn repeated_opens_are_refused_at_once_and_do_not_starve_another_client() {
                     .expect("a refusal, not a dropped connection");
                 slowest = slowest.max(asked.elapsed());
                 let r = pb::LoaderOpened::decode(&reply[..]).expect("LoaderOpened");
-                assert_eq!(r.code, tonic::Code::FailedPrecondition as i32, "{}", r.error);
+                assert_eq!(
+                    r.code,
+                    tonic::Code::FailedPrecondition as i32,
+                    "{}",
+                    r.error
+                );
                 assert!(r.error.contains("already has a loader"), "{}", r.error);
                 assert!(fd.is_none());
                 repeats.fetch_add(1, Ordering::SeqCst);
@@ -307,11 +318,7 @@ fn repeated_opens_are_refused_at_once_and_do_not_starve_another_client() {
             while !stop.load(Ordering::SeqCst) {
                 // 64 x 224x224 RGB x 64 slots: far over the 64 MiB a client may have.
                 if let Err(e) = BatchClient::open(&sock, loader(64, 224, 64, 1)) {
-                    assert_eq!(
-                        code_of(&e),
-                        Some(tonic::Code::ResourceExhausted),
-                        "{e}"
-                    );
+                    assert_eq!(code_of(&e), Some(tonic::Code::ResourceExhausted), "{e}");
                     refused += 1;
                 }
             }
@@ -342,8 +349,7 @@ fn repeated_opens_are_refused_at_once_and_do_not_starve_another_client() {
             "round {round}: the good client was refused while the attacker hammered: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("bench json");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench json");
         assert_eq!(report["samples"], 16, "{report}");
     }
     stop.store(true, Ordering::SeqCst);
@@ -351,14 +357,21 @@ fn repeated_opens_are_refused_at_once_and_do_not_starve_another_client() {
     let refused = hammer_thread.join().expect("hammer thread");
     let repeats = repeats.load(Ordering::SeqCst);
     assert!(repeats >= 50, "the attacker got {repeats} answers");
-    assert!(refused >= 5, "the over-budget opens were answered: {refused}");
+    assert!(
+        refused >= 5,
+        "the over-budget opens were answered: {refused}"
+    );
     assert!(
         slowest < Duration::from_secs(5),
         "a repeated OpenLoader is refused before any work (slowest {slowest:?})"
     );
     // Only the attacker's first loader is open.
     let status = d.status_json();
-    assert_eq!(status["loaders"].as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(
+        status["loaders"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
 }
 
 /// A daemon with a 16 MiB memory tier of 1 MiB blocks: 3 MiB leased per process, a quarter
@@ -430,7 +443,11 @@ fn leases_are_capped_per_client_process_not_per_connection() {
     // Another process's 2 MiB read passes the 4 MiB total: refused before leasing, and
     // loaderctl reads it over gRPC instead, byte-exact.
     let out = loaderctl(&d.socket, &["cat", "/ds/f5.bin"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_bytes_eq(&out.stdout, &files[5], "cat over the total cap");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -440,9 +457,10 @@ fn leases_are_capped_per_client_process_not_per_connection() {
 
     // Closing the connections gives every lease back.
     conns.clear();
-    assert!(wait_until(Duration::from_secs(10), || d.status_json()
-        ["shm_leased_bytes"]
-        == 0));
+    assert!(wait_until(
+        Duration::from_secs(10),
+        || d.status_json()["shm_leased_bytes"] == 0
+    ));
 }
 
 #[test]
@@ -453,12 +471,19 @@ fn a_single_read_cannot_pass_the_cap_and_a_reused_read_id_counts_once() {
 
     // 5 MiB in one read, nothing leased yet: the read's own size is checked.
     let mut c = ShmClient::connect(&sock).expect("connect");
-    let err = shm_read(&mut c, "/ds/f6.bin").expect_err("a 5 MiB read passes a 3 MiB cap");
+    let err = match shm_read(&mut c, "/ds/f6.bin") {
+        Ok(bytes) => panic!("a {} byte read passed a 3 MiB cap", bytes.len()),
+        Err(e) => e,
+    };
     assert_eq!(code_of(&err), Some(tonic::Code::ResourceExhausted), "{err}");
     assert!(err.to_string().contains("5242880"), "{err}");
     assert_eq!(d.status_json()["shm_leased_bytes"], 0);
     // loaderctl still returns the right bytes (over gRPC).
-    assert_bytes_eq(&d.cat("/ds/f6.bin"), &files[6], "cat of a read over the cap");
+    assert_bytes_eq(
+        &d.cat("/ds/f6.bin"),
+        &files[6],
+        "cat of a read over the cap",
+    );
 
     // The same read id ten times without a release: the id's old lease is replaced, so the
     // count stays at one read and later reads are not refused.
@@ -479,9 +504,10 @@ fn a_single_read_cannot_pass_the_cap_and_a_reused_read_id_counts_once() {
     assert_eq!(status["shm_leased_bytes"], MIB, "{status}");
     drop(raw);
     drop(c);
-    assert!(wait_until(Duration::from_secs(10), || d.status_json()
-        ["shm_leased_bytes"]
-        == 0));
+    assert!(wait_until(
+        Duration::from_secs(10),
+        || d.status_json()["shm_leased_bytes"] == 0
+    ));
 }
 
 /// Another process holding `n` shared-memory connections until dropped.
@@ -499,7 +525,12 @@ impl Holder {
              print('held', flush=True)\n\
              sys.stdin.read()\n";
         let mut child = Command::new("python3")
-            .args(["-c", script, sock.to_str().expect("utf-8 path"), &n.to_string()])
+            .args([
+                "-c",
+                script,
+                sock.to_str().expect("utf-8 path"),
+                &n.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -562,7 +593,11 @@ fn shared_memory_connections_are_capped_per_process_and_in_total() {
     let out = loaderctl(&d.socket, &["cat", "/ds/f.bin"]);
     assert!(out.status.success());
     assert_bytes_eq(&out.stdout, &file, "cat beside a capped process");
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // With the total reached (4 here, 2 in another process), loaderctl is told why and
     // reads over gRPC.

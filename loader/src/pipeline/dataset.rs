@@ -149,7 +149,11 @@ impl Dataset {
                         Source::TarMember { shard, .. } => shard.as_str().len(),
                     }
             })
-            .chain(self.classes.iter().map(|c| c.len() + std::mem::size_of::<String>()))
+            .chain(
+                self.classes
+                    .iter()
+                    .map(|c| c.len() + std::mem::size_of::<String>()),
+            )
             .sum();
         (self.samples.len() * std::mem::size_of::<Sample>() + strings) as u64
     }

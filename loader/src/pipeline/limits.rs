@@ -55,6 +55,19 @@ fn over(field: &'static str, value: u64, limit: u64, key: &'static str) -> Sessi
     }
 }
 
+fn at_most(
+    field: &'static str,
+    value: u64,
+    limit: u64,
+    key: &'static str,
+) -> Result<(), SessionError> {
+    if value > limit {
+        Err(over(field, value, limit, key))
+    } else {
+        Ok(())
+    }
+}
+
 fn counter_refused(field: &'static str) {
     metrics::counter!("loaderd_pipeline_open_refusals_total", "reason" => field).increment(1);
 }
@@ -66,26 +79,22 @@ pub fn plan(req: &pb::OpenLoader, config: &PipelineConfig) -> Result<Plan, Sessi
         return Err(invalid("batch_size must be positive".into()));
     }
     let batch = req.batch_size as usize;
-    if batch > config.max_batch_size {
-        return Err(over(
-            "batch_size",
-            batch as u64,
-            config.max_batch_size as u64,
-            "pipeline.max_batch_size",
-        ));
-    }
+    at_most(
+        "batch_size",
+        batch as u64,
+        config.max_batch_size as u64,
+        "pipeline.max_batch_size",
+    )?;
     let depth = match req.depth {
         0 => config.depth,
         d => d as usize,
     };
-    if depth > config.max_depth {
-        return Err(over(
-            "depth",
-            depth as u64,
-            config.max_depth as u64,
-            "pipeline.max_depth",
-        ));
-    }
+    at_most(
+        "depth",
+        depth as u64,
+        config.max_depth as u64,
+        "pipeline.max_depth",
+    )?;
     let workers = match (req.workers, config.workers) {
         (0, 0) => std::thread::available_parallelism()
             .map_or(2, usize::from)
@@ -101,16 +110,19 @@ pub fn plan(req: &pb::OpenLoader, config: &PipelineConfig) -> Result<Plan, Sessi
         }
         (w, _) => w as usize,
     };
-    for (field, value) in [("size", req.size), ("resize", req.resize)] {
-        if value > config.max_image_size {
-            return Err(over(
-                field,
-                u64::from(value),
-                u64::from(config.max_image_size),
-                "pipeline.max_image_size",
-            ));
-        }
-    }
+    let image = u64::from(config.max_image_size);
+    at_most(
+        "size",
+        u64::from(req.size),
+        image,
+        "pipeline.max_image_size",
+    )?;
+    at_most(
+        "resize",
+        u64::from(req.resize),
+        image,
+        "pipeline.max_image_size",
+    )?;
     if req.name.len() > MAX_NAME_BYTES {
         counter_refused("name");
         return Err(invalid(format!(
@@ -182,7 +194,10 @@ mod tests {
     fn every_numeric_field_is_bounded() {
         assert_eq!(refused_field(req(|r| r.depth = 1_000_000_000)), "depth");
         assert_eq!(refused_field(req(|r| r.workers = 1000)), "workers");
-        assert_eq!(refused_field(req(|r| r.batch_size = u32::MAX)), "batch_size");
+        assert_eq!(
+            refused_field(req(|r| r.batch_size = u32::MAX)),
+            "batch_size"
+        );
         assert_eq!(refused_field(req(|r| r.size = 100_000)), "size");
         assert_eq!(refused_field(req(|r| r.resize = u32::MAX)), "resize");
         let err = plan(&req(|r| r.depth = 65), &PipelineConfig::default()).unwrap_err();

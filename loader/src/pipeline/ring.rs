@@ -68,7 +68,10 @@ impl BatchRing {
         const PAGE: u64 = 4096;
         let arena = (depth as u64).saturating_mul(slot_bytes as u64);
         let state = (depth as u64).saturating_mul(std::mem::size_of::<State>() as u64);
-        arena.div_ceil(PAGE).saturating_mul(PAGE).saturating_add(state)
+        arena
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .saturating_add(state)
     }
 
     /// Bytes per slot.

@@ -21,9 +21,9 @@ use tokio::runtime::Handle;
 use tracing::{error, info, warn};
 
 use super::augment::{Layout, TransformSpec, process};
-use super::limits::{self, Plan};
 use super::dataset::{Dataset, DatasetError, fetch};
 use super::decode::{DecodeLimits, Decoder};
+use super::limits::{self, Plan};
 use super::registry::{BudgetError, LoaderInfo, LoaderStats, Pipelines, Registration, Stage};
 use super::ring::{BatchRing, RingError};
 use super::sampler::{Sampler, SamplerError, SamplerState, sample_rng};

@@ -83,7 +83,10 @@ impl ShmConnection {
     }
 
     /// Sends `req` and returns the reply's bytes and any descriptor passed with it.
-    pub fn request(&mut self, req: &pb::ShmRequest) -> Result<(Vec<u8>, Option<OwnedFd>), ShmError> {
+    pub fn request(
+        &mut self,
+        req: &pb::ShmRequest,
+    ) -> Result<(Vec<u8>, Option<OwnedFd>), ShmError> {
         send_msg(self.conn.as_fd(), &req.encode_to_vec(), None)?;
         let (n, fd) = recv_msg(self.conn.as_fd(), &mut self.buf)?;
         if n == 0 {
