@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use loaderd::shm::client::{BatchClient, ShmClient, ShmConnection, ShmError};
+use loaderd::shm::client::{BatchClient, Piece, ShmClient, ShmConnection, ShmError};
 use loaderd_proto::v1 as pb;
 use loaderd_tests::{
     Daemon, args, assert_bytes_eq, file_mount_args, gen_dataset, loaderctl, wait_until,
@@ -374,8 +374,8 @@ fn repeated_opens_are_refused_at_once_and_do_not_starve_another_client() {
     );
 }
 
-/// A daemon with a 16 MiB memory tier of 1 MiB blocks: 3 MiB leased per process, a quarter
-/// of the tier (4 MiB) in total; and files of 1, 2 and 5 MiB.
+/// A daemon with a 16 MiB memory tier of 1 MiB blocks: 3 MiB leased per process and
+/// 3/16 of the tier (3 MiB) in total; and files of 1, 2 and 5 MiB.
 fn lease_daemon(dir: &Path) -> (Daemon, tempfile::TempDir, Vec<Vec<u8>>) {
     let sizes = [MIB, MIB, MIB, MIB, MIB, 2 * MIB, 5 * MIB];
     let files = sizes
@@ -385,7 +385,7 @@ fn lease_daemon(dir: &Path) -> (Daemon, tempfile::TempDir, Vec<Vec<u8>>) {
         .collect();
     let (d, conf) = daemon(
         dir,
-        "[server]\nshm_max_leased = \"3MiB\"\nshm_max_leased_fraction = 0.25\n",
+        "[server]\nshm_max_leased = \"3MiB\"\nshm_max_leased_fraction = 0.1875\n",
         &["--memory-capacity", "16MiB", "--block-size", "1MiB"],
     );
     for i in 0..sizes.len() {
@@ -398,8 +398,8 @@ fn shm_read(c: &mut ShmClient, path: &str) -> Result<Vec<u8>, ShmError> {
     let mut out = Vec::new();
     c.read(path, 0, 0, |_, piece| {
         match piece {
-            loaderd::shm::client::Piece::Mapped(b) => out.extend_from_slice(b),
-            loaderd::shm::client::Piece::Fallback { .. } => {
+            Piece::Mapped(b) => out.extend_from_slice(b),
+            Piece::Fallback { .. } => {
                 return Err(std::io::Error::other("block not in the memory tier"));
             }
         }
@@ -434,13 +434,13 @@ fn leases_are_capped_per_client_process_not_per_connection() {
     assert_eq!(held, 3, "one process's connections share one 3 MiB cap");
     let status = d.status_json();
     assert_eq!(status["shm_leased_bytes"], 3 * MIB, "{status}");
-    assert_eq!(status["shm_leased_capacity_bytes"], 4 * MIB, "{status}");
+    assert_eq!(status["shm_leased_capacity_bytes"], 3 * MIB, "{status}");
     assert_eq!(d.metric("loaderd_shm_leased_bytes"), (3 * MIB) as f64);
     assert!(d.metric("loaderd_shm_lease_refusals_total") >= 2.0);
     let text = d.ctl_ok(&["status"]);
-    assert!(text.contains("3.0 MiB leased / 4.0 MiB"), "{text}");
+    assert!(text.contains("3.0 MiB leased / 3.0 MiB"), "{text}");
 
-    // Another process's 2 MiB read passes the 4 MiB total: refused before leasing, and
+    // Another process's read finds the 3 MiB total taken: refused before leasing, and
     // loaderctl reads it over gRPC instead, byte-exact.
     let out = loaderctl(&d.socket, &["cat", "/ds/f5.bin"]);
     assert!(
@@ -469,16 +469,35 @@ fn a_single_read_cannot_pass_the_cap_and_a_reused_read_id_counts_once() {
     let (d, _conf, files) = lease_daemon(data.path());
     let sock = shm_socket(&d);
 
-    // 5 MiB in one read, nothing leased yet: the read's own size is checked.
+    // 5 MiB in one read, nothing leased yet: each block is counted before it is leased, so
+    // 3 MiB are leased and the rest is answered as fallback, read over gRPC.
     let mut c = ShmClient::connect(&sock).expect("connect");
-    let err = match shm_read(&mut c, "/ds/f6.bin") {
-        Ok(bytes) => panic!("a {} byte read passed a 3 MiB cap", bytes.len()),
+    let (mut mapped, mut fallback) = (0u64, 0u64);
+    c.read("/ds/f6.bin", 0, 0, |_, piece| {
+        match piece {
+            Piece::Mapped(b) => mapped += b.len() as u64,
+            Piece::Fallback { len, .. } => fallback += len,
+        }
+        Ok(())
+    })
+    .expect("a read over the cap is served");
+    assert_eq!((mapped, fallback), (3 * MIB, 2 * MIB), "leased, fallback");
+    let status = d.status_json();
+    assert_eq!(status["shm_leased_bytes"], 3 * MIB, "{status}");
+    // With the cap held, another read of this process is refused, naming the cap.
+    let mut other = ShmClient::connect(&sock).expect("connect");
+    let err = match shm_read(&mut other, "/ds/f0.bin") {
+        Ok(_) => panic!("a read past a full cap was leased"),
         Err(e) => e,
     };
     assert_eq!(code_of(&err), Some(tonic::Code::ResourceExhausted), "{err}");
-    assert!(err.to_string().contains("5242880"), "{err}");
-    assert_eq!(d.status_json()["shm_leased_bytes"], 0);
-    // loaderctl still returns the right bytes (over gRPC).
+    assert!(err.to_string().contains("server.shm_max_leased"), "{err}");
+    drop((c, other));
+    assert!(wait_until(
+        Duration::from_secs(10),
+        || d.status_json()["shm_leased_bytes"] == 0
+    ));
+    // loaderctl returns the right bytes of the whole file.
     assert_bytes_eq(
         &d.cat("/ds/f6.bin"),
         &files[6],
@@ -499,11 +518,11 @@ fn a_single_read_cannot_pass_the_cap_and_a_reused_read_id_counts_once() {
         let (reply, _) = raw.request(&req).expect("reply");
         let reply = pb::ShmReadReply::decode(&reply[..]).expect("ShmReadReply");
         assert_eq!(reply.code, 0, "round {round}: {}", reply.error);
+        assert!(reply.extents.iter().all(|e| e.in_arena), "round {round}");
     }
     let status = d.status_json();
     assert_eq!(status["shm_leased_bytes"], MIB, "{status}");
     drop(raw);
-    drop(c);
     assert!(wait_until(
         Duration::from_secs(10),
         || d.status_json()["shm_leased_bytes"] == 0

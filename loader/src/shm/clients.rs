@@ -5,8 +5,8 @@
 //! lease cap and one connection allowance. The total over all processes is capped too:
 //! connections by `server.shm_max_connections`, leased bytes by a fraction of the memory
 //! tier (`server.shm_max_leased_fraction`), so leases can never pin the whole tier and new
-//! misses can still be cached. A read reserves the bytes it would lease *before* leasing,
-//! so no single read can pass a cap; a refused read leases nothing.
+//! misses can still be cached. A read reserves each block's bytes *before* leasing it, so
+//! no single read can pass a cap; a refused reservation counts nothing.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;

@@ -292,7 +292,12 @@ fn error_reply(id: u64, code: tonic::Code, error: String) -> pb::ShmReadReply {
     }
 }
 
-/// Serves one read: its reply, the leases it holds and their bytes (counted for `client`).
+/// Serves one read: its reply, the leases it holds and the bytes counted for them.
+///
+/// Each block's size is counted against the caps *before* it is leased, so a read never
+/// leases past a cap: when not even its first block fits, the read is refused with the cap
+/// named (the client reads it over gRPC); when a later block does not fit, it and the rest
+/// are answered as fallback extents, read over gRPC like blocks the tier cannot hold.
 async fn read(
     cache: &Cache,
     r: &pb::ShmRead,
@@ -314,54 +319,40 @@ async fn read(
         0 => size,
         n => r.offset.saturating_add(n).min(size),
     };
-    let blocks = cache.blocks(&fh, r.offset..end);
-    // Every block this read could lease, counted before any is leased: a single read cannot
-    // pass a cap. What is not leased after all (fallback) is given back below.
-    let need: u64 = blocks.iter().map(|b| b.range.end - b.range.start).sum();
-    client
-        .reserve(need)
-        .map_err(|e| tonic::Status::resource_exhausted(e.to_string()))?;
-    let leased = lease_blocks(cache, &fh, &path, r, end, &blocks).await;
-    let (extents, held) = match leased {
-        Ok(v) => v,
-        Err(e) => {
-            client.give_back(need);
-            return Err(e);
-        }
-    };
-    let bytes: u64 = held.iter().map(Lease::len).sum();
-    client.give_back(need.saturating_sub(bytes));
-    Ok((
-        pb::ShmReadReply {
-            id: r.id,
-            code: 0,
-            error: String::new(),
-            file_size: size,
-            extents,
-        },
-        held,
-        bytes.min(need),
-    ))
-}
-
-/// Leases `blocks` (the range `r.offset..end` of `fh`), naming each piece's place.
-async fn lease_blocks(
-    cache: &Cache,
-    fh: &loaderd_cache::FileHandle,
-    path: &LogicalPath,
-    r: &pb::ShmRead,
-    end: u64,
-    blocks: &[loaderd_cache::block::BlockRef],
-) -> Result<(Vec<pb::ShmExtent>, Vec<Lease>), tonic::Status> {
     let mut extents = Vec::new();
     let mut held = Vec::new();
-    for b in blocks {
+    // Bytes reserved for the leases in `held`.
+    let mut reserved = 0u64;
+    let mut capped = false;
+    for (i, b) in cache.blocks(&fh, r.offset..end).iter().enumerate() {
         let from = r.offset.max(b.range.start) - b.range.start;
         let to = end.min(b.range.end) - b.range.start;
-        let lease = cache
-            .lease_block(fh, b)
-            .await
-            .map_err(|e| status_at(path, &e))?;
+        let block_len = b.range.end - b.range.start;
+        let lease = if capped {
+            None
+        } else if let Err(e) = client.reserve(block_len) {
+            if i == 0 {
+                return Err(tonic::Status::resource_exhausted(e.to_string()));
+            }
+            debug!(error = %e, "lease cap reached mid-read: the rest falls back");
+            capped = true;
+            None
+        } else {
+            match cache.lease_block(&fh, b).await {
+                Ok(Some(lease)) => {
+                    reserved += block_len;
+                    Some(lease)
+                }
+                Ok(None) => {
+                    client.give_back(block_len);
+                    None
+                }
+                Err(e) => {
+                    client.give_back(block_len + reserved);
+                    return Err(status_at(&path, &e));
+                }
+            }
+        };
         if lease.is_none() {
             counter!("loaderd_shm_fallback_bytes_total").increment(to - from);
         }
@@ -373,5 +364,15 @@ async fn lease_blocks(
         });
         held.extend(lease);
     }
-    Ok((extents, held))
+    Ok((
+        pb::ShmReadReply {
+            id: r.id,
+            code: 0,
+            error: String::new(),
+            file_size: size,
+            extents,
+        },
+        held,
+        reserved,
+    ))
 }
