@@ -50,7 +50,8 @@ pub struct ServerConfig {
     pub shm_reads: bool,
     /// That socket; default: next to `socket`, `<name>.shm.sock`.
     pub shm_socket: Option<PathBuf>,
-    /// Bytes one shared-memory client may hold leased (unreleased reads) at once.
+    /// Bytes one shared-memory client *process* may hold leased (unreleased reads) at once,
+    /// over all its connections (processes are told apart by their peer credentials).
     pub shm_max_leased: ByteSize,
     /// Open connections the metrics endpoint accepts (more are closed at once and counted in
     /// `loaderd_connections_refused_total`); at most 1/16 of the descriptor limit.
@@ -77,6 +78,13 @@ pub struct ServerConfig {
     pub tcp_token_file: Option<PathBuf>,
     /// Token for admin calls over TCP (it also grants data access); none: TCP has no admin.
     pub tcp_admin_token_file: Option<PathBuf>,
+    /// Share of the memory tier all clients together may hold leased; the rest stays
+    /// evictable so new misses can still be cached.
+    pub shm_max_leased_fraction: f64,
+    /// Shared-memory connections open at once, over all clients.
+    pub shm_max_connections: usize,
+    /// Shared-memory connections one client process may have open at once.
+    pub shm_max_connections_per_process: usize,
 }
 
 impl ServerConfig {
@@ -111,6 +119,9 @@ impl Default for ServerConfig {
             admin_group: None,
             tcp_token_file: None,
             tcp_admin_token_file: None,
+            shm_max_leased_fraction: 0.5,
+            shm_max_connections: 256,
+            shm_max_connections_per_process: 32,
         }
     }
 }
@@ -232,6 +243,17 @@ pub struct PipelineConfig {
     pub max_pixels: u64,
     /// The default for clients that do not say: `skip` or `fail`.
     pub on_error: OnError,
+    /// Largest `depth` (ring slots) a client may ask for.
+    pub max_depth: usize,
+    /// Largest `batch_size` a client may ask for.
+    pub max_batch_size: usize,
+    /// Largest `workers` one loader may ask for; the default (`workers`, or one per core) is
+    /// capped to it.
+    pub max_workers: usize,
+    /// Decode threads of all loaders together.
+    pub max_total_workers: usize,
+    /// Largest output `size` and `resize` (pixels per side) a client may ask for.
+    pub max_image_size: u32,
 }
 
 impl Default for PipelineConfig {
@@ -244,6 +266,11 @@ impl Default for PipelineConfig {
             max_clients: 64,
             max_pixels: 64 << 20,
             on_error: OnError::Skip,
+            max_depth: 64,
+            max_batch_size: 4096,
+            max_workers: 64,
+            max_total_workers: 256,
+            max_image_size: 2048,
         }
     }
 }
@@ -392,10 +419,55 @@ impl DaemonConfig {
         if self.pipeline.max_pixels == 0 {
             return Err(invalid("pipeline.max_pixels", "must be positive"));
         }
+        self.validate_limits()?;
         for (i, m) in self.mount.iter().enumerate() {
             if m.path.is_empty() || m.uri.is_empty() {
                 return Err(invalid(&format!("mount[{i}]"), "needs `path` and `uri`"));
             }
+        }
+        Ok(())
+    }
+
+    /// The request and connection limits (issue-18 bounds): every one must let something in.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        };
+        let (p, s) = (&self.pipeline, &self.server);
+        for (key, value) in [
+            ("pipeline.max_depth", p.max_depth),
+            ("pipeline.max_batch_size", p.max_batch_size),
+            ("pipeline.max_workers", p.max_workers),
+            ("pipeline.max_total_workers", p.max_total_workers),
+            ("pipeline.max_image_size", p.max_image_size as usize),
+            ("server.shm_max_connections", s.shm_max_connections),
+            (
+                "server.shm_max_connections_per_process",
+                s.shm_max_connections_per_process,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if p.depth > p.max_depth {
+            return Err(invalid(
+                "pipeline.depth",
+                "must not exceed pipeline.max_depth",
+            ));
+        }
+        if p.max_workers > p.max_total_workers {
+            return Err(invalid(
+                "pipeline.max_workers",
+                "must not exceed pipeline.max_total_workers",
+            ));
+        }
+        if !(s.shm_max_leased_fraction > 0.0 && s.shm_max_leased_fraction <= 1.0) {
+            return Err(invalid(
+                "server.shm_max_leased_fraction",
+                "must be in (0, 1]",
+            ));
         }
         Ok(())
     }

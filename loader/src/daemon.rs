@@ -26,6 +26,7 @@ use crate::http;
 use crate::listen::{self, ConnLimit};
 use crate::pipeline::registry::Pipelines;
 use crate::server::LoaderService;
+use crate::shm::clients::{ClientLimits, ShmClients};
 use crate::shm::server::ShmServer;
 use loaderd_cache::cluster::Cluster;
 use loaderd_cache::cluster::service::PeerService;
@@ -146,6 +147,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     })
     .await?;
     let access = Access::from_config(&cfg.server)?;
+    let shm_clients = ShmClients::new(ClientLimits::new(&cfg.server, cfg.cache.memory.capacity.0));
     let service = LoaderService::new(
         cache.clone(),
         pipelines.clone(),
@@ -153,7 +155,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.server.readahead_blocks,
         cfg.server.load_parallelism,
     )
-    .with_access(access.clone(), cfg.mounts.clone());
+    .with_access(access.clone(), cfg.mounts.clone())
+    .with_shm_clients(shm_clients.clone());
     let grpc = || {
         LoaderServer::new(service.clone())
             .max_decoding_message_size(MAX_MESSAGE)
@@ -197,7 +200,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             cache.clone(),
             pipelines.clone(),
             tokio::runtime::Handle::current(),
-            cfg.server.shm_max_leased.0,
+            shm_clients.clone(),
         )
         .with_context(|| {
             format!(

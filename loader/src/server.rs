@@ -7,6 +7,7 @@
 use crate::auth::Access;
 use crate::pipeline::registry::Pipelines;
 use loaderd_cache::mount::RuntimeMountPolicy;
+use crate::shm::clients::ShmClients;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +34,8 @@ pub struct LoaderService {
     load_parallelism: usize,
     access: Access,
     mount_policy: Arc<RuntimeMountPolicy>,
+    /// Shared-memory clients, for the leased bytes in status.
+    shm_clients: Option<Arc<ShmClients>>,
 }
 
 impl LoaderService {
@@ -69,7 +72,14 @@ impl LoaderService {
             load_parallelism,
             access: Access::default(),
             mount_policy: Arc::default(),
+            shm_clients: None,
         }
+    }
+
+    /// Shows `clients`' leases and connections in status.
+    pub fn with_shm_clients(mut self, clients: Arc<ShmClients>) -> Self {
+        self.shm_clients = Some(clients);
+        self
     }
 }
 
@@ -333,6 +343,15 @@ impl Loader for LoaderService {
                 None => None,
             },
             gpu: Some(self.gpu.clone()),
+            shm_leased_bytes: self.shm_clients.as_ref().map_or(0, |c| c.leased()),
+            shm_leased_capacity_bytes: self
+                .shm_clients
+                .as_ref()
+                .map_or(0, |c| c.limits().max_leased_total),
+            shm_connections: self
+                .shm_clients
+                .as_ref()
+                .map_or(0, |c| c.connections() as u64),
         }))
     }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from . import _wire
-from .errors import DaemonTimeout, DaemonUnavailable, ProtocolError
+from .errors import DaemonTimeout, DaemonUnavailable, ProtocolError, daemon_error
 
 #: Largest message either side sends.
 MAX_MESSAGE = 1 << 20
@@ -80,6 +80,9 @@ class Connection:
             for fd in fds:  # the cache arena: batch clients read their ring only
                 os.close(fd)
             hello = _wire.ShmHello.decode(data)
+            if hello.code != 0:
+                # Refused (too many connections): the daemon says which limit, then closes.
+                raise daemon_error(hello.code, hello.error)
             if hello.version != PROTOCOL_VERSION:
                 raise ProtocolError(
                     f"loaderd at {path} speaks protocol {hello.version}; this client speaks "

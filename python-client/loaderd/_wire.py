@@ -217,8 +217,11 @@ class ShmHello(Message):
 
     version: int = 0
     arena_len: int = 0
+    # Nonzero when the daemon refuses the connection (a connection cap); ``error`` says why.
+    code: int = 0
+    error: str = ""
 
-    FIELDS = {1: ("version", UINT), 2: ("arena_len", UINT)}
+    FIELDS = {1: ("version", UINT), 2: ("arena_len", UINT), 3: ("code", INT), 4: ("error", STRING)}
 
 
 @dataclasses.dataclass

@@ -186,8 +186,11 @@ def test_loader_errors(daemon: Daemon) -> None:
         open_loader(daemon, batch_size=4, on_error="ignore")
     with pytest.raises(loaderd.InvalidArgument, match="batch_size"):
         open_loader(daemon, batch_size=-1)
-    with pytest.raises((loaderd.ResourceExhausted, loaderd.InvalidArgument), match="bytes"):
+    with pytest.raises(loaderd.InvalidArgument, match="pipeline.max_batch_size"):
         open_loader(daemon, batch_size=100_000, size=224, depth=64)
+    # Every field within its limit, the ring over the budget.
+    with pytest.raises(loaderd.ResourceExhausted, match="bytes"):
+        open_loader(daemon, batch_size=4096, size=224, depth=64)
     with pytest.raises(loaderd.InvalidArgument):
         with open_loader(daemon, batch_size=4) as loader:
             loader.load_state_dict({"seed": 0, "epoch": 0, "consumed": N + 1})
@@ -210,3 +213,42 @@ def test_closed_loader(daemon: Daemon) -> None:
     with pytest.raises(loaderd.LoaderError, match="closed"):
         next(iter(loader))
     del loader  # __del__ after close is harmless
+
+
+def test_a_refused_connection_names_the_limit(own_daemon: Daemon) -> None:
+    """Over the daemon's connections per process (32 by default), a Loader raises
+    ResourceExhausted naming the limit instead of hanging or a protocol error."""
+    import os
+    import socket
+    import time
+
+    held = []
+    try:
+        # Connections until the daemon refuses one (a refusal carries no arena descriptor).
+        for _ in range(64):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            held.append(s)
+            s.connect(str(own_daemon.shm_socket))
+            _, fds, _, _ = socket.recv_fds(s, 4096, 1)
+            for fd in fds:
+                os.close(fd)
+            if not fds:
+                break
+        else:
+            pytest.fail("64 connections of one process were all accepted")
+        with pytest.raises(loaderd.ResourceExhausted, match="shm_max_connections_per_process"):
+            open_loader(own_daemon, batch_size=4)
+    finally:
+        for s in held:
+            s.close()
+    # Once the daemon has seen them close, this process gets connections again.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with open_loader(own_daemon, batch_size=4) as loader:
+                assert len(loader) > 0
+            break
+        except loaderd.ResourceExhausted:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

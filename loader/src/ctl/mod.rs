@@ -297,9 +297,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 && let Some(mut s) = shm()
             {
                 let mut out = std::io::stdout().lock();
-                cat_shm(&mut s, &mut c, &path, offset, length, &mut out)?;
-                out.flush()?;
-                return Ok(());
+                if cat_shm(&mut s, &mut c, &path, offset, length, &mut out)? {
+                    out.flush()?;
+                    return Ok(());
+                }
             }
             let read_type = if no_cache {
                 pb::ReadType::NoCache
@@ -399,6 +400,8 @@ pub(crate) async fn read_to(
 }
 
 /// Writes a file's bytes from the mapped memory tier, reading fallback pieces over gRPC.
+/// `false` (nothing written) when the daemon refused to lease the read (a lease cap): the
+/// caller then reads it over gRPC.
 fn cat_shm(
     s: &mut ShmClient,
     c: &mut Client,
@@ -406,9 +409,9 @@ fn cat_shm(
     offset: u64,
     length: u64,
     out: &mut impl Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Handle::current();
-    tokio::task::block_in_place(|| {
+    let res = tokio::task::block_in_place(|| {
         s.read(path, offset, length, |_, piece| match piece {
             Piece::Mapped(bytes) => out.write_all(bytes),
             Piece::Fallback {
@@ -430,12 +433,20 @@ fn cat_shm(
                     .map_err(std::io::Error::other)
             }
         })
-    })
-    .map_err(|e| match e {
-        ShmError::Io(io) => anyhow::Error::new(io),
-        other => anyhow::anyhow!("{other}"),
-    })?;
-    Ok(())
+    });
+    match res {
+        Ok(_) => Ok(true),
+        // Refused before any piece was handed out: nothing is written yet.
+        Err(ShmError::Status {
+            code: Code::ResourceExhausted,
+            message,
+        }) => {
+            eprintln!("loaderctl: shared-memory read refused ({message}); reading over gRPC");
+            Ok(false)
+        }
+        Err(ShmError::Io(io)) => Err(anyhow::Error::new(io)),
+        Err(other) => Err(anyhow::anyhow!("{other}")),
+    }
 }
 
 async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
@@ -486,6 +497,9 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
                 "corrupt_blocks": s.corrupt_blocks, "ufs_errors": s.ufs_errors, "mounts": mounts,
                 "loaders": loaders, "ring_bytes": s.ring_bytes,
                 "ring_capacity_bytes": s.ring_capacity_bytes,
+                "shm_leased_bytes": s.shm_leased_bytes,
+                "shm_leased_capacity_bytes": s.shm_leased_capacity_bytes,
+                "shm_connections": s.shm_connections,
                 "cluster": s.cluster.as_ref().map(cluster_json),
                 "gpu": s.gpu.as_ref().map(gpu_json)})
         );
@@ -608,6 +622,12 @@ async fn status(c: &mut Client, as_json: bool) -> anyhow::Result<()> {
         s.loaders.len(),
         human(s.ring_bytes),
         human(s.ring_capacity_bytes)
+    );
+    println!(
+        "  shared memory: {} leased / {} (not evictable while leased), {} connections",
+        human(s.shm_leased_bytes),
+        human(s.shm_leased_capacity_bytes),
+        s.shm_connections
     );
     for l in &s.loaders {
         // Busy seconds per sample, per stage, summed over the loader's decode threads.

@@ -141,6 +141,27 @@ impl Dataset {
         self.samples.len()
     }
 
+    /// Heap bytes the index takes (counted in its loader's memory budget).
+    pub fn heap_bytes(&self) -> u64 {
+        let strings: usize = self
+            .samples
+            .iter()
+            .map(|s| {
+                s.key.len()
+                    + match &s.source {
+                        Source::File { path, .. } => path.as_str().len(),
+                        Source::TarMember { shard, .. } => shard.as_str().len(),
+                    }
+            })
+            .chain(
+                self.classes
+                    .iter()
+                    .map(|c| c.len() + std::mem::size_of::<String>()),
+            )
+            .sum();
+        (self.samples.len() * std::mem::size_of::<Sample>() + strings) as u64
+    }
+
     /// Whether there are no samples (never, for an indexed dataset).
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()

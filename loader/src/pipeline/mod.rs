@@ -8,6 +8,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod decode;
+pub mod limits;
 pub mod registry;
 pub mod ring;
 pub mod sampler;

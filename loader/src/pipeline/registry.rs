@@ -1,10 +1,14 @@
 //! Every open loader of the daemon: the shared-memory budget they draw from, and the numbers
 //! per client that `loaderctl status` and the metrics show.
 //!
-//! A loader is admitted only if its ring fits both the per-client and the total budget and
-//! the client count allows it, so a client asking for a huge batch × depth, or one client too
-//! many, gets a clear `RESOURCE_EXHAUSTED` instead of pushing the daemon into an OOM kill. The
-//! [`Registration`] returned gives the budget back when the loader is dropped (client gone).
+//! A loader is admitted only if its memory fits both the per-client and the total budget, its
+//! decode threads fit the total thread budget and the client count allows it, so a client
+//! asking for a huge batch × depth, many workers, or one client too many, gets a clear
+//! `RESOURCE_EXHAUSTED` instead of pushing the daemon into an OOM kill. Admission is a
+//! [`Reservation`] taken *before* the dataset is indexed or anything is allocated (an
+//! over-budget request costs nothing), grown by the dataset index once it is known, and turned
+//! into the [`Registration`] the running loader holds; dropping either gives everything back,
+//! so a start that fails midway leaves no budget behind.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,15 @@ pub enum BudgetError {
     Total { need: u64, free: u64, limit: u64 },
     #[error("{open} loaders are open, the most this daemon serves (pipeline.max_clients)")]
     Clients { open: usize },
+    #[error(
+        "the loader needs {need} decode threads but only {free} of the daemon's {limit} are free \
+         (pipeline.max_total_workers); ask for fewer workers"
+    )]
+    Workers {
+        need: usize,
+        free: usize,
+        limit: usize,
+    },
 }
 
 /// A pipeline stage, for busy-time accounting.
@@ -185,7 +198,12 @@ impl LoaderStats {
 
 #[derive(Debug, Default)]
 struct Open {
+    /// Memory held by loaders and reservations.
     ring_bytes: u64,
+    /// Decode threads held by loaders and reservations.
+    workers: usize,
+    /// Reservations not yet registered (they count as clients).
+    pending: usize,
     loaders: BTreeMap<u64, Arc<LoaderStats>>,
     next_id: u64,
 }
@@ -215,44 +233,61 @@ impl Pipelines {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a loader whose ring takes `info.ring_bytes`, or says which budget it exceeds.
-    pub fn admit(self: &Arc<Self>, info: LoaderInfo) -> Result<Registration, BudgetError> {
-        let need = info.ring_bytes;
+    /// Reserves `bytes` of memory and `workers` decode threads for a loader about to start,
+    /// or says which budget it exceeds.
+    pub fn reserve(
+        self: &Arc<Self>,
+        bytes: u64,
+        workers: usize,
+    ) -> Result<Reservation, BudgetError> {
+        let mut open = self.lock();
+        if open.loaders.len() + open.pending >= self.config.max_clients {
+            return Err(refused(BudgetError::Clients {
+                open: open.loaders.len() + open.pending,
+            }));
+        }
+        let free_workers = self.config.max_total_workers.saturating_sub(open.workers);
+        if workers > free_workers {
+            return Err(refused(BudgetError::Workers {
+                need: workers,
+                free: free_workers,
+                limit: self.config.max_total_workers,
+            }));
+        }
+        self.check_bytes(&open, bytes)?;
+        open.ring_bytes += bytes;
+        open.workers += workers;
+        open.pending += 1;
+        publish_gauges(&open);
+        Ok(Reservation {
+            pipelines: self.clone(),
+            bytes,
+            workers,
+            pending: true,
+        })
+    }
+
+    /// Whether `more` bytes fit beside what `open` holds.
+    fn check_bytes(&self, open: &Open, more: u64) -> Result<(), BudgetError> {
         let (client_limit, total_limit) = (
             self.config.max_client_bytes.0,
             self.config.max_total_bytes.0,
         );
-        if need > client_limit {
-            return Err(BudgetError::Client {
-                need,
+        if more > client_limit {
+            return Err(refused(BudgetError::Client {
+                need: more,
                 limit: client_limit,
-            });
-        }
-        let mut open = self.lock();
-        if open.loaders.len() >= self.config.max_clients {
-            return Err(BudgetError::Clients {
-                open: open.loaders.len(),
-            });
+            }));
         }
         let free = total_limit.saturating_sub(open.ring_bytes);
-        if need > free {
-            return Err(BudgetError::Total {
-                need,
+        if more > free {
+            return Err(refused(BudgetError::Total {
+                need: more,
                 free,
                 limit: total_limit,
-            });
+            }));
         }
-        let id = open.next_id;
-        open.next_id += 1;
-        open.ring_bytes += need;
-        let stats = Arc::new(LoaderStats::new(info));
-        open.loaders.insert(id, stats.clone());
-        publish_gauges(&open);
-        Ok(Registration {
-            pipelines: self.clone(),
-            id,
-            stats,
-        })
+        Ok(())
     }
 
     /// Status of every open loader, and the ring bytes in use.
@@ -268,6 +303,90 @@ impl Pipelines {
 fn publish_gauges(open: &Open) {
     gauge!("loaderd_pipeline_clients").set(open.loaders.len() as f64);
     gauge!("loaderd_pipeline_ring_bytes").set(open.ring_bytes as f64);
+    gauge!("loaderd_pipeline_workers").set(open.workers as f64);
+}
+
+fn refused(e: BudgetError) -> BudgetError {
+    let reason = match e {
+        BudgetError::Client { .. } => "max_client_bytes",
+        BudgetError::Total { .. } => "max_total_bytes",
+        BudgetError::Clients { .. } => "max_clients",
+        BudgetError::Workers { .. } => "max_total_workers",
+    };
+    counter!("loaderd_pipeline_open_refusals_total", "reason" => reason).increment(1);
+    e
+}
+
+/// Memory and threads held for a loader that is starting; dropped unregistered, it gives
+/// them back.
+#[derive(Debug)]
+pub struct Reservation {
+    pipelines: Arc<Pipelines>,
+    bytes: u64,
+    workers: usize,
+    pending: bool,
+}
+
+impl Reservation {
+    /// Holds `more` bytes as well (the dataset index, known once indexed), or refuses and
+    /// keeps what it held.
+    pub fn grow(&mut self, more: u64) -> Result<(), BudgetError> {
+        let mut open = self.pipelines.lock();
+        let need = self.bytes.saturating_add(more);
+        if need > self.pipelines.config.max_client_bytes.0 {
+            return Err(refused(BudgetError::Client {
+                need,
+                limit: self.pipelines.config.max_client_bytes.0,
+            }));
+        }
+        self.pipelines.check_bytes(&open, more)?;
+        open.ring_bytes += more;
+        self.bytes = need;
+        publish_gauges(&open);
+        Ok(())
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The loader started: `info` (its `ring_bytes` and `workers` set from this reservation)
+    /// is shown in status until the registration drops.
+    pub fn register(mut self, mut info: LoaderInfo) -> Registration {
+        info.ring_bytes = self.bytes;
+        info.workers = self.workers as u32;
+        let pipelines = self.pipelines.clone();
+        let mut open = pipelines.lock();
+        self.pending = false;
+        open.pending -= 1;
+        let id = open.next_id;
+        open.next_id += 1;
+        let stats = Arc::new(LoaderStats::new(info));
+        open.loaders.insert(id, stats.clone());
+        publish_gauges(&open);
+        drop(open);
+        // The registration gives the bytes and threads back from now on.
+        self.bytes = 0;
+        self.workers = 0;
+        Registration {
+            pipelines,
+            id,
+            stats,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut open = self.pipelines.lock();
+        open.ring_bytes = open.ring_bytes.saturating_sub(self.bytes);
+        open.workers = open.workers.saturating_sub(self.workers);
+        if self.pending {
+            open.pending -= 1;
+        }
+        publish_gauges(&open);
+    }
 }
 
 /// An admitted loader's hold on the budget; dropping it gives the budget back.
@@ -289,7 +408,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut open = self.pipelines.lock();
         if open.loaders.remove(&self.id).is_some() {
-            open.ring_bytes = open.ring_bytes.saturating_sub(self.stats.info.ring_bytes);
+            let info = &self.stats.info;
+            open.ring_bytes = open.ring_bytes.saturating_sub(info.ring_bytes);
+            open.workers = open.workers.saturating_sub(info.workers as usize);
         }
         publish_gauges(&open);
     }
@@ -305,15 +426,47 @@ mod tests {
             max_client_bytes: ByteSize(client),
             max_total_bytes: ByteSize(total),
             max_clients: clients,
+            max_total_workers: 8,
             ..PipelineConfig::default()
         })
     }
 
-    fn ring(bytes: u64) -> LoaderInfo {
-        LoaderInfo {
-            ring_bytes: bytes,
-            ..LoaderInfo::default()
+    impl Pipelines {
+        fn admit(self: &Arc<Self>, bytes: u64) -> Result<Registration, BudgetError> {
+            Ok(self.reserve(bytes, 1)?.register(LoaderInfo::default()))
         }
+    }
+
+    fn ring(bytes: u64) -> u64 {
+        bytes
+    }
+
+    #[test]
+    fn threads_and_reservations_are_budgeted_and_given_back() {
+        let p = pipelines(100, 150, 8);
+        let a = p.reserve(10, 5).unwrap();
+        assert!(matches!(
+            p.reserve(10, 4),
+            Err(BudgetError::Workers {
+                need: 4,
+                free: 3,
+                limit: 8
+            })
+        ));
+        let mut b = p.reserve(10, 3).unwrap();
+        assert!(matches!(
+            b.grow(95),
+            Err(BudgetError::Client { need: 105, .. })
+        ));
+        b.grow(80).unwrap();
+        assert_eq!(p.status().1, 100);
+        drop(b);
+        let r = a.register(LoaderInfo::default());
+        assert_eq!(r.stats().info().workers, 5);
+        assert_eq!(p.status().1, 10);
+        drop(r);
+        assert_eq!(p.status().1, 0);
+        assert!(p.reserve(0, 8).is_ok(), "every thread was given back");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum RingError {
     NotDelivered(usize),
     #[error("a batch ring needs at least one slot of at least one byte")]
     Empty,
+    #[error("a batch ring of {depth} slots of {slot_bytes} bytes is too large")]
+    TooLarge { depth: usize, slot_bytes: usize },
     #[error(transparent)]
     Arena(#[from] loaderd_cache::Error),
 }
@@ -48,13 +50,28 @@ impl BatchRing {
         if depth == 0 || slot_bytes == 0 {
             return Err(RingError::Empty);
         }
-        let arena = Arena::new(name, depth * slot_bytes)?;
+        let len = depth
+            .checked_mul(slot_bytes)
+            .ok_or(RingError::TooLarge { depth, slot_bytes })?;
+        let arena = Arena::new(name, len)?;
         Ok(BatchRing {
             arena,
             slot_bytes,
             states: Mutex::new(vec![State::Free; depth]),
             changed: Condvar::new(),
         })
+    }
+
+    /// Memory a ring of `depth` slots of `slot_bytes` takes: its arena in whole pages and
+    /// its per-slot state (a ring of many tiny slots is mostly state, not arena).
+    pub fn footprint(depth: usize, slot_bytes: usize) -> u64 {
+        const PAGE: u64 = 4096;
+        let arena = (depth as u64).saturating_mul(slot_bytes as u64);
+        let state = (depth as u64).saturating_mul(std::mem::size_of::<State>() as u64);
+        arena
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .saturating_add(state)
     }
 
     /// Bytes per slot.

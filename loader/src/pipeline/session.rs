@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use super::augment::{Layout, TransformSpec, process};
 use super::dataset::{Dataset, DatasetError, fetch};
 use super::decode::{DecodeLimits, Decoder};
+use super::limits::{self, Plan};
 use super::registry::{BudgetError, LoaderInfo, LoaderStats, Pipelines, Registration, Stage};
 use super::ring::{BatchRing, RingError};
 use super::sampler::{Sampler, SamplerError, SamplerState, sample_rng};
@@ -41,6 +42,23 @@ pub enum SessionError {
     Budget(#[from] BudgetError),
     #[error("invalid loader request: {0}")]
     Invalid(String),
+    #[error("{field} = {value} is over this daemon's limit of {limit} ({key})")]
+    Limit {
+        field: &'static str,
+        value: u64,
+        limit: u64,
+        key: &'static str,
+    },
+    #[error(
+        "cannot start decode thread {} of {want}: {source}; the {started} started were \
+         stopped (the daemon's thread limit is reached: ask for fewer workers)",
+        started + 1
+    )]
+    Threads {
+        started: usize,
+        want: usize,
+        source: std::io::Error,
+    },
 }
 
 impl SessionError {
@@ -48,10 +66,13 @@ impl SessionError {
     pub fn code(&self) -> tonic::Code {
         match self {
             SessionError::Dataset(DatasetError::Cache(e)) => crate::server::to_status(e).code(),
-            SessionError::Dataset(_) | SessionError::Sampler(_) | SessionError::Invalid(_) => {
-                tonic::Code::InvalidArgument
+            SessionError::Dataset(_)
+            | SessionError::Sampler(_)
+            | SessionError::Invalid(_)
+            | SessionError::Limit { .. } => tonic::Code::InvalidArgument,
+            SessionError::Ring(_) | SessionError::Budget(_) | SessionError::Threads { .. } => {
+                tonic::Code::ResourceExhausted
             }
-            SessionError::Ring(_) | SessionError::Budget(_) => tonic::Code::ResourceExhausted,
         }
     }
 }
@@ -70,7 +91,7 @@ pub struct Session {
     ring: Arc<BatchRing>,
     metas: Arc<Mutex<HashMap<u64, BatchMeta>>>,
     stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Workers,
     batches: u64,
     next: u64,
     opened: pb::LoaderOpened,
@@ -80,8 +101,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Indexes the dataset, admits the ring against the budgets, builds it and starts the
-    /// workers.
+    /// Checks the request against every limit, reserves its memory and threads, indexes the
+    /// dataset, builds the ring and starts the workers. Nothing is indexed or allocated before
+    /// the limits and budgets pass, and a start that fails midway stops every worker it
+    /// started and gives the reservation back.
     pub fn open(
         cache: &Arc<Cache>,
         pipelines: &Arc<Pipelines>,
@@ -89,47 +112,19 @@ impl Session {
         req: &pb::OpenLoader,
     ) -> Result<Self, SessionError> {
         let config = pipelines.config();
-        let invalid = |m: &str| SessionError::Invalid(m.to_string());
-        if req.batch_size == 0 {
-            return Err(invalid("batch_size must be positive"));
-        }
-        let on_error = match req.on_error.as_str() {
-            "" => config.on_error,
-            other => other.parse::<OnError>().map_err(SessionError::Invalid)?,
-        };
-        let layout = match req.layout.as_str() {
-            "" | "nhwc_u8" => Layout::NhwcU8,
-            "nchw_f32" => Layout::NchwF32,
-            "nchw_f16" => Layout::NchwF16,
-            other => return Err(invalid(&format!("unknown layout {other:?}"))),
-        };
-        let spec = TransformSpec {
-            train: req.train,
-            size: if req.size == 0 { 224 } else { req.size },
-            resize: if req.resize == 0 { 256 } else { req.resize },
+        let plan = limits::plan(req, config)?;
+        let Plan {
+            batch,
+            depth,
+            spec,
             layout,
-            ..TransformSpec::default()
-        };
-        spec.validate()
-            .map_err(|e| SessionError::Invalid(e.to_string()))?;
-        let batch = req.batch_size as usize;
-        let sample_bytes = spec.sample_bytes();
-        let slot_bytes = sample_bytes
-            .checked_mul(batch)
-            .ok_or_else(|| invalid("batch_size x sample size overflows"))?;
-        let depth = match req.depth {
-            0 => config.depth,
-            d => d as usize,
-        };
-        let ring_bytes = (slot_bytes as u64).saturating_mul(depth as u64);
-        // Refuse an oversized ring before indexing (which may LIST a whole bucket).
-        if ring_bytes > config.max_client_bytes.0 {
-            return Err(BudgetError::Client {
-                need: ring_bytes,
-                limit: config.max_client_bytes.0,
-            }
-            .into());
-        }
+            on_error,
+            sample_bytes,
+            slot_bytes,
+            ..
+        } = plan;
+        // Before indexing (which may LIST a whole bucket): an over-budget request costs nothing.
+        let mut reservation = pipelines.reserve(plan.fixed_bytes, plan.workers)?;
         let root = LogicalPath::parse(&req.dataset)
             .map_err(|e| SessionError::Dataset(DatasetError::Cache(e)))?;
         let dataset = Arc::new(rt.block_on(Dataset::index(cache, &root))?);
@@ -148,13 +143,12 @@ impl Session {
             req.drop_last,
         )?;
         let indices: Arc<Vec<u64>> = Arc::new(sampler.indices().to_vec());
+        let index_bytes = dataset
+            .heap_bytes()
+            .saturating_add((indices.len() * std::mem::size_of::<u64>()) as u64);
+        reservation.grow(index_bytes)?;
         let batches = indices.len().div_ceil(batch) as u64;
-        let workers = match (req.workers, config.workers) {
-            (0, 0) => std::thread::available_parallelism().map_or(2, usize::from),
-            (0, w) => w,
-            (w, _) => w as usize,
-        };
-        let registration = pipelines.admit(LoaderInfo {
+        let registration = reservation.register(LoaderInfo {
             name: if req.name.is_empty() {
                 format!("rank {}/{}", req.rank, world)
             } else {
@@ -166,9 +160,8 @@ impl Session {
             epoch: req.epoch,
             batches,
             depth: depth as u32,
-            ring_bytes,
-            workers: workers as u32,
-        })?;
+            ..LoaderInfo::default()
+        });
         let ring = Arc::new(BatchRing::new("loaderd-batches", depth, slot_bytes)?);
         let metas = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -200,10 +193,26 @@ impl Session {
                 .name(format!("loaderd-decode-{i}"))
                 .spawn(move || w.run())
         };
-        let workers = (0..workers)
-            .map(spawn)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SessionError::Invalid(format!("cannot start decode threads: {e}")))?;
+        let mut workers = Workers {
+            stop: stop.clone(),
+            handles: Vec::with_capacity(plan.workers),
+        };
+        for i in 0..plan.workers {
+            match spawn(i) {
+                Ok(h) => workers.handles.push(h),
+                Err(source) => {
+                    metrics::counter!("loaderd_pipeline_open_refusals_total", "reason" => "threads")
+                        .increment(1);
+                    // Dropping `workers` stops and joins the ones started; dropping the
+                    // registration gives the memory and thread budget back.
+                    return Err(SessionError::Threads {
+                        started: i,
+                        want: plan.workers,
+                        source,
+                    });
+                }
+            }
+        }
         info!(
             dataset = %root,
             name = %registration.stats().info().name,
@@ -211,7 +220,7 @@ impl Session {
             batches,
             batch,
             depth,
-            workers = workers.len(),
+            workers = workers.handles.len(),
             "loader opened"
         );
         let opened = pb::LoaderOpened {
@@ -281,7 +290,7 @@ impl Session {
             if let Some(slot) = self.ring.deliver(seq, Duration::from_millis(200)) {
                 break slot;
             }
-            if self.workers.iter().all(JoinHandle::is_finished) {
+            if self.workers.handles.iter().all(JoinHandle::is_finished) {
                 return batch_error(tonic::Code::Internal, "decode workers stopped".into());
             }
         };
@@ -309,13 +318,29 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+/// A loader's decode threads: dropping this stops and joins every one of them (a session
+/// that closes, or a start that failed after some threads were running).
+struct Workers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Workers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for w in self.workers.drain(..) {
+        for w in self.handles.drain(..) {
             let _ = w.join();
         }
     }
+}
+
+/// Heap bytes of one batch's metadata held between decode and delivery (labels, keys, and
+/// the map entry), estimating a key at [`KEY_BYTES`]: counted per ring slot in the budget.
+pub(super) fn batch_meta_bytes(batch: usize) -> u64 {
+    const KEY_BYTES: u64 = 64;
+    let per_sample =
+        (std::mem::size_of::<i64>() + std::mem::size_of::<String>()) as u64 + KEY_BYTES;
+    (std::mem::size_of::<(u64, BatchMeta)>() as u64).saturating_add(per_sample * batch as u64)
 }
 
 fn batch_error(code: tonic::Code, error: String) -> pb::BatchReady {

@@ -25,6 +25,8 @@ fn handshake(path: &Path) -> Result<(OwnedFd, pb::ShmHello, OwnedFd), ShmError> 
     let mut buf = vec![0u8; MAX_MESSAGE];
     let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
     let hello = decode::<pb::ShmHello>(&buf[..n])?;
+    // A refused connection (too many): the hello says why and carries no arena.
+    status(hello.code, hello.error.clone())?;
     if hello.version != super::server::VERSION {
         return Err(ShmError::Protocol(format!(
             "unknown version {}",
@@ -50,6 +52,47 @@ fn status(code: i32, message: String) -> Result<(), ShmError> {
             code: tonic::Code::from_i32(code),
             message,
         })
+    }
+}
+
+/// A bare connection to the shared-memory socket, after the daemon's hello: one request,
+/// one reply. The typed clients below build on it; tools and tests use it to send any
+/// request, well-formed or not.
+pub struct ShmConnection {
+    conn: OwnedFd,
+    hello: pb::ShmHello,
+    arena: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl ShmConnection {
+    /// Connects and reads the hello (an error when the daemon refuses the connection).
+    pub fn connect(path: &Path) -> Result<Self, ShmError> {
+        let (conn, hello, arena) = handshake(path)?;
+        Ok(ShmConnection {
+            conn,
+            hello,
+            arena,
+            buf: vec![0u8; MAX_MESSAGE],
+        })
+    }
+
+    /// The daemon's hello.
+    pub fn hello(&self) -> &pb::ShmHello {
+        &self.hello
+    }
+
+    /// Sends `req` and returns the reply's bytes and any descriptor passed with it.
+    pub fn request(
+        &mut self,
+        req: &pb::ShmRequest,
+    ) -> Result<(Vec<u8>, Option<OwnedFd>), ShmError> {
+        send_msg(self.conn.as_fd(), &req.encode_to_vec(), None)?;
+        let (n, fd) = recv_msg(self.conn.as_fd(), &mut self.buf)?;
+        if n == 0 {
+            return Err(ShmError::Protocol("daemon closed the connection".into()));
+        }
+        Ok((self.buf[..n].to_vec(), fd))
     }
 }
 
@@ -79,14 +122,14 @@ pub struct ShmClient {
 impl ShmClient {
     /// Connects and maps the arena.
     pub fn connect(path: &Path) -> Result<Self, ShmError> {
-        let (conn, hello, fd) = handshake(path)?;
-        let map = ReadOnlyMap::new(&fd, hello.arena_len as usize)?;
+        let c = ShmConnection::connect(path)?;
+        let map = ReadOnlyMap::new(&c.arena, c.hello.arena_len as usize)?;
         Ok(ShmClient {
-            conn,
+            conn: c.conn,
             map,
             next_id: 0,
             unreleased: None,
-            buf: vec![0u8; MAX_MESSAGE],
+            buf: c.buf,
         })
     }
 
@@ -176,23 +219,25 @@ pub struct BatchClient {
 impl BatchClient {
     /// Starts a loader in the daemon and maps its batch ring.
     pub fn open(path: &Path, req: pb::OpenLoader) -> Result<Self, ShmError> {
-        let (conn, _, _arena) = handshake(path)?;
-        let msg = pb::ShmRequest {
+        Self::open_on(ShmConnection::connect(path)?, req)
+    }
+
+    /// Like [`BatchClient::open`], on a connection already made.
+    pub fn open_on(conn: ShmConnection, req: pb::OpenLoader) -> Result<Self, ShmError> {
+        let mut conn = conn;
+        let (buf, fd) = conn.request(&pb::ShmRequest {
             kind: Some(pb::shm_request::Kind::OpenLoader(req)),
-        };
-        send_msg(conn.as_fd(), &msg.encode_to_vec(), None)?;
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
-        let opened = decode::<pb::LoaderOpened>(&buf[..n])?;
+        })?;
+        let opened = decode::<pb::LoaderOpened>(&buf)?;
         status(opened.code, opened.error.clone())?;
         let fd = fd.ok_or_else(|| ShmError::Protocol("no ring descriptor".into()))?;
         let ring = ReadOnlyMap::new(&fd, (opened.slot_bytes * u64::from(opened.depth)) as usize)?;
         Ok(BatchClient {
-            conn,
+            conn: conn.conn,
             ring,
             opened,
             held: None,
-            buf,
+            buf: conn.buf,
         })
     }
 

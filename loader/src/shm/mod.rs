@@ -12,6 +12,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod client;
+pub mod clients;
 pub mod server;
 
 use std::io::{IoSlice, IoSliceMut};

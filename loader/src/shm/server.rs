@@ -2,8 +2,12 @@
 //!
 //! Clients are few (training ranks and tools on this node) and each connection is a strict
 //! request/response loop, so a blocking thread per connection gives the lowest latency; cache
-//! work runs on the daemon's tokio runtime through its handle. Leases are bounded per client
-//! so a client that never releases cannot pin the whole memory tier.
+//! work runs on the daemon's tokio runtime through its handle. Connections are capped in total
+//! and per client process, and refused ones are answered at once by the accept thread (a
+//! hello carrying the error) without a thread of their own. Leases are bounded per client
+//! process and in total (see [`super::clients`]) so clients that never release cannot pin the
+//! memory tier. Loader opens of one process are admitted one at a time, and a second
+//! `OpenLoader` on a connection is refused before any work.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -20,6 +24,7 @@ use prost::Message;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
+use super::clients::{ClientConnection, ConnectionRefused, ShmClients, peer_pid};
 use super::{MAX_MESSAGE, accept_on, listen_at, recv_msg, send_msg};
 use crate::pipeline::registry::Pipelines;
 use crate::pipeline::session::Session;
@@ -44,7 +49,7 @@ impl ShmServer {
         cache: Arc<Cache>,
         pipelines: Arc<Pipelines>,
         rt: Handle,
-        max_leased_bytes: u64,
+        clients: Arc<ShmClients>,
     ) -> std::io::Result<Option<Self>> {
         if cache.memory().arena().is_none() {
             info!("memory tier disabled: no shared-memory reads");
@@ -56,7 +61,7 @@ impl ShmServer {
             cache,
             pipelines,
             rt,
-            max_leased: max_leased_bytes,
+            clients,
         });
         let accept = {
             let (listener, stopping) = (listener.clone(), stopping.clone());
@@ -89,8 +94,8 @@ struct Shared {
     cache: Arc<Cache>,
     pipelines: Arc<Pipelines>,
     rt: Handle,
-    /// Bytes one client may hold leased.
-    max_leased: u64,
+    /// Connections and leases of every client process.
+    clients: Arc<ShmClients>,
 }
 
 fn accept_loop(listener: &OwnedFd, stopping: &AtomicBool, shared: &Arc<Shared>) {
@@ -98,13 +103,27 @@ fn accept_loop(listener: &OwnedFd, stopping: &AtomicBool, shared: &Arc<Shared>) 
     while !stopping.load(Ordering::SeqCst) {
         match accept_on(listener.as_fd()) {
             Ok(conn) => {
+                let client = match peer_pid(&conn) {
+                    Ok(pid) => shared.clients.connect(pid),
+                    Err(e) => {
+                        warn!(error = %e, "no peer credentials on a shared-memory connection");
+                        continue;
+                    }
+                };
+                let client = match client {
+                    Ok(c) => c,
+                    Err(refused) => {
+                        refuse(&conn, &refused);
+                        continue;
+                    }
+                };
                 next += 1;
                 let shared = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("loaderd-shm-{next}"))
                     .spawn(move || {
                         gauge!("loaderd_shm_clients").increment(1.0);
-                        if let Err(e) = serve(&conn, &shared) {
+                        if let Err(e) = serve(&conn, &shared, client) {
                             debug!(error = %e, "shared-memory client ended with an error");
                         }
                         gauge!("loaderd_shm_clients").decrement(1.0);
@@ -122,15 +141,22 @@ fn accept_loop(listener: &OwnedFd, stopping: &AtomicBool, shared: &Arc<Shared>) 
     }
 }
 
+/// Answers a refused connection with a hello naming the limit (no arena), then closes it.
+fn refuse(conn: &OwnedFd, why: &ConnectionRefused) {
+    debug!(error = %why, "shared-memory connection refused");
+    let hello = pb::ShmHello {
+        version: VERSION,
+        arena_len: 0,
+        code: tonic::Code::ResourceExhausted as i32,
+        error: why.to_string(),
+    };
+    // A fresh connection's send buffer is empty, so this does not block the accept thread.
+    let _ = send_msg(conn.as_fd(), &hello.encode_to_vec(), None);
+}
+
 /// One client: hello with the arena, then reads and releases until EOF.
-fn serve(conn: &OwnedFd, shared: &Shared) -> std::io::Result<()> {
-    let Shared {
-        cache,
-        pipelines,
-        rt,
-        max_leased,
-    } = shared;
-    let max_leased = *max_leased;
+fn serve(conn: &OwnedFd, shared: &Shared, mut client: ClientConnection) -> std::io::Result<()> {
+    let Shared { cache, rt, .. } = shared;
     let arena = cache
         .memory()
         .arena()
@@ -139,15 +165,16 @@ fn serve(conn: &OwnedFd, shared: &Shared) -> std::io::Result<()> {
     let hello = pb::ShmHello {
         version: VERSION,
         arena_len: arena.len() as u64,
+        ..Default::default()
     };
     send_msg(conn.as_fd(), &hello.encode_to_vec(), Some(ro.as_fd()))?;
     drop(ro);
 
+    // Dropped before `client` (which gives the bytes back) when the connection ends.
     let mut leases = Leases::new();
     // This connection's training pipeline, once opened; dropped (workers stopped, ring
     // unmapped) when the client goes away.
     let mut session: Option<Session> = None;
-    let mut leased = 0u64;
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let (n, _) = recv_msg(conn.as_fd(), &mut buf)?;
@@ -159,58 +186,46 @@ fn serve(conn: &OwnedFd, shared: &Shared) -> std::io::Result<()> {
             .map_err(|e| std::io::Error::other(format!("bad request: {e}")))?;
         match req.kind {
             Some(pb::shm_request::Kind::Release(r)) => {
-                release(&mut leases, &mut leased, &r.ids);
+                release(&mut leases, &mut client, &r.ids);
             }
             Some(pb::shm_request::Kind::Read(r)) => {
-                release(&mut leases, &mut leased, &r.release);
+                release(&mut leases, &mut client, &r.release);
+                // A read id still leased is replaced: its old lease goes first, so reusing an
+                // id never counts the same client twice.
+                release(&mut leases, &mut client, &[r.id]);
                 let id = r.id;
-                let reply = if leased >= max_leased {
-                    error_reply(
-                        id,
-                        tonic::Code::ResourceExhausted,
-                        format!("client holds {leased} leased bytes; release earlier reads"),
-                    )
-                } else {
-                    let started = std::time::Instant::now();
-                    let res = rt.block_on(read(cache, &r));
-                    histogram!("loaderd_read_latency_seconds", "api" => "shm")
-                        .record(started.elapsed().as_secs_f64());
-                    match res {
-                        Ok((reply, held)) => {
-                            let bytes = held.iter().map(Lease::len).sum();
-                            leased += bytes;
+                let started = std::time::Instant::now();
+                let res = rt.block_on(read(cache, &r, &mut client));
+                histogram!("loaderd_read_latency_seconds", "api" => "shm")
+                    .record(started.elapsed().as_secs_f64());
+                let reply = match res {
+                    Ok((reply, held, bytes)) => {
+                        if !held.is_empty() {
                             leases.insert(id, (held, bytes));
-                            counter!("loaderd_shm_reads_total").increment(1);
-                            reply
                         }
-                        Err(status) => error_reply(id, status.code(), status.message().into()),
+                        counter!("loaderd_shm_reads_total").increment(1);
+                        reply
                     }
+                    Err(status) => error_reply(id, status.code(), status.message().into()),
                 };
                 send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
             }
             Some(pb::shm_request::Kind::OpenLoader(r)) => {
-                let (reply, fd) = match (&session, Session::open(cache, pipelines, rt, &r)) {
-                    (Some(_), _) => (
-                        pb::LoaderOpened {
-                            code: tonic::Code::FailedPrecondition as i32,
-                            error: "this connection already has a loader".into(),
-                            ..Default::default()
-                        },
-                        None,
-                    ),
-                    (None, Err(e)) => (
-                        pb::LoaderOpened {
-                            code: e.code() as i32,
-                            error: e.to_string(),
-                            ..Default::default()
-                        },
-                        None,
-                    ),
-                    (None, Ok(s)) => {
+                let (reply, fd) = match open_loader(&session, &client, shared, &r) {
+                    Ok(s) => {
                         let fd = s.ring().read_only_fd().map_err(std::io::Error::other)?;
                         let reply = s.opened().clone();
                         session = Some(s);
                         (reply, Some(fd))
+                    }
+                    Err((code, error)) => {
+                        counter!("loaderd_pipeline_open_failures_total").increment(1);
+                        let reply = pb::LoaderOpened {
+                            code: code as i32,
+                            error,
+                            ..Default::default()
+                        };
+                        (reply, None)
                     }
                 };
                 send_msg(
@@ -235,12 +250,35 @@ fn serve(conn: &OwnedFd, shared: &Shared) -> std::io::Result<()> {
     }
 }
 
+/// Opens this connection's loader: refused at once when it already has one, else admitted
+/// after the process's other opens (one at a time per client process).
+fn open_loader(
+    session: &Option<Session>,
+    client: &ClientConnection,
+    shared: &Shared,
+    r: &pb::OpenLoader,
+) -> Result<Session, (tonic::Code, String)> {
+    if session.is_some() {
+        counter!("loaderd_pipeline_open_refusals_total", "reason" => "already_open").increment(1);
+        return Err((
+            tonic::Code::FailedPrecondition,
+            "this connection already has a loader; open another connection for another loader"
+                .into(),
+        ));
+    }
+    let lock = client.open_lock();
+    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+    Session::open(&shared.cache, &shared.pipelines, &shared.rt, r)
+        .map_err(|e| (e.code(), e.to_string()))
+}
+
 type Leases = HashMap<u64, (Vec<Lease>, u64)>;
 
-fn release(leases: &mut Leases, leased: &mut u64, ids: &[u64]) {
+fn release(leases: &mut Leases, client: &mut ClientConnection, ids: &[u64]) {
     for id in ids {
-        if let Some((_, bytes)) = leases.remove(id) {
-            *leased -= bytes;
+        if let Some((held, bytes)) = leases.remove(id) {
+            drop(held);
+            client.give_back(bytes);
         }
     }
 }
@@ -254,10 +292,17 @@ fn error_reply(id: u64, code: tonic::Code, error: String) -> pb::ShmReadReply {
     }
 }
 
+/// Serves one read: its reply, the leases it holds and the bytes counted for them.
+///
+/// Each block's size is counted against the caps *before* it is leased, so a read never
+/// leases past a cap: when not even its first block fits, the read is refused with the cap
+/// named (the client reads it over gRPC); when a later block does not fit, it and the rest
+/// are answered as fallback extents, read over gRPC like blocks the tier cannot hold.
 async fn read(
     cache: &Cache,
     r: &pb::ShmRead,
-) -> Result<(pb::ShmReadReply, Vec<Lease>), tonic::Status> {
+    client: &mut ClientConnection,
+) -> Result<(pb::ShmReadReply, Vec<Lease>, u64), tonic::Status> {
     let path = LogicalPath::parse(&r.path).map_err(|e| to_status(&e))?;
     let fh = cache
         .open_file_at(&path, &r.version)
@@ -276,13 +321,38 @@ async fn read(
     };
     let mut extents = Vec::new();
     let mut held = Vec::new();
-    for b in cache.blocks(&fh, r.offset..end) {
+    // Bytes reserved for the leases in `held`.
+    let mut reserved = 0u64;
+    let mut capped = false;
+    for (i, b) in cache.blocks(&fh, r.offset..end).iter().enumerate() {
         let from = r.offset.max(b.range.start) - b.range.start;
         let to = end.min(b.range.end) - b.range.start;
-        let lease = cache
-            .lease_block(&fh, &b)
-            .await
-            .map_err(|e| status_at(&path, &e))?;
+        let block_len = b.range.end - b.range.start;
+        let lease = if capped {
+            None
+        } else if let Err(e) = client.reserve(block_len) {
+            if i == 0 {
+                return Err(tonic::Status::resource_exhausted(e.to_string()));
+            }
+            debug!(error = %e, "lease cap reached mid-read: the rest falls back");
+            capped = true;
+            None
+        } else {
+            match cache.lease_block(&fh, b).await {
+                Ok(Some(lease)) => {
+                    reserved += block_len;
+                    Some(lease)
+                }
+                Ok(None) => {
+                    client.give_back(block_len);
+                    None
+                }
+                Err(e) => {
+                    client.give_back(block_len + reserved);
+                    return Err(status_at(&path, &e));
+                }
+            }
+        };
         if lease.is_none() {
             counter!("loaderd_shm_fallback_bytes_total").increment(to - from);
         }
@@ -304,5 +374,6 @@ async fn read(
             version: fh.meta.version.clone(),
         },
         held,
+        reserved,
     ))
 }

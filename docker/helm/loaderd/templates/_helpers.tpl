@@ -210,6 +210,9 @@ grpc_max_connections = {{ include "loaderd.toml.int" $c.server.grpc_max_connecti
 grpc_handshake_timeout = {{ include "loaderd.toml.quantity" $c.server.grpc_handshake_timeout }}
 grpc_keepalive_interval = {{ include "loaderd.toml.quantity" $c.server.grpc_keepalive_interval }}
 grpc_keepalive_timeout = {{ include "loaderd.toml.quantity" $c.server.grpc_keepalive_timeout }}
+shm_max_leased_fraction = {{ include "loaderd.toml.float" $c.server.shm_max_leased_fraction }}
+shm_max_connections = {{ include "loaderd.toml.int" $c.server.shm_max_connections }}
+shm_max_connections_per_process = {{ include "loaderd.toml.int" $c.server.shm_max_connections_per_process }}
 
 [cache]
 block_size = {{ include "loaderd.toml.quantity" $c.cache.block_size }}
@@ -261,6 +264,11 @@ max_total_bytes = {{ include "loaderd.toml.quantity" $c.pipeline.max_total_bytes
 max_clients = {{ include "loaderd.toml.int" $c.pipeline.max_clients }}
 max_pixels = {{ include "loaderd.toml.int" $c.pipeline.max_pixels }}
 on_error = {{ include "loaderd.toml.str" $c.pipeline.on_error }}
+max_depth = {{ include "loaderd.toml.int" $c.pipeline.max_depth }}
+max_batch_size = {{ include "loaderd.toml.int" $c.pipeline.max_batch_size }}
+max_workers = {{ include "loaderd.toml.int" $c.pipeline.max_workers }}
+max_total_workers = {{ include "loaderd.toml.int" $c.pipeline.max_total_workers }}
+max_image_size = {{ include "loaderd.toml.int" $c.pipeline.max_image_size }}
 
 [gpu]
 mode = {{ include "loaderd.toml.str" $c.gpu.mode }}
