@@ -6,8 +6,8 @@
 
 use crate::auth::Access;
 use crate::pipeline::registry::Pipelines;
-use loaderd_cache::mount::RuntimeMountPolicy;
 use crate::shm::clients::ShmClients;
+use loaderd_cache::mount::RuntimeMountPolicy;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
