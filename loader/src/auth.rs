@@ -16,9 +16,8 @@ use tonic::{Request, Status};
 use tracing::warn;
 
 use crate::config::ServerConfig;
+use loaderd_proto::transport::AUTHORIZATION;
 
-/// Metadata key of the TCP token.
-pub const AUTHORIZATION: &str = "authorization";
 /// Shortest token accepted (as for the cluster token).
 const MIN_TOKEN: usize = 16;
 

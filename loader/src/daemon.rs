@@ -24,22 +24,16 @@ use crate::config::GpuMode;
 use crate::fuse::FuseMount;
 use crate::http;
 use crate::listen::{self, ConnLimit};
-use crate::pipeline::registry::Pipelines;
 use crate::server::LoaderService;
 use crate::shm::clients::{ClientLimits, ShmClients};
 use crate::shm::server::ShmServer;
 use loaderd_cache::cluster::Cluster;
 use loaderd_cache::cluster::service::PeerService;
+use loaderd_pipeline::Pipelines;
 use loaderd_proto::v1 as pb;
 
-/// Largest gRPC message either side accepts (a data chunk is at most [`crate::server::CHUNK`]).
-pub const MAX_MESSAGE: usize = 64 << 20;
-/// HTTP/2 flow-control windows: large, so one stream can move GB/s over a Unix socket.
-pub const STREAM_WINDOW: u32 = 16 << 20;
-/// Connection-level window.
-pub const CONNECTION_WINDOW: u32 = 64 << 20;
-/// HTTP/2 frame size limit (the protocol's maximum): fewer frames per data chunk.
-pub const MAX_FRAME: u32 = (16 << 20) - 1;
+use loaderd_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_GRPC_MESSAGE, STREAM_WINDOW};
+
 /// Each gRPC listener may hold at most 1/GRPC_FD_SHARE of the descriptor limit...
 const GRPC_FD_SHARE: u64 = 4;
 /// ...and the metrics endpoint 1/METRICS_FD_SHARE, leaving the rest to files, UFS and peer
@@ -159,8 +153,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     .with_shm_clients(shm_clients.clone());
     let grpc = || {
         LoaderServer::new(service.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE)
     };
     let keepalive = (
         cfg.server.grpc_keepalive_interval.0,
@@ -406,7 +400,7 @@ fn prepare_socket_path(path: &Path, group: Option<&str>) -> anyhow::Result<()> {
     }
     if path.exists() {
         let live = std::os::unix::net::UnixStream::connect(path).is_ok()
-            || crate::shm::connect_to(path).is_ok();
+            || loaderd_proto::transport::connect_to(path).is_ok();
         if live {
             bail!(
                 "another loaderd is serving {}; stop it or choose another socket",

@@ -5,9 +5,10 @@
 //! ([`to_status`]), by error class.
 
 use crate::auth::Access;
-use crate::pipeline::registry::Pipelines;
 use crate::shm::clients::ShmClients;
+use crate::shm::loader_status;
 use loaderd_cache::mount::RuntimeMountPolicy;
+use loaderd_pipeline::Pipelines;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -335,7 +336,7 @@ impl Loader for LoaderService {
             mounts: self.mount_infos(),
             corrupt_blocks: c.corrupt_blocks,
             ufs_errors: c.ufs_errors,
-            loaders,
+            loaders: loaders.iter().map(loader_status).collect(),
             ring_bytes,
             ring_capacity_bytes: self.pipelines.config().max_total_bytes.0,
             cluster: match self.cache.cluster() {

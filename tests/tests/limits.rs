@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use loaderd::shm::client::{BatchClient, Piece, ShmClient, ShmConnection, ShmError};
+use loaderctl::client::shm::{BatchClient, Piece, ShmClient, ShmConnection, ShmError};
 use loaderd_proto::v1 as pb;
 use loaderd_tests::{
     Daemon, args, assert_bytes_eq, file_mount_args, gen_dataset, loaderctl, wait_until,

@@ -167,15 +167,15 @@ fn ls_recursive_streams_an_imagenet_sized_listing() {
 
     // A loader opened on the dataset indexes it from the manifest, without another walk.
     let t = Instant::now();
-    let shm = loaderd::shm::default_shm_socket(&daemon.socket);
-    let client = loaderd::shm::client::BatchClient::open(
+    let shm = loaderd_proto::transport::default_shm_socket(&daemon.socket);
+    let client = loaderctl::client::shm::BatchClient::open(
         &shm,
         pb::OpenLoader {
             dataset: "/imagenet/train".into(),
             batch_size: 256,
             world_size: 1,
             size: 224,
-            layout: "nhwc_u8".into(),
+            layout: pb::SampleLayout::NhwcU8 as i32,
             depth: 1,
             ..Default::default()
         },

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use loaderd::shm::client::{BatchClient, ShmError};
+use loaderctl::client::shm::{BatchClient, ShmError};
 use loaderd_proto::v1 as pb;
 use loaderd_tests::{Daemon, args, file_mount_args, gen_dataset};
 

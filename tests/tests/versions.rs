@@ -388,7 +388,7 @@ os.rename(path + ".tmp", path)
 
 #[test]
 fn pipeline_reads_tar_members_of_the_indexed_shard_version() {
-    use loaderd::shm::client::BatchClient;
+    use loaderctl::client::shm::BatchClient;
     use loaderd_proto::v1 as pb;
 
     const N: usize = 40;
@@ -406,7 +406,7 @@ fn pipeline_reads_tar_members_of_the_indexed_shard_version() {
             depth: 1,
             workers: 1,
             no_shuffle: true,
-            on_error: "fail".into(),
+            on_error: pb::OnSampleError::Fail as i32,
             name: "versions test".into(),
             ..Default::default()
         },

@@ -24,14 +24,14 @@ use prost::Message;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
-use super::clients::{ClientConnection, ConnectionRefused, ShmClients, peer_pid};
-use super::{MAX_MESSAGE, accept_on, listen_at, recv_msg, send_msg};
-use crate::pipeline::registry::Pipelines;
-use crate::pipeline::session::Session;
-use crate::server::{status_at, to_status};
+use loaderd_pipeline::{Pipelines, Session};
+use loaderd_proto::transport::{
+    MAX_SHM_MESSAGE, SHM_PROTOCOL_VERSION, accept_on, listen_at, recv_msg, send_msg,
+};
 
-/// Protocol version in [`pb::ShmHello`].
-pub const VERSION: u32 = 1;
+use super::clients::{ClientConnection, ConnectionRefused, ShmClients, peer_pid};
+use super::loader;
+use crate::server::{status_at, to_status};
 
 /// A running shared-memory read server.
 pub struct ShmServer {
@@ -90,10 +90,10 @@ impl ShmServer {
 }
 
 /// What every connection thread uses.
-struct Shared {
-    cache: Arc<Cache>,
-    pipelines: Arc<Pipelines>,
-    rt: Handle,
+pub(super) struct Shared {
+    pub cache: Arc<Cache>,
+    pub pipelines: Arc<Pipelines>,
+    pub rt: Handle,
     /// Connections and leases of every client process.
     clients: Arc<ShmClients>,
 }
@@ -145,7 +145,7 @@ fn accept_loop(listener: &OwnedFd, stopping: &AtomicBool, shared: &Arc<Shared>) 
 fn refuse(conn: &OwnedFd, why: &ConnectionRefused) {
     debug!(error = %why, "shared-memory connection refused");
     let hello = pb::ShmHello {
-        version: VERSION,
+        version: SHM_PROTOCOL_VERSION,
         arena_len: 0,
         code: tonic::Code::ResourceExhausted as i32,
         error: why.to_string(),
@@ -154,95 +154,44 @@ fn refuse(conn: &OwnedFd, why: &ConnectionRefused) {
     let _ = send_msg(conn.as_fd(), &hello.encode_to_vec(), None);
 }
 
-/// One client: hello with the arena, then reads and releases until EOF.
-fn serve(conn: &OwnedFd, shared: &Shared, mut client: ClientConnection) -> std::io::Result<()> {
-    let Shared { cache, rt, .. } = shared;
-    let arena = cache
+/// One client: hello with the arena, then requests until EOF.
+fn serve(conn: &OwnedFd, shared: &Shared, client: ClientConnection) -> std::io::Result<()> {
+    let arena = shared
+        .cache
         .memory()
         .arena()
         .ok_or_else(|| std::io::Error::other("no arena"))?;
     let ro = arena.read_only_fd().map_err(std::io::Error::other)?;
     let hello = pb::ShmHello {
-        version: VERSION,
+        version: SHM_PROTOCOL_VERSION,
         arena_len: arena.len() as u64,
         ..Default::default()
     };
     send_msg(conn.as_fd(), &hello.encode_to_vec(), Some(ro.as_fd()))?;
     drop(ro);
-
-    // Dropped before `client` (which gives the bytes back) when the connection ends.
-    let mut leases = Leases::new();
-    // This connection's training pipeline, once opened; dropped (workers stopped, ring
-    // unmapped) when the client goes away.
-    let mut session: Option<Session> = None;
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut state = Connection {
+        leases: Leases::new(),
+        session: None,
+        client,
+    };
+    let mut buf = vec![0u8; MAX_SHM_MESSAGE];
     loop {
         let (n, _) = recv_msg(conn.as_fd(), &mut buf)?;
         if n == 0 {
-            // Client gone (exit or kill): its leases drop here.
+            // Client gone (exit or kill): its leases and loader drop here.
             return Ok(());
         }
         let req = pb::ShmRequest::decode(&buf[..n])
             .map_err(|e| std::io::Error::other(format!("bad request: {e}")))?;
         match req.kind {
-            Some(pb::shm_request::Kind::Release(r)) => {
-                release(&mut leases, &mut client, &r.ids);
-            }
+            Some(pb::shm_request::Kind::Release(r)) => state.release(&r.ids),
             Some(pb::shm_request::Kind::Read(r)) => {
-                release(&mut leases, &mut client, &r.release);
-                // A read id still leased is replaced: its old lease goes first, so reusing an
-                // id never counts the same client twice.
-                release(&mut leases, &mut client, &[r.id]);
-                let id = r.id;
-                let started = std::time::Instant::now();
-                let res = rt.block_on(read(cache, &r, &mut client));
-                histogram!("loaderd_read_latency_seconds", "api" => "shm")
-                    .record(started.elapsed().as_secs_f64());
-                let reply = match res {
-                    Ok((reply, held, bytes)) => {
-                        if !held.is_empty() {
-                            leases.insert(id, (held, bytes));
-                        }
-                        counter!("loaderd_shm_reads_total").increment(1);
-                        reply
-                    }
-                    Err(status) => error_reply(id, status.code(), status.message().into()),
-                };
+                let reply = state.read(shared, &r);
                 send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
             }
-            Some(pb::shm_request::Kind::OpenLoader(r)) => {
-                let (reply, fd) = match open_loader(&session, &client, shared, &r) {
-                    Ok(s) => {
-                        let fd = s.ring().read_only_fd().map_err(std::io::Error::other)?;
-                        let reply = s.opened().clone();
-                        session = Some(s);
-                        (reply, Some(fd))
-                    }
-                    Err((code, error)) => {
-                        counter!("loaderd_pipeline_open_failures_total").increment(1);
-                        let reply = pb::LoaderOpened {
-                            code: code as i32,
-                            error,
-                            ..Default::default()
-                        };
-                        (reply, None)
-                    }
-                };
-                send_msg(
-                    conn.as_fd(),
-                    &reply.encode_to_vec(),
-                    fd.as_ref().map(|f| f.as_fd()),
-                )?;
-            }
+            Some(pb::shm_request::Kind::OpenLoader(r)) => state.open_loader(conn, shared, &r)?,
             Some(pb::shm_request::Kind::NextBatch(n)) => {
-                let reply = match session.as_mut() {
-                    Some(s) => s.next(usize::try_from(n.release_slot).ok()),
-                    None => pb::BatchReady {
-                        code: tonic::Code::FailedPrecondition as i32,
-                        error: "OpenLoader first".into(),
-                        ..Default::default()
-                    },
-                };
+                let reply = loader::next(state.session.as_mut(), n.release_slot);
                 send_msg(conn.as_fd(), &reply.encode_to_vec(), None)?;
             }
             None => return Err(std::io::Error::other("empty request")),
@@ -250,26 +199,64 @@ fn serve(conn: &OwnedFd, shared: &Shared, mut client: ClientConnection) -> std::
     }
 }
 
-/// Opens this connection's loader: refused at once when it already has one, else admitted
-/// after the process's other opens (one at a time per client process).
-fn open_loader(
-    session: &Option<Session>,
-    client: &ClientConnection,
-    shared: &Shared,
-    r: &pb::OpenLoader,
-) -> Result<Session, (tonic::Code, String)> {
-    if session.is_some() {
-        counter!("loaderd_pipeline_open_refusals_total", "reason" => "already_open").increment(1);
-        return Err((
-            tonic::Code::FailedPrecondition,
-            "this connection already has a loader; open another connection for another loader"
-                .into(),
-        ));
+/// What one connection holds.
+struct Connection {
+    /// Dropped before `client` (which gives the bytes back) when the connection ends.
+    leases: Leases,
+    /// This connection's training pipeline, once opened; dropped (workers stopped, ring
+    /// unmapped) when the client goes away.
+    session: Option<Session>,
+    client: ClientConnection,
+}
+
+impl Connection {
+    fn release(&mut self, ids: &[u64]) {
+        release(&mut self.leases, &mut self.client, ids);
     }
-    let lock = client.open_lock();
-    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-    Session::open(&shared.cache, &shared.pipelines, &shared.rt, r)
-        .map_err(|e| (e.code(), e.to_string()))
+
+    fn read(&mut self, shared: &Shared, r: &pb::ShmRead) -> pb::ShmReadReply {
+        self.release(&r.release);
+        // A read id still leased is replaced: its old lease goes first, so reusing an id
+        // never counts the same client twice.
+        self.release(&[r.id]);
+        let started = std::time::Instant::now();
+        let res = shared.rt.block_on(read(&shared.cache, r, &mut self.client));
+        histogram!("loaderd_read_latency_seconds", "api" => "shm")
+            .record(started.elapsed().as_secs_f64());
+        match res {
+            Ok((reply, held, bytes)) => {
+                if !held.is_empty() {
+                    self.leases.insert(r.id, (held, bytes));
+                }
+                counter!("loaderd_shm_reads_total").increment(1);
+                reply
+            }
+            Err(status) => error_reply(r.id, status.code(), status.message().into()),
+        }
+    }
+
+    /// Opens the loader and answers with its ring's descriptor, or why not.
+    fn open_loader(
+        &mut self,
+        conn: &OwnedFd,
+        shared: &Shared,
+        r: &pb::OpenLoader,
+    ) -> std::io::Result<()> {
+        let (reply, fd) = match loader::open(&self.session, &self.client, shared, r) {
+            Ok(s) => {
+                let fd = s.ring().read_only_fd().map_err(std::io::Error::other)?;
+                let reply = loader::opened(s.opened());
+                self.session = Some(s);
+                (reply, Some(fd))
+            }
+            Err((code, error)) => (loader::refused(code, error), None),
+        };
+        send_msg(
+            conn.as_fd(),
+            &reply.encode_to_vec(),
+            fd.as_ref().map(|f| f.as_fd()),
+        )
+    }
 }
 
 type Leases = HashMap<u64, (Vec<Lease>, u64)>;

@@ -16,7 +16,7 @@ use clap::Args;
 use loaderd_proto::v1 as pb;
 use serde_json::json;
 
-use crate::shm::client::BatchClient;
+use crate::client::shm::BatchClient;
 
 #[derive(Args, Debug)]
 pub struct PipelineArgs {
@@ -38,8 +38,8 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 224)]
     size: u32,
     /// nhwc_u8, nchw_f32 or nchw_f16.
-    #[arg(long, default_value = "nhwc_u8")]
-    layout: String,
+    #[arg(long, default_value = "nhwc_u8", value_parser = parse_layout)]
+    layout: pb::SampleLayout,
     #[arg(long, default_value_t = 0)]
     rank: u32,
     #[arg(long, default_value_t = 1)]
@@ -50,9 +50,9 @@ pub struct PipelineArgs {
     epoch: u64,
     #[arg(long)]
     drop_last: bool,
-    /// What an undecodable sample does: skip (default) or fail.
-    #[arg(long, default_value = "")]
-    on_error: String,
+    /// What an undecodable sample does: skip or fail (default: the daemon's `pipeline.on_error`).
+    #[arg(long, value_parser = parse_on_error)]
+    on_error: Option<pb::OnSampleError>,
     /// Measure delivery alone: every sample is a copy of one decoded image; also measures
     /// memcpy of the same samples as the baseline (steady state, from the first batch on).
     #[arg(long)]
@@ -68,6 +68,29 @@ pub struct PipelineArgs {
     json: bool,
 }
 
+/// `nhwc_u8` → `SAMPLE_LAYOUT_NHWC_U8`, and so on.
+fn parse_layout(s: &str) -> Result<pb::SampleLayout, String> {
+    pb::SampleLayout::from_str_name(&format!("SAMPLE_LAYOUT_{}", s.to_uppercase()))
+        .filter(|l| *l != pb::SampleLayout::Unspecified)
+        .ok_or_else(|| format!("unknown layout {s:?}: nhwc_u8, nchw_f32 or nchw_f16"))
+}
+
+/// The element type as numpy and torch name it.
+fn dtype_name(dtype: i32) -> &'static str {
+    match pb::Dtype::try_from(dtype) {
+        Ok(pb::Dtype::Uint8) => "uint8",
+        Ok(pb::Dtype::Float32) => "float32",
+        Ok(pb::Dtype::Float16) => "float16",
+        _ => "unknown",
+    }
+}
+
+fn parse_on_error(s: &str) -> Result<pb::OnSampleError, String> {
+    pb::OnSampleError::from_str_name(&format!("ON_SAMPLE_ERROR_{}", s.to_uppercase()))
+        .filter(|e| *e != pb::OnSampleError::Unspecified)
+        .ok_or_else(|| format!("unknown on_error {s:?}: skip or fail"))
+}
+
 pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
     let req = pb::OpenLoader {
         dataset: a.dataset.clone(),
@@ -78,11 +101,11 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
         epoch: a.epoch,
         train: !a.val,
         size: a.size,
-        layout: a.layout.clone(),
+        layout: a.layout as i32,
         depth: a.depth,
         drop_last: a.drop_last,
         workers: a.workers,
-        on_error: a.on_error.clone(),
+        on_error: a.on_error.unwrap_or(pb::OnSampleError::Unspecified) as i32,
         name: "loaderctl bench pipeline".into(),
         predecoded: a.predecoded,
         ..Default::default()
@@ -155,7 +178,7 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
                 "expected_batches": opened.batches, "dataset_len": opened.dataset_len,
                 "bytes": bytes, "secs": secs, "images_per_s": samples as f64 / secs,
                 "mb_per_s": bytes as f64 / secs / 1e6, "skipped": skipped,
-                "sample_shape": opened.sample_shape, "dtype": opened.dtype, "checksum": checksum,
+                "sample_shape": opened.sample_shape, "dtype": dtype_name(opened.dtype), "checksum": checksum,
                 "predecoded": a.predecoded, "steady_mb_per_s": steady_mb_s,
                 "memcpy_mb_per_s": memcpy_mb_s, "of_memcpy": of_memcpy})
         );
@@ -164,7 +187,7 @@ pub fn run(shm_socket: PathBuf, a: PipelineArgs) -> anyhow::Result<()> {
             "{samples} samples in {batches} batches ({} dataset samples, shape {:?} {}) in {secs:.2}s: {:.0} img/s, {:.1} MB/s into shared memory; {} skipped",
             opened.dataset_len,
             opened.sample_shape,
-            opened.dtype,
+            dtype_name(opened.dtype),
             samples as f64 / secs,
             bytes as f64 / secs / 1e6,
             skipped.len()

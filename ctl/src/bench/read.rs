@@ -16,9 +16,10 @@ use loaderd_proto::v1 as pb;
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use serde_json::json;
 
-use super::{parse_options, read_to, rpc_err};
+use crate::cat::read_to;
 use crate::client::Client;
-use crate::shm::client::{Piece, ShmClient};
+use crate::client::{Piece, ShmClient};
+use crate::{parse_options, rpc_err};
 
 #[derive(Args, Debug)]
 pub struct ReadArgs {
@@ -77,7 +78,7 @@ pub async fn read(
     )?;
     if args.remote {
         let passes = args.passes.max(1);
-        return super::bench_remote::remote(c, &ufs, &root, files, n, passes, args.json).await;
+        return super::remote::remote(c, &ufs, &root, files, n, passes, args.json).await;
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
     let mut phases = vec![ufs_direct(&ufs, &files, n).await?];

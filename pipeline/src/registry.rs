@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use loaderd_proto::v1 as pb;
 use metrics::{counter, gauge};
 
 use crate::config::PipelineConfig;
+use crate::spec::LoaderStatus;
 
 /// Why a loader was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ impl LoaderStats {
     }
 
     /// Status of this loader now.
-    pub fn status(&self) -> pb::LoaderStatus {
+    pub fn status(&self) -> LoaderStatus {
         let elapsed = self
             .first_request
             .get()
@@ -164,7 +164,7 @@ impl LoaderStats {
         let samples = self.samples.load(Ordering::Relaxed);
         let waited = secs(&self.wait_ns);
         let info = &self.info;
-        pb::LoaderStatus {
+        LoaderStatus {
             name: info.name.clone(),
             dataset: info.dataset.clone(),
             rank: info.rank,
@@ -291,7 +291,7 @@ impl Pipelines {
     }
 
     /// Status of every open loader, and the ring bytes in use.
-    pub fn status(&self) -> (Vec<pb::LoaderStatus>, u64) {
+    pub fn status(&self) -> (Vec<LoaderStatus>, u64) {
         let open = self.lock();
         (
             open.loaders.values().map(|s| s.status()).collect(),

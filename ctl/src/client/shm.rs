@@ -3,10 +3,11 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use loaderd_proto::transport::{
+    MAX_SHM_MESSAGE, ReadOnlyMap, SHM_PROTOCOL_VERSION, connect_to, recv_msg, send_msg,
+};
 use loaderd_proto::v1 as pb;
 use prost::Message;
-
-use super::{MAX_MESSAGE, ReadOnlyMap, connect_to, recv_msg, send_msg};
 
 /// Why a shared-memory read failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +23,12 @@ pub enum ShmError {
 /// Connects and reads the daemon's hello with the arena descriptor.
 fn handshake(path: &Path) -> Result<(OwnedFd, pb::ShmHello, OwnedFd), ShmError> {
     let conn = connect_to(path)?;
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut buf = vec![0u8; MAX_SHM_MESSAGE];
     let (n, fd) = recv_msg(conn.as_fd(), &mut buf)?;
     let hello = decode::<pb::ShmHello>(&buf[..n])?;
     // A refused connection (too many): the hello says why and carries no arena.
     status(hello.code, hello.error.clone())?;
-    if hello.version != super::server::VERSION {
+    if hello.version != SHM_PROTOCOL_VERSION {
         return Err(ShmError::Protocol(format!(
             "unknown version {}",
             hello.version
@@ -73,7 +74,7 @@ impl ShmConnection {
             conn,
             hello,
             arena,
-            buf: vec![0u8; MAX_MESSAGE],
+            buf: vec![0u8; MAX_SHM_MESSAGE],
         })
     }
 

@@ -9,8 +9,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::auth::AUTHORIZATION;
-use crate::daemon::{CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
+use loaderd_proto::transport::{
+    AUTHORIZATION, CONNECTION_WINDOW, MAX_FRAME, MAX_GRPC_MESSAGE, STREAM_WINDOW,
+};
 
 /// A client of the `Loader` service.
 pub type Client = LoaderClient<InterceptedService<Channel, BearerToken>>;
@@ -76,8 +77,8 @@ fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
 
 fn tune(channel: Channel, token: BearerToken) -> Client {
     LoaderClient::with_interceptor(channel, token)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE)
 }
 
 /// Connects over the Unix socket at `socket`.

@@ -8,11 +8,16 @@
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
+use anyhow::Context;
 use image::ExtendedColorType;
 use image::codecs::jpeg::JpegEncoder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::cli::GenArgs;
+use crate::human;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -128,6 +133,32 @@ fn write_image(spec: &DatasetSpec, index: u64, path: &Path) -> std::io::Result<u
         .map_err(std::io::Error::other)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     Ok(file.metadata()?.len())
+}
+
+/// `loaderctl dataset gen`.
+pub(crate) fn generate_cmd(g: &GenArgs) -> anyhow::Result<()> {
+    let spec = DatasetSpec {
+        out: g.out.clone(),
+        classes: g.classes,
+        per_class: g.per_class,
+        width: g.width,
+        height: g.height,
+        quality: g.quality,
+        noise: g.noise,
+        seed: g.seed,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    let s = generate(&spec, threads)
+        .with_context(|| format!("generating dataset in {}", g.out.display()))?;
+    println!(
+        "generated {} JPEGs, {} in {} ({:.1}s)",
+        s.files,
+        human(s.bytes),
+        g.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use std::io::{BufWriter, Write};
 
 use loaderd_proto::v1 as pb;
 
-use super::rpc_err;
 use crate::client::Client;
+use crate::rpc_err;
 
 /// Lists `path` (every file below it with `recursive`), with sizes when `long`. Each page is
 /// written out as it arrives, so the first lines of a million-file listing show at once.

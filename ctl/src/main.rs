@@ -1,5 +1,5 @@
 //! `loaderctl`: command-line client of loaderd (see `loaderctl --help`).
 
 fn main() -> anyhow::Result<()> {
-    loaderd::ctl::main()
+    loaderctl::main()
 }

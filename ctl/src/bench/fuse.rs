@@ -21,13 +21,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::bench::{
+use super::read::{
     ReadReq, fs_reads, grpc_reads, list_files, local_files, par_sum, shm_reads, summary_line,
     whole_files,
 };
-use super::rpc_err;
 use crate::client::Client;
-use crate::shm::client::ShmClient;
+use crate::client::ShmClient;
+use crate::rpc_err;
 
 #[derive(Args, Debug)]
 pub struct FuseArgs {

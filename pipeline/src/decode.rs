@@ -592,7 +592,7 @@ pub(crate) mod test_images {
 
     /// Smooth structure plus per-pixel noise, so both the DCT and the resize have work to do.
     pub fn noisy_rgb(w: u32, h: u32, seed: u64) -> Vec<u8> {
-        let mut rng = crate::pipeline::sampler::SplitMix64::new(seed);
+        let mut rng = crate::sampler::SplitMix64::new(seed);
         let mut v = Vec::with_capacity(w as usize * h as usize * 3);
         for y in 0..h {
             for x in 0..w {
@@ -696,7 +696,7 @@ pub(crate) mod test_images {
 mod tests {
     use super::test_images::*;
     use super::*;
-    use crate::pipeline::augment::{CropBox, resize_into};
+    use crate::augment::{CropBox, resize_into};
 
     fn decoder() -> Decoder {
         Decoder::new(DecodeLimits::default())

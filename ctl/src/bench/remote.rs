@@ -10,9 +10,10 @@ use loaderd_cache::ufs::{FileMeta, Ufs};
 use loaderd_proto::v1 as pb;
 use serde_json::json;
 
-use super::bench::{Phase, grpc_reads, summary_line, ufs_direct, whole_files};
-use super::{rpc_err, run_load};
+use super::read::{Phase, grpc_reads, summary_line, ufs_direct, whole_files};
 use crate::client::Client;
+use crate::load::run_load;
+use crate::rpc_err;
 
 pub(super) async fn remote(
     c: &mut Client,
@@ -125,7 +126,7 @@ pub(super) async fn remote(
 async fn timed(
     c: &Client,
     phase: &mut Phase,
-    reads: &[super::bench::ReadReq<String>],
+    reads: &[super::read::ReadReq<String>],
     n: usize,
 ) -> anyhow::Result<()> {
     let t = Instant::now();

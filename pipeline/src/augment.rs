@@ -22,8 +22,8 @@
 //! Output is written straight into the caller's slot (a batch arena): NHWC u8 (normalize later,
 //! on the GPU), or NCHW f32 / f16 normalized as `(v/255 − mean)/std` in native byte order.
 
-use super::decode::{DecodeError, Decoder, Rect, RgbImage};
-use super::sampler::SplitMix64;
+use crate::decode::{DecodeError, Decoder, Rect, RgbImage};
+use crate::sampler::SplitMix64;
 
 /// ImageNet channel means (RGB, on the 0..1 scale).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -514,9 +514,9 @@ pub fn write_normalized(hwc: &[u8], spec: &TransformSpec, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::decode::DecodeLimits;
-    use crate::pipeline::decode::test_images::{jpeg, noisy_rgb, png};
-    use crate::pipeline::sampler::sample_rng;
+    use crate::decode::DecodeLimits;
+    use crate::decode::test_images::{jpeg, noisy_rgb, png};
+    use crate::sampler::sample_rng;
     use loaderd_gpu::reference::f16_bits;
     use std::time::Duration;
 

@@ -1,0 +1,135 @@
+//! What a client asks a loader for, and what the loader answers: plain types, so that the
+//! pipeline knows nothing of the wire. The daemon translates its protocol into these.
+
+use crate::augment::Layout;
+use crate::config::OnError;
+use crate::ring::RingError;
+
+/// A loader request: which samples of which dataset, in what order and shape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoaderSpec {
+    /// The dataset's logical path (`/mount/prefix`).
+    pub dataset: String,
+    pub batch_size: u32,
+    pub rank: u32,
+    /// 0 means 1.
+    pub world_size: u32,
+    pub seed: u64,
+    pub epoch: u64,
+    /// Samples of this epoch already consumed by all ranks together (resume).
+    pub consumed: u64,
+    /// RandomResizedCrop + flip (true) or resize + centre crop (false).
+    pub train: bool,
+    /// Output side; 0 = 224.
+    pub size: u32,
+    /// Shorter side before the centre crop (validation); 0 = 256.
+    pub resize: u32,
+    /// `None`: [`Layout::NhwcU8`].
+    pub layout: Option<Layout>,
+    /// Ring slots; 0 = `pipeline.depth`.
+    pub depth: u32,
+    pub drop_last: bool,
+    pub shuffle: bool,
+    /// Decode threads; 0 = `pipeline.workers` (or one per core).
+    pub workers: u32,
+    /// `None`: `pipeline.on_error`.
+    pub on_error: Option<OnError>,
+    /// A label for status and logs.
+    pub name: String,
+    /// Benchmark of the handoff alone: every sample is a copy of one image decoded once.
+    pub predecoded: bool,
+}
+
+/// Element type of a batch's samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    U8,
+    F32,
+    F16,
+}
+
+impl Layout {
+    /// The element type of this layout.
+    pub fn dtype(self) -> DType {
+        match self {
+            Layout::NhwcU8 => DType::U8,
+            Layout::NchwF32 => DType::F32,
+            Layout::NchwF16 => DType::F16,
+        }
+    }
+
+    /// The shape of one sample of side `size`.
+    pub fn sample_shape(self, size: u32) -> [u32; 3] {
+        match self {
+            Layout::NhwcU8 => [size, size, 3],
+            Layout::NchwF32 | Layout::NchwF16 => [3, size, size],
+        }
+    }
+}
+
+/// What a client needs to map and interpret a loader's ring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    pub slot_bytes: u64,
+    pub depth: u32,
+    /// Batches this epoch will deliver to this rank.
+    pub batches: u64,
+    pub dataset_len: u64,
+    pub sample_shape: [u32; 3],
+    pub dtype: DType,
+    pub sample_bytes: u64,
+    /// Samples this epoch will deliver to this rank.
+    pub samples: u64,
+}
+
+/// One batch, ready in ring slot `slot`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub seq: u64,
+    pub slot: u32,
+    pub labels: Vec<i64>,
+    /// The key of each sample in the slot, in order.
+    pub keys: Vec<String>,
+    /// Samples left out of this batch because they could not be read or decoded.
+    pub skipped: Vec<String>,
+}
+
+/// Why a loader cannot give the next batch.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The client released a slot it does not hold.
+    #[error(transparent)]
+    Release(#[from] RingError),
+    /// A sample failed (`on_error = fail`): this and every later request fails.
+    #[error("{0}")]
+    Failed(String),
+    /// Every decode thread has stopped.
+    #[error("decode workers stopped")]
+    WorkersStopped,
+}
+
+/// One open loader's numbers, for status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoaderStatus {
+    pub name: String,
+    pub dataset: String,
+    pub rank: u32,
+    pub world_size: u32,
+    pub epoch: u64,
+    pub batches_delivered: u64,
+    pub batches_total: u64,
+    pub samples: u64,
+    pub skipped: u64,
+    pub elapsed_secs: f64,
+    pub samples_per_sec: f64,
+    /// Share of the time since its first request that the client spent waiting for a batch.
+    pub starved_percent: f64,
+    pub fetch_secs: f64,
+    pub decode_secs: f64,
+    pub augment_secs: f64,
+    /// Batches decoded and waiting for the client.
+    pub ready_batches: u32,
+    pub depth: u32,
+    pub ring_bytes: u64,
+    pub workers: u32,
+}

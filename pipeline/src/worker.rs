@@ -1,0 +1,225 @@
+//! A loader's decode threads.
+//!
+//! Each worker takes a free ring slot, *then* the next batch number, so the oldest undelivered
+//! batch always holds a slot and in-order delivery can never deadlock on a full ring. It
+//! fetches each sample's bytes through the cache (on the runtime, via its handle), decodes and
+//! augments it straight into the slot, and publishes the slot under the batch number.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use loaderd_cache::Cache;
+use tokio::runtime::Handle;
+use tracing::{error, warn};
+
+use crate::augment::{TransformSpec, process};
+use crate::config::OnError;
+use crate::dataset::{Dataset, Source, fetch};
+use crate::decode::{DecodeLimits, Decoder};
+use crate::registry::{LoaderStats, Stage};
+use crate::ring::BatchRing;
+use crate::sampler::sample_rng;
+
+/// What a decoded batch carries besides its pixels, from its worker to its delivery.
+#[derive(Debug, Default)]
+pub(crate) struct BatchMeta {
+    pub labels: Vec<i64>,
+    pub keys: Vec<String>,
+    pub skipped: Vec<String>,
+    /// With `on_error = fail`: the sample that failed the batch, and why.
+    pub failed: Option<String>,
+}
+
+/// Batch metadata between decode and delivery, by batch number.
+pub(crate) type Metas = Mutex<HashMap<u64, BatchMeta>>;
+
+pub(crate) fn lock_metas(m: &Metas) -> MutexGuard<'_, HashMap<u64, BatchMeta>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Heap bytes of one batch's metadata held between decode and delivery (labels, keys, and
+/// the map entry), estimating a key at `KEY_BYTES`: counted per ring slot in the budget.
+pub(crate) fn batch_meta_bytes(batch: usize) -> u64 {
+    const KEY_BYTES: u64 = 64;
+    let per_sample =
+        (std::mem::size_of::<i64>() + std::mem::size_of::<String>()) as u64 + KEY_BYTES;
+    (std::mem::size_of::<(u64, BatchMeta)>() as u64).saturating_add(per_sample * batch as u64)
+}
+
+/// What every worker of one loader shares: where samples come from and where batches go.
+pub(crate) struct Shared {
+    pub cache: Arc<Cache>,
+    pub rt: Handle,
+    pub dataset: Arc<Dataset>,
+    /// This rank's sample order for the epoch.
+    pub indices: Arc<Vec<u64>>,
+    pub ring: Arc<BatchRing>,
+    pub metas: Arc<Metas>,
+    pub stop: Arc<AtomicBool>,
+    /// The next batch number a worker takes.
+    pub next_batch: AtomicU64,
+    pub stats: Arc<LoaderStats>,
+}
+
+/// How every sample of one loader is made.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recipe {
+    pub spec: TransformSpec,
+    pub limits: DecodeLimits,
+    pub on_error: OnError,
+    pub predecoded: bool,
+    /// Samples per batch.
+    pub batch: usize,
+    pub batches: u64,
+    pub seed: u64,
+    pub epoch: u64,
+}
+
+/// A loader's decode threads: dropping this stops and joins every one of them (a session
+/// that closes, or a start that failed after some threads were running).
+pub(crate) struct Workers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` workers; on a failed spawn the ones started are stopped and joined, and the
+    /// error says how many had started.
+    pub fn start(
+        shared: &Arc<Shared>,
+        recipe: Recipe,
+        n: usize,
+    ) -> Result<Self, (usize, std::io::Error)> {
+        let mut workers = Workers {
+            stop: shared.stop.clone(),
+            handles: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let w = Worker {
+                shared: shared.clone(),
+                recipe,
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("loaderd-decode-{i}"))
+                .spawn(move || w.run());
+            match spawned {
+                Ok(h) => workers.handles.push(h),
+                // Dropping `workers` stops and joins the ones started.
+                Err(e) => return Err((i, e)),
+            }
+        }
+        Ok(workers)
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn all_finished(&self) -> bool {
+        self.handles.iter().all(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.handles.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    recipe: Recipe,
+}
+
+impl Worker {
+    fn run(self) {
+        let (s, r) = (&*self.shared, &self.recipe);
+        let mut decoder = Decoder::new(r.limits);
+        // With `predecoded`, the first good sample's output, copied into every later one.
+        let mut template: Option<Vec<u8>> = None;
+        let sample_bytes = r.spec.sample_bytes();
+        while !s.stop.load(Ordering::SeqCst) {
+            // A slot first, then the batch number: the oldest pending batch always has a slot.
+            let Some(mut slot) = s.ring.acquire(Duration::from_millis(100)) else {
+                continue;
+            };
+            let seq = s.next_batch.fetch_add(1, Ordering::SeqCst);
+            if seq >= r.batches {
+                return;
+            }
+            let start = seq as usize * r.batch;
+            let end = (start + r.batch).min(s.indices.len());
+            let mut meta = BatchMeta::default();
+            let bytes = slot.bytes();
+            for &index in &s.indices[start..end] {
+                let sample = &s.dataset.samples[index as usize];
+                let at = meta.labels.len() * sample_bytes;
+                let out = &mut bytes[at..at + sample_bytes];
+                let res = match &template {
+                    Some(t) => {
+                        out.copy_from_slice(t);
+                        Ok(())
+                    }
+                    None => self.sample(&mut decoder, index, &sample.source, out),
+                };
+                match res {
+                    Ok(()) => {
+                        if r.predecoded && template.is_none() {
+                            template = Some(out.to_vec());
+                        }
+                        meta.labels.push(sample.label);
+                        meta.keys.push(sample.key.clone());
+                    }
+                    Err(e) if r.on_error == OnError::Fail => {
+                        error!(key = %sample.key, error = %e, "sample failed its batch (on_error = fail)");
+                        meta.failed = Some(format!("sample {}: {e}", sample.key));
+                        meta.skipped.push(sample.key.clone());
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(key = %sample.key, error = %e, "sample skipped");
+                        meta.skipped.push(sample.key.clone());
+                    }
+                }
+            }
+            s.stats.batch_ready(meta.labels.len(), meta.skipped.len());
+            lock_metas(&s.metas).insert(seq, meta);
+            slot.publish(seq);
+        }
+    }
+
+    /// Fetches, decodes and augments one sample into `out`, timing each stage.
+    fn sample(
+        &self,
+        decoder: &mut Decoder,
+        index: u64,
+        source: &Source,
+        out: &mut [u8],
+    ) -> Result<(), SampleError> {
+        let (s, r) = (&*self.shared, &self.recipe);
+        let started = Instant::now();
+        let data = s.rt.block_on(fetch(&s.cache, source));
+        s.stats.record(Stage::Fetch, started.elapsed());
+        let data = data.map_err(SampleError::Fetch)?;
+        let mut rng = sample_rng(r.seed, r.epoch, index);
+        let info = process(decoder, &data, &mut rng, &r.spec, out).map_err(SampleError::Decode)?;
+        s.stats.record(Stage::Decode, info.decode_time);
+        s.stats.record(Stage::Augment, info.augment_time);
+        Ok(())
+    }
+}
+
+/// Why one sample is not in its batch.
+#[derive(Debug, thiserror::Error)]
+enum SampleError {
+    #[error(transparent)]
+    Fetch(loaderd_cache::Error),
+    #[error(transparent)]
+    Decode(crate::decode::DecodeError),
+}
