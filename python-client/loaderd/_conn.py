@@ -13,15 +13,20 @@ import errno
 import os
 import socket
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Type, TypeVar, Union
 
-from . import _wire
+from google.protobuf.message import DecodeError, Message
+
+from ._proto import loaderd_pb2 as pb
 from .errors import DaemonTimeout, DaemonUnavailable, ProtocolError, daemon_error
 
 #: Largest message either side sends.
 MAX_MESSAGE = 1 << 20
-#: The protocol version in the daemon's hello that this client speaks.
-PROTOCOL_VERSION = 1
+#: The protocol version in the daemon's hello that this client speaks (2: layouts, dtypes
+#: and ``on_error`` as enums).
+PROTOCOL_VERSION = 2
+
+M = TypeVar("M", bound=Message)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -79,7 +84,7 @@ class Connection:
             data, fds = self._recv()
             for fd in fds:  # the cache arena: batch clients read their ring only
                 os.close(fd)
-            hello = _wire.ShmHello.decode(data)
+            hello = self._parse(pb.ShmHello, data)
             if hello.code != 0:
                 # Refused (too many connections): the daemon says which limit, then closes.
                 raise daemon_error(hello.code, hello.error)
@@ -95,17 +100,33 @@ class Connection:
             self._sock.close()
             raise
 
-    def request(self, msg: _wire.ShmRequest) -> Tuple[bytes, List[int]]:
-        """Sends ``msg`` and returns the answer's bytes and the descriptors attached to it.
+    def request(self, msg: pb.ShmRequest, answer: Type[M]) -> Tuple[M, List[int]]:
+        """Sends ``msg`` and returns the daemon's answer, parsed as ``answer``, and the
+        descriptors attached to it.
 
         The caller owns the descriptors. Raises :class:`DaemonUnavailable` (``retryable``)
-        when the daemon has gone away.
+        when the daemon has gone away, :class:`ProtocolError` for an answer that does not
+        parse.
         """
         try:
-            self._sock.send(msg.encode())
-            return self._recv()
+            self._sock.send(msg.SerializeToString())
+            data, fds = self._recv()
         except OSError as e:
             raise self._unavailable(e) from e
+        try:
+            return self._parse(answer, data), fds
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    def _parse(self, answer: Type[M], data: bytes) -> M:
+        try:
+            return answer.FromString(data)
+        except DecodeError as e:
+            raise ProtocolError(
+                f"loaderd at {self.path} sent a {answer.DESCRIPTOR.name} that does not parse: {e}"
+            ) from None
 
     def _recv(self) -> Tuple[bytes, List[int]]:
         n, ancdata, flags, _ = self._sock.recvmsg_into(

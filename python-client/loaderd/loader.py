@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, 
 
 import numpy as np
 
-from . import _wire
 from ._conn import Connection, PathLike, shm_socket_path
+from ._proto import loaderd_pb2 as pb
 from .errors import (
     INVALID_ARGUMENT,
     UNAVAILABLE,
@@ -42,23 +42,28 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("loaderd")
 
-#: Accepted ``layout`` names (case-insensitive) → the daemon's layout.
-LAYOUTS: Mapping[str, str] = {
-    "nhwc": "nhwc_u8",
-    "nhwc_u8": "nhwc_u8",
-    "nchw": "nchw_f32",
-    "nchw_f32": "nchw_f32",
-    "nchw16": "nchw_f16",
-    "nchw_f16": "nchw_f16",
-    "nchw_fp16": "nchw_f16",
+#: Accepted ``layout`` names (case-insensitive) → the daemon's ``SampleLayout``.
+LAYOUTS: Mapping[str, int] = {
+    "nhwc": pb.SAMPLE_LAYOUT_NHWC_U8,
+    "nhwc_u8": pb.SAMPLE_LAYOUT_NHWC_U8,
+    "nchw": pb.SAMPLE_LAYOUT_NCHW_F32,
+    "nchw_f32": pb.SAMPLE_LAYOUT_NCHW_F32,
+    "nchw16": pb.SAMPLE_LAYOUT_NCHW_F16,
+    "nchw_f16": pb.SAMPLE_LAYOUT_NCHW_F16,
+    "nchw_fp16": pb.SAMPLE_LAYOUT_NCHW_F16,
 }
 
-ON_ERROR = ("skip", "fail")
+#: Accepted ``on_error`` values → the daemon's ``OnSampleError``.
+ON_ERROR: Mapping[str, int] = {
+    "skip": pb.ON_SAMPLE_ERROR_SKIP,
+    "fail": pb.ON_SAMPLE_ERROR_FAIL,
+}
 
-_DTYPES: Mapping[str, "np.dtype[Any]"] = {
-    "uint8": np.dtype(np.uint8),
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
+#: The daemon's ``Dtype`` of a batch's samples → numpy's.
+DTYPES: Mapping[int, "np.dtype[Any]"] = {
+    pb.DTYPE_UINT8: np.dtype(np.uint8),
+    pb.DTYPE_FLOAT32: np.dtype(np.float32),
+    pb.DTYPE_FLOAT16: np.dtype(np.float16),
 }
 
 _U32 = (1 << 32) - 1
@@ -87,20 +92,22 @@ class Batch:
 class _Session:
     """One epoch's pipeline in the daemon: a connection and the mapped batch ring."""
 
-    def __init__(self, conn: Connection, req: _wire.OpenLoader) -> None:
+    def __init__(self, conn: Connection, req: pb.OpenLoader) -> None:
         self.conn = conn
         self.epoch = req.epoch
         self.consumed = req.consumed
-        data, fds = conn.request(_wire.ShmRequest(open_loader=req))
+        opened, fds = conn.request(pb.ShmRequest(open_loader=req), pb.LoaderOpened)
         try:
-            opened = _wire.LoaderOpened.decode(data)
             if opened.code != 0:
                 raise daemon_error(opened.code, opened.error)
             if not fds:
                 raise ProtocolError("the daemon opened the loader but sent no batch ring")
-            dtype = _DTYPES.get(opened.dtype)
+            dtype = DTYPES.get(opened.dtype)
             if dtype is None:
-                raise ProtocolError(f"unknown sample dtype {opened.dtype!r}")
+                raise ProtocolError(
+                    f"unknown sample dtype {_enum_name(pb.Dtype, opened.dtype)} "
+                    "(upgrade the loaderd Python package)"
+                )
             shape = tuple(opened.sample_shape)
             if int(np.prod(shape)) * dtype.itemsize != opened.sample_bytes:
                 raise ProtocolError(
@@ -127,7 +134,7 @@ class _Session:
         self.held: Optional[int] = None
         self.used = False
 
-    def next(self, writable: bool = False) -> Optional[Tuple[_wire.BatchReady, np.ndarray]]:
+    def next(self, writable: bool = False) -> Optional[Tuple[pb.BatchReady, np.ndarray]]:
         """The next batch and its view, releasing the previous slot; ``None`` at the end.
 
         The view is read-only, or with ``writable`` a copy-on-write view whose writes stay in
@@ -136,10 +143,11 @@ class _Session:
         self.used = True
         release = -1 if self.held is None else self.held
         self.held = None
-        data, fds = self.conn.request(_wire.ShmRequest(next_batch=_wire.NextBatch(release)))
+        ready, fds = self.conn.request(
+            pb.ShmRequest(next_batch=pb.NextBatch(release_slot=release)), pb.BatchReady
+        )
         for fd in fds:
             os.close(fd)
-        ready = _wire.BatchReady.decode(data)
         if ready.code != 0:
             raise daemon_error(ready.code, ready.error)
         if ready.end:
@@ -234,7 +242,8 @@ class Loader:
         drop_last: drop the tail that does not divide among ranks instead of padding.
         shuffle: shuffle each epoch (False reads in dataset order).
         on_error: an unreadable sample is left out and named (``"skip"``) or fails the
-            batch with :class:`~loaderd.SampleError` (``"fail"``).
+            batch with :class:`~loaderd.SampleError` (``"fail"``), whatever the daemon's
+            own default (``pipeline.on_error``).
         resize: val only: the shorter side before the centre crop; 0 = 256.
         name: a label for this loader in ``loaderctl status`` and the daemon's logs.
         reconnect: when the daemon goes away mid-epoch, wait for it to come back (up to
@@ -280,11 +289,17 @@ class Loader:
         # The session of the running iteration, for close() from another thread.
         self._running: Optional[_Session] = None
         self._closed = False
-        wire_layout = LAYOUTS.get(layout.lower())
+        wire_layout = LAYOUTS.get(layout.lower()) if isinstance(layout, str) else None
         if wire_layout is None:
             raise _invalid(f"unknown layout {layout!r}; use NHWC, NCHW or NCHW16")
-        if on_error not in ON_ERROR:
+        wire_on_error = ON_ERROR.get(on_error) if isinstance(on_error, str) else None
+        if wire_on_error is None:
             raise _invalid(f"on_error must be 'skip' or 'fail', not {on_error!r}")
+        self._layout = layout
+        if not isinstance(dataset, str):
+            raise _invalid(f"dataset must be a path string, not {dataset!r}")
+        if name is not None and not isinstance(name, str):
+            raise _invalid(f"name must be a string, not {name!r}")
         for arg, value, top in (
             ("batch_size", batch_size, _U32),
             ("rank", rank, _U32),
@@ -306,20 +321,20 @@ class Loader:
             raise _invalid(f"timeout must be positive seconds or None, not {timeout!r}")
         self.timeout = timeout
         # Everything but the position (seed, epoch, consumed), filled in per open.
-        self._request = _wire.OpenLoader(
+        self._request = pb.OpenLoader(
             dataset=dataset,
             batch_size=batch_size,
             rank=rank,
             world_size=world_size,
-            train=train,
+            train=bool(train),
             size=size,
             resize=resize,
             layout=wire_layout,
             depth=depth,
-            drop_last=drop_last,
+            drop_last=bool(drop_last),
             no_shuffle=not shuffle,
             workers=workers,
-            on_error="" if on_error == "skip" else on_error,
+            on_error=wire_on_error,
             name=name or "",
         )
         self._seed = seed
@@ -415,12 +430,13 @@ class Loader:
                     break
                 ready, images = got
                 self._consumed = min(self._consumed + step, session.opened.dataset_len)
-                self.last_keys, self.last_skipped = ready.keys, ready.skipped
+                keys, skipped = list(ready.keys), list(ready.skipped)
+                self.last_keys, self.last_skipped = keys, skipped
                 yield Batch(
                     images=images,
                     labels=np.array(ready.labels, dtype=np.int64),
-                    keys=ready.keys,
-                    skipped=ready.skipped,
+                    keys=keys,
+                    skipped=skipped,
                     seq=ready.seq,
                 )
             self._epoch, self._consumed = self._epoch + 1, 0
@@ -485,7 +501,7 @@ class Loader:
         return (
             f"Loader({r.dataset!r}, batch_size={r.batch_size}, rank={r.rank}, "
             f"world_size={r.world_size}, epoch={self._epoch}, consumed={self._consumed}, "
-            f"layout={r.layout!r}, socket={str(self.socket_path)!r})"
+            f"layout={self._layout!r}, socket={str(self.socket_path)!r})"
         )
 
     # Internals ----------------------------------------------------------------------------
@@ -506,9 +522,9 @@ class Loader:
 
     def _open(self, retry: bool) -> _Session:
         """Opens a session at the current position, waiting for the daemon when ``retry``."""
-        req = dataclasses.replace(
-            self._request, seed=self._seed, epoch=self._epoch, consumed=self._consumed
-        )
+        req = pb.OpenLoader()
+        req.CopyFrom(self._request)
+        req.seed, req.epoch, req.consumed = self._seed, self._epoch, self._consumed
         deadline = time.monotonic() + self.reconnect_timeout
         pause = 0.05
         while True:
@@ -535,6 +551,15 @@ class Loader:
     def _not_iterating(self, what: str) -> None:
         if self._iteration_len is not None:
             raise LoaderError(f"cannot {what} while an iteration of this loader is running")
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    """``value``'s name in the generated ``enum``, or the bare number for one this client
+    does not know (a newer daemon's)."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
 
 
 def _invalid(message: str) -> InvalidArgument:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Tuple
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import pytest
 
@@ -41,10 +41,18 @@ class Binaries(NamedTuple):
 class Daemon:
     """A ``loaderd`` process on a socket in a temporary directory."""
 
-    def __init__(self, bins: Binaries, workdir: Path, mounts: Dict[str, Path]) -> None:
+    def __init__(
+        self,
+        bins: Binaries,
+        workdir: Path,
+        mounts: Dict[str, Path],
+        args: Sequence[str] = (),
+    ) -> None:
         self.bins = bins
         self.workdir = workdir
         self.mounts = mounts
+        #: More command-line arguments of the daemon.
+        self.args = list(args)
         self.socket = workdir / "loaderd.sock"
         self.shm_socket = workdir / "loaderd.shm.sock"
         self.log = workdir / "loaderd.log"
@@ -63,6 +71,7 @@ class Daemon:
         ]
         for point, directory in self.mounts.items():
             cmd += ["--mount", f"{point}=file://{directory}"]
+        cmd += self.args
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import List
 
 import pytest
@@ -19,6 +20,7 @@ from _support import (
     CLIENT_ROOT,
     CORRUPTED,
     TRUNCATED,
+    Binaries,
     Daemon,
     open_loader,
     read_epoch,
@@ -49,6 +51,22 @@ def test_on_error_fail_names_the_sample(daemon: Daemon) -> None:
         with pytest.raises(loaderd.SampleError) as err:
             read_epoch(loader)
     assert err.value.code == 15 and any(key in str(err.value) for key in [*CORRUPTED, TRUNCATED])
+
+
+def test_on_error_skip_holds_against_a_failing_daemon_default(
+    bins: Binaries, corrupt_dataset: Path, tmp_path: Path
+) -> None:
+    """``on_error="skip"`` (the default) is sent as such: a daemon whose own default is
+    ``fail`` still skips for this loader."""
+    config = tmp_path / "loaderd.toml"
+    config.write_text('[pipeline]\non_error = "fail"\n')
+    d = Daemon(bins, tmp_path, {"/bad": corrupt_dataset}, ["--config", str(config)]).start()
+    try:
+        with open_loader(d, dataset="/bad", batch_size=8) as loader:
+            skipped = [key for batch in loader.batches() for key in batch.skipped]
+        assert sorted(skipped) == sorted([*CORRUPTED, TRUNCATED])
+    finally:
+        d.stop()
 
 
 def test_a_killed_client_leaves_the_daemon_serving(daemon: Daemon, all_keys: List[str]) -> None:

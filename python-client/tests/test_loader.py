@@ -182,8 +182,14 @@ def test_loader_errors(daemon: Daemon) -> None:
         open_loader(daemon, batch_size=4, rank=2, world_size=2)
     with pytest.raises(loaderd.InvalidArgument, match="layout"):
         open_loader(daemon, batch_size=4, layout="CHW")
+    with pytest.raises(loaderd.InvalidArgument, match="layout"):
+        open_loader(daemon, batch_size=4, layout=None)  # type: ignore[arg-type]
     with pytest.raises(loaderd.InvalidArgument, match="on_error"):
         open_loader(daemon, batch_size=4, on_error="ignore")
+    with pytest.raises(loaderd.InvalidArgument, match="on_error"):
+        open_loader(daemon, batch_size=4, on_error=1)  # type: ignore[arg-type]
+    with pytest.raises(loaderd.InvalidArgument, match="dataset"):
+        open_loader(daemon, dataset=b"/data", batch_size=4)  # type: ignore[arg-type]
     with pytest.raises(loaderd.InvalidArgument, match="batch_size"):
         open_loader(daemon, batch_size=-1)
     with pytest.raises(loaderd.InvalidArgument, match="pipeline.max_batch_size"):
