@@ -344,20 +344,22 @@ impl Cache {
         }
     }
 
-    /// Block `b` pinned in the memory tier's arena (fetched first if missing), or `None` when
-    /// the memory tier does not hold it (disabled, full, the block is on SSD only, or another
-    /// node owns it: fetching it here would not cache it, so the caller's fallback read is
-    /// the one fetch).
+    /// Block `b` pinned in the memory tier's arena, for a shared-memory client. A block the
+    /// memory tier does not hold after one read (on SSD only, owned by a peer, or not admitted)
+    /// is copied from that read into a transient lease (see [`MemoryTier::transient`]): the
+    /// client maps it like a cached block, the memory tier's contents stay as a CACHE read
+    /// leaves them, and the slot is freed when the client releases the read. `None` only
+    /// when the arena has no room for that copy: the caller's fallback reads it again.
     pub async fn lease_block(&self, fh: &FileHandle, b: &BlockRef) -> Result<Option<Lease>> {
         if let Some(lease) = self.memory.lease(b.id) {
             stats::hit("memory", lease.len());
             return Ok(Some(lease));
         }
-        if self.cluster().is_some_and(|c| !c.owns(b.id)) {
-            return Ok(None);
+        let data = self.get_block(fh, b, ReadType::Cache).await?;
+        if let Some(lease) = self.memory.lease(b.id) {
+            return Ok(Some(lease));
         }
-        self.get_block(fh, b, ReadType::Cache).await?;
-        Ok(self.memory.lease(b.id))
+        Ok(self.memory.transient(&data))
     }
 
     /// A block from this node's tiers, if there.
