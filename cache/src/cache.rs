@@ -54,6 +54,26 @@ pub struct FileHandle {
     pub meta: FileMeta,
 }
 
+impl FileHandle {
+    /// The bytes of a read of `length` bytes (0: to the end) from `offset`, clipped to the
+    /// file; an offset past the end is [`Error::Range`] (OUT_OF_RANGE, on every path).
+    pub fn span(&self, offset: u64, length: u64) -> Result<Range<u64>> {
+        let size = self.meta.size;
+        if offset > size {
+            return Err(Error::Range {
+                path: self.path.to_string(),
+                offset,
+                length,
+                size,
+            });
+        }
+        Ok(match length {
+            0 => offset..size,
+            n => offset..offset.saturating_add(n).min(size),
+        })
+    }
+}
+
 /// Everything `Status` reports.
 #[derive(Debug, Clone)]
 pub struct CacheStatus {
@@ -291,16 +311,7 @@ impl Cache {
         read_type: ReadType,
         readahead: usize,
     ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
-        let size = fh.meta.size;
-        if range.start > size || range.end < range.start {
-            return Err(Error::Range {
-                path: fh.path.to_string(),
-                offset: range.start,
-                length: range.end.saturating_sub(range.start),
-                size,
-            });
-        }
-        let range = range.start..range.end.min(size);
+        let range = fh.span(range.start, 0)?.start..range.end.min(fh.meta.size);
         let blocks = self.blocks(&fh, range.clone());
         let this = self.clone();
         let fh = Arc::new(fh);
@@ -540,10 +551,16 @@ impl Cache {
         let ssd = self.ssd.clone();
         let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
         let span = info_span!("fetch_block", path = %fh.path, block = block.index);
-        let inflight = self.inflight.clone();
-        let fetch_ended = self.fetch_ended.clone();
+        // Leaves `inflight` when the task ends, finished or dropped (a cancelled task must not
+        // leave a dead fetch for later reads to join).
+        let registered = Registered {
+            inflight: self.inflight.clone(),
+            id: b.id,
+            fetch_ended: self.fetch_ended.clone(),
+        };
         tokio::spawn(
             async move {
+                let _registered = registered;
                 let len = block.range.end - block.range.start;
                 let _permit = budget.acquire(&mount, len.max(1)).await;
                 let res = mount.ufs.get_range(&meta, block.range.clone()).await;
@@ -560,20 +577,12 @@ impl Cache {
                 if let Err(e) = shared {
                     debug!(error = %e, "block fetch failed");
                 }
-                lock(&inflight).remove(&block.id);
-                fetch_ended.notify_waiters();
             }
             .instrument(span),
         );
-        rx.map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(Arc::new(Error::Budget {
-                    what: "block fetch was dropped",
-                }))
-            })
-        })
-        .boxed()
-        .shared()
+        rx.map(|r| r.unwrap_or_else(|_| Err(Arc::new(Error::FetchDropped))))
+            .boxed()
+            .shared()
     }
 
     /// Drops every cached block of the files under `path`: (blocks, bytes) freed.
@@ -643,6 +652,23 @@ impl Cache {
         }
     }
 }
+
+/// A fetch's entry in the in-flight map, removed (and the end announced) on drop.
+struct Registered {
+    inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
+    id: BlockId,
+    fetch_ended: Arc<Notify>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.inflight).remove(&self.id);
+        self.fetch_ended.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

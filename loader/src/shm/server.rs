@@ -309,16 +309,7 @@ async fn read(
         .await
         .map_err(|e| status_at(&path, &e))?;
     let size = fh.meta.size;
-    if r.offset > size {
-        return Err(tonic::Status::out_of_range(format!(
-            "offset {} is past the end of {path} ({size} bytes)",
-            r.offset
-        )));
-    }
-    let end = match r.length {
-        0 => size,
-        n => r.offset.saturating_add(n).min(size),
-    };
+    let end = fh.span(r.offset, r.length).map_err(|e| to_status(&e))?.end;
     let mut extents = Vec::new();
     let mut held = Vec::new();
     // Bytes reserved for the leases in `held`.
