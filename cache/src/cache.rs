@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use crate::meta::{DirEntry, Metadata, Stat};
 use crate::mount::{Mount, MountSpec, MountTable, Resolved};
 use crate::path::LogicalPath;
 use crate::stats;
+use crate::sync::lock;
 use crate::tier::{Lease, MemoryTier, SsdTier, Tier, TierStatus};
 use crate::ufs::FileMeta;
 
@@ -295,7 +296,7 @@ impl Cache {
         self.blocks(fh, 0..fh.meta.size)
             .iter()
             .filter(|b| self.is_cached(b.id))
-            .map(|b| b.range.end - b.range.start)
+            .map(|b| b.len())
             .sum()
     }
 
@@ -317,12 +318,11 @@ impl Cache {
         let fh = Arc::new(fh);
         Ok(futures::stream::iter(blocks)
             .map(move |b| {
-                let (this, fh) = (this.clone(), fh.clone());
+                let (this, fh, range) = (this.clone(), fh.clone(), range.clone());
                 async move {
                     let data = this.get_block(&fh, &b, read_type).await?;
-                    let from = range.start.max(b.range.start) - b.range.start;
-                    let to = range.end.min(b.range.end) - b.range.start;
-                    Ok((b.range.start + from, data.slice(from as usize..to as usize)))
+                    let at = b.range.start + b.part(&range).start;
+                    Ok((at, b.slice(&data, &range)))
                 }
             })
             .buffered(readahead.max(1)))
@@ -376,7 +376,7 @@ impl Cache {
     /// A block from this node's tiers, if there.
     async fn in_tiers(&self, b: &BlockRef) -> Option<Bytes> {
         if let Some(data) = self.memory.get(b.id) {
-            stats::hit("memory", b.range.end - b.range.start);
+            stats::hit("memory", b.len());
             return Some(data);
         }
         self.in_ssd(b).await
@@ -384,7 +384,7 @@ impl Cache {
 
     /// A block from this node's SSD tier, if there.
     async fn in_ssd(&self, b: &BlockRef) -> Option<Bytes> {
-        let len = b.range.end - b.range.start;
+        let len = b.len();
         if let Some(ssd) = &self.ssd
             && ssd.contains(b.id)
         {
@@ -456,7 +456,7 @@ impl Cache {
         read_type: ReadType,
         keep: Keep,
     ) -> Result<Option<Bytes>> {
-        let len = b.range.end - b.range.start;
+        let len = b.len();
         let bs = self.cfg.block_size.0;
         for m in c.candidates(b.id) {
             if c.is_me(&m) {
@@ -509,7 +509,7 @@ impl Cache {
         b: &BlockRef,
         read_type: ReadType,
     ) -> Result<Bytes> {
-        let len = b.range.end - b.range.start;
+        let len = b.len();
         let fetch = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(&b.id) {
@@ -561,7 +561,7 @@ impl Cache {
         tokio::spawn(
             async move {
                 let _registered = registered;
-                let len = block.range.end - block.range.start;
+                let len = block.len();
                 let _permit = budget.acquire(&mount, len.max(1)).await;
                 let res = mount.ufs.get_range(&meta, block.range.clone()).await;
                 if let Ok(data) = &res {
@@ -594,7 +594,7 @@ impl Cache {
                 let in_ssd = self.ssd.as_ref().is_some_and(|s| s.remove(b.id));
                 if in_mem || in_ssd {
                     blocks += 1;
-                    bytes += b.range.end - b.range.start;
+                    bytes += b.len();
                 }
             }
         }
@@ -669,7 +669,3 @@ impl Drop for Registered {
 
 #[cfg(test)]
 mod tests;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}

@@ -1,8 +1,9 @@
 //! Single flight for one slow computation (a mount's manifest LIST): callers that arrive while
 //! it runs join it and share its result, success or error, instead of queueing to redo it.
 
+use crate::sync::lock;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -56,10 +57,6 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
     pub fn is_running(&self) -> bool {
         lock(&self.running).is_some()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

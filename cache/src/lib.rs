@@ -12,6 +12,7 @@
 #![allow(missing_docs)] // Field-level docs live on the types; see each module header.
 
 pub mod alloc;
+pub mod arena;
 pub mod block;
 pub mod budget;
 pub mod cache;
@@ -24,8 +25,9 @@ pub mod meta;
 pub mod mount;
 pub mod path;
 pub mod placement;
-pub mod shm;
+
 pub mod stats;
+pub mod sync;
 pub mod tier;
 pub mod ufs;
 

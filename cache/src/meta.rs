@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
@@ -23,6 +23,7 @@ use crate::config::MetadataConfig;
 use crate::error::{Error, Result};
 use crate::flight::Flight;
 use crate::mount::Mount;
+use crate::sync::lock;
 use crate::ufs::FileMeta;
 
 /// What a path is.
@@ -497,10 +498,6 @@ fn read_manifest(path: &std::path::Path, uri: &str) -> Option<Manifest> {
     }
     let created = UNIX_EPOCH + Duration::from_millis(header.created_unix_ms);
     Some(Manifest::new(created, files))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl Cache {
                 for b in this.blocks(fh, 0..fh.meta.size) {
                     if this.kept_here(&b, local) && !this.is_cached(b.id) {
                         p.blocks_not_cached += 1;
-                        p.bytes_not_cached += b.range.end - b.range.start;
+                        p.bytes_not_cached += b.len();
                     }
                 }
             }

@@ -5,18 +5,19 @@
 //! the allocator when the last reader drops its view. Accounting charges the slot size.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use super::{Tier, TierStatus};
 use crate::alloc::{Slot, SlotAllocator};
+use crate::arena::Arena;
 use crate::block::BlockId;
 use crate::config::MemoryTierConfig;
 use crate::error::Result;
 use crate::evict::{Lru, Occupancy};
-use crate::shm::Arena;
 use crate::stats;
+use crate::sync::lock;
 
 /// A live block in the arena; frees its slot on drop.
 struct Region {
@@ -267,10 +268,6 @@ impl AsRef<[u8]> for ArcRegion {
     fn as_ref(&self) -> &[u8] {
         self.0.as_ref().as_ref()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

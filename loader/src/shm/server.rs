@@ -10,6 +10,7 @@
 //! `OpenLoader` on a connection is refused before any work.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -309,16 +310,18 @@ async fn read(
         .await
         .map_err(|e| status_at(&path, &e))?;
     let size = fh.meta.size;
-    let end = fh.span(r.offset, r.length).map_err(|e| to_status(&e))?.end;
+    let span = fh.span(r.offset, r.length).map_err(|e| to_status(&e))?;
     let mut extents = Vec::new();
     let mut held = Vec::new();
     // Bytes reserved for the leases in `held`.
     let mut reserved = 0u64;
     let mut capped = false;
-    for (i, b) in cache.blocks(&fh, r.offset..end).iter().enumerate() {
-        let from = r.offset.max(b.range.start) - b.range.start;
-        let to = end.min(b.range.end) - b.range.start;
-        let block_len = b.range.end - b.range.start;
+    for (i, b) in cache.blocks(&fh, span.clone()).iter().enumerate() {
+        let Range {
+            start: from,
+            end: to,
+        } = b.part(&span);
+        let block_len = b.len();
         let lease = if capped {
             None
         } else if let Err(e) = client.reserve(block_len) {
