@@ -9,15 +9,12 @@
 //! are answered and to the SSD tier right after, with the fetch still registered, so a reader
 //! arriving meanwhile joins instead of fetching again.
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::Notify;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::block::{BlockId, BlockRef, blocks_for};
@@ -26,11 +23,11 @@ use crate::cluster::Cluster;
 use crate::cluster::peer::block_request;
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
+use crate::inflight::{EndOnDrop, InFlight, Ticket};
 use crate::meta::{DirEntry, Metadata, Stat};
 use crate::mount::{Mount, MountSpec, MountTable, Resolved};
 use crate::path::LogicalPath;
 use crate::stats;
-use crate::sync::lock;
 use crate::tier::{Lease, MemoryTier, SsdTier, Tier, TierStatus};
 use crate::ufs::FileMeta;
 
@@ -88,7 +85,8 @@ pub struct CacheStatus {
     pub uptime: Duration,
 }
 
-type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, Arc<Error>>>>;
+/// A block fetch's outcome, shared by every reader that joined it.
+type Fetched = std::result::Result<Bytes, Arc<Error>>;
 
 /// The cache.
 pub struct Cache {
@@ -97,11 +95,10 @@ pub struct Cache {
     meta: Metadata,
     memory: Arc<MemoryTier>,
     ssd: Option<Arc<SsdTier>>,
-    inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
+    /// Block fetches in flight, one per block; each ends when its tier writes are done.
+    fetches: Arc<InFlight<BlockId, Fetched>>,
     /// The in-flight fetch budget, with a reserve per mount (see [`crate::budget`]).
     budget: Arc<InflightBudget>,
-    /// Notified whenever a spawned fetch leaves `inflight` (its tier writes done).
-    fetch_ended: Arc<Notify>,
     started: Instant,
     /// Set when this node is part of a cluster: blocks it does not own come from peers.
     cluster: OnceLock<Arc<Cluster>>,
@@ -144,9 +141,8 @@ impl Cache {
             memory,
             ssd,
             mounts,
-            inflight: Arc::default(),
+            fetches: Arc::default(),
             budget,
-            fetch_ended: Arc::default(),
             started: Instant::now(),
             cluster: OnceLock::new(),
             cfg,
@@ -509,34 +505,36 @@ impl Cache {
         b: &BlockRef,
         read_type: ReadType,
     ) -> Result<Bytes> {
-        let len = b.len();
-        let fetch = {
-            let mut inflight = lock(&self.inflight);
-            match inflight.get(&b.id) {
-                Some(f) => {
-                    stats::singleflight_join();
-                    Some(f.clone())
-                }
-                None if read_type == ReadType::NoCache => None,
-                None => {
-                    // Re-check under the lock: a fetch may have completed since the tier check.
-                    if let Some(data) = self.memory.get(b.id) {
-                        stats::hit("memory", len);
-                        return Ok(data);
-                    }
-                    let f = self.spawn_fetch(fh, b);
-                    inflight.insert(b.id, f.clone());
-                    Some(f)
-                }
+        let mut hit = None;
+        let flight = self.fetches.join_or_start(&b.id, |ticket| {
+            if read_type == ReadType::NoCache {
+                return None;
             }
-        };
-        let Some(fetch) = fetch else {
-            let _permit = self.reserve(fh, len).await;
-            let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
-            stats::miss(len);
-            return Ok(data);
-        };
-        fetch.await.map_err(Error::Shared)
+            // Re-check under the lock: a fetch may have completed since the tier check.
+            if let Some(data) = self.memory.get(b.id) {
+                hit = Some(data);
+                return None;
+            }
+            Some(self.spawn_fetch(fh, b, ticket))
+        });
+        match (flight, hit) {
+            (Some(flight), _) => {
+                if flight.joined {
+                    stats::singleflight_join();
+                }
+                flight.result.await.map_err(Error::Shared)
+            }
+            (None, Some(data)) => {
+                stats::hit("memory", b.len());
+                Ok(data)
+            }
+            (None, None) => {
+                let _permit = self.reserve(fh, b.len()).await;
+                let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
+                stats::miss(b.len());
+                Ok(data)
+            }
+        }
     }
 
     /// `len` bytes of the in-flight budget, charged to `fh`'s mount.
@@ -544,23 +542,25 @@ impl Cache {
         self.budget.acquire(&fh.mount, len.max(1)).await
     }
 
-    fn spawn_fetch(&self, fh: &FileHandle, b: &BlockRef) -> SharedFetch {
+    /// Spawns the fetch of flight `ticket`: it runs to its end even if every reader goes
+    /// away, puts the block in the memory tier before answering and in the SSD tier after,
+    /// and ends the flight when it ends (finished or dropped).
+    fn spawn_fetch(
+        &self,
+        fh: &FileHandle,
+        b: &BlockRef,
+        ticket: &Ticket<BlockId>,
+    ) -> impl Future<Output = Fetched> + Send + use<> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let budget = self.budget.clone();
         let memory = self.memory.clone();
         let ssd = self.ssd.clone();
         let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
         let span = info_span!("fetch_block", path = %fh.path, block = block.index);
-        // Leaves `inflight` when the task ends, finished or dropped (a cancelled task must not
-        // leave a dead fetch for later reads to join).
-        let registered = Registered {
-            inflight: self.inflight.clone(),
-            id: b.id,
-            fetch_ended: self.fetch_ended.clone(),
-        };
+        let flight = EndOnDrop::new(self.fetches.clone(), ticket);
         tokio::spawn(
             async move {
-                let _registered = registered;
+                let _flight = flight;
                 let len = block.len();
                 let _permit = budget.acquire(&mount, len.max(1)).await;
                 let res = mount.ufs.get_range(&meta, block.range.clone()).await;
@@ -581,8 +581,6 @@ impl Cache {
             .instrument(span),
         );
         rx.map(|r| r.unwrap_or_else(|_| Err(Arc::new(Error::FetchDropped))))
-            .boxed()
-            .shared()
     }
 
     /// Drops every cached block of the files under `path`: (blocks, bytes) freed.
@@ -650,20 +648,6 @@ impl Cache {
             inflight_capacity,
             uptime: self.started.elapsed(),
         }
-    }
-}
-
-/// A fetch's entry in the in-flight map, removed (and the end announced) on drop.
-struct Registered {
-    inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
-    id: BlockId,
-    fetch_ended: Arc<Notify>,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        lock(&self.inflight).remove(&self.id);
-        self.fetch_ended.notify_waiters();
     }
 }
 
