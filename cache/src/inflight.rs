@@ -113,10 +113,9 @@ where
     /// `land` not run) when that flight has ended already.
     pub fn end<R>(&self, ticket: &Ticket<K>, land: impl FnOnce() -> R) -> Option<R> {
         let mut s = lock(&self.state);
-        if !s
-            .running
+        if s.running
             .get(&ticket.key)
-            .is_some_and(|(id, _)| *id == ticket.id)
+            .is_none_or(|(id, _)| *id != ticket.id)
         {
             return None;
         }

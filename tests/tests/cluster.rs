@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use loaderd::shm::client::{Piece, ShmClient};
+use loaderd::shm::client::ShmClient;
 use loaderd_tests::cluster::{
     ClusterFixture, Etcd, Netns, cached_bytes, etcd_unavailable, owners, ufs_gets, via_etcd,
     wait_members,
 };
 use loaderd_tests::{
     Daemon, Dataset, S3Sandbox, args, assert_bytes_eq, file_mount_args, free_port, sha256,
-    wait_until,
+    shm_read_mapped,
 };
 
 const MIB: u64 = 1 << 20;
@@ -540,15 +540,7 @@ fn a_shared_memory_read_of_peer_owned_blocks_is_one_peer_fetch_into_a_lease() {
     assert!(0 < of_b && of_b < 9, "owners {own:?}");
 
     let mut c = ShmClient::connect(&a.dir().join("loaderd.shm.sock")).expect("connect");
-    let (mut got, mut fallback) = (Vec::new(), 0u64);
-    c.read(path, 0, 0, |_, piece| {
-        match piece {
-            Piece::Mapped(b) => got.extend_from_slice(b),
-            Piece::Fallback { len, .. } => fallback += len,
-        }
-        Ok(())
-    })
-    .expect("shared-memory read");
+    let (got, fallback) = shm_read_mapped(&mut c, path);
     assert_eq!(fallback, 0, "fallback extents for blocks b owns");
     assert_bytes_eq(&got, &data.read(rel), "shared-memory read through a");
 
@@ -581,10 +573,7 @@ fn a_shared_memory_read_of_peer_owned_blocks_is_one_peer_fetch_into_a_lease() {
     );
     drop(c);
     assert!(
-        wait_until(
-            Duration::from_secs(10),
-            || a.status_json()["shm_leased_bytes"] == 0
-        ),
+        a.leases_released(),
         "closing the connection frees the leases"
     );
 }

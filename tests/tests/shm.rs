@@ -7,10 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use loaderd::shm::client::{Piece, ShmClient};
+use loaderd::shm::client::ShmClient;
 use loaderd_tests::{
-    Daemon, Dataset, args, assert_bytes_eq, file_mount_args, sha256, ssd_block_files, tier,
-    wait_until,
+    Daemon, Dataset, args, assert_bytes_eq, file_mount_args, sha256, shm_read_mapped,
+    ssd_block_files, tier, wait_until,
 };
 
 const KIB: usize = 1024;
@@ -120,21 +120,6 @@ fn no_memory_tier_means_no_shared_memory_socket() {
     assert_eq!(sha256(&got), sha256(&data.read("blobs/blob_00.bin")));
 }
 
-/// What a shared-memory read of `path` got: its bytes (mapped pieces only) and the bytes the
-/// daemon answered as fallback extents (to be read over gRPC).
-fn shm_read(c: &mut ShmClient, path: &str) -> (Vec<u8>, u64) {
-    let (mut mapped, mut fallback) = (Vec::new(), 0);
-    c.read(path, 0, 0, |_, piece| {
-        match piece {
-            Piece::Mapped(b) => mapped.extend_from_slice(b),
-            Piece::Fallback { len, .. } => fallback += len,
-        }
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("shared-memory read of {path}: {e}"));
-    (mapped, fallback)
-}
-
 const SSD_HITS: &str = "loaderd_cache_hits_total{tier=\"ssd\"}";
 const TRANSIENT: &str = "loaderd_cache_transient_leases_total";
 const FALLBACK: &str = "loaderd_shm_fallback_bytes_total";
@@ -171,7 +156,7 @@ fn blocks_on_the_ssd_tier_only_are_leased_from_one_ssd_read() {
 
     let mut c = ShmClient::connect(&shm_socket(&d)).expect("connect");
     for (path, want) in &files {
-        let (got, fallback) = shm_read(&mut c, path);
+        let (got, fallback) = shm_read_mapped(&mut c, path);
         assert_eq!(fallback, 0, "{path}: fallback extents for blocks on SSD");
         assert_bytes_eq(&got, want, path);
     }
@@ -193,10 +178,7 @@ fn blocks_on_the_ssd_tier_only_are_leased_from_one_ssd_read() {
     assert!(status["shm_leased_bytes"].as_u64() > Some(0), "{status}");
     drop(c);
     assert!(
-        wait_until(
-            Duration::from_secs(10),
-            || d.status_json()["shm_leased_bytes"] == 0
-        ),
+        d.leases_released(),
         "a closed connection gives its transient leases back"
     );
 }
