@@ -383,7 +383,7 @@ impl Cache {
         b: &BlockRef,
         read_type: ReadType,
     ) -> Result<Bytes> {
-        let mut hit = None;
+        let (mut hit, mut task) = (None, None);
         let flight = self.fetches.join_or_start(&b.id, |ticket| {
             if read_type == ReadType::NoCache {
                 return None;
@@ -393,8 +393,15 @@ impl Cache {
             if hit.is_some() {
                 return None;
             }
-            Some(self.spawn_fetch(fh, b, ticket))
+            let (fetched, run) = self.fetch_task(fh, b, ticket);
+            task = Some(run);
+            Some(fetched)
         });
+        // Spawned once the flight is registered and its lock released (a task dropped at
+        // once, by a runtime shutting down, ends its flight from its drop).
+        if let Some(task) = task {
+            tokio::spawn(task);
+        }
         match (flight, hit) {
             (Some(flight), _) => {
                 if flight.joined {
@@ -417,43 +424,46 @@ impl Cache {
         self.budget.acquire(&fh.mount, len.max(1)).await
     }
 
-    /// Spawns the fetch of flight `ticket`: it runs to its end even if every reader goes
-    /// away, puts the block in the memory tier before answering and in the SSD tier after,
-    /// and ends the flight when it ends (finished or dropped).
-    fn spawn_fetch(
+    /// The fetch of flight `ticket`: its result for the readers, and the task to spawn. The
+    /// task runs to its end even if every reader goes away, puts the block in the memory tier
+    /// before answering and in the SSD tier after, and ends the flight when it ends (finished
+    /// or dropped).
+    fn fetch_task(
         &self,
         fh: &FileHandle,
         b: &BlockRef,
         ticket: &Ticket<BlockId>,
-    ) -> impl Future<Output = Fetched> + Send + use<> {
+    ) -> (
+        impl Future<Output = Fetched> + Send + use<>,
+        impl Future<Output = ()> + Send + use<>,
+    ) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let budget = self.budget.clone();
         let tiers = self.tiers.clone();
         let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
         let span = info_span!("fetch_block", path = %fh.path, block = block.index);
         let flight = EndOnDrop::new(self.fetches.clone(), ticket);
-        tokio::spawn(
-            async move {
-                let _flight = flight;
-                let len = block.len();
-                let _permit = budget.acquire(&mount, len.max(1)).await;
-                let res = mount.ufs.get_range(&meta, block.range.clone()).await;
-                if let Ok(data) = &res {
-                    stats::miss(len);
-                    tiers.put_memory(block.id, data);
-                }
-                let shared = res.map_err(Arc::new);
-                let _ = tx.send(shared.clone());
-                if let Ok(data) = &shared {
-                    tiers.put_lower(block.id, data).await;
-                }
-                if let Err(e) = shared {
-                    debug!(error = %e, "block fetch failed");
-                }
+        let task = async move {
+            let _flight = flight;
+            let len = block.len();
+            let _permit = budget.acquire(&mount, len.max(1)).await;
+            let res = mount.ufs.get_range(&meta, block.range.clone()).await;
+            if let Ok(data) = &res {
+                stats::miss(len);
+                tiers.put_memory(block.id, data);
             }
-            .instrument(span),
-        );
-        rx.map(|r| r.unwrap_or_else(|_| Err(Arc::new(Error::FetchDropped))))
+            let shared = res.map_err(Arc::new);
+            let _ = tx.send(shared.clone());
+            if let Ok(data) = &shared {
+                tiers.put_lower(block.id, data).await;
+            }
+            if let Err(e) = shared {
+                debug!(error = %e, "block fetch failed");
+            }
+        }
+        .instrument(span);
+        let fetched = rx.map(|r| r.unwrap_or_else(|_| Err(Arc::new(Error::FetchDropped))));
+        (fetched, task)
     }
 
     /// Drops every cached block of the files under `path`: (blocks, bytes) freed.

@@ -75,7 +75,8 @@ where
     /// Joins the flight of `key`, or starts the future `start` returns when none runs (under
     /// the lock, so no second flight of the key can start meanwhile). `start` may decline
     /// with `None` (nothing to do, or the caller will do without a flight): then no flight
-    /// exists and `None` is returned.
+    /// exists and `None` is returned. `start` must not end a flight of `self` (it holds the
+    /// lock): a task that holds an [`EndOnDrop`] is spawned after this returns.
     pub fn join_or_start<F>(
         &self,
         key: &K,

@@ -86,3 +86,27 @@ fn an_offset_past_the_end_is_out_of_range() {
         assert_eq!(err.kind(), crate::ErrorKind::OutOfRange, "{err}");
     }
 }
+
+#[test]
+fn a_fetch_started_as_its_runtime_shuts_down_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, _) = cache(dir.path());
+    let rt = runtime();
+    let fh = rt
+        .block_on(cache.open_file(&LogicalPath::parse("/ds/f.bin").unwrap()))
+        .unwrap();
+    let handle = rt.handle().clone();
+    rt.shutdown_background();
+    // A task spawned now is dropped at once; its flight must end without the read hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _in_runtime = handle.enter();
+        let b = cache.blocks(&fh, 0..1)[0].clone();
+        let res = futures::executor::block_on(cache.get_block(&fh, &b, ReadType::Cache));
+        let _ = tx.send(res.map(drop).map_err(|e| e.kind()));
+    });
+    let res = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the read answered");
+    assert_eq!(res, Err(crate::ErrorKind::Unavailable));
+}
