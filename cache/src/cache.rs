@@ -326,16 +326,14 @@ impl Cache {
             Err(e) if matches!(e.root(), Error::Changed { .. }) => e,
             other => return other,
         };
-        Err(
-            match self.meta.refresh_file(&fh.mount, &fh.meta.rel).await {
-                Ok(fresh) => Error::VersionChanged {
-                    path: fh.path.to_string(),
-                    old: fh.meta.version.clone(),
-                    new: fresh.map(|f| f.version).unwrap_or_default(),
-                },
-                Err(_) => e,
-            },
-        )
+        match self.meta.refresh_file(&fh.mount, &fh.meta.rel).await {
+            Ok(fresh) => Err(Error::VersionChanged {
+                path: fh.path.to_string(),
+                old: fh.meta.version.clone(),
+                new: fresh.map(|f| f.version).unwrap_or_default(),
+            }),
+            Err(_) => Err(e),
+        }
     }
 
     /// Block `b` pinned in the memory tier's arena, for a shared-memory client. A block the

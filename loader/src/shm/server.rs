@@ -10,7 +10,6 @@
 //! `OpenLoader` on a connection is refused before any work.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -310,17 +309,16 @@ async fn read(
         .await
         .map_err(|e| status_at(&path, &e))?;
     let size = fh.meta.size;
-    let span = fh.span(r.offset, r.length).map_err(|e| to_status(&e))?;
+    let span = fh
+        .span(r.offset, r.length)
+        .map_err(|e| status_at(&path, &e))?;
     let mut extents = Vec::new();
     let mut held = Vec::new();
     // Bytes reserved for the leases in `held`.
     let mut reserved = 0u64;
     let mut capped = false;
     for (i, b) in cache.blocks(&fh, span.clone()).iter().enumerate() {
-        let Range {
-            start: from,
-            end: to,
-        } = b.part(&span);
+        let part = b.part(&span);
         let block_len = b.len();
         let lease = if capped {
             None
@@ -348,12 +346,12 @@ async fn read(
             }
         };
         if lease.is_none() {
-            counter!("loaderd_shm_fallback_bytes_total").increment(to - from);
+            counter!("loaderd_shm_fallback_bytes_total").increment(part.end - part.start);
         }
         extents.push(pb::ShmExtent {
-            file_offset: b.range.start + from,
-            length: to - from,
-            arena_offset: lease.as_ref().map_or(0, |l| l.offset() + from),
+            file_offset: b.range.start + part.start,
+            length: part.end - part.start,
+            arena_offset: lease.as_ref().map_or(0, |l| l.offset() + part.start),
             in_arena: lease.is_some(),
         });
         held.extend(lease);
