@@ -31,6 +31,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// [`cache`] with a runtime and `f.bin` open.
+fn opened(dir: &std::path::Path) -> (Arc<Cache>, tokio::runtime::Runtime, FileHandle) {
+    let (cache, _) = cache(dir);
+    let rt = runtime();
+    let fh = rt
+        .block_on(cache.open_file(&LogicalPath::parse("/ds/f.bin").unwrap()))
+        .unwrap();
+    (cache, rt, fh)
+}
+
 #[test]
 fn a_dropped_fetch_is_unavailable_and_the_next_read_fetches_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,11 +74,7 @@ fn a_dropped_fetch_is_unavailable_and_the_next_read_fetches_again() {
 #[test]
 fn an_offset_past_the_end_is_out_of_range() {
     let dir = tempfile::tempdir().unwrap();
-    let (cache, _) = cache(dir.path());
-    let rt = runtime();
-    let fh = rt
-        .block_on(cache.open_file(&LogicalPath::parse("/ds/f.bin").unwrap()))
-        .unwrap();
+    let (cache, _rt, fh) = opened(dir.path());
     assert_eq!(fh.span(10, 0).unwrap(), 10..300_000);
     assert_eq!(fh.span(299_990, 100).unwrap(), 299_990..300_000);
     assert_eq!(
@@ -90,11 +96,7 @@ fn an_offset_past_the_end_is_out_of_range() {
 #[test]
 fn a_fetch_started_as_its_runtime_shuts_down_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let (cache, _) = cache(dir.path());
-    let rt = runtime();
-    let fh = rt
-        .block_on(cache.open_file(&LogicalPath::parse("/ds/f.bin").unwrap()))
-        .unwrap();
+    let (cache, rt, fh) = opened(dir.path());
     let handle = rt.handle().clone();
     rt.shutdown_background();
     // A task spawned now is dropped at once; its flight must end without the read hanging.
