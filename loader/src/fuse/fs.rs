@@ -172,9 +172,7 @@ impl LoaderFs {
             let b = b.clone();
             async move {
                 let data = self.cache.get_block(fh, &b, ReadType::Cache).await?;
-                let from = (offset.max(b.range.start) - b.range.start) as usize;
-                let to = (end.min(b.range.end) - b.range.start) as usize;
-                Ok::<_, loaderd_cache::Error>(data.slice(from..to))
+                Ok::<_, loaderd_cache::Error>(b.slice(&data, &(offset..end)))
             }
         };
         self.rt.block_on(async {
