@@ -22,35 +22,10 @@
 //! Output is written straight into the caller's slot (a batch arena): NHWC u8 (normalize later,
 //! on the GPU), or NCHW f32 / f16 normalized as `(v/255 − mean)/std` in native byte order.
 
-use crate::decode::{DecodeError, Decoder, Rect, RgbImage};
+use loaderd_image::{CropBox, Layout, Normalize, Rect, f16_bits};
+
+use crate::decode::{DecodeError, Decoder, RgbImage};
 use crate::sampler::SplitMix64;
-
-/// ImageNet channel means (RGB, on the 0..1 scale).
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet channel standard deviations.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-/// Memory layout and element type of one output sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Height × width × RGB, u8, not normalized.
-    NhwcU8,
-    /// RGB planes of height × width, f32, normalized.
-    NchwF32,
-    /// RGB planes of height × width, IEEE half, normalized.
-    NchwF16,
-}
-
-impl Layout {
-    /// Bytes of one element.
-    pub fn element_bytes(self) -> usize {
-        match self {
-            Layout::NhwcU8 => 1,
-            Layout::NchwF32 => 4,
-            Layout::NchwF16 => 2,
-        }
-    }
-}
 
 /// What to do to every sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,8 +37,8 @@ pub struct TransformSpec {
     /// Val only: the shorter side before the centre crop.
     pub resize: u32,
     pub layout: Layout,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    /// For the normalized layouts.
+    pub norm: Normalize,
     /// RandomResizedCrop's area fraction range.
     pub scale: (f64, f64),
     /// RandomResizedCrop's aspect-ratio range.
@@ -77,8 +52,7 @@ impl Default for TransformSpec {
             size: 224,
             resize: 256,
             layout: Layout::NhwcU8,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
+            norm: Normalize::default(),
             scale: (0.08, 1.0),
             ratio: (3.0 / 4.0, 4.0 / 3.0),
         }
@@ -88,7 +62,7 @@ impl Default for TransformSpec {
 impl TransformSpec {
     /// Bytes one sample takes in a batch slot.
     pub fn sample_bytes(&self) -> usize {
-        self.size as usize * self.size as usize * 3 * self.layout.element_bytes()
+        self.layout.sample_bytes(self.size, self.size)
     }
 
     /// Checks the parameters once, before any sample.
@@ -109,53 +83,10 @@ impl TransformSpec {
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
             return Err(DecodeError::BadSpec("ratio must satisfy 0 < min <= max"));
         }
-        if self.std.iter().any(|s| !s.is_normal()) {
+        if !self.norm.is_valid() {
             return Err(DecodeError::BadSpec("std must be nonzero"));
         }
         Ok(())
-    }
-}
-
-/// A crop in continuous source coordinates (pixel `i` spans `[i, i+1)`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CropBox {
-    pub x0: f64,
-    pub y0: f64,
-    pub x1: f64,
-    pub y1: f64,
-}
-
-impl CropBox {
-    /// The box covering the whole of `r`.
-    pub fn from_rect(r: Rect) -> Self {
-        CropBox {
-            x0: f64::from(r.x),
-            y0: f64::from(r.y),
-            x1: f64::from(r.x + r.w),
-            y1: f64::from(r.y + r.h),
-        }
-    }
-
-    /// The smallest pixel rectangle holding the box, inside a `width × height` image.
-    pub fn bounding_rect(&self, width: u32, height: u32) -> Rect {
-        let x0 = (self.x0.floor().max(0.0) as u32).min(width.saturating_sub(1));
-        let y0 = (self.y0.floor().max(0.0) as u32).min(height.saturating_sub(1));
-        let x1 = (self.x1.ceil() as u32).clamp(x0 + 1, width.max(x0 + 1));
-        let y1 = (self.y1.ceil() as u32).clamp(y0 + 1, height.max(y0 + 1));
-        Rect {
-            x: x0,
-            y: y0,
-            w: x1 - x0,
-            h: y1 - y0,
-        }
-    }
-
-    fn width(&self) -> f64 {
-        self.x1 - self.x0
-    }
-
-    fn height(&self) -> f64 {
-        self.y1 - self.y0
     }
 }
 
@@ -486,8 +417,7 @@ fn round_u8(v: f32) -> u8 {
 pub fn write_normalized(hwc: &[u8], spec: &TransformSpec, out: &mut [u8]) {
     let plane = hwc.len() / 3;
     for c in 0..3 {
-        let lut: [f32; 256] =
-            std::array::from_fn(|v| (v as f32 / 255.0 - spec.mean[c]) / spec.std[c]);
+        let lut: [f32; 256] = std::array::from_fn(|v| spec.norm.apply(c, v as u8));
         match spec.layout {
             Layout::NchwF32 => {
                 let dst = &mut out[c * plane * 4..(c + 1) * plane * 4];
@@ -496,8 +426,7 @@ pub fn write_normalized(hwc: &[u8], spec: &TransformSpec, out: &mut [u8]) {
                 }
             }
             Layout::NchwF16 => {
-                let half: [u16; 256] =
-                    std::array::from_fn(|v| loaderd_gpu::reference::f16_bits(lut[v]));
+                let half: [u16; 256] = std::array::from_fn(|v| f16_bits(lut[v]));
                 let dst = &mut out[c * plane * 2..(c + 1) * plane * 2];
                 for (d, px) in dst.chunks_exact_mut(2).zip(hwc.chunks_exact(3)) {
                     d.copy_from_slice(&half[px[c] as usize].to_ne_bytes());
@@ -517,7 +446,7 @@ mod tests {
     use crate::decode::DecodeLimits;
     use crate::decode::test_images::{jpeg, noisy_rgb, png};
     use crate::sampler::sample_rng;
-    use loaderd_gpu::reference::f16_bits;
+    use loaderd_image::{IMAGENET_MEAN, IMAGENET_STD};
     use std::time::Duration;
 
     /// Scripted draws: uniforms as fractions of their range, and `below` answers; records the
@@ -943,11 +872,7 @@ mod tests {
         ];
         for (i, bx) in crops.iter().enumerate() {
             for flip in [false, true] {
-                for (layout, gpu_layout) in [
-                    (Layout::NhwcU8, loaderd_gpu::OutputLayout::NhwcU8),
-                    (Layout::NchwF32, loaderd_gpu::OutputLayout::NchwF32),
-                    (Layout::NchwF16, loaderd_gpu::OutputLayout::NchwF16),
-                ] {
+                for layout in [Layout::NhwcU8, Layout::NchwF32, Layout::NchwF16] {
                     let size = 24;
                     let spec = TransformSpec {
                         size,
@@ -966,19 +891,12 @@ mod tests {
                         width: w,
                         height: h,
                         stride: w * 3,
-                        x0: bx.x0,
-                        y0: bx.y0,
-                        x1: bx.x1,
-                        y1: bx.y1,
+                        crop: *bx,
                         flip,
-                    };
-                    let norm = loaderd_gpu::Normalize {
-                        mean: spec.mean,
-                        std: spec.std,
                     };
                     let mut gpu = vec![0u8; cpu.len()];
                     loaderd_gpu::reference::augment(
-                        &pixels, &params, size, size, gpu_layout, &norm, &mut gpu,
+                        &pixels, &params, size, size, layout, &spec.norm, &mut gpu,
                     )
                     .unwrap();
                     let differ = cpu.iter().zip(&gpu).filter(|(a, b)| a != b).count();

@@ -32,6 +32,7 @@
 use std::ffi::{CStr, c_int};
 use std::io::Cursor;
 
+use loaderd_image::Rect;
 use turbojpeg_sys as tj;
 
 /// Pixel limits applied before any pixel memory is allocated.
@@ -88,15 +89,6 @@ pub struct ImageInfo {
     pub width: u32,
     pub height: u32,
     pub format: Format,
-}
-
-/// An integer pixel rectangle: columns `x..x + w`, rows `y..y + h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
-    pub x: u32,
-    pub y: u32,
-    pub w: u32,
-    pub h: u32,
 }
 
 /// Packed RGB, 3 bytes a pixel, rows without padding.
@@ -696,7 +688,8 @@ pub(crate) mod test_images {
 mod tests {
     use super::test_images::*;
     use super::*;
-    use crate::augment::{CropBox, resize_into};
+    use crate::augment::resize_into;
+    use loaderd_image::CropBox;
 
     fn decoder() -> Decoder {
         Decoder::new(DecodeLimits::default())

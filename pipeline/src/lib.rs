@@ -24,8 +24,8 @@ pub mod session;
 pub mod spec;
 mod worker;
 
-pub use augment::Layout;
 pub use config::{OnError, PipelineConfig};
+pub use loaderd_image::{CropBox, DType, Layout, Normalize, Rect};
 pub use registry::Pipelines;
 pub use session::{Session, SessionError};
-pub use spec::{Batch, BatchError, DType, LoaderSpec, LoaderStatus, Opened};
+pub use spec::{Batch, BatchError, LoaderSpec, LoaderStatus, Opened};
