@@ -22,6 +22,7 @@ pub mod ring;
 pub mod sampler;
 pub mod session;
 pub mod spec;
+mod sync;
 mod worker;
 
 pub use config::{OnError, PipelineConfig};
