@@ -18,6 +18,7 @@ pub mod dataset;
 pub mod decode;
 pub mod limits;
 pub mod registry;
+pub mod resize;
 pub mod ring;
 pub mod sampler;
 pub mod session;
