@@ -93,41 +93,22 @@ mod tests {
         assert!(b.is_valid());
     }
 
+    fn cb([x0, y0, x1, y1]: [f64; 4]) -> CropBox {
+        CropBox { x0, y0, x1, y1 }
+    }
+
+    fn rect([x, y, w, h]: [u32; 4]) -> Rect {
+        Rect { x, y, w, h }
+    }
+
     #[test]
     fn bounding_rect_widens_to_whole_pixels_and_stays_inside() {
-        let b = CropBox {
-            x0: 2.5,
-            y0: 0.25,
-            x1: 7.1,
-            y1: 9.0,
-        };
-        let expect = Rect {
-            x: 2,
-            y: 0,
-            w: 6,
-            h: 9,
-        };
-        assert_eq!(b.bounding_rect(100, 100), expect);
+        let b = cb([2.5, 0.25, 7.1, 9.0]);
+        assert_eq!(b.bounding_rect(100, 100), rect([2, 0, 6, 9]));
         // Clipped to the image, never empty.
-        let past = CropBox {
-            x0: -3.0,
-            y0: 95.0,
-            x1: 200.0,
-            y1: 300.0,
-        };
-        let expect = Rect {
-            x: 0,
-            y: 95,
-            w: 100,
-            h: 5,
-        };
-        assert_eq!(past.bounding_rect(100, 100), expect);
-        let outside = CropBox {
-            x0: 150.0,
-            y0: 150.0,
-            x1: 160.0,
-            y1: 160.0,
-        };
+        let past = cb([-3.0, 95.0, 200.0, 300.0]);
+        assert_eq!(past.bounding_rect(100, 100), rect([0, 95, 100, 5]));
+        let outside = cb([150.0, 150.0, 160.0, 160.0]);
         let r = outside.bounding_rect(100, 100);
         assert!(
             r.w >= 1 && r.h >= 1 && r.x + r.w <= 100 && r.y + r.h <= 100,
