@@ -2,16 +2,16 @@
 //!
 //! Nothing here links against CUDA. `cudarc` is built with dynamic loading, NVRTC and nvJPEG
 //! are opened with `libloading` at run time, so the workspace builds and its tests pass on a
-//! machine with no driver; the daemon asks [`detect`] once at start-up and falls back to the CPU
+//! machine with no driver; the daemon asks [`detect()`] once at start-up and falls back to the CPU
 //! path when it says [`GpuAvailability::Unavailable`].
 //!
-//! - [`detect`]: driver + device discovery that never panics (probes `libcuda.so.1` before
+//! - [`mod@detect`]: driver + device discovery that never panics (probes `libcuda.so.1` before
 //!   letting `cudarc` near it, and catches a panic from a missing symbol as a last resort);
 //! - [`pinned`]: [`PinnedRegion`] registers a host range (the batch arena) with
 //!   `cuMemHostRegister(PORTABLE)` once and unregisters it on drop, before the owner unmaps it;
 //!   [`H2dStream`] is one client's copy stream with events;
 //! - [`augment`]: the fused crop + resize + flip + normalize + layout kernel
-//!   (`kernels/augment.cu`, compiled by [`nvrtc`] at run time), and [`reference`], the same
+//!   (`kernels/augment.cu`, compiled by [`nvrtc`] at run time), and [`mod@reference`], the same
 //!   arithmetic in Rust, which is what the kernel is tested against;
 //! - [`nvjpeg`]: the nvJPEG entry points, resolved from whichever `libnvjpeg` the machine has,
 //!   and [`JpegDecoder`], batched decode into one device buffer with per-image errors; [`jpeg`]

@@ -7,9 +7,9 @@
 //! 1. reads the header and refuses images over [`DecodeLimits::max_pixels`] *before*
 //!    allocating anything for the pixels (decompression bombs);
 //! 2. picks the smallest DCT scaling factor `n/8` (n = 1, 2, 3, 4; larger ones cost more than
-//!    a full decode) that keeps the crop at least as large as the target in both dimensions, so the inverse DCT itself does the coarse downscale (an 8×8
-//!    block becomes n×n pixels) and the resize after it never has to upsample what the DCT
-//!    thinned out;
+//!    a full decode) that keeps the crop at least as large as the target in both dimensions,
+//!    so the inverse DCT itself does the coarse downscale (an 8×8 block becomes n×n pixels)
+//!    and the resize after it never has to upsample what the DCT thinned out;
 //! 3. decodes only the crop's region: rows outside it are skipped and columns outside it are
 //!    not colour-converted or upsampled (`tj3SetCroppingRegion`). libjpeg-turbo wants the left
 //!    edge on an iMCU boundary of the scaled image, so the region is widened to the left and the
