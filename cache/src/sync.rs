@@ -5,7 +5,8 @@
 //! that a later holder could trip over, so the guard is taken back instead of panicking
 //! every later caller in turn.
 
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 /// Locks `m`, through poisoning.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -20,6 +21,20 @@ pub fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Write-locks `l`, through poisoning.
 pub fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits on `cv` while `condition` holds, at most `timeout`, through poisoning; the guard
+/// comes back either way.
+pub fn wait_timeout_while<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: Duration,
+    condition: impl FnMut(&mut T) -> bool,
+) -> MutexGuard<'a, T> {
+    match cv.wait_timeout_while(guard, timeout, condition) {
+        Ok((guard, _)) => guard,
+        Err(p) => p.into_inner().0,
+    }
 }
 
 #[cfg(test)]
@@ -41,5 +56,30 @@ mod tests {
         *lock(&m) += 1;
         *write(&l) += 1;
         assert_eq!((*lock(&m), *read(&l)), (2, 3));
+    }
+
+    #[test]
+    fn waits_on_a_poisoned_lock_still_wait_and_wake() {
+        let m = std::sync::Arc::new(Mutex::new(vec![1]));
+        let held = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = lock(&held);
+            panic!("poison");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        let cv = std::sync::Arc::new(Condvar::new());
+        let (m2, cv2) = (m.clone(), cv.clone());
+        let waiter = std::thread::spawn(move || {
+            let g = wait_timeout_while(&cv2, lock(&m2), Duration::from_secs(30), |v| v.len() < 2);
+            g.len()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        lock(&m).push(2);
+        cv.notify_all();
+        assert_eq!(waiter.join().unwrap(), 2);
+        // Timing out hands the guard back too.
+        let g = wait_timeout_while(&cv, lock(&m), Duration::from_millis(1), |_| true);
+        assert_eq!(g.len(), 2);
     }
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
+use loaderd_image::{CropBox, Layout, Normalize};
+
 use crate::pinned::{DeviceBuffer, GpuContext, H2dStream};
 use crate::{GpuError, Nvrtc};
 
@@ -23,63 +25,25 @@ pub const AUGMENT_CU: &str = include_str!("kernels/augment.cu");
 /// The kernel's entry point.
 pub const AUGMENT_ENTRY: &str = "loaderd_augment";
 
-/// Output element type and layout of one sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputLayout {
-    /// Height × width × RGB, u8, not normalized.
-    NhwcU8,
-    /// RGB planes, f32, normalized.
-    NchwF32,
-    /// RGB planes, IEEE half, normalized.
-    NchwF16,
-}
-
-impl OutputLayout {
-    /// Bytes per element.
-    pub fn element_bytes(self) -> usize {
-        match self {
-            OutputLayout::NhwcU8 => 1,
-            OutputLayout::NchwF32 => 4,
-            OutputLayout::NchwF16 => 2,
-        }
-    }
-
-    /// Bytes of one `w × h` RGB sample.
-    pub fn sample_bytes(self, w: u32, h: u32) -> usize {
-        w as usize * h as usize * 3 * self.element_bytes()
-    }
-
-    fn code(self) -> u32 {
-        match self {
-            OutputLayout::NhwcU8 => 0,
-            OutputLayout::NchwF32 => 1,
-            OutputLayout::NchwF16 => 2,
-        }
+/// The kernel's code for a layout (`layout` in the kernel).
+fn layout_code(layout: Layout) -> u32 {
+    match layout {
+        Layout::NhwcU8 => 0,
+        Layout::NchwF32 => 1,
+        Layout::NchwF16 => 2,
     }
 }
 
-/// Per-channel mean and std on the 0..1 scale (`Norm` in the kernel).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// [`Normalize`] as the kernel's `struct Norm`, passed by value.
+#[derive(Debug, Clone, Copy)]
 #[repr(C)]
-pub struct Normalize {
-    /// RGB means.
-    pub mean: [f32; 3],
-    /// RGB standard deviations (nonzero).
-    pub std: [f32; 3],
+struct KernelNorm {
+    mean: [f32; 3],
+    std: [f32; 3],
 }
 
 // SAFETY: `#[repr(C)]` plain floats, laid out as the kernel's `struct Norm`.
-unsafe impl DeviceRepr for Normalize {}
-
-impl Default for Normalize {
-    /// ImageNet's.
-    fn default() -> Self {
-        Normalize {
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
-    }
-}
+unsafe impl DeviceRepr for KernelNorm {}
 
 /// One sample: where its HWC u8 pixels are and what to do to them (`Sample` in the kernel).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,14 +56,8 @@ pub struct SampleParams {
     pub height: u32,
     /// Bytes per source row (≥ 3 × width).
     pub stride: u32,
-    /// Crop box in source pixels (pixel `i` spans `[i, i+1)`), as the CPU path's `CropBox`.
-    pub x0: f64,
-    /// Top of the crop box.
-    pub y0: f64,
-    /// Right of the crop box.
-    pub x1: f64,
-    /// Bottom of the crop box.
-    pub y1: f64,
+    /// The crop box in source pixels, as the CPU path draws it.
+    pub crop: CropBox,
     /// Mirror left-right.
     pub flip: bool,
 }
@@ -125,13 +83,7 @@ impl SampleParams {
         if end.is_none_or(|e| e > src_len) {
             return bad("source pixels past the end of the buffer");
         }
-        let [x0, y0, x1, y1] = [self.x0, self.y0, self.x1, self.y1];
-        if ![x0, y0, x1, y1]
-            .iter()
-            .all(|v| v.is_finite() && v.abs() < 1e9)
-            || x1 <= x0
-            || y1 <= y0
-        {
+        if !self.crop.is_valid() {
             return bad("crop box must be finite with x0 < x1 and y0 < y1");
         }
         Ok(())
@@ -142,7 +94,8 @@ impl SampleParams {
         for v in [self.width, self.height, self.stride, u32::from(self.flip)] {
             out.extend_from_slice(&v.to_ne_bytes());
         }
-        for v in [self.x0, self.y0, self.x1, self.y1] {
+        let c = self.crop;
+        for v in [c.x0, c.y0, c.x1, c.y1] {
             out.extend_from_slice(&v.to_ne_bytes());
         }
     }
@@ -194,7 +147,7 @@ impl AugmentKernel {
         samples: &[SampleParams],
         out_w: u32,
         out_h: u32,
-        layout: OutputLayout,
+        layout: Layout,
         norm: &Normalize,
         out: &mut DeviceBuffer,
     ) -> Result<(), GpuError> {
@@ -207,7 +160,7 @@ impl AugmentKernel {
                 samples.len()
             )));
         }
-        if norm.std.iter().any(|s| !s.is_normal()) {
+        if !norm.is_valid() {
             return Err(GpuError::InvalidArgument("std must be nonzero".into()));
         }
         let need = layout.sample_bytes(out_w, out_h) * samples.len();
@@ -232,7 +185,11 @@ impl AugmentKernel {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let code = layout.code();
+        let code = layout_code(layout);
+        let norm = KernelNorm {
+            mean: norm.mean,
+            std: norm.std,
+        };
         let mut args = cuda.launch_builder(&self.func);
         args.arg(&src.slice)
             .arg(&table)
@@ -240,7 +197,7 @@ impl AugmentKernel {
             .arg(&out_w)
             .arg(&out_h)
             .arg(&code)
-            .arg(norm);
+            .arg(&norm);
         // SAFETY: the argument list matches `loaderd_augment`'s parameters in order and type
         // (pointers for the three buffers, u32 sizes and layout, `Norm` by value); every sample
         // was validated to lie inside `src`, and `out` holds `need` bytes, which is all the
@@ -261,17 +218,19 @@ mod tests {
             width: 2,
             height: 3,
             stride: 6,
-            x0: 0.0,
-            y0: 0.0,
-            x1: 2.0,
-            y1: 3.0,
+            crop: CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 2.0,
+                y1: 3.0,
+            },
             flip: true,
         };
         let mut t = Vec::new();
         s.encode(&mut t);
         assert_eq!(t.len(), SAMPLE_BYTES);
         assert_eq!(t[20..24], 1u32.to_ne_bytes());
-        assert_eq!(std::mem::size_of::<Normalize>(), 24);
+        assert_eq!(std::mem::size_of::<KernelNorm>(), 24);
     }
 
     #[test]
@@ -281,10 +240,12 @@ mod tests {
             width: 4,
             height: 2,
             stride: 12,
-            x0: 0.0,
-            y0: 0.0,
-            x1: 4.0,
-            y1: 2.0,
+            crop: CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 4.0,
+                y1: 2.0,
+            },
             flip: false,
         };
         assert!(ok.validate(24).is_ok());
@@ -298,8 +259,12 @@ mod tests {
             .validate(24)
             .is_err()
         );
-        assert!(SampleParams { x1: 0.0, ..ok }.validate(24).is_err());
-        assert!(SampleParams { y0: f64::NAN, ..ok }.validate(24).is_err());
+        let crop = |x1, y0| SampleParams {
+            crop: CropBox { x1, y0, ..ok.crop },
+            ..ok
+        };
+        assert!(crop(0.0, 0.0).validate(24).is_err());
+        assert!(crop(4.0, f64::NAN).validate(24).is_err());
         assert!(SampleParams { width: 0, ..ok }.validate(24).is_err());
     }
 }

@@ -23,13 +23,22 @@
 //! no events are needed inside a batch; the decode buffer is reused from batch to batch and is
 //! only overwritten by work queued after the previous batch's kernel.
 
+mod fallback;
+mod report;
+
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::augment::{AugmentKernel, Normalize, OutputLayout, SampleParams};
-use crate::jpeg::Unsupported;
+use loaderd_image::{CropBox, Layout, Normalize};
+
+use crate::augment::{AugmentKernel, SampleParams};
 use crate::nvjpeg::{DecodeJob, ImageError, ImageGeometry, JpegDecoder, NvJpeg, pack};
 use crate::pinned::{CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion};
 use crate::{GpuError, Nvrtc};
+use fallback::{cpu_decode, late_fallback};
+
+pub use fallback::{CpuDecoder, RgbImage};
+pub use report::{BatchReport, CpuReason, SampleError, SampleOutcome};
 
 /// What a [`GpuBatchPipeline`] produces, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,7 +50,7 @@ pub struct BatchConfig {
     /// Output height in pixels.
     pub out_height: u32,
     /// Output element type and layout.
-    pub layout: OutputLayout,
+    pub layout: Layout,
     /// Normalization for the float layouts.
     pub norm: Normalize,
     /// Largest `width × height` a JPEG header (or fallback image) may claim.
@@ -55,7 +64,7 @@ impl Default for BatchConfig {
             max_batch: 256,
             out_width: 224,
             out_height: 224,
-            layout: OutputLayout::NchwF32,
+            layout: Layout::NchwF32,
             norm: Normalize::default(),
             max_pixels: 64 << 20,
         }
@@ -72,7 +81,7 @@ impl BatchConfig {
         if self.out_width == 0 || self.out_height == 0 {
             return bad("empty output size");
         }
-        if self.norm.std.iter().any(|s| !s.is_normal()) {
+        if !self.norm.is_valid() {
             return bad("std must be nonzero");
         }
         if self.max_pixels == 0 {
@@ -113,19 +122,6 @@ impl BatchConfig {
         }
         Ok(())
     }
-}
-
-/// A crop in source pixels (pixel `i` spans `[i, i+1)`), as the CPU path's `CropBox`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CropBox {
-    /// Left.
-    pub x0: f64,
-    /// Top.
-    pub y0: f64,
-    /// Right.
-    pub x1: f64,
-    /// Bottom.
-    pub y1: f64,
 }
 
 /// RGB interleaved pixels on the host, `height` rows of `stride` bytes.
@@ -187,87 +183,11 @@ pub struct GpuSample<'a> {
     pub flip: bool,
 }
 
-/// An image the CPU decoder produced: `height` rows of `3 × width` bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    /// The pixels, RGB interleaved, rows unpadded.
-    pub pixels: Vec<u8>,
-    /// Pixels per row.
-    pub width: u32,
-    /// Rows.
-    pub height: u32,
-}
-
-/// Decodes a JPEG the GPU does not take (e.g. libjpeg-turbo); the error is for the report.
-pub type CpuDecoder = Box<dyn FnMut(&[u8]) -> Result<RgbImage, String> + Send>;
-
-/// Why a sample is missing from the batch.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SampleError {
-    /// The GPU decoder refused or failed on it (with no CPU decoder, `NeedsCpu` ends here).
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    /// The CPU decoder failed on it.
-    #[error("CPU fallback decode failed: {0}")]
-    CpuDecode(String),
-    /// The CPU decoder returned something unusable (size, pixel count).
-    #[error("CPU fallback image rejected: {0}")]
-    BadFallback(String),
-}
-
-/// What happened to one sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SampleOutcome {
-    /// nvJPEG decoded it; it is output sample `slot`.
-    Gpu {
-        /// Index in the compacted output.
-        slot: usize,
-    },
-    /// Decoded on the CPU and uploaded; it is output sample `slot`.
-    Cpu {
-        /// Index in the compacted output.
-        slot: usize,
-        /// Why the GPU did not decode it; `None` when the caller passed pixels.
-        reason: Option<Unsupported>,
-    },
-    /// Not in the output.
-    Failed(SampleError),
-}
-
-/// One batch's bookkeeping, one outcome per input sample, in input order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchReport {
-    /// Per input sample.
-    pub outcomes: Vec<SampleOutcome>,
-}
-
-impl BatchReport {
-    /// Samples in the output.
-    pub fn delivered(&self) -> usize {
-        self.outcomes
-            .iter()
-            .filter(|o| !matches!(o, SampleOutcome::Failed(_)))
-            .count()
-    }
-
-    /// (input index, error) of every failed sample.
-    pub fn failed(&self) -> impl Iterator<Item = (usize, &SampleError)> {
-        self.outcomes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, o)| match o {
-                SampleOutcome::Failed(e) => Some((i, e)),
-                _ => None,
-            })
-    }
-
-    /// Input indices of the samples decoded on the CPU.
-    pub fn fell_back(&self) -> impl Iterator<Item = usize> + '_ {
-        self.outcomes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, o)| matches!(o, SampleOutcome::Cpu { .. }).then_some(i))
-    }
+/// Which decoder produced a sample's pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DecodedBy {
+    Gpu,
+    Cpu(CpuReason),
 }
 
 /// A sample after decoding: where its pixels are in the source buffer, or why it is not.
@@ -278,7 +198,7 @@ enum Placed {
         width: u32,
         height: u32,
         stride: u32,
-        cpu: Option<Option<Unsupported>>,
+        by: DecodedBy,
     },
     Failed(SampleError),
 }
@@ -294,7 +214,7 @@ fn assemble(samples: &[GpuSample<'_>], placed: Vec<Placed>) -> (Vec<SampleParams
                 width,
                 height,
                 stride,
-                cpu,
+                by,
             } => {
                 let slot = params.len();
                 params.push(SampleParams {
@@ -302,15 +222,12 @@ fn assemble(samples: &[GpuSample<'_>], placed: Vec<Placed>) -> (Vec<SampleParams
                     width,
                     height,
                     stride,
-                    x0: s.crop.x0,
-                    y0: s.crop.y0,
-                    x1: s.crop.x1,
-                    y1: s.crop.y1,
+                    crop: s.crop,
                     flip: s.flip,
                 });
-                outcomes.push(match cpu {
-                    None => SampleOutcome::Gpu { slot },
-                    Some(reason) => SampleOutcome::Cpu { slot, reason },
+                outcomes.push(match by {
+                    DecodedBy::Gpu => SampleOutcome::Gpu { slot },
+                    DecodedBy::Cpu(reason) => SampleOutcome::Cpu { slot, reason },
                 });
             }
             Placed::Failed(e) => outcomes.push(SampleOutcome::Failed(e)),
@@ -321,14 +238,18 @@ fn assemble(samples: &[GpuSample<'_>], placed: Vec<Placed>) -> (Vec<SampleParams
 
 /// A sample after the header pass.
 enum Staged<'a> {
-    Gpu(ImageGeometry),
+    /// A JPEG for nvJPEG, and the space its pixels take.
+    Gpu {
+        data: &'a [u8],
+        geometry: ImageGeometry,
+    },
     /// Host pixels to upload (borrowed from the caller or owned from the CPU decoder).
     Host {
-        bytes: std::borrow::Cow<'a, [u8]>,
+        bytes: Cow<'a, [u8]>,
         width: u32,
         height: u32,
         stride: u32,
-        reason: Option<Unsupported>,
+        reason: CpuReason,
     },
     Failed(SampleError),
 }
@@ -336,31 +257,11 @@ enum Staged<'a> {
 impl Staged<'_> {
     fn bytes(&self) -> usize {
         match self {
-            Staged::Gpu(g) => g.bytes(),
+            Staged::Gpu { geometry, .. } => geometry.bytes(),
             Staged::Host { bytes, .. } => bytes.len(),
             Staged::Failed(_) => 0,
         }
     }
-}
-
-/// Checks a CPU decoder's output against the size limit and its own claims.
-fn accept_fallback(img: RgbImage, max_pixels: u64) -> Result<RgbImage, SampleError> {
-    let px = u64::from(img.width) * u64::from(img.height);
-    if img.width == 0 || img.height == 0 || px > max_pixels {
-        return Err(SampleError::BadFallback(format!(
-            "{}x{} (limit {max_pixels} pixels)",
-            img.width, img.height
-        )));
-    }
-    if img.pixels.len() as u64 != px * 3 {
-        return Err(SampleError::BadFallback(format!(
-            "{}x{} RGB in {} bytes",
-            img.width,
-            img.height,
-            img.pixels.len()
-        )));
-    }
-    Ok(img)
 }
 
 /// nvJPEG decode + augment for whole batches, on one stream.
@@ -469,27 +370,23 @@ impl GpuBatchPipeline {
                     width: img.width,
                     height: img.height,
                     stride: img.stride,
-                    reason: None,
+                    reason: CpuReason::CallerDecoded,
                 }
             }
             SampleSource::Jpeg(data) => match self.decoder.inspect(data) {
-                Ok(g) => Staged::Gpu(g),
-                Err(ImageError::NeedsCpu(why)) => match self.cpu.as_mut() {
-                    None => Staged::Failed(ImageError::NeedsCpu(why).into()),
-                    Some(decode) => match decode(data)
-                        .map_err(SampleError::CpuDecode)
-                        .and_then(|img| accept_fallback(img, self.config.max_pixels))
-                    {
+                Ok(geometry) => Staged::Gpu { data, geometry },
+                Err(ImageError::NeedsCpu(why)) => {
+                    match cpu_decode(self.cpu.as_mut(), data, why, self.config.max_pixels) {
                         Ok(img) => Staged::Host {
                             stride: img.width * 3,
                             width: img.width,
                             height: img.height,
                             bytes: img.pixels.into(),
-                            reason: Some(why),
+                            reason: CpuReason::Unsupported(why),
                         },
                         Err(e) => Staged::Failed(e),
-                    },
-                },
+                    }
+                }
                 Err(e) => Staged::Failed(e.into()),
             },
         })
@@ -506,7 +403,7 @@ impl GpuBatchPipeline {
         let mut jobs = Vec::new();
         let mut job_of = Vec::new();
         for (i, s) in staged.iter().enumerate() {
-            if let (SampleSource::Jpeg(data), Staged::Gpu(geometry)) = (items[i].source, s) {
+            if let Staged::Gpu { data, geometry } = s {
                 jobs.push(DecodeJob {
                     data,
                     geometry: *geometry,
@@ -525,18 +422,20 @@ impl GpuBatchPipeline {
         let mut placed = Vec::with_capacity(items.len());
         for (i, s) in staged.into_iter().enumerate() {
             placed.push(match s {
-                Staged::Gpu(g) => match decoded[i].take() {
+                Staged::Gpu { data, geometry: g } => match decoded[i].take() {
                     Some(Ok(())) => Placed::Ready {
                         offset: offsets[i],
                         width: g.width(),
                         height: g.height(),
                         stride: g.pitch(),
-                        cpu: None,
+                        by: DecodedBy::Gpu,
                     },
                     // nvJPEG refused it only when decoding: the CPU decoder may still,
                     // into the same reserved space (same size, or it is not this image).
                     Some(Err(ImageError::NeedsCpu(why))) => {
-                        match self.late_fallback(items[i].source, g) {
+                        let size = (g.width(), g.height());
+                        let max = self.config.max_pixels;
+                        match late_fallback(self.cpu.as_mut(), data, why, size, max) {
                             Ok(pixels) => {
                                 self.decoder.stream().upload(&pixels, arena, offsets[i])?;
                                 Placed::Ready {
@@ -544,11 +443,10 @@ impl GpuBatchPipeline {
                                     width: g.width(),
                                     height: g.height(),
                                     stride: g.pitch(),
-                                    cpu: Some(Some(why)),
+                                    by: DecodedBy::Cpu(CpuReason::Unsupported(why)),
                                 }
                             }
-                            Err(None) => Placed::Failed(ImageError::NeedsCpu(why).into()),
-                            Err(Some(e)) => Placed::Failed(e),
+                            Err(e) => Placed::Failed(e),
                         }
                     }
                     Some(Err(e)) => Placed::Failed(e.into()),
@@ -569,7 +467,7 @@ impl GpuBatchPipeline {
                         width,
                         height,
                         stride,
-                        cpu: Some(reason),
+                        by: DecodedBy::Cpu(reason),
                     }
                 }
                 Staged::Failed(e) => Placed::Failed(e),
@@ -588,31 +486,6 @@ impl GpuBatchPipeline {
             out,
         )?;
         Ok(report)
-    }
-
-    /// CPU-decodes a JPEG nvJPEG refused at decode time; its pixels must have the size the
-    /// header promised. `Err(None)` when there is no CPU decoder.
-    fn late_fallback(
-        &mut self,
-        source: SampleSource<'_>,
-        g: ImageGeometry,
-    ) -> Result<Vec<u8>, Option<SampleError>> {
-        let (SampleSource::Jpeg(data), Some(decode)) = (source, self.cpu.as_mut()) else {
-            return Err(None);
-        };
-        let img = decode(data)
-            .map_err(SampleError::CpuDecode)
-            .and_then(|img| accept_fallback(img, self.config.max_pixels))?;
-        if (img.width, img.height) != (g.width(), g.height()) {
-            return Err(Some(SampleError::BadFallback(format!(
-                "CPU decode is {}x{}, header says {}x{}",
-                img.width,
-                img.height,
-                g.width(),
-                g.height()
-            ))));
-        }
-        Ok(img.pixels)
     }
 
     /// Queues a copy of the first `samples` output samples of `out` into the pinned `slot`

@@ -7,7 +7,7 @@ use cudarc::driver::DriverError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GpuError {
-    /// No usable CUDA driver or device (the same text [`crate::detect`] reports).
+    /// No usable CUDA driver or device (the same text [`crate::detect()`] reports).
     #[error("CUDA unavailable: {0}")]
     Unavailable(String),
     /// A CUDA driver call failed.

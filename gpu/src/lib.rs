@@ -2,16 +2,16 @@
 //!
 //! Nothing here links against CUDA. `cudarc` is built with dynamic loading, NVRTC and nvJPEG
 //! are opened with `libloading` at run time, so the workspace builds and its tests pass on a
-//! machine with no driver; the daemon asks [`detect`] once at start-up and falls back to the CPU
+//! machine with no driver; the daemon asks [`detect()`] once at start-up and falls back to the CPU
 //! path when it says [`GpuAvailability::Unavailable`].
 //!
-//! - [`detect`]: driver + device discovery that never panics (probes `libcuda.so.1` before
+//! - [`mod@detect`]: driver + device discovery that never panics (probes `libcuda.so.1` before
 //!   letting `cudarc` near it, and catches a panic from a missing symbol as a last resort);
 //! - [`pinned`]: [`PinnedRegion`] registers a host range (the batch arena) with
 //!   `cuMemHostRegister(PORTABLE)` once and unregisters it on drop, before the owner unmaps it;
 //!   [`H2dStream`] is one client's copy stream with events;
 //! - [`augment`]: the fused crop + resize + flip + normalize + layout kernel
-//!   (`kernels/augment.cu`, compiled by [`nvrtc`] at run time), and [`reference`], the same
+//!   (`kernels/augment.cu`, compiled by [`nvrtc`] at run time), and [`mod@reference`], the same
 //!   arithmetic in Rust, which is what the kernel is tested against;
 //! - [`nvjpeg`]: the nvJPEG entry points, resolved from whichever `libnvjpeg` the machine has,
 //!   and [`JpegDecoder`], batched decode into one device buffer with per-image errors; [`jpeg`]
@@ -19,7 +19,14 @@
 //! - [`batch`]: [`GpuBatchPipeline`], decode → CPU-fallback upload → one augment launch per
 //!   batch, with a [`BatchReport`] saying which samples failed or took the CPU decoder.
 //!
-//! Unsafe code lives only in this crate, each block with a `// SAFETY:` note.
+//! Crops, output layouts and normalization are `loaderd-image`'s types (re-exported here), the
+//! same the CPU pipeline uses, so a GPU batch and a CPU batch are described alike.
+//!
+//! Every CUDA, NVRTC and nvJPEG call is unsafe and stays inside this crate, behind safe types;
+//! each unsafe block has a `// SAFETY:` note. It is not the workspace's only unsafe code: the
+//! transport (descriptor passing, read-only maps), the memfd arena and the batch ring's slots,
+//! the pipeline's libjpeg-turbo decoder and a few calls in the daemon and the client have
+//! their own, each behind a small safe API.
 #![warn(missing_docs)]
 
 pub mod augment;
@@ -35,13 +42,14 @@ pub mod reference;
 #[cfg(test)]
 mod testdata;
 
-pub use augment::{AugmentKernel, Normalize, OutputLayout, SampleParams};
+pub use augment::{AugmentKernel, SampleParams};
 pub use batch::{
-    BatchConfig, BatchReport, CropBox, GpuBatchPipeline, GpuSample, HostImage, SampleOutcome,
-    SampleSource,
+    BatchConfig, BatchReport, CpuDecoder, CpuReason, GpuBatchPipeline, GpuSample, HostImage,
+    RgbImage, SampleError, SampleOutcome, SampleSource,
 };
 pub use detect::{GpuAvailability, GpuInfo, detect};
 pub use error::GpuError;
+pub use loaderd_image::{CropBox, Layout, Normalize};
 pub use nvjpeg::{DecodedBatch, DecodedImage, ImageError, JpegDecoder, NvJpeg};
 pub use nvrtc::Nvrtc;
 pub use pinned::{

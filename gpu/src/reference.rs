@@ -8,7 +8,9 @@
 //! here too.
 
 use crate::GpuError;
-use crate::augment::{Normalize, OutputLayout, SampleParams};
+use loaderd_image::{Layout, Normalize, f16_bits};
+
+use crate::augment::SampleParams;
 
 /// Taps of one output position along one axis (`Axis` in the kernel).
 struct Axis {
@@ -68,7 +70,7 @@ pub fn augment(
     sample: &SampleParams,
     out_w: u32,
     out_h: u32,
-    layout: OutputLayout,
+    layout: Layout,
     norm: &Normalize,
     out: &mut [u8],
 ) -> Result<(), GpuError> {
@@ -84,11 +86,11 @@ pub fn augment(
     let img = &src[sample.src_offset..];
     let stride = sample.stride as usize;
     for oy in 0..out_h {
-        let ay = axis_taps(sample.height, sample.y0, sample.y1, out_h, oy);
+        let ay = axis_taps(sample.height, sample.crop.y0, sample.crop.y1, out_h, oy);
         let wy: Vec<f32> = (0..ay.n).map(|i| tap_weight(&ay, i)).collect();
         for ox in 0..out_w {
             let from = if sample.flip { out_w - 1 - ox } else { ox };
-            let ax = axis_taps(sample.width, sample.x0, sample.x1, out_w, from);
+            let ax = axis_taps(sample.width, sample.crop.x0, sample.crop.x1, out_w, from);
             let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
             for j in 0..ax.n {
                 let wx = tap_weight(&ax, j);
@@ -107,12 +109,12 @@ pub fn augment(
             let u = [to_u8(r), to_u8(g), to_u8(b)];
             let idx = oy as usize * out_w as usize + ox as usize;
             match layout {
-                OutputLayout::NhwcU8 => out[idx * 3..idx * 3 + 3].copy_from_slice(&u),
-                OutputLayout::NchwF32 | OutputLayout::NchwF16 => {
+                Layout::NhwcU8 => out[idx * 3..idx * 3 + 3].copy_from_slice(&u),
+                Layout::NchwF32 | Layout::NchwF16 => {
                     for (c, &v) in u.iter().enumerate() {
-                        let v = (f32::from(v) / 255.0 - norm.mean[c]) / norm.std[c];
+                        let v = norm.apply(c, v);
                         let at = c * plane + idx;
-                        if layout == OutputLayout::NchwF32 {
+                        if layout == Layout::NchwF32 {
                             out[at * 4..at * 4 + 4].copy_from_slice(&v.to_ne_bytes());
                         } else {
                             out[at * 2..at * 2 + 2].copy_from_slice(&f16_bits(v).to_ne_bytes());
@@ -123,49 +125,6 @@ pub fn augment(
         }
     }
     Ok(())
-}
-
-/// IEEE 754 binary32 → binary16 bits, rounding to nearest, ties to even (as `cvt.rn.f16.f32`
-/// does on the GPU; the CPU path's f16 output uses this same function).
-pub fn f16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let man = bits & 0x7f_ffff;
-    if exp == 0xff {
-        let nan = if man != 0 {
-            0x200 | (man >> 13) as u16
-        } else {
-            0
-        };
-        return sign | 0x7c00 | nan;
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        // Subnormal half: shift the full 24-bit significand down.
-        let m = man | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let rem = m & ((1u32 << shift) - 1);
-        let mut h = m >> shift;
-        if rem > half || (rem == half && h & 1 == 1) {
-            h += 1;
-        }
-        return sign | h as u16;
-    }
-    let mut h = ((e as u32) << 10) | (man >> 13);
-    let rem = man & 0x1fff;
-    // A carry out of the significand bumps the exponent, up to infinity: still correct.
-    if rem > 0x1000 || (rem == 0x1000 && h & 1 == 1) {
-        h += 1;
-    }
-    sign | h as u16
 }
 
 #[cfg(test)]

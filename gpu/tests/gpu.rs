@@ -10,8 +10,8 @@ use loaderd_gpu::batch::RgbImage;
 use loaderd_gpu::reference;
 use loaderd_gpu::{
     AugmentKernel, BatchConfig, CropBox, GpuAvailability, GpuBatchPipeline, GpuContext, GpuInfo,
-    GpuSample, H2dStream, ImageError, JpegDecoder, Normalize, NvJpeg, Nvrtc, OutputLayout,
-    PageBuffer, PinnedRegion, SampleOutcome, SampleParams, SampleSource, detect,
+    GpuSample, H2dStream, ImageError, JpegDecoder, Layout, Normalize, NvJpeg, Nvrtc, PageBuffer,
+    PinnedRegion, SampleOutcome, SampleParams, SampleSource, detect,
 };
 
 #[path = "../src/testdata.rs"]
@@ -105,10 +105,12 @@ fn gpu_augment_matches_reference() {
             width: 500,
             height: 375,
             stride: 1500,
-            x0: 100.0,
-            y0: 10.0,
-            x1: 418.0,
-            y1: 328.0,
+            crop: CropBox {
+                x0: 100.0,
+                y0: 10.0,
+                x1: 418.0,
+                y1: 328.0,
+            },
             flip: false,
         },
         SampleParams {
@@ -116,10 +118,12 @@ fn gpu_augment_matches_reference() {
             width: 500,
             height: 375,
             stride: 1500,
-            x0: 58.0 * 500.0 / 341.0,
-            y0: 16.0 * 375.0 / 256.0,
-            x1: 282.0 * 500.0 / 341.0,
-            y1: 240.0 * 375.0 / 256.0,
+            crop: CropBox {
+                x0: 58.0 * 500.0 / 341.0,
+                y0: 16.0 * 375.0 / 256.0,
+                x1: 282.0 * 500.0 / 341.0,
+                y1: 240.0 * 375.0 / 256.0,
+            },
             flip: true,
         },
         SampleParams {
@@ -127,10 +131,12 @@ fn gpu_augment_matches_reference() {
             width: 500,
             height: 375,
             stride: 1500,
-            x0: 0.0,
-            y0: 0.0,
-            x1: 500.0,
-            y1: 375.0,
+            crop: CropBox {
+                x0: 0.0,
+                y0: 0.0,
+                x1: 500.0,
+                y1: 375.0,
+            },
             flip: true,
         },
         SampleParams {
@@ -138,19 +144,17 @@ fn gpu_augment_matches_reference() {
             width: 64,
             height: 48,
             stride: 192,
-            x0: 3.5,
-            y0: 2.0,
-            x1: 50.25,
-            y1: 40.0,
+            crop: CropBox {
+                x0: 3.5,
+                y0: 2.0,
+                x1: 50.25,
+                y1: 40.0,
+            },
             flip: false,
         },
     ];
     let norm = Normalize::default();
-    for layout in [
-        OutputLayout::NhwcU8,
-        OutputLayout::NchwF32,
-        OutputLayout::NchwF16,
-    ] {
+    for layout in [Layout::NhwcU8, Layout::NchwF32, Layout::NchwF16] {
         let (ow, oh) = (224u32, 224u32);
         let per = layout.sample_bytes(ow, oh);
         let mut out = stream.alloc(per * samples.len()).unwrap();
@@ -163,20 +167,20 @@ fn gpu_augment_matches_reference() {
             reference::augment(&host_bytes, s, ow, oh, layout, &norm, &mut want).unwrap();
             let g = &got[i * per..(i + 1) * per];
             match layout {
-                OutputLayout::NhwcU8 => {
+                Layout::NhwcU8 => {
                     let p = psnr(g, &want);
                     let differ = g.iter().zip(&want).filter(|(x, y)| x != y).count();
                     println!("sample {i}: PSNR {p:.1} dB, {differ} of {per} bytes differ");
                     assert!(p >= 40.0, "sample {i}: PSNR {p}");
                 }
-                OutputLayout::NchwF32 => {
+                Layout::NchwF32 => {
                     for (x, y) in g.chunks_exact(4).zip(want.chunks_exact(4)) {
                         let x = f32::from_ne_bytes(x.try_into().unwrap());
                         let y = f32::from_ne_bytes(y.try_into().unwrap());
                         assert!((x - y).abs() <= 1.0 / 255.0 / 0.224 + 1e-5, "{x} vs {y}");
                     }
                 }
-                OutputLayout::NchwF16 => {
+                Layout::NchwF16 => {
                     let same = g == want.as_slice();
                     println!("sample {i} f16 bit-identical: {same}");
                 }
@@ -350,7 +354,7 @@ fn pipeline_or_skip(config: BatchConfig) -> Option<(GpuContext, GpuBatchPipeline
 fn decode_and_augment_matches_reference() {
     let config = BatchConfig {
         max_batch: 8,
-        layout: OutputLayout::NhwcU8,
+        layout: Layout::NhwcU8,
         ..BatchConfig::default()
     };
     let Some((ctx, mut pipe)) = pipeline_or_skip(config) else {
@@ -457,23 +461,11 @@ fn decode_and_augment_matches_reference() {
             width: w,
             height: h,
             stride: w * 3,
-            x0: item.crop.x0,
-            y0: item.crop.y0,
-            x1: item.crop.x1,
-            y1: item.crop.y1,
+            crop: item.crop,
             flip: item.flip,
         };
         let mut want = vec![0u8; per];
-        reference::augment(
-            &pixels,
-            &s,
-            224,
-            224,
-            OutputLayout::NhwcU8,
-            &norm,
-            &mut want,
-        )
-        .unwrap();
+        reference::augment(&pixels, &s, 224, 224, Layout::NhwcU8, &norm, &mut want).unwrap();
         let p = psnr(&got[slot * per..(slot + 1) * per], &want);
         println!("sample {i} → slot {slot}: PSNR {p:.1} dB");
         assert!(p >= 40.0, "sample {i}: PSNR {p}");
@@ -494,7 +486,7 @@ fn decode_and_augment_matches_reference() {
 fn batch_throughput() {
     let config = BatchConfig {
         max_batch: 256,
-        layout: OutputLayout::NchwF16,
+        layout: Layout::NchwF16,
         ..BatchConfig::default()
     };
     let Some((_ctx, mut pipe)) = pipeline_or_skip(config) else {

@@ -7,9 +7,9 @@
 //! 1. reads the header and refuses images over [`DecodeLimits::max_pixels`] *before*
 //!    allocating anything for the pixels (decompression bombs);
 //! 2. picks the smallest DCT scaling factor `n/8` (n = 1, 2, 3, 4; larger ones cost more than
-//!    a full decode) that keeps the crop at least as large as the target in both dimensions, so the inverse DCT itself does the coarse downscale (an 8×8
-//!    block becomes n×n pixels) and the resize after it never has to upsample what the DCT
-//!    thinned out;
+//!    a full decode) that keeps the crop at least as large as the target in both dimensions,
+//!    so the inverse DCT itself does the coarse downscale (an 8×8 block becomes n×n pixels)
+//!    and the resize after it never has to upsample what the DCT thinned out;
 //! 3. decodes only the crop's region: rows outside it are skipped and columns outside it are
 //!    not colour-converted or upsampled (`tj3SetCroppingRegion`). libjpeg-turbo wants the left
 //!    edge on an iMCU boundary of the scaled image, so the region is widened to the left and the
@@ -26,13 +26,18 @@
 //! decode (`TJPARAM_STOPONWARNING`). PNG goes through the `image` crate, whole, then cropped.
 //!
 //! A [`Decoder`] keeps its libjpeg-turbo handle between images; give each worker thread its own.
+//! This module is the format-independent part (sniffing, limits, regions); `jpeg` holds the
+//! libjpeg-turbo handle and the scale and region arithmetic, `png` the `image` crate's path.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::ffi::{CStr, c_int};
-use std::io::Cursor;
+mod jpeg;
+mod png;
 
-use turbojpeg_sys as tj;
+use loaderd_image::Rect;
+
+use jpeg::JpegDecoder;
+pub use jpeg::choose_scale;
 
 /// Pixel limits applied before any pixel memory is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,15 +93,6 @@ pub struct ImageInfo {
     pub width: u32,
     pub height: u32,
     pub format: Format,
-}
-
-/// An integer pixel rectangle: columns `x..x + w`, rows `y..y + h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
-    pub x: u32,
-    pub y: u32,
-    pub w: u32,
-    pub h: u32,
 }
 
 /// Packed RGB, 3 bytes a pixel, rows without padding.
@@ -165,7 +161,7 @@ impl Decoder {
                     format: Format::Jpeg,
                 }
             }
-            Format::Png => png_header(data)?,
+            Format::Png => png::header(data)?,
         };
         self.check_limits(info.width, info.height)?;
         Ok(info)
@@ -191,10 +187,10 @@ impl Decoder {
                 self.reset_on_error(result)
             }
             Format::Png => {
-                let info = png_header(data)?;
+                let info = png::header(data)?;
                 self.check_limits(info.width, info.height)?;
                 check_region(region, info.width, info.height)?;
-                let full = decode_png(data, self.limits)?;
+                let full = png::decode(data, self.limits)?;
                 Ok(DecodedRegion {
                     image: crop(&full, region),
                     scale_num: 1,
@@ -275,42 +271,6 @@ pub fn sniff(data: &[u8]) -> Result<Format, DecodeError> {
     }
 }
 
-/// Width and height from the IHDR chunk, which the PNG format puts first.
-fn png_header(data: &[u8]) -> Result<ImageInfo, DecodeError> {
-    let ihdr = data
-        .get(8..24)
-        .filter(|c| &c[4..8] == b"IHDR")
-        .ok_or_else(|| DecodeError::Corrupt("PNG without an IHDR chunk".into()))?;
-    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    Ok(ImageInfo {
-        width: be(&ihdr[8..12]),
-        height: be(&ihdr[12..16]),
-        format: Format::Png,
-    })
-}
-
-fn decode_png(data: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
-    use image::ImageDecoder as _;
-    let mut decoder = image::codecs::png::PngDecoder::new(Cursor::new(data))
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    let mut image_limits = image::Limits::default();
-    // 16-bit RGBA plus the RGB copy.
-    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(11));
-    decoder
-        .set_limits(image_limits)
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    let (width, height) = decoder.dimensions();
-    check_limits(limits, width, height)?;
-    let img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    let rgb = img.to_rgb8();
-    Ok(RgbImage {
-        width,
-        height,
-        pixels: rgb.into_raw(),
-    })
-}
-
 /// Copies `region` out of `img` (the region must be inside).
 fn crop(img: &RgbImage, region: Rect) -> RgbImage {
     let stride = img.width as usize * 3;
@@ -325,261 +285,6 @@ fn crop(img: &RgbImage, region: Rect) -> RgbImage {
         height: region.h,
         pixels,
     }
-}
-
-/// DCT scales `n/8` worth using below 8/8. libjpeg-turbo has SIMD inverse DCTs for 1/8, 2/8
-/// and 4/8 and a cheap 3×3 one; 5/8–7/8 run slower than a full-size decode (release, 2 cores:
-/// decode of a 329² crop of a 500×375 JPEG + resize to 224² took 0.62, 0.69, 0.76, 0.79, 1.03,
-/// 1.19, 1.53 and 1.14 ms for n = 1..8), so they are skipped.
-const SCALES: [u64; 4] = [1, 2, 3, 4];
-
-/// The DCT scale `n/8` that leaves the smallest crop still at least `target` (1/1 when no
-/// useful scale does).
-pub fn choose_scale(crop_w: u32, crop_h: u32, target: (u32, u32)) -> (u32, u32) {
-    let (tw, th) = (u64::from(target.0), u64::from(target.1));
-    for n in SCALES {
-        if u64::from(crop_w) * n >= tw * 8 && u64::from(crop_h) * n >= th * 8 {
-            return reduce(n as u32, 8);
-        }
-    }
-    (1, 1)
-}
-
-fn reduce(num: u32, denom: u32) -> (u32, u32) {
-    let (mut a, mut b) = (num, denom);
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    (num / a, denom / a)
-}
-
-/// `ceil(v * num / denom)`: libjpeg-turbo's `TJSCALED`.
-fn scaled(v: u32, num: u32, denom: u32) -> u32 {
-    (u64::from(v) * u64::from(num)).div_ceil(u64::from(denom)) as u32
-}
-
-/// The header fields the decode needs.
-#[derive(Debug, Clone, Copy)]
-struct JpegHeader {
-    width: u32,
-    height: u32,
-    subsamp: i32,
-    colorspace: i32,
-    lossless: bool,
-}
-
-/// A libjpeg-turbo decompression handle.
-struct JpegDecoder {
-    handle: tj::tjhandle,
-}
-
-// SAFETY: a TurboJPEG handle has no thread affinity; it is used from one thread at a time
-// because every method takes `&mut self`.
-unsafe impl Send for JpegDecoder {}
-
-impl JpegDecoder {
-    fn new(limits: DecodeLimits) -> Result<Self, DecodeError> {
-        // SAFETY: tj3Init has no preconditions; a null return is checked below.
-        let handle = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as c_int) };
-        if handle.is_null() {
-            return Err(DecodeError::Corrupt(
-                "cannot create a libjpeg-turbo handle".into(),
-            ));
-        }
-        let dec = JpegDecoder { handle };
-        dec.set(tj::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
-        let max = i32::try_from(limits.max_pixels).unwrap_or(i32::MAX);
-        dec.set(tj::TJPARAM_TJPARAM_MAXPIXELS, max)?;
-        Ok(dec)
-    }
-
-    fn set(&self, param: tj::TJPARAM, value: i32) -> Result<(), DecodeError> {
-        // SAFETY: the handle is live (owned by self); any parameter value is validated by the
-        // library.
-        let rc = unsafe { tj::tj3Set(self.handle, param as c_int, value) };
-        self.check(rc)
-    }
-
-    fn get(&self, param: tj::TJPARAM) -> i32 {
-        // SAFETY: the handle is live; tj3Get only reads the handle's state.
-        unsafe { tj::tj3Get(self.handle, param as c_int) }
-    }
-
-    fn check(&self, rc: c_int) -> Result<(), DecodeError> {
-        if rc == 0 {
-            return Ok(());
-        }
-        // SAFETY: the handle is live; tj3GetErrorStr returns a NUL-terminated string owned by
-        // the handle (or a static one), valid until the next call on it, and copied at once.
-        let msg = unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.handle)) }
-            .to_string_lossy()
-            .into_owned();
-        Err(DecodeError::Corrupt(msg))
-    }
-
-    fn header(&mut self, data: &[u8]) -> Result<JpegHeader, DecodeError> {
-        // SAFETY: the handle is live; the pointer and length describe `data`, which outlives
-        // the call; libjpeg-turbo only reads it.
-        let rc = unsafe {
-            tj::tj3DecompressHeader(self.handle, data.as_ptr(), data.len() as tj::size_t)
-        };
-        self.check(rc)?;
-        let width = self.get(tj::TJPARAM_TJPARAM_JPEGWIDTH);
-        let height = self.get(tj::TJPARAM_TJPARAM_JPEGHEIGHT);
-        if self.get(tj::TJPARAM_TJPARAM_PRECISION) != 8 {
-            return Err(DecodeError::UnsupportedFeature(
-                "JPEG sample precision other than 8 bits".into(),
-            ));
-        }
-        let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
-            return Err(DecodeError::Corrupt("negative JPEG dimensions".into()));
-        };
-        Ok(JpegHeader {
-            width,
-            height,
-            subsamp: self.get(tj::TJPARAM_TJPARAM_SUBSAMP),
-            colorspace: self.get(tj::TJPARAM_TJPARAM_COLORSPACE),
-            lossless: self.get(tj::TJPARAM_TJPARAM_LOSSLESS) == 1,
-        })
-    }
-
-    fn decode_region(
-        &mut self,
-        data: &[u8],
-        header: &JpegHeader,
-        region: Rect,
-        target: (u32, u32),
-    ) -> Result<DecodedRegion, DecodeError> {
-        let cmyk = header.colorspace == tj::TJCS_TJCS_CMYK as i32
-            || header.colorspace == tj::TJCS_TJCS_YCCK as i32;
-        let mcu_w = usize::try_from(header.subsamp)
-            .ok()
-            .and_then(|s| TJ_MCU_WIDTH.get(s).copied());
-        // Lossless JPEGs and unknown subsampling take no scale or crop: decode whole.
-        let (num, denom) = match mcu_w {
-            Some(_) if !header.lossless => choose_scale(region.w, region.h, target),
-            _ => (1, 1),
-        };
-        let (sw, sh) = (
-            scaled(header.width, num, denom),
-            scaled(header.height, num, denom),
-        );
-        // The region in scaled pixels, widened outward to whole pixels.
-        let sx0 = (u64::from(region.x) * u64::from(num) / u64::from(denom)) as u32;
-        let sy0 = (u64::from(region.y) * u64::from(num) / u64::from(denom)) as u32;
-        let sx1 = scaled(region.x + region.w, num, denom).min(sw);
-        let sy1 = scaled(region.y + region.h, num, denom).min(sh);
-        let (ax0, crop_region) = match mcu_w {
-            Some(mcu) if !header.lossless => {
-                let step = scaled(mcu, num, denom).max(1);
-                let ax0 = sx0 / step * step;
-                let r = tj::tjregion {
-                    x: ax0 as c_int,
-                    y: sy0 as c_int,
-                    w: (sx1 - ax0) as c_int,
-                    h: (sy1 - sy0) as c_int,
-                };
-                (ax0, r)
-            }
-            _ => (
-                0,
-                tj::tjregion {
-                    x: 0,
-                    y: 0,
-                    w: 0,
-                    h: 0,
-                },
-            ),
-        };
-        let factor = tj::tjscalingfactor {
-            num: num as c_int,
-            denom: denom as c_int,
-        };
-        // SAFETY: the handle is live and has just read this image's header; the factor is one
-        // of the n/8 factors libjpeg-turbo supports.
-        let rc = unsafe { tj::tj3SetScalingFactor(self.handle, factor) };
-        self.check(rc)?;
-        // SAFETY: as above; the region lies inside the scaled image and its left edge is on a
-        // scaled iMCU boundary (or it is the all-zero "uncropped" region).
-        let rc = unsafe { tj::tj3SetCroppingRegion(self.handle, crop_region) };
-        self.check(rc)?;
-
-        let (out_x0, out_y0, out_w, out_h) = if crop_region.w == 0 {
-            (0, 0, sw, sh)
-        } else {
-            (ax0, sy0, sx1 - ax0, sy1 - sy0)
-        };
-        let (pf, bpp) = if cmyk {
-            (tj::TJPF_TJPF_CMYK, 4usize)
-        } else {
-            (tj::TJPF_TJPF_RGB, 3usize)
-        };
-        let pitch = out_w as usize * bpp;
-        let mut buf = vec![0u8; pitch * out_h as usize];
-        // SAFETY: the handle is live; `data` is read-only input that outlives the call; `buf`
-        // holds exactly `pitch × out_h` bytes, which is the scaled, cropped image's size at
-        // `bpp` bytes a pixel for pixel format `pf`, so libjpeg-turbo writes inside it.
-        let rc = unsafe {
-            tj::tj3Decompress8(
-                self.handle,
-                data.as_ptr(),
-                data.len() as tj::size_t,
-                buf.as_mut_ptr(),
-                pitch as c_int,
-                pf,
-            )
-        };
-        self.check(rc)?;
-
-        let full = RgbImage {
-            width: out_w,
-            height: out_h,
-            pixels: if cmyk { cmyk_to_rgb(&buf) } else { buf },
-        };
-        // Drop what libjpeg-turbo decoded beyond the region (iMCU alignment, or a whole image).
-        let keep = Rect {
-            x: sx0 - out_x0,
-            y: sy0 - out_y0,
-            w: sx1 - sx0,
-            h: sy1 - sy0,
-        };
-        let image = if keep.x == 0 && keep.y == 0 && keep.w == out_w && keep.h == out_h {
-            full
-        } else {
-            crop(&full, keep)
-        };
-        Ok(DecodedRegion {
-            image,
-            scale_num: num,
-            scale_denom: denom,
-            origin_x: sx0,
-            origin_y: sy0,
-        })
-    }
-}
-
-impl Drop for JpegDecoder {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from tj3Init, is destroyed exactly once, here.
-        unsafe { tj::tj3Destroy(self.handle) }
-    }
-}
-
-/// `tjMCUWidth` by subsampling (444, 422, 420, gray, 440, 411, 441), copied from
-/// turbojpeg.h so that reading it needs no `unsafe` access to a foreign static.
-const TJ_MCU_WIDTH: [u32; 7] = [8, 16, 16, 8, 8, 32, 8];
-
-/// CMYK as stored by Adobe applications (inverted: 255 = no ink) to RGB, like Pillow's
-/// `convert("RGB")` of such a file: `R = C·K/255`.
-fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
-    for px in cmyk.chunks_exact(4) {
-        let k = u32::from(px[3]);
-        for &c in &px[..3] {
-            out.push(((u32::from(c) * k + 127) / 255) as u8);
-        }
-    }
-    out
 }
 
 /// Test images: generated, never checked in.
@@ -694,9 +399,12 @@ pub(crate) mod test_images {
 
 #[cfg(test)]
 mod tests {
+    use super::jpeg::SCALES;
     use super::test_images::*;
     use super::*;
-    use crate::augment::{CropBox, resize_into};
+    use crate::resize::resize_into;
+    use loaderd_image::CropBox;
+    use turbojpeg_sys as tj;
 
     fn decoder() -> Decoder {
         Decoder::new(DecodeLimits::default())

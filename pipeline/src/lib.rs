@@ -1,16 +1,22 @@
 //! loaderd's training pipeline, the same for every client of a node's daemon.
 //!
-//! A client's [`LoaderSpec`] names a dataset and how to cut it; [`Session::open`] checks it
-//! against the daemon's limits ([`limits`]) and budgets ([`registry`]), indexes the dataset
-//! ([`dataset`]), draws this rank's order ([`sampler`]) and starts decode threads
-//! ([`worker`]: fetch through the cache, [`decode`], [`augment`]) that fill a shared-memory
-//! [`ring`] of batches. [`Session::next`] hands the batches out in order.
+//! A client's [`LoaderSpec`] names a dataset and how to cut it; [`Session::open`] checks every
+//! field against the daemon's [`PipelineConfig`] ([`limits`]), reserves the loader's memory
+//! and decode threads ([`registry`]) before anything is indexed or allocated, indexes the
+//! dataset through the cache ([`dataset`]), draws this rank's order ([`sampler`]), builds the
+//! loader's [`ring`] of batch slots in a memfd arena and starts decode threads (the private
+//! `worker` module: fetch through the cache, [`decode`], [`augment`] + [`resize`] straight
+//! into a slot). [`Session::next`] releases the client's previous slot and hands out the next
+//! batch, in order.
 //!
 //! The sampler's order is a pure function of (seed, epoch, dataset length), so every node
-//! computes the same global order without talking to the others, and the daemon knows every
-//! rank's future reads. This crate knows nothing of the wire: the daemon translates its
-//! protocol into [`LoaderSpec`] and the answers ([`Opened`], [`Batch`], [`BatchError`],
-//! [`SessionError`]) back.
+//! computes the same global order without talking to the others, and any rank's future reads
+//! are known in advance. Crops and layouts are `loaderd-image`'s types ([`CropBox`], [`Rect`],
+//! [`Layout`], [`Normalize`]), re-exported here, the same the GPU path (`loaderd-gpu`) takes.
+//!
+//! This crate knows nothing of the wire: the daemon translates its protocol into
+//! [`LoaderSpec`], and the answers ([`Opened`], [`Batch`], [`LoaderStatus`], and the errors
+//! [`SessionError`] and [`BatchError`]) back.
 
 pub mod augment;
 pub mod config;
@@ -18,14 +24,15 @@ pub mod dataset;
 pub mod decode;
 pub mod limits;
 pub mod registry;
+pub mod resize;
 pub mod ring;
 pub mod sampler;
 pub mod session;
 pub mod spec;
 mod worker;
 
-pub use augment::Layout;
 pub use config::{OnError, PipelineConfig};
+pub use loaderd_image::{CropBox, DType, Layout, Normalize, Rect};
 pub use registry::Pipelines;
 pub use session::{Session, SessionError};
-pub use spec::{Batch, BatchError, DType, LoaderSpec, LoaderStatus, Opened};
+pub use spec::{Batch, BatchError, LoaderSpec, LoaderStatus, Opened};

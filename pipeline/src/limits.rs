@@ -19,7 +19,9 @@
 //! Over-limit values are refused with `INVALID_ARGUMENT` naming the field, the value and the
 //! config key; budgets shared with other loaders answer `RESOURCE_EXHAUSTED`.
 
-use crate::augment::{Layout, TransformSpec};
+use loaderd_image::Layout;
+
+use crate::augment::TransformSpec;
 use crate::config::{OnError, PipelineConfig};
 use crate::ring::BatchRing;
 use crate::session::SessionError;

@@ -19,6 +19,7 @@ use metrics::{counter, gauge};
 
 use crate::config::PipelineConfig;
 use crate::spec::LoaderStatus;
+use loaderd_cache::sync::lock;
 
 /// Why a loader was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -229,10 +230,6 @@ impl Pipelines {
         &self.config
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Reserves `bytes` of memory and `workers` decode threads for a loader about to start,
     /// or says which budget it exceeds.
     pub fn reserve(
@@ -240,7 +237,7 @@ impl Pipelines {
         bytes: u64,
         workers: usize,
     ) -> Result<Reservation, BudgetError> {
-        let mut open = self.lock();
+        let mut open = lock(&self.open);
         if open.loaders.len() + open.pending >= self.config.max_clients {
             return Err(refused(BudgetError::Clients {
                 open: open.loaders.len() + open.pending,
@@ -292,7 +289,7 @@ impl Pipelines {
 
     /// Status of every open loader, and the ring bytes in use.
     pub fn status(&self) -> (Vec<LoaderStatus>, u64) {
-        let open = self.lock();
+        let open = lock(&self.open);
         (
             open.loaders.values().map(|s| s.status()).collect(),
             open.ring_bytes,
@@ -331,7 +328,7 @@ impl Reservation {
     /// Holds `more` bytes as well (the dataset index, known once indexed), or refuses and
     /// keeps what it held.
     pub fn grow(&mut self, more: u64) -> Result<(), BudgetError> {
-        let mut open = self.pipelines.lock();
+        let mut open = lock(&self.pipelines.open);
         let need = self.bytes.saturating_add(more);
         if need > self.pipelines.config.max_client_bytes.0 {
             return Err(refused(BudgetError::Client {
@@ -357,7 +354,7 @@ impl Reservation {
         info.ring_bytes = self.bytes;
         info.workers = self.workers as u32;
         let pipelines = self.pipelines.clone();
-        let mut open = pipelines.lock();
+        let mut open = lock(&pipelines.open);
         self.pending = false;
         open.pending -= 1;
         let id = open.next_id;
@@ -379,7 +376,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut open = self.pipelines.lock();
+        let mut open = lock(&self.pipelines.open);
         open.ring_bytes = open.ring_bytes.saturating_sub(self.bytes);
         open.workers = open.workers.saturating_sub(self.workers);
         if self.pending {
@@ -406,7 +403,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut open = self.pipelines.lock();
+        let mut open = lock(&self.pipelines.open);
         if open.loaders.remove(&self.id).is_some() {
             let info = &self.stats.info;
             open.ring_bytes = open.ring_bytes.saturating_sub(info.ring_bytes);

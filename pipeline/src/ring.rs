@@ -8,10 +8,12 @@
 //! client maps the arena read-only, so only the daemon ever writes it.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use loaderd_cache::arena::Arena;
+
+use loaderd_cache::sync::{lock, wait_timeout_while};
 
 /// Why a ring operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,7 @@ impl BatchRing {
 
     /// Number of slots.
     pub fn depth(&self) -> usize {
-        self.lock().len()
+        lock(&self.states).len()
     }
 
     /// A read-only descriptor of the arena for the client.
@@ -89,17 +91,11 @@ impl BatchRing {
         self.arena.read_only_fd()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<State>> {
-        self.states.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Waits up to `timeout` for a free slot to fill.
     pub fn acquire(&self, timeout: Duration) -> Option<SlotWriter<'_>> {
-        let guard = self.lock();
-        let (mut states, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |s| !s.contains(&State::Free))
-            .unwrap_or_else(|p| p.into_inner());
+        let mut states = wait_timeout_while(&self.changed, lock(&self.states), timeout, |s| {
+            !s.contains(&State::Free)
+        });
         let index = states.iter().position(|s| *s == State::Free)?;
         states[index] = State::Filling;
         Some(SlotWriter {
@@ -112,11 +108,9 @@ impl BatchRing {
     /// Waits up to `timeout` for the batch with sequence number `seq`; marks it delivered and
     /// returns its slot.
     pub fn deliver(&self, seq: u64, timeout: Duration) -> Option<usize> {
-        let guard = self.lock();
-        let (mut states, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |s| !s.contains(&State::Ready(seq)))
-            .unwrap_or_else(|p| p.into_inner());
+        let mut states = wait_timeout_while(&self.changed, lock(&self.states), timeout, |s| {
+            !s.contains(&State::Ready(seq))
+        });
         let index = states.iter().position(|s| *s == State::Ready(seq))?;
         states[index] = State::Delivered;
         Some(index)
@@ -124,7 +118,7 @@ impl BatchRing {
 
     /// The client is done with a delivered slot.
     pub fn release(&self, index: usize) -> Result<(), RingError> {
-        let mut states = self.lock();
+        let mut states = lock(&self.states);
         match states.get(index) {
             None => Err(RingError::NoSuchSlot(index)),
             Some(State::Delivered) => {
@@ -161,7 +155,7 @@ impl SlotWriter<'_> {
 
     /// Marks the slot ready as batch `seq`.
     pub fn publish(mut self, seq: u64) {
-        let mut states = self.ring.lock();
+        let mut states = lock(&self.ring.states);
         states[self.index] = State::Ready(seq);
         self.published = true;
         self.ring.changed.notify_all();
@@ -171,7 +165,7 @@ impl SlotWriter<'_> {
 impl Drop for SlotWriter<'_> {
     fn drop(&mut self) {
         if !self.published {
-            let mut states = self.ring.lock();
+            let mut states = lock(&self.ring.states);
             states[self.index] = State::Free;
             self.ring.changed.notify_all();
         }

@@ -21,7 +21,8 @@ use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservat
 use crate::ring::{BatchRing, RingError};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened};
-use crate::worker::{Metas, Recipe, Shared, Workers, lock_metas};
+use crate::worker::{Metas, Recipe, Shared, Workers};
+use loaderd_cache::sync::lock;
 
 /// Why a loader cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -203,9 +204,7 @@ impl Session {
         };
         stats.delivered(asked.elapsed());
         self.next += 1;
-        let meta = lock_metas(&self.shared.metas)
-            .remove(&seq)
-            .unwrap_or_default();
+        let meta = lock(&self.shared.metas).remove(&seq).unwrap_or_default();
         if let Some(failed) = meta.failed {
             // The client never sees this slot: free it, stop decoding, fail from now on.
             let _ = ring.release(slot);

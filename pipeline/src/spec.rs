@@ -1,7 +1,8 @@
 //! What a client asks a loader for, and what the loader answers: plain types, so that the
 //! pipeline knows nothing of the wire. The daemon translates its protocol into these.
 
-use crate::augment::Layout;
+use loaderd_image::{DType, Layout};
+
 use crate::config::OnError;
 use crate::ring::RingError;
 
@@ -38,33 +39,6 @@ pub struct LoaderSpec {
     pub name: String,
     /// Benchmark of the handoff alone: every sample is a copy of one image decoded once.
     pub predecoded: bool,
-}
-
-/// Element type of a batch's samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    U8,
-    F32,
-    F16,
-}
-
-impl Layout {
-    /// The element type of this layout.
-    pub fn dtype(self) -> DType {
-        match self {
-            Layout::NhwcU8 => DType::U8,
-            Layout::NchwF32 => DType::F32,
-            Layout::NchwF16 => DType::F16,
-        }
-    }
-
-    /// The shape of one sample of side `size`.
-    pub fn sample_shape(self, size: u32) -> [u32; 3] {
-        match self {
-            Layout::NhwcU8 => [size, size, 3],
-            Layout::NchwF32 | Layout::NchwF16 => [3, size, size],
-        }
-    }
 }
 
 /// What a client needs to map and interpret a loader's ring.

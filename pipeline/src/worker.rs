@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
 use crate::ring::BatchRing;
 use crate::sampler::sample_rng;
+use loaderd_cache::sync::lock;
 
 /// What a decoded batch carries besides its pixels, from its worker to its delivery.
 #[derive(Debug, Default)]
@@ -35,10 +36,6 @@ pub(crate) struct BatchMeta {
 
 /// Batch metadata between decode and delivery, by batch number.
 pub(crate) type Metas = Mutex<HashMap<u64, BatchMeta>>;
-
-pub(crate) fn lock_metas(m: &Metas) -> MutexGuard<'_, HashMap<u64, BatchMeta>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Heap bytes of one batch's metadata held between decode and delivery (labels, keys, and
 /// the map entry), estimating a key at `KEY_BYTES`: counted per ring slot in the budget.
@@ -189,7 +186,7 @@ impl Worker {
                 }
             }
             s.stats.batch_ready(meta.labels.len(), meta.skipped.len());
-            lock_metas(&s.metas).insert(seq, meta);
+            lock(&s.metas).insert(seq, meta);
             slot.publish(seq);
         }
     }

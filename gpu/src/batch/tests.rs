@@ -1,4 +1,6 @@
+use super::fallback::{accept_fallback, cpu_decode, late_fallback};
 use super::*;
+use crate::jpeg::Unsupported;
 
 fn crop(x0: f64) -> CropBox {
     CropBox {
@@ -53,7 +55,7 @@ fn run_arguments_are_checked_before_any_work() {
         max_batch: 4,
         out_width: 8,
         out_height: 8,
-        layout: OutputLayout::NhwcU8,
+        layout: Layout::NhwcU8,
         ..BatchConfig::default()
     };
     assert!(c.check_run(4, 4 * 192).is_ok());
@@ -109,20 +111,23 @@ fn compaction_and_bookkeeping() {
             flip: i % 2 == 1,
         })
         .collect();
-    let ready = |offset, cpu| Placed::Ready {
+    let ready = |offset, by| Placed::Ready {
         offset,
         width: 20,
         height: 12,
         stride: 60,
-        cpu,
+        by,
     };
     let corrupt = SampleError::Image(ImageError::Corrupt("x".into()));
     let placed = vec![
         Placed::Failed(corrupt.clone()),
-        ready(0, None),
-        ready(768, Some(Some(Unsupported::Cmyk))),
+        ready(0, DecodedBy::Gpu),
+        ready(
+            768,
+            DecodedBy::Cpu(CpuReason::Unsupported(Unsupported::Cmyk)),
+        ),
         Placed::Failed(SampleError::CpuDecode("y".into())),
-        ready(1536, Some(None)),
+        ready(1536, DecodedBy::Cpu(CpuReason::CallerDecoded)),
     ];
     let (params, report) = assemble(&samples, placed);
     assert_eq!(params.len(), 3);
@@ -134,12 +139,12 @@ fn compaction_and_bookkeeping() {
             SampleOutcome::Gpu { slot: 0 },
             SampleOutcome::Cpu {
                 slot: 1,
-                reason: Some(Unsupported::Cmyk)
+                reason: CpuReason::Unsupported(Unsupported::Cmyk)
             },
             SampleOutcome::Failed(SampleError::CpuDecode("y".into())),
             SampleOutcome::Cpu {
                 slot: 2,
-                reason: None
+                reason: CpuReason::CallerDecoded
             },
         ]
     );
@@ -149,7 +154,7 @@ fn compaction_and_bookkeeping() {
     for (slot, (input, offset)) in [(1, 0), (2, 768), (4, 1536)].into_iter().enumerate() {
         let p = params[slot];
         assert_eq!(p.src_offset, offset);
-        assert_eq!(p.x0, f64::from(input));
+        assert_eq!(p.crop, crop(f64::from(input)));
         assert_eq!(p.flip, input % 2 == 1);
         assert_eq!((p.width, p.height, p.stride), (20, 12, 60));
         assert!(p.validate(1536 + 11 * 60 + 60).is_ok());
@@ -162,18 +167,85 @@ fn compaction_and_bookkeeping() {
 fn staged_sizes_drive_the_packing() {
     let px = [1u8; 90];
     let staged = [
-        Staged::Gpu(ImageGeometry::for_test(10, 3)),
+        Staged::Gpu {
+            data: &[],
+            geometry: ImageGeometry::for_test(10, 3),
+        },
         Staged::Failed(SampleError::CpuDecode("z".into())),
         Staged::Host {
-            bytes: std::borrow::Cow::Borrowed(&px[..]),
+            bytes: Cow::Borrowed(&px[..]),
             width: 10,
             height: 3,
             stride: 30,
-            reason: None,
+            reason: CpuReason::CallerDecoded,
         },
     ];
     let (offsets, total) = pack(staged.iter().map(Staged::bytes)).unwrap();
     // A failed sample takes no space.
     assert_eq!(offsets, [0, 256, 256]);
     assert_eq!(total, 512);
+}
+
+/// A CPU decoder that answers every call with `answer` and counts its calls.
+fn scripted(answer: Result<RgbImage, String>) -> (CpuDecoder, Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let decode: CpuDecoder = Box::new(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        answer.clone()
+    });
+    (decode, calls)
+}
+
+fn rgb(width: u32, height: u32) -> RgbImage {
+    RgbImage {
+        pixels: vec![7; width as usize * height as usize * 3],
+        width,
+        height,
+    }
+}
+
+/// A JPEG nvJPEG refuses goes to the CPU decoder when there is one; without one it fails
+/// with `NeedsCpu` carrying nvJPEG's reason; the decoder's failures and bad images are told
+/// apart in the report.
+#[test]
+fn refused_jpegs_fall_back_to_the_cpu_decoder() {
+    let why = Unsupported::Cmyk;
+    assert_eq!(
+        cpu_decode(None, b"jpeg", why, 100),
+        Err(SampleError::Image(ImageError::NeedsCpu(why)))
+    );
+    let (mut ok, calls) = scripted(Ok(rgb(4, 2)));
+    assert_eq!(cpu_decode(Some(&mut ok), b"jpeg", why, 100), Ok(rgb(4, 2)));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let (mut failing, _) = scripted(Err("truncated".into()));
+    assert_eq!(
+        cpu_decode(Some(&mut failing), b"jpeg", why, 100),
+        Err(SampleError::CpuDecode("truncated".into()))
+    );
+    // Over the pixel limit: rejected, not uploaded.
+    assert!(matches!(
+        cpu_decode(Some(&mut ok), b"jpeg", why, 7),
+        Err(SampleError::BadFallback(_))
+    ));
+}
+
+/// At decode time the space is already reserved from the header: a CPU decode of another size
+/// is rejected; without a CPU decoder the sample fails with nvJPEG's reason.
+#[test]
+fn late_fallbacks_must_match_the_header() {
+    let why = Unsupported::Decoder(4);
+    assert_eq!(
+        late_fallback(None, b"jpeg", why, (4, 2), 100),
+        Err(SampleError::Image(ImageError::NeedsCpu(why)))
+    );
+    let (mut ok, _) = scripted(Ok(rgb(4, 2)));
+    assert_eq!(
+        late_fallback(Some(&mut ok), b"jpeg", why, (4, 2), 100),
+        Ok(vec![7; 24])
+    );
+    assert!(matches!(
+        late_fallback(Some(&mut ok), b"jpeg", why, (2, 4), 100),
+        Err(SampleError::BadFallback(m)) if m.contains("header says 2x4")
+    ));
 }

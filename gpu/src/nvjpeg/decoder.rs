@@ -5,6 +5,7 @@ use std::ffi::c_int;
 use std::sync::Arc;
 
 use cudarc::driver::DevicePtrMut;
+use loaderd_image::CropBox;
 
 use super::{
     Backend, Handle, Image, JpegState, MAX_COMPONENT, NvJpeg, OUTPUT_RGBI, Stream, status,
@@ -104,16 +105,13 @@ pub struct DecodedImage {
 
 impl DecodedImage {
     /// The augment kernel's view of this image with a crop box (source pixels) and a flip.
-    pub fn sample(&self, x0: f64, y0: f64, x1: f64, y1: f64, flip: bool) -> SampleParams {
+    pub fn sample(&self, crop: CropBox, flip: bool) -> SampleParams {
         SampleParams {
             src_offset: self.offset,
             width: self.width,
             height: self.height,
             stride: self.pitch,
-            x0,
-            y0,
-            x1,
-            y1,
+            crop,
             flip,
         }
     }

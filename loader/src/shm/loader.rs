@@ -32,7 +32,7 @@ pub(super) fn open(
     }
     let spec = spec(r).map_err(|e| (Code::InvalidArgument, e))?;
     let lock = client.open_lock();
-    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _one_at_a_time = loaderd_cache::sync::lock(&lock);
     Session::open(&shared.cache, &shared.pipelines, &shared.rt, &spec)
         .map_err(|e| (session_code(&e), e.to_string()))
 }
