@@ -56,15 +56,9 @@ pub(super) async fn run(
     local_copy: Option<&Path>,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let Corpus {
-        root,
-        files,
-        ufs,
-        concurrency: n,
-    } = corpus;
-    let n = *n;
+    let (root, files, n) = (&corpus.root, &corpus.files, corpus.concurrency);
     let total: u64 = files.iter().map(|f| f.size).sum();
-    let mut phases = vec![ufs_direct(ufs, files, n).await?];
+    let mut phases = vec![ufs_direct(&corpus.ufs, files, n).await?];
 
     c.free(pb::FreeRequest { path: root.clone() })
         .await

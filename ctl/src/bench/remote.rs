@@ -21,13 +21,7 @@ pub(super) async fn run(
     passes: u32,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let Corpus {
-        root,
-        files,
-        ufs,
-        concurrency: n,
-    } = corpus;
-    let n = *n;
+    let (root, files, n) = (&corpus.root, &corpus.files, corpus.concurrency);
     let status = c
         .status(pb::StatusRequest {})
         .await
@@ -59,7 +53,7 @@ pub(super) async fn run(
     }
     let total: u64 = remote.iter().map(|f| f.size).sum();
     let reads = whole_files(root, &remote);
-    let mut phases = vec![ufs_direct(ufs, &remote, n).await?];
+    let mut phases = vec![ufs_direct(&corpus.ufs, &remote, n).await?];
     // Peer and local passes alternate, so a slow spell of the machine hits both alike.
     let mut peer = Phase {
         name: "peer",
