@@ -195,7 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Mount(m) => mount::mount(&mut c, m).await,
-        Command::Bench(BenchCmd::Read(args)) => bench::read::read(&mut c, shm, args).await,
+        Command::Bench(BenchCmd::Read(args)) => bench::run_read(&mut c, shm, args).await,
         Command::Bench(BenchCmd::Fuse(args)) => bench::fuse::fuse(&mut c, shm, args).await,
         Command::Bench(BenchCmd::Pipeline(args)) => {
             let socket = cli.socket.clone().unwrap_or_else(default_socket);

@@ -3,13 +3,14 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{Daemon, args, open_log, tail};
+use crate::daemon::Daemon;
+use crate::process::{args, spawn_logged, tail};
 
 /// Why etcd-based tests cannot run here, or `None`.
 pub fn etcd_unavailable() -> Option<String> {
@@ -68,22 +69,16 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let (out, err) = open_log(&self.dir.path().join("etcd.log"));
         let peer = format!("http://{}:{}", self.ip, self.peer_port);
-        let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.endpoint])
             .args(["--advertise-client-urls", &self.endpoint])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
+            .args(["--initial-cluster", &format!("test={peer}")]);
+        self.child = Some(spawn_logged(&mut cmd, &self.dir.path().join("etcd.log")));
         let addr = format!("{}:{}", self.ip, self.client_port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !crate::try_http_get(&addr, "/health").is_ok_and(|b| b.contains("true")) {

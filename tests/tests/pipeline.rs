@@ -8,7 +8,7 @@ use std::path::Path;
 
 use loaderctl::client::shm::{BatchClient, ShmError};
 use loaderd_proto::v1 as pb;
-use loaderd_tests::{Daemon, args, file_mount_args, gen_dataset};
+use loaderd_tests::{Daemon, args, file_mount_args, gen_dataset, small_epoch};
 
 /// `loaderctl bench pipeline --dataset /ds ARGS...` (`--json` added) and its report.
 fn bench(d: &Daemon, extra: &[&str]) -> serde_json::Value {
@@ -27,25 +27,20 @@ fn epoch(
     epoch: u64,
 ) -> (Vec<String>, serde_json::Value) {
     let keys = d.dir().join(format!("keys-{rank}-{world}-{seed}-{epoch}"));
-    let report = bench(
-        d,
-        &[
-            "--batch-size",
-            "4",
-            "--size",
-            "32",
-            "--rank",
-            &rank.to_string(),
-            "--world-size",
-            &world.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--epoch",
-            &epoch.to_string(),
-            "--keys-out",
-            keys.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = d.ctl_ok(&small_epoch(&[
+        "--json",
+        "--rank",
+        &rank.to_string(),
+        "--world-size",
+        &world.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--epoch",
+        &epoch.to_string(),
+        "--keys-out",
+        keys.to_str().expect("utf-8 path"),
+    ]));
+    let report = serde_json::from_str(out.trim()).expect("bench json");
     let keys = std::fs::read_to_string(&keys).expect("keys file");
     (keys.lines().map(str::to_string).collect(), report)
 }
@@ -112,7 +107,7 @@ fn bad_loader_requests_are_clear_errors() {
 
 fn open_loader(d: &Daemon, batch_size: u32, size: u32) -> Result<BatchClient, ShmError> {
     BatchClient::open(
-        &d.dir().join("loaderd.shm.sock"),
+        &d.shm_socket(),
         pb::OpenLoader {
             dataset: "/ds".into(),
             batch_size,
@@ -130,18 +125,7 @@ fn on_error_fail_stops_at_the_bad_sample_and_names_it() {
     let data = tempfile::tempdir().expect("tempdir");
     dataset(data.path());
     let d = Daemon::start(&file_mount_args("/ds", data.path()));
-    let err = d.ctl_err(&[
-        "bench",
-        "pipeline",
-        "--dataset",
-        "/ds",
-        "--batch-size",
-        "4",
-        "--size",
-        "32",
-        "--on-error",
-        "fail",
-    ]);
+    let err = d.ctl_err(&small_epoch(&["--on-error", "fail"]));
     assert!(err.contains("class_001/broken.jpg"), "{err}");
     let err = d.ctl_err(&[
         "bench",

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::read::{
+use super::common::{
     ReadReq, fs_reads, grpc_reads, list_files, local_files, par_sum, shm_reads, summary_line,
     whole_files,
 };

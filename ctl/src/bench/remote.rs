@@ -6,24 +6,22 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use loaderd_cache::ufs::{FileMeta, Ufs};
 use loaderd_proto::v1 as pb;
 use serde_json::json;
 
-use super::read::{Phase, grpc_reads, summary_line, ufs_direct, whole_files};
+use super::common::{Corpus, Phase, ReadReq, grpc_reads, summary_line, ufs_direct, whole_files};
 use crate::client::Client;
 use crate::load::run_load;
 use crate::rpc_err;
 
-pub(super) async fn remote(
+/// The remote bench: `passes` timed passes of the peer and local phases.
+pub(super) async fn run(
     c: &mut Client,
-    ufs: &Ufs,
-    root: &str,
-    files: Vec<FileMeta>,
-    n: usize,
+    corpus: &Corpus,
     passes: u32,
     as_json: bool,
 ) -> anyhow::Result<()> {
+    let (root, files, n) = (&corpus.root, &corpus.files, corpus.concurrency);
     let status = c
         .status(pb::StatusRequest {})
         .await
@@ -44,7 +42,7 @@ pub(super) async fn remote(
             .map_err(rpc_err)?
             .into_inner();
         if info.cached_bytes == 0 && info.owners.iter().all(|o| *o != cluster.node_id) {
-            remote.push(f);
+            remote.push(f.clone());
         }
     }
     if remote.is_empty() {
@@ -55,7 +53,7 @@ pub(super) async fn remote(
     }
     let total: u64 = remote.iter().map(|f| f.size).sum();
     let reads = whole_files(root, &remote);
-    let mut phases = vec![ufs_direct(ufs, &remote, n).await?];
+    let mut phases = vec![ufs_direct(&corpus.ufs, &remote, n).await?];
     // Peer and local passes alternate, so a slow spell of the machine hits both alike.
     let mut peer = Phase {
         name: "peer",
@@ -126,7 +124,7 @@ pub(super) async fn remote(
 async fn timed(
     c: &Client,
     phase: &mut Phase,
-    reads: &[super::read::ReadReq<String>],
+    reads: &[ReadReq<String>],
     n: usize,
 ) -> anyhow::Result<()> {
     let t = Instant::now();

@@ -1,0 +1,63 @@
+//! The training loaders: how many are open and the rings they hold, then one line each
+//! with its progress, rate, starvation and time per stage.
+
+use std::fmt::{self, Write};
+
+use loaderd_proto::v1 as pb;
+use serde_json::{Map, Value};
+
+use super::fields;
+use crate::human;
+
+pub(super) fn json(s: &pb::StatusResponse, out: &mut Map<String, Value>) {
+    out.extend(fields!(s; ring_bytes, ring_capacity_bytes));
+    let loaders = s.loaders.iter().map(|l| {
+        Value::Object(
+            fields!(l; name, dataset, rank, world_size, epoch, batches_delivered,
+            batches_total, samples, skipped, elapsed_secs, samples_per_sec, starved_percent,
+            fetch_secs, decode_secs, augment_secs, ready_batches, depth, ring_bytes, workers),
+        )
+    });
+    out.insert("loaders".into(), Value::Array(loaders.collect()));
+}
+
+/// How many loaders are open, and the ring bytes they hold of the budget.
+pub(super) fn rings_text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
+    writeln!(
+        out,
+        "  loaders {} open, rings {} / {}",
+        s.loaders.len(),
+        human(s.ring_bytes),
+        human(s.ring_capacity_bytes)
+    )
+}
+
+/// One line a loader.
+pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
+    for l in &s.loaders {
+        // Busy seconds per sample, per stage, summed over the loader's decode threads.
+        let per = |secs: f64| 1e3 * secs / (l.samples + l.skipped).max(1) as f64;
+        writeln!(
+            out,
+            "  loader {:?} {} rank {}/{} epoch {}: batch {}/{}, {:.0} img/s, starved {:.1}%, \
+             {} skipped, ready {}/{}, {} workers; ms/sample fetch {:.2} decode {:.2} augment {:.2}",
+            l.name,
+            l.dataset,
+            l.rank,
+            l.world_size,
+            l.epoch,
+            l.batches_delivered,
+            l.batches_total,
+            l.samples_per_sec,
+            l.starved_percent,
+            l.skipped,
+            l.ready_batches,
+            l.depth,
+            l.workers,
+            per(l.fetch_secs),
+            per(l.decode_secs),
+            per(l.augment_secs)
+        )?;
+    }
+    Ok(())
+}
