@@ -510,6 +510,8 @@ mod tests {
             let err = applied(flags).expect_err(&format!("{flags:?}"));
             assert!(format!("{err:#}").contains(want), "{flags:?}: {err:#}");
         }
-        assert!(applied(&["--gpu=sometimes"]).is_err());
+        let err = applied(&["--gpu=sometimes"]).expect_err("--gpu=sometimes");
+        let want = "gpu mode must be \"auto\" or \"off\", not \"sometimes\"";
+        assert!(err.to_string().contains(want), "{err}");
     }
 }
