@@ -7,6 +7,7 @@
 use std::fmt;
 use std::ops::Range;
 
+use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::ufs::FileMeta;
@@ -59,6 +60,32 @@ pub struct BlockRef {
     pub id: BlockId,
     pub index: u64,
     pub range: Range<u64>,
+}
+
+impl BlockRef {
+    /// The block's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.range.end - self.range.start
+    }
+
+    /// Whether the block holds no bytes (never: files of 0 bytes have no blocks).
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The part of this block that a read of file bytes `read` needs, as offsets into the
+    /// block (empty when the read does not touch it).
+    pub fn part(&self, read: &Range<u64>) -> Range<u64> {
+        let from = read.start.clamp(self.range.start, self.range.end) - self.range.start;
+        let to = read.end.clamp(self.range.start, self.range.end) - self.range.start;
+        from..to.max(from)
+    }
+
+    /// The bytes of this block's `data` that a read of file bytes `read` needs.
+    pub fn slice(&self, data: &Bytes, read: &Range<u64>) -> Bytes {
+        let part = self.part(read);
+        data.slice(part.start as usize..part.end as usize)
+    }
 }
 
 /// The blocks covering bytes `range` of `file`, in order.
@@ -117,5 +144,20 @@ mod tests {
         assert_eq!(b[0].index, 1);
         assert!(blocks_for("u", &f, 4, 10..12).is_empty());
         assert!(blocks_for("u", &file(0, "v"), 4, 0..0).is_empty());
+    }
+
+    #[test]
+    fn a_read_needs_the_part_of_each_block_it_overlaps() {
+        let f = file(10, "v");
+        let b = blocks_for("u", &f, 4, 0..10);
+        assert_eq!(b.iter().map(BlockRef::len).collect::<Vec<_>>(), [4, 4, 2]);
+        let read = 3..9;
+        assert_eq!(
+            b.iter().map(|b| b.part(&read)).collect::<Vec<_>>(),
+            [3..4, 0..4, 0..1]
+        );
+        assert_eq!(b[0].part(&(5..7)), 4..4, "no overlap: empty");
+        let data = Bytes::from_static(b"4567");
+        assert_eq!(b[1].slice(&data, &(5..7)), Bytes::from_static(b"56"));
     }
 }

@@ -12,8 +12,9 @@
 //! Waiters queue per mount and are served in order, so a large request of one mount is not
 //! starved by small ones of the same mount, and no queue head of one mount blocks another.
 
+use crate::sync::lock;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -262,10 +263,6 @@ impl State {
 
 fn key_of<M>(mount: &Arc<M>) -> MountKey {
     Arc::as_ptr(mount) as *const () as usize
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

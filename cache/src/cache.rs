@@ -1,40 +1,40 @@
 //! The block cache over the unified namespace: the one entry point the daemon uses.
 //!
-//! A block read tries the memory tier, then the SSD tier (never moving the block between
-//! them), then fetches from the UFS. Concurrent misses on one block share a single fetch: the
-//! first reader spawns it and registers a shared future, later readers join. The spawned
-//! fetch finishes even if every reader goes away, so no work is wasted by a cancelled client.
-//! Fetches hold permits of the in-flight byte budget, so a burst of misses waits instead of
-//! growing memory without bound. The fetched block goes to the memory tier before the readers
-//! are answered and to the SSD tier right after, with the fetch still registered, so a reader
-//! arriving meanwhile joins instead of fetching again.
-
-use std::collections::HashMap;
+//! A block read tries the node's [`TierStack`] (memory, then SSD, never moving the block
+//! between them), then a peer that owns it ([`remote`]), then fetches from the UFS.
+//! Concurrent misses on one block share a single fetch ([`InFlight`]): the first reader
+//! spawns it, later readers join. The spawned fetch finishes even if every reader goes away,
+//! so no work is wasted by a cancelled client. Fetches hold permits of the in-flight byte
+//! budget, so a burst of misses waits instead of growing memory without bound. The fetched
+//! block goes to the memory tier before the readers are answered and to the SSD tier right
+//! after, with the fetch still in flight, so a reader arriving meanwhile joins instead of
+//! fetching again. Shared-memory clients get blocks as arena leases ([`Cache::lease_block`]),
+//! a block outside the memory tier in a transient lease filled from its one read.
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::Notify;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use crate::block::{BlockId, BlockRef, blocks_for};
 use crate::budget::{BudgetPermit, InflightBudget};
 use crate::cluster::Cluster;
-use crate::cluster::peer::block_request;
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
+use crate::inflight::{EndOnDrop, InFlight, Ticket};
 use crate::meta::{DirEntry, Metadata, Stat};
 use crate::mount::{Mount, MountSpec, MountTable, Resolved};
 use crate::path::LogicalPath;
 use crate::stats;
-use crate::tier::{Lease, MemoryTier, SsdTier, Tier, TierStatus};
+use crate::tier::{Lease, MemoryTier, TierStack, TierStatus};
 use crate::ufs::FileMeta;
 
 mod load;
+mod remote;
 pub use load::LoadProgress;
+use remote::Keep;
 
 /// How a read treats the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,6 +54,26 @@ pub struct FileHandle {
     pub meta: FileMeta,
 }
 
+impl FileHandle {
+    /// The bytes of a read of `length` bytes (0: to the end) from `offset`, clipped to the
+    /// file; an offset past the end is [`Error::Range`] (OUT_OF_RANGE, on every path).
+    pub fn span(&self, offset: u64, length: u64) -> Result<Range<u64>> {
+        let size = self.meta.size;
+        if offset > size {
+            return Err(Error::Range {
+                path: self.path.to_string(),
+                offset,
+                length,
+                size,
+            });
+        }
+        Ok(match length {
+            0 => offset..size,
+            n => offset..offset.saturating_add(n).min(size),
+        })
+    }
+}
+
 /// Everything `Status` reports.
 #[derive(Debug, Clone)]
 pub struct CacheStatus {
@@ -67,48 +87,30 @@ pub struct CacheStatus {
     pub uptime: Duration,
 }
 
-type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, Arc<Error>>>>;
+/// A block fetch's outcome, shared by every reader that joined it.
+type Fetched = std::result::Result<Bytes, Arc<Error>>;
 
 /// The cache.
 pub struct Cache {
     cfg: CacheConfig,
     mounts: MountTable,
     meta: Metadata,
-    memory: Arc<MemoryTier>,
-    ssd: Option<Arc<SsdTier>>,
-    inflight: Arc<Mutex<HashMap<BlockId, SharedFetch>>>,
+    /// Memory, then SSD: the read order (see [`TierStack`]).
+    tiers: Arc<TierStack>,
+    /// Block fetches in flight, one per block; each ends when its tier writes are done.
+    fetches: Arc<InFlight<BlockId, Fetched>>,
     /// The in-flight fetch budget, with a reserve per mount (see [`crate::budget`]).
     budget: Arc<InflightBudget>,
-    /// Notified whenever a spawned fetch leaves `inflight` (its tier writes done).
-    fetch_ended: Arc<Notify>,
     started: Instant,
     /// Set when this node is part of a cluster: blocks it does not own come from peers.
     cluster: OnceLock<Arc<Cluster>>,
-}
-
-/// What a read of a block this node does not own keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    /// Nothing: the owner caches it (no passive duplication).
-    Nothing,
-    /// A local copy too (pinned for this node's own trainers).
-    Local,
-    /// Nothing, and the bytes are not wanted (warming the owner).
-    Discard,
 }
 
 impl Cache {
     /// Builds the tiers (rebuilding the SSD index) and the mounts of `specs`.
     pub fn open(cfg: CacheConfig, specs: Vec<MountSpec>) -> Result<Arc<Self>> {
         cfg.validate()?;
-        let memory = Arc::new(MemoryTier::new(&cfg.memory)?);
-        let ssd = match &cfg.ssd {
-            Some(s) => Some(Arc::new(SsdTier::open(s)?)),
-            None => None,
-        };
-        if memory.status().capacity == 0 && ssd.as_ref().is_none_or(|s| s.status().capacity == 0) {
-            warn!("no cache capacity configured: every read passes through to the UFS uncached");
-        }
+        let tiers = Arc::new(TierStack::open(&cfg)?);
         let mounts = MountTable::default();
         let budget =
             InflightBudget::new(cfg.ufs.max_inflight_bytes.0, cfg.ufs.mount_reserved_bytes.0);
@@ -120,12 +122,10 @@ impl Cache {
                 cfg.metadata.clone(),
                 cfg.ssd.as_ref().map(|s| s.dir.clone()),
             ),
-            memory,
-            ssd,
+            tiers,
             mounts,
-            inflight: Arc::default(),
+            fetches: Arc::default(),
             budget,
-            fetch_ended: Arc::default(),
             started: Instant::now(),
             cluster: OnceLock::new(),
             cfg,
@@ -157,7 +157,7 @@ impl Cache {
 
     /// The memory tier (its arena can be shared with other processes).
     pub fn memory(&self) -> &Arc<MemoryTier> {
-        &self.memory
+        self.tiers.memory()
     }
 
     /// Mounts `spec` at runtime, if `policy` allows it.
@@ -275,12 +275,12 @@ impl Cache {
         self.blocks(fh, 0..fh.meta.size)
             .iter()
             .filter(|b| self.is_cached(b.id))
-            .map(|b| b.range.end - b.range.start)
+            .map(|b| b.len())
             .sum()
     }
 
     fn is_cached(&self, id: BlockId) -> bool {
-        self.memory.contains(id) || self.ssd.as_ref().is_some_and(|s| s.contains(id))
+        self.tiers.contains(id)
     }
 
     /// Streams bytes `range` of `fh` in order, `readahead` blocks fetched ahead.
@@ -291,27 +291,17 @@ impl Cache {
         read_type: ReadType,
         readahead: usize,
     ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
-        let size = fh.meta.size;
-        if range.start > size || range.end < range.start {
-            return Err(Error::Range {
-                path: fh.path.to_string(),
-                offset: range.start,
-                length: range.end.saturating_sub(range.start),
-                size,
-            });
-        }
-        let range = range.start..range.end.min(size);
+        let range = fh.span(range.start, 0)?.start..range.end.min(fh.meta.size);
         let blocks = self.blocks(&fh, range.clone());
         let this = self.clone();
         let fh = Arc::new(fh);
         Ok(futures::stream::iter(blocks)
             .map(move |b| {
-                let (this, fh) = (this.clone(), fh.clone());
+                let (this, fh, range) = (this.clone(), fh.clone(), range.clone());
                 async move {
                     let data = this.get_block(&fh, &b, read_type).await?;
-                    let from = range.start.max(b.range.start) - b.range.start;
-                    let to = range.end.min(b.range.end) - b.range.start;
-                    Ok((b.range.start + from, data.slice(from as usize..to as usize)))
+                    let at = b.range.start + b.part(&range).start;
+                    Ok((at, b.slice(&data, &range)))
                 }
             })
             .buffered(readahead.max(1)))
@@ -326,62 +316,43 @@ impl Cache {
         read_type: ReadType,
     ) -> Result<Bytes> {
         let res = self.fetch_block(fh, b, read_type).await;
-        match res {
-            Err(e) if matches!(e.root(), Error::Changed { .. }) => Err(self.changed(fh, e).await),
-            other => other,
-        }
+        self.refreshed(fh, res).await
     }
 
-    /// Refreshes the metadata of `fh`'s object, found changed by `e`, and names both versions.
-    async fn changed(&self, fh: &FileHandle, e: Error) -> Error {
+    /// `res`, or when it found `fh`'s object changed in the UFS, the metadata refreshed and an
+    /// error naming both versions.
+    async fn refreshed(&self, fh: &FileHandle, res: Result<Bytes>) -> Result<Bytes> {
+        let e = match res {
+            Err(e) if matches!(e.root(), Error::Changed { .. }) => e,
+            other => return other,
+        };
         match self.meta.refresh_file(&fh.mount, &fh.meta.rel).await {
-            Ok(fresh) => Error::VersionChanged {
+            Ok(fresh) => Err(Error::VersionChanged {
                 path: fh.path.to_string(),
                 old: fh.meta.version.clone(),
                 new: fresh.map(|f| f.version).unwrap_or_default(),
-            },
-            Err(_) => e,
+            }),
+            Err(_) => Err(e),
         }
     }
 
-    /// Block `b` pinned in the memory tier's arena (fetched first if missing), or `None` when
-    /// the memory tier does not hold it (disabled, full, the block is on SSD only, or another
-    /// node owns it: fetching it here would not cache it, so the caller's fallback read is
-    /// the one fetch).
+    /// Block `b` pinned in the memory tier's arena, for a shared-memory client. A block the
+    /// memory tier does not hold after one read (on SSD only, owned by a peer, or not admitted)
+    /// is copied from that read into a transient lease (see [`MemoryTier::transient`]): the
+    /// client maps it like a cached block, the memory tier's contents stay as a CACHE read
+    /// leaves them, and the slot is freed when the client releases the read. `None` only
+    /// when the arena has no room for that copy: the caller's fallback reads it again.
     pub async fn lease_block(&self, fh: &FileHandle, b: &BlockRef) -> Result<Option<Lease>> {
-        if let Some(lease) = self.memory.lease(b.id) {
+        let memory = self.tiers.memory();
+        if let Some(lease) = memory.lease(b.id) {
             stats::hit("memory", lease.len());
             return Ok(Some(lease));
         }
-        if self.cluster().is_some_and(|c| !c.owns(b.id)) {
-            return Ok(None);
+        let data = self.get_block(fh, b, ReadType::Cache).await?;
+        if let Some(lease) = memory.lease(b.id) {
+            return Ok(Some(lease));
         }
-        self.get_block(fh, b, ReadType::Cache).await?;
-        Ok(self.memory.lease(b.id))
-    }
-
-    /// A block from this node's tiers, if there.
-    async fn in_tiers(&self, b: &BlockRef) -> Option<Bytes> {
-        if let Some(data) = self.memory.get(b.id) {
-            stats::hit("memory", b.range.end - b.range.start);
-            return Some(data);
-        }
-        self.in_ssd(b).await
-    }
-
-    /// A block from this node's SSD tier, if there.
-    async fn in_ssd(&self, b: &BlockRef) -> Option<Bytes> {
-        let len = b.range.end - b.range.start;
-        if let Some(ssd) = &self.ssd
-            && ssd.contains(b.id)
-        {
-            let (ssd, id) = (ssd.clone(), b.id);
-            if let Ok(Some(data)) = tokio::task::spawn_blocking(move || ssd.get(id)).await {
-                stats::hit("ssd", len);
-                return Some(data);
-            }
-        }
-        None
+        Ok(memory.transient(&data))
     }
 
     async fn fetch_block(
@@ -390,7 +361,7 @@ impl Cache {
         b: &BlockRef,
         read_type: ReadType,
     ) -> Result<Bytes> {
-        if let Some(data) = self.in_tiers(b).await {
+        if let Some(data) = self.tiers.get(b).await {
             return Ok(data);
         }
         match self.cluster() {
@@ -403,92 +374,6 @@ impl Cache {
         }
     }
 
-    /// A block a peer asks this node for, as its owner: from the tiers, or fetched from the
-    /// UFS once and cached. Never forwarded (the peer already chose this node), so differing
-    /// member views cannot bounce a request around. Returns the bytes, their CRC32C (kept
-    /// with a memory-tier block, so a hot block is checksummed once) and whether the block
-    /// was cached already.
-    pub async fn get_block_as_owner(
-        &self,
-        fh: &FileHandle,
-        b: &BlockRef,
-    ) -> Result<(Bytes, u32, bool)> {
-        if let Some((data, crc)) = self.memory.get_with_crc(b.id) {
-            stats::hit("memory", data.len() as u64);
-            return Ok((data, crc, true));
-        }
-        let (data, was_cached) = match self.in_ssd(b).await {
-            Some(data) => (data, true),
-            None => {
-                let res = match self.fetch_owned(fh, b, ReadType::Cache).await {
-                    Err(e) if matches!(e.root(), Error::Changed { .. }) => {
-                        Err(self.changed(fh, e).await)
-                    }
-                    other => other,
-                };
-                (res?, false)
-            }
-        };
-        let crc = crc32c::crc32c(&data);
-        Ok((data, crc, was_cached))
-    }
-
-    /// A block this node does not own: from its owners in rendezvous order (skipping
-    /// suspects), taking it over when this node is next in line, else from the UFS uncached.
-    async fn fetch_remote(
-        &self,
-        c: &Cluster,
-        fh: &FileHandle,
-        b: &BlockRef,
-        read_type: ReadType,
-        keep: Keep,
-    ) -> Result<Option<Bytes>> {
-        let len = b.range.end - b.range.start;
-        let bs = self.cfg.block_size.0;
-        for m in c.candidates(b.id) {
-            if c.is_me(&m) {
-                // The owners before this node are down: it is the owner now.
-                return self.fetch_owned(fh, b, read_type).await.map(Some);
-            }
-            if c.peers().is_suspect(&m.addr) {
-                continue;
-            }
-            let req = block_request(fh, b, bs, keep == Keep::Discard);
-            match c.peers().get_block(&m, req).await {
-                Ok(block) if keep == Keep::Discard => {
-                    let _ = block;
-                    return Ok(None);
-                }
-                Ok(block) => {
-                    stats::peer_hit(len);
-                    if keep == Keep::Local {
-                        self.store(b.id, &block.data).await;
-                    }
-                    return Ok(Some(block.data));
-                }
-                Err(e) => debug!(error = %e, "peer read failed; trying the next"),
-            }
-        }
-        // No owner answered: read the UFS without caching (this node does not own it).
-        stats::passthrough("peers_unavailable");
-        let _permit = self.reserve(fh, len).await;
-        let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
-        stats::miss(len);
-        if keep == Keep::Local {
-            self.store(b.id, &data).await;
-        }
-        Ok(Some(data))
-    }
-
-    /// Puts a block in the memory tier and the SSD tier.
-    async fn store(&self, id: BlockId, data: &Bytes) {
-        self.memory.put(id, data);
-        if let Some(ssd) = self.ssd.clone() {
-            let data = data.clone();
-            let _ = tokio::task::spawn_blocking(move || ssd.put(id, &data)).await;
-        }
-    }
-
     /// A block this node owns (or every block, outside a cluster): single-flight UFS fetch.
     async fn fetch_owned(
         &self,
@@ -496,34 +381,40 @@ impl Cache {
         b: &BlockRef,
         read_type: ReadType,
     ) -> Result<Bytes> {
-        let len = b.range.end - b.range.start;
-        let fetch = {
-            let mut inflight = lock(&self.inflight);
-            match inflight.get(&b.id) {
-                Some(f) => {
-                    stats::singleflight_join();
-                    Some(f.clone())
-                }
-                None if read_type == ReadType::NoCache => None,
-                None => {
-                    // Re-check under the lock: a fetch may have completed since the tier check.
-                    if let Some(data) = self.memory.get(b.id) {
-                        stats::hit("memory", len);
-                        return Ok(data);
-                    }
-                    let f = self.spawn_fetch(fh, b);
-                    inflight.insert(b.id, f.clone());
-                    Some(f)
-                }
+        let (mut hit, mut task) = (None, None);
+        let flight = self.fetches.join_or_start(&b.id, |ticket| {
+            if read_type == ReadType::NoCache {
+                return None;
             }
-        };
-        let Some(fetch) = fetch else {
-            let _permit = self.reserve(fh, len).await;
-            let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
-            stats::miss(len);
-            return Ok(data);
-        };
-        fetch.await.map_err(Error::Shared)
+            // Re-check under the lock: a fetch may have completed since the tier check.
+            hit = self.tiers.get_memory(b);
+            if hit.is_some() {
+                return None;
+            }
+            let (fetched, run) = self.fetch_task(fh, b, ticket);
+            task = Some(run);
+            Some(fetched)
+        });
+        // Spawned once the flight is registered and its lock released (a task dropped at
+        // once, by a runtime shutting down, ends its flight from its drop).
+        if let Some(task) = task {
+            tokio::spawn(task);
+        }
+        match (flight, hit) {
+            (Some(flight), _) => {
+                if flight.joined {
+                    stats::singleflight_join();
+                }
+                flight.result.await.map_err(Error::Shared)
+            }
+            (None, Some(data)) => Ok(data),
+            (None, None) => {
+                let _permit = self.reserve(fh, b.len()).await;
+                let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
+                stats::miss(b.len());
+                Ok(data)
+            }
+        }
     }
 
     /// `len` bytes of the in-flight budget, charged to `fh`'s mount.
@@ -531,47 +422,46 @@ impl Cache {
         self.budget.acquire(&fh.mount, len.max(1)).await
     }
 
-    fn spawn_fetch(&self, fh: &FileHandle, b: &BlockRef) -> SharedFetch {
+    /// The fetch of flight `ticket`: its result for the readers, and the task to spawn. The
+    /// task runs to its end even if every reader goes away, puts the block in the memory tier
+    /// before answering and in the SSD tier after, and ends the flight when it ends (finished
+    /// or dropped).
+    fn fetch_task(
+        &self,
+        fh: &FileHandle,
+        b: &BlockRef,
+        ticket: &Ticket<BlockId>,
+    ) -> (
+        impl Future<Output = Fetched> + Send + use<>,
+        impl Future<Output = ()> + Send + use<>,
+    ) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let budget = self.budget.clone();
-        let memory = self.memory.clone();
-        let ssd = self.ssd.clone();
+        let tiers = self.tiers.clone();
         let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
         let span = info_span!("fetch_block", path = %fh.path, block = block.index);
-        let inflight = self.inflight.clone();
-        let fetch_ended = self.fetch_ended.clone();
-        tokio::spawn(
-            async move {
-                let len = block.range.end - block.range.start;
-                let _permit = budget.acquire(&mount, len.max(1)).await;
-                let res = mount.ufs.get_range(&meta, block.range.clone()).await;
-                if let Ok(data) = &res {
-                    stats::miss(len);
-                    memory.put(block.id, data);
-                }
-                let shared = res.map_err(Arc::new);
-                let _ = tx.send(shared.clone());
-                if let (Ok(data), Some(ssd)) = (&shared, ssd) {
-                    let (id, data) = (block.id, data.clone());
-                    let _ = tokio::task::spawn_blocking(move || ssd.put(id, &data)).await;
-                }
-                if let Err(e) = shared {
-                    debug!(error = %e, "block fetch failed");
-                }
-                lock(&inflight).remove(&block.id);
-                fetch_ended.notify_waiters();
+        let flight = EndOnDrop::new(self.fetches.clone(), ticket);
+        let task = async move {
+            let _flight = flight;
+            let len = block.len();
+            let _permit = budget.acquire(&mount, len.max(1)).await;
+            let res = mount.ufs.get_range(&meta, block.range.clone()).await;
+            if let Ok(data) = &res {
+                stats::miss(len);
+                tiers.put_memory(block.id, data);
             }
-            .instrument(span),
-        );
-        rx.map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(Arc::new(Error::Budget {
-                    what: "block fetch was dropped",
-                }))
-            })
-        })
-        .boxed()
-        .shared()
+            let shared = res.map_err(Arc::new);
+            let _ = tx.send(shared.clone());
+            if let Ok(data) = &shared {
+                tiers.put_lower(block.id, data).await;
+            }
+            if let Err(e) = shared {
+                debug!(error = %e, "block fetch failed");
+            }
+        }
+        .instrument(span);
+        let fetched = rx.map(|r| r.unwrap_or_else(|_| Err(Arc::new(Error::FetchDropped))));
+        (fetched, task)
     }
 
     /// Drops every cached block of the files under `path`: (blocks, bytes) freed.
@@ -579,11 +469,9 @@ impl Cache {
         let (mut blocks, mut bytes) = (0, 0);
         for fh in self.files_under(path).await? {
             for b in self.blocks(&fh, 0..fh.meta.size) {
-                let in_mem = self.memory.remove(b.id);
-                let in_ssd = self.ssd.as_ref().is_some_and(|s| s.remove(b.id));
-                if in_mem || in_ssd {
+                if self.tiers.remove(b.id) {
                     blocks += 1;
-                    bytes += b.range.end - b.range.start;
+                    bytes += b.len();
                 }
             }
         }
@@ -623,14 +511,10 @@ impl Cache {
 
     /// Usage and counters.
     pub fn status(&self) -> CacheStatus {
-        let mut tiers = vec![self.memory.status()];
-        if let Some(s) = &self.ssd {
-            tiers.push(s.status());
-        }
         let (entries, bytes) = self.meta.usage();
         let (inflight_bytes, inflight_capacity) = self.budget.usage();
         CacheStatus {
-            tiers,
+            tiers: self.tiers.status(),
             counters: stats::snapshot(),
             block_size: self.cfg.block_size.0,
             metadata_entries: entries,
@@ -642,6 +526,5 @@ impl Cache {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+#[cfg(test)]
+mod tests;

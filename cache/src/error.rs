@@ -42,8 +42,8 @@ pub enum Error {
     /// The UFS did not answer in time.
     #[error("UFS timed out after {secs:.1}s on {uri}")]
     UfsTimeout { uri: String, secs: f64 },
-    /// The requested range does not fit the file.
-    #[error("range {offset}+{length} is outside {path} ({size} bytes)")]
+    /// A read starts past the end of the file (OUT_OF_RANGE on every path).
+    #[error("offset {offset} (length {length}) is past the end of {path} ({size} bytes)")]
     Range {
         path: String,
         offset: u64,
@@ -73,6 +73,11 @@ pub enum Error {
     /// Cluster membership could not be set up.
     #[error("cluster membership: {0}")]
     Membership(String),
+    /// The fetch this read waited on ended without an answer: its task was cancelled (the
+    /// runtime shutting down) or panicked. Nothing is wrong with the request or the budget;
+    /// a retry starts a new fetch.
+    #[error("the fetch of this block ended without an answer; retry")]
+    FetchDropped,
     /// A single-flight fetch that this read waited on failed.
     #[error("{0}")]
     Shared(std::sync::Arc<Error>),
@@ -112,6 +117,8 @@ impl Error {
 pub enum ErrorKind {
     NotFound,
     InvalidArgument,
+    /// A read past the end of a file.
+    OutOfRange,
     IsDirectory,
     Changed,
     Unavailable,
@@ -127,10 +134,10 @@ impl Error {
         use object_store::Error as O;
         match self {
             Error::NotFound { .. } | Error::NoMount { .. } => ErrorKind::NotFound,
-            Error::InvalidPath { .. }
-            | Error::Range { .. }
-            | Error::Config { .. }
-            | Error::Mount { .. } => ErrorKind::InvalidArgument,
+            Error::Range { .. } => ErrorKind::OutOfRange,
+            Error::InvalidPath { .. } | Error::Config { .. } | Error::Mount { .. } => {
+                ErrorKind::InvalidArgument
+            }
             Error::IsDirectory { .. } => ErrorKind::IsDirectory,
             Error::Changed { .. } | Error::VersionChanged { .. } => ErrorKind::Changed,
             Error::Ufs { source, .. } => match source {
@@ -144,7 +151,9 @@ impl Error {
             Error::UfsTimeout { .. } => ErrorKind::Timeout,
             Error::Budget { .. } => ErrorKind::ResourceExhausted,
             Error::Io { .. } => ErrorKind::Internal,
-            Error::Peer { .. } | Error::Membership(_) => ErrorKind::Unavailable,
+            Error::Peer { .. } | Error::Membership(_) | Error::FetchDropped => {
+                ErrorKind::Unavailable
+            }
             Error::Shared(inner) => inner.kind(),
             Error::NotAllowed { .. } => ErrorKind::PermissionDenied,
         }
@@ -158,6 +167,7 @@ pub fn to_status(e: &Error) -> tonic::Status {
     match e.kind() {
         ErrorKind::NotFound => Status::not_found(msg),
         ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::OutOfRange => Status::out_of_range(msg),
         ErrorKind::IsDirectory => Status::failed_precondition(msg),
         ErrorKind::Changed => Status::aborted(msg),
         ErrorKind::Unavailable => Status::unavailable(msg),
@@ -165,5 +175,24 @@ pub fn to_status(e: &Error) -> tonic::Status {
         ErrorKind::Timeout => Status::deadline_exceeded(msg),
         ErrorKind::ResourceExhausted => Status::resource_exhausted(msg),
         ErrorKind::Internal => Status::internal(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_on_the_wire() {
+        let past_end = Error::Range {
+            path: "/ds/f".into(),
+            offset: 11,
+            length: 0,
+            size: 10,
+        };
+        assert_eq!(to_status(&past_end).code(), tonic::Code::OutOfRange);
+        let dropped = Error::Shared(std::sync::Arc::new(Error::FetchDropped));
+        assert_eq!(dropped.kind(), ErrorKind::Unavailable);
+        assert_eq!(to_status(&dropped).code(), tonic::Code::Unavailable);
     }
 }

@@ -7,11 +7,13 @@
 //! * [`evict`]: watermark-driven eviction with pluggable policies.
 //! * [`placement`]: rendezvous hashing of blocks over cluster members.
 //! * [`budget`]: the in-flight fetch budget, with a reserve per mount.
+//! * [`inflight`]: single flight per key (block fetches, manifest LISTs).
 //! * [`cache`]: the read path tying them together, with single-flight misses.
 #![warn(missing_docs)]
 #![allow(missing_docs)] // Field-level docs live on the types; see each module header.
 
 pub mod alloc;
+pub mod arena;
 pub mod block;
 pub mod budget;
 pub mod cache;
@@ -19,13 +21,14 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod evict;
-pub mod flight;
+pub mod inflight;
 pub mod meta;
 pub mod mount;
 pub mod path;
 pub mod placement;
-pub mod shm;
+
 pub mod stats;
+pub mod sync;
 pub mod tier;
 pub mod ufs;
 

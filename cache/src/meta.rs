@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
@@ -21,8 +21,9 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::MetadataConfig;
 use crate::error::{Error, Result};
-use crate::flight::Flight;
+use crate::inflight::InFlight;
 use crate::mount::Mount;
+use crate::sync::lock;
 use crate::ufs::FileMeta;
 
 /// What a path is.
@@ -140,7 +141,7 @@ struct MountMeta {
     /// The manifest load in flight: one LIST per mount, its result or error shared by every
     /// reader that arrives meanwhile (a hung store costs each of them one timeout, not one
     /// per reader queued ahead).
-    load: Flight<Loaded>,
+    load: InFlight<(), Loaded>,
     manifest: Mutex<Option<(Arc<Manifest>, Instant)>>,
     /// Per-path answers when manifests are off: stat and list results with their time.
     stats: Mutex<HashMap<String, (Instant, Option<Stat>)>>,
@@ -371,7 +372,7 @@ impl Metadata {
             *slot = Some((m.clone(), Instant::now()));
             Ok(m)
         };
-        mm.load.run(start, land).await.map_err(Error::Shared)
+        mm.load.run(&(), start, land).await.map_err(Error::Shared)
     }
 
     /// Drops other mounts' manifests from memory (least recently used first) until `need`
@@ -497,10 +498,6 @@ fn read_manifest(path: &std::path::Path, uri: &str) -> Option<Manifest> {
     }
     let created = UNIX_EPOCH + Duration::from_millis(header.created_unix_ms);
     Some(Manifest::new(created, files))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -288,11 +288,11 @@ impl MountTable {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<LogicalPath, Arc<Mount>>> {
-        self.mounts.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.mounts)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<LogicalPath, Arc<Mount>>> {
-        self.mounts.write().unwrap_or_else(|p| p.into_inner())
+        crate::sync::write(&self.mounts)
     }
 }
 

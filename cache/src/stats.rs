@@ -5,7 +5,9 @@
 //! `cache_bytes_read_total{source=cache|peer|ufs}`, `cache_evictions_total{tier}`,
 //! `cache_corrupt_blocks_total`, `ssd_dropped_at_start_total{reason}`,
 //! `cache_passthrough_total{reason}`, `ufs_requests_total{op}`,
-//! `ufs_bytes_total`, `ufs_retries_total`, `ufs_errors_total`, `singleflight_joins_total`.
+//! `ufs_bytes_total`, `ufs_retries_total`, `ufs_errors_total`, `singleflight_joins_total`,
+//! `cache_transient_leases_total` and `cache_transient_lease_bytes_total` (blocks handed to a
+//! shared-memory client in a slot of their own because the memory tier does not hold them).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -105,6 +107,11 @@ pub(crate) fn corrupt_block() {
 pub(crate) fn ssd_dropped_at_start(reason: &'static str) {
     corrupt_block();
     counter!("loaderd_ssd_dropped_at_start_total", "reason" => reason).increment(1);
+}
+
+pub(crate) fn transient_lease(bytes: u64) {
+    counter!("loaderd_cache_transient_leases_total").increment(1);
+    counter!("loaderd_cache_transient_lease_bytes_total").increment(bytes);
 }
 
 pub(crate) fn passthrough(reason: &'static str) {

@@ -206,18 +206,16 @@ impl Loader for LoaderService {
             .instrument(span.clone())
             .await
             .map_err(|e| status_at(&path, &e))?;
-        let end = if r.length == 0 {
-            fh.meta.size
-        } else {
-            r.offset.saturating_add(r.length)
-        };
+        let range = fh
+            .span(r.offset, r.length)
+            .map_err(|e| status_at(&path, &e))?;
         let read_type = match pb::ReadType::try_from(r.read_type) {
             Ok(pb::ReadType::NoCache) => ReadType::NoCache,
             _ => ReadType::Cache,
         };
         let blocks = self
             .cache
-            .read(fh, r.offset..end, read_type, self.readahead)
+            .read(fh, range, read_type, self.readahead)
             .map_err(|e| status_at(&path, &e))?;
         let stream = blocks
             .flat_map(move |res| {

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use loaderd_cache::shm::Arena;
+use loaderd_cache::arena::Arena;
 
 /// Why a ring operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -719,6 +719,13 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("stat --json is not JSON ({e}): {text}"))
     }
 
+    /// Waits (up to 10 s) until no shared-memory lease is held; whether that happened.
+    pub fn leases_released(&self) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            self.status_json()["shm_leased_bytes"] == 0
+        })
+    }
+
     /// Body of `GET /metrics`.
     pub fn metrics(&self) -> String {
         http_get(&self.metrics_addr, "/metrics")
@@ -1124,6 +1131,22 @@ pub fn tiers_sum(status: &serde_json::Value, field: &str) -> u64 {
         .as_array()
         .map(|t| t.iter().filter_map(|t| t[field].as_u64()).sum())
         .unwrap_or(0)
+}
+
+/// A shared-memory read of all of `path` through `c`: the bytes of its mapped pieces, and how
+/// many bytes the daemon answered as fallback extents (to be read over gRPC) instead.
+pub fn shm_read_mapped(c: &mut loaderctl::client::shm::ShmClient, path: &str) -> (Vec<u8>, u64) {
+    use loaderctl::client::shm::Piece;
+    let (mut mapped, mut fallback) = (Vec::new(), 0);
+    c.read(path, 0, 0, |_, piece| {
+        match piece {
+            Piece::Mapped(b) => mapped.extend_from_slice(b),
+            Piece::Fallback { len, .. } => fallback += len,
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("shared-memory read of {path}: {e}"));
+    (mapped, fallback)
 }
 
 /// Every `.blk` file of an SSD tier directory, sorted.

@@ -2,7 +2,8 @@
 //! moto S3 bucket below them. Every node reads every file byte-exact, each block is cached
 //! on its owner only (so the cluster fetches it from S3 once), a node killed in the middle of
 //! sustained reads costs no read, its lease expires and it rejoins with its SSD tier, etcd
-//! going away leaves the last members in force, and a peer without the token is refused.
+//! going away leaves the last members in force, a peer without the token is refused, and a
+//! shared-memory client gets blocks a peer owns from one peer fetch, without a gRPC re-read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,12 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use loaderctl::client::shm::ShmClient;
 use loaderd_tests::cluster::{
     ClusterFixture, Etcd, Netns, cached_bytes, etcd_unavailable, owners, ufs_gets, via_etcd,
     wait_members,
 };
 use loaderd_tests::{
     Daemon, Dataset, S3Sandbox, args, assert_bytes_eq, file_mount_args, free_port, sha256,
+    shm_read_mapped,
 };
 
 const MIB: u64 = 1 << 20;
@@ -107,8 +110,8 @@ fn every_block_is_cached_once_on_its_owner_and_read_everywhere() {
         }
     }
     assert!(owned.len() >= 2, "blocks spread over the nodes: {owned:?}");
-    // Each node fetched each block it does not own from its owner exactly once (shared-memory
-    // reads of such blocks go straight to the fallback read, not through a second fetch).
+    // Each node fetched each block it does not own from its owner exactly once (a
+    // shared-memory read gets such a block in a transient lease from that one fetch).
     let peer_reads: u64 = nodes
         .iter()
         .map(|n| {
@@ -513,5 +516,64 @@ fn a_partitioned_node_reads_from_the_ufs_and_heals() {
     assert!(
         after > mid,
         "peer reads resumed after the partition ({mid} -> {after})"
+    );
+}
+
+#[test]
+fn a_shared_memory_read_of_peer_owned_blocks_is_one_peer_fetch_into_a_lease() {
+    if skip() {
+        return;
+    }
+    // 9 blocks of 1 MiB over two nodes: each owns some (rendezvous hashing; asserted).
+    let data = Dataset::blobs(&[8 * MIB as usize + 5]);
+    let (rel, path) = ("blobs/blob_00.bin", "/ds/blobs/blob_00.bin");
+    let s3 = S3Sandbox::start(&[(&data.root, "ds")]);
+    let etcd = Etcd::start();
+    let fx = ClusterFixture::new();
+    let nodes = start_nodes(&fx, &["a", "b"], &via_etcd(&etcd), &s3);
+    for n in &nodes {
+        wait_members(n, &["a", "b"], Duration::from_secs(20));
+    }
+    let a = &nodes[0];
+    let own = owners(a, path);
+    let of_b = own.iter().filter(|o| *o == "b").count() as u64;
+    assert!(0 < of_b && of_b < 9, "owners {own:?}");
+
+    let mut c = ShmClient::connect(&a.dir().join("loaderd.shm.sock")).expect("connect");
+    let (got, fallback) = shm_read_mapped(&mut c, path);
+    assert_eq!(fallback, 0, "fallback extents for blocks b owns");
+    assert_bytes_eq(&got, &data.read(rel), "shared-memory read through a");
+
+    let status = a.status_json();
+    assert_eq!(
+        status["cluster"]["peer_reads"].as_u64(),
+        Some(of_b),
+        "one peer fetch per block b owns: {status}"
+    );
+    assert_eq!(
+        a.metric("loaderd_cache_transient_leases_total"),
+        of_b as f64,
+        "b's blocks were leased from the peer fetch"
+    );
+    assert_eq!(a.metric("loaderd_shm_fallback_bytes_total"), 0.0);
+    assert_eq!(
+        a.metric("loaderd_read_latency_seconds_count{api=\"grpc\"}"),
+        0.0,
+        "no gRPC re-read"
+    );
+    assert_eq!(
+        (ufs_gets(a) + ufs_gets(&nodes[1])) as u64,
+        9,
+        "each block fetched from S3 once, on its owner"
+    );
+    assert_eq!(
+        cached_bytes(a, path) + cached_bytes(&nodes[1], path),
+        8 * MIB + 5,
+        "one copy in the cluster: the transient leases cached nothing on a"
+    );
+    drop(c);
+    assert!(
+        a.leases_released(),
+        "closing the connection frees the leases"
     );
 }

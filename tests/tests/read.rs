@@ -275,3 +275,49 @@ fn metrics_and_healthz_are_served() {
         "UFS bytes not counted"
     );
 }
+
+/// An offset past the end of a file is OUT_OF_RANGE over gRPC and over shared memory alike,
+/// with the same message; the end itself is an empty read.
+#[test]
+fn an_offset_past_the_end_is_out_of_range_on_every_path() {
+    use loaderctl::client::shm::{ShmClient, ShmError};
+    use loaderd_proto::v1 as pb;
+
+    let data = Dataset::blobs(&[200_000]);
+    let d = Daemon::start(&file_mount_args("/data", &data.root));
+    let path = "/data/blobs/blob_00.bin";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let grpc = |offset: u64| {
+        rt.block_on(async {
+            let mut c = loaderctl::client::connect_unix(&d.socket)
+                .await
+                .expect("connect");
+            let req = pb::ReadRequest {
+                path: path.into(),
+                offset,
+                ..Default::default()
+            };
+            let mut stream = c.read(req).await?.into_inner();
+            let mut n = 0;
+            while let Some(chunk) = stream.message().await? {
+                n += chunk.data.len();
+            }
+            Ok::<_, tonic::Status>(n)
+        })
+    };
+    assert_eq!(grpc(200_000).expect("a read at the end"), 0);
+    let over_grpc = grpc(200_001).expect_err("a read past the end");
+    assert_eq!(over_grpc.code(), tonic::Code::OutOfRange, "{over_grpc:?}");
+
+    let mut c = ShmClient::connect(&d.dir().join("loaderd.shm.sock")).expect("connect");
+    let over_shm = match c.read(path, 200_001, 0, |_, _| Ok(())) {
+        Err(ShmError::Status { code, message }) => (code, message),
+        other => panic!("a shared-memory read past the end: {other:?}"),
+    };
+    assert_eq!(over_shm.0, tonic::Code::OutOfRange, "{over_shm:?}");
+    assert_eq!(over_shm.1, over_grpc.message(), "one error, said once");
+    assert!(over_shm.1.contains(path), "{over_shm:?}");
+}

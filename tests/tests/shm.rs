@@ -1,10 +1,17 @@
 //! Zero-copy local reads: `loaderctl cat` maps the daemon's memory tier read-only and gets
 //! extents over the shared-memory socket; bytes are exact, the fallback for blocks outside
-//! the memory tier is exact too, and the socket is as private as the gRPC one.
+//! the memory tier is exact too, blocks held only on the SSD tier are leased from one SSD
+//! read, and the socket is as private as the gRPC one.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
 
-use loaderd_tests::{Daemon, Dataset, args, file_mount_args, sha256};
+use loaderctl::client::shm::ShmClient;
+use loaderd_tests::{
+    Daemon, Dataset, args, assert_bytes_eq, file_mount_args, sha256, shm_read_mapped,
+    ssd_block_files, tier, wait_until,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -111,4 +118,71 @@ fn no_memory_tier_means_no_shared_memory_socket() {
     assert!(!d.dir().join("loaderd.shm.sock").exists());
     let got = d.ctl_bytes(&["cat", "/data/blobs/blob_00.bin"]);
     assert_eq!(sha256(&got), sha256(&data.read("blobs/blob_00.bin")));
+}
+
+const SSD_HITS: &str = "loaderd_cache_hits_total{tier=\"ssd\"}";
+const TRANSIENT: &str = "loaderd_cache_transient_leases_total";
+const FALLBACK: &str = "loaderd_shm_fallback_bytes_total";
+const GRPC_READS: &str = "loaderd_read_latency_seconds_count{api=\"grpc\"}";
+
+#[test]
+fn blocks_on_the_ssd_tier_only_are_leased_from_one_ssd_read() {
+    // 5 + 1 blocks of 64 KiB, cached on both tiers by a first read; after a restart the
+    // memory tier is empty and the SSD tier holds every block.
+    let data = Dataset::blobs(&[300_000, 64 * KIB]);
+    let ssd = tempfile::tempdir().expect("tempdir");
+    let ssd_dir = ssd.path().to_str().expect("utf-8 path");
+    let mut d = daemon(&data, &["--ssd-dir", ssd_dir, "--ssd-capacity", "64MiB"]);
+    let files: Vec<(String, Vec<u8>)> = data
+        .files
+        .iter()
+        .map(|(rel, _)| (format!("/data/{rel}"), data.read(rel)))
+        .collect();
+    for (path, want) in &files {
+        assert_bytes_eq(&d.cat(path), want, path);
+    }
+    let blocks = 6;
+    assert!(
+        wait_until(Duration::from_secs(30), || ssd_block_files(ssd.path())
+            .len()
+            == blocks),
+        "SSD blocks: {:?}",
+        ssd_block_files(ssd.path())
+    );
+    d.restart();
+    let status = d.status_json();
+    assert_eq!(tier(&status, "memory")["blocks"], 0, "{status}");
+    assert_eq!(tier(&status, "ssd")["blocks"], blocks, "{status}");
+
+    let mut c = ShmClient::connect(&shm_socket(&d)).expect("connect");
+    for (path, want) in &files {
+        let (got, fallback) = shm_read_mapped(&mut c, path);
+        assert_eq!(fallback, 0, "{path}: fallback extents for blocks on SSD");
+        assert_bytes_eq(&got, want, path);
+    }
+    assert_eq!(d.metric(SSD_HITS), blocks as f64, "one SSD read per block");
+    assert_eq!(
+        d.metric(TRANSIENT),
+        blocks as f64,
+        "one transient lease per block"
+    );
+    assert_eq!(d.metric(FALLBACK), 0.0);
+    assert_eq!(d.metric(GRPC_READS), 0.0, "no gRPC read");
+    assert_eq!(d.metric("loaderd_shm_reads_total"), files.len() as f64);
+    let status = d.status_json();
+    assert_eq!(
+        tier(&status, "memory")["blocks"],
+        0,
+        "a CACHE read moves nothing into the memory tier: {status}"
+    );
+    assert!(status["shm_leased_bytes"].as_u64() > Some(0), "{status}");
+    drop(c);
+    assert!(
+        d.leases_released(),
+        "a closed connection gives its transient leases back"
+    );
+}
+
+fn shm_socket(d: &Daemon) -> std::path::PathBuf {
+    Path::new(d.dir()).join("loaderd.shm.sock")
 }

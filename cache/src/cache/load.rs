@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{Cache, FileHandle, Keep, ReadType, lock};
+use super::{Cache, FileHandle, Keep, ReadType};
 use crate::block::BlockRef;
 use crate::error::Result;
 use crate::path::LogicalPath;
@@ -98,7 +98,7 @@ impl Cache {
                 for b in this.blocks(fh, 0..fh.meta.size) {
                     if this.kept_here(&b, local) && !this.is_cached(b.id) {
                         p.blocks_not_cached += 1;
-                        p.bytes_not_cached += b.range.end - b.range.start;
+                        p.bytes_not_cached += b.len();
                     }
                 }
             }
@@ -134,15 +134,6 @@ impl Cache {
 
     /// Waits until no fetch of `b` is in flight (its tier writes are done).
     async fn settled(&self, b: &BlockRef) {
-        loop {
-            let notified = self.fetch_ended.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so an end between the check and the wait counts.
-            notified.as_mut().enable();
-            if !lock(&self.inflight).contains_key(&b.id) {
-                return;
-            }
-            notified.await;
-        }
+        self.fetches.settled(&b.id).await;
     }
 }

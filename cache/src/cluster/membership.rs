@@ -19,10 +19,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::lock;
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::placement::{Member, Placement};
+use crate::sync::lock;
 
 /// How membership is doing, for status.
 #[derive(Debug, Clone, Default)]

@@ -28,6 +28,7 @@ use crate::block::BlockId;
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::placement::{Member, Placement};
+use crate::sync::lock;
 
 pub use membership::MembershipHealth;
 pub use peer::PeerPool;
@@ -281,10 +282,6 @@ fn load_token(cfg: &ClusterConfig) -> Result<Arc<str>> {
 /// Whether two tokens are equal, in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

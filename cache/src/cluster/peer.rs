@@ -22,9 +22,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
-use super::{TOKEN_HEADER, lock, wire};
+use super::{TOKEN_HEADER, wire};
 use crate::error::{Error, Result};
 use crate::placement::Member;
+use crate::sync::lock;
 
 /// Largest peer message: a block of the largest allowed size plus framing.
 pub const MAX_PEER_MESSAGE: usize = (256 << 20) + (1 << 20);

@@ -5,18 +5,19 @@
 //! the allocator when the last reader drops its view. Accounting charges the slot size.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use super::{Tier, TierStatus};
 use crate::alloc::{Slot, SlotAllocator};
+use crate::arena::Arena;
 use crate::block::BlockId;
 use crate::config::MemoryTierConfig;
 use crate::error::Result;
 use crate::evict::{Lru, Occupancy};
-use crate::shm::Arena;
 use crate::stats;
+use crate::sync::lock;
 
 /// A live block in the arena; frees its slot on drop.
 struct Region {
@@ -105,6 +106,37 @@ impl MemoryTier {
     /// so another process that mapped the arena can read `offset..offset + len` safely.
     pub fn lease(&self, id: BlockId) -> Option<Lease> {
         self.region(id).map(Lease)
+    }
+
+    /// A lease on a copy of `data` in a slot of its own, outside the tier's index: nothing
+    /// else can find it, it is not charged to the tier's occupancy and it evicts nothing, and
+    /// its slot goes back to the allocator when the last clone of the lease drops. This is how
+    /// a block the tier does not hold (on SSD only, owned by a peer, too large for the tier
+    /// right now) reaches a shared-memory client without a second read. `None` when the arena
+    /// has no free slot that fits.
+    pub fn transient(&self, data: &[u8]) -> Option<Lease> {
+        let arena = self.arena.as_ref()?;
+        let Some(slot) = lock(&self.alloc).alloc(data.len() as u64) else {
+            stats::passthrough("transient_lease_no_room");
+            return None;
+        };
+        let region = Region {
+            arena: arena.clone(),
+            alloc: self.alloc.clone(),
+            slot,
+            len: data.len(),
+            crc: std::sync::OnceLock::new(),
+        };
+        // SAFETY: the slot was just allocated to `region` and is not shared yet; no slice of
+        // it exists.
+        unsafe { arena.write(slot.offset as usize, data) };
+        stats::transient_lease(data.len() as u64);
+        Some(Lease(Arc::new(region)))
+    }
+
+    /// Bytes of the arena not in any slot (cached, leased or transient).
+    pub fn free_bytes(&self) -> u64 {
+        lock(&self.alloc).free_bytes()
     }
 
     /// Reserves a slot for `len` bytes under `id`, evicting as needed.
@@ -238,10 +270,6 @@ impl AsRef<[u8]> for ArcRegion {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +319,41 @@ mod tests {
         // SAFETY: the lease keeps the slot from being reallocated; nothing writes it.
         let bytes = unsafe { arena.slice(lease.offset() as usize, lease.len() as usize) };
         assert_eq!(bytes, &data[..], "a leased slot is never reused");
+    }
+
+    #[test]
+    fn a_transient_lease_is_outside_the_index_and_freed_on_release() {
+        let t = tier(1 << 20);
+        let free = t.free_bytes();
+        let data = Bytes::from((0..70_000u32).map(|i| (i * 13) as u8).collect::<Vec<_>>());
+        let lease = t.transient(&data).expect("room for a transient lease");
+        let copy = lease.clone();
+        assert_eq!(lease.len(), data.len() as u64);
+        assert_eq!(t.free_bytes(), free - SlotAllocator::slot_size(70_000));
+        let st = t.status();
+        assert_eq!(
+            (st.blocks, st.used),
+            (0, 0),
+            "not cached, not charged: {st:?}"
+        );
+        let arena = t.arena().unwrap();
+        // SAFETY: the lease keeps the slot allocated; nothing writes it while it lives.
+        let bytes = unsafe { arena.slice(lease.offset() as usize, lease.len() as usize) };
+        assert_eq!(bytes, &data[..]);
+        drop(lease);
+        assert!(t.free_bytes() < free, "a clone still holds the slot");
+        drop(copy);
+        assert_eq!(t.free_bytes(), free, "released: the slot is back");
+    }
+
+    #[test]
+    fn a_transient_lease_without_room_is_none() {
+        let t = tier(64 << 10);
+        let held = t.transient(&vec![1u8; 60 << 10]).expect("fits once");
+        assert!(t.transient(&vec![2u8; 60 << 10]).is_none(), "no room left");
+        drop(held);
+        assert!(t.transient(&vec![2u8; 60 << 10]).is_some());
+        assert!(tier(0).transient(b"x").is_none(), "no arena");
     }
 
     #[test]

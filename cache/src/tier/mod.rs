@@ -3,13 +3,16 @@
 //! Both tiers implement [`Tier`] over whole blocks and share [`crate::evict::Occupancy`] for
 //! accounting and eviction. A read never moves a block between tiers (read type CACHE, not
 //! CACHE_PROMOTE): blocks enter tiers on a miss only. A tier that cannot or will not hold a
-//! block says so with `false`, and the read passes through uncached.
+//! block says so with `false`, and the read passes through uncached. [`TierStack`] holds a
+//! node's tiers in read order, the one place that order is written down.
 
 mod memory;
 mod ssd;
+mod stack;
 
 pub use memory::{Lease, MemoryTier};
 pub use ssd::SsdTier;
+pub use stack::TierStack;
 
 use bytes::Bytes;
 

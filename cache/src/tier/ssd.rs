@@ -16,8 +16,8 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use crate::config::SsdTierConfig;
 use crate::error::{Error, Result};
 use crate::evict::{Lru, Occupancy};
 use crate::stats;
+use crate::sync::lock;
 
 const MAGIC: &[u8; 8] = b"LDBLK\0\0\x01";
 const HEADER: usize = 40;
@@ -337,10 +338,6 @@ fn scan(path: &Path) -> Result<(BlockId, u64, std::time::SystemTime), Dropped> {
             Ok((id, len, meta.modified().unwrap_or(std::time::UNIX_EPOCH)))
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub fn errno_of(kind: ErrorKind) -> Reply {
     let (errno, log) = match kind {
         ErrorKind::NotFound => (Errno::ENOENT, false),
         // Only reachable through names the kernel would not send (`..`) or ranges it clamps.
-        ErrorKind::InvalidArgument => (Errno::EINVAL, false),
+        ErrorKind::InvalidArgument | ErrorKind::OutOfRange => (Errno::EINVAL, false),
         ErrorKind::IsDirectory => (Errno::EISDIR, false),
         // The object changed in the UFS under an open file: that open's version is gone;
         // reopening gets the new one.

@@ -298,9 +298,7 @@ impl View {
             let b = b.clone();
             async move {
                 let data = self.cache.get_block(fh, &b, ReadType::Cache).await?;
-                let from = (offset.max(b.range.start) - b.range.start) as usize;
-                let to = (end.min(b.range.end) - b.range.start) as usize;
-                Ok::<_, loaderd_cache::Error>(data.slice(from..to))
+                Ok::<_, loaderd_cache::Error>(b.slice(&data, &(offset..end)))
             }
         };
         self.rt.block_on(async {

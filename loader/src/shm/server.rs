@@ -296,25 +296,17 @@ async fn read(
         .await
         .map_err(|e| status_at(&path, &e))?;
     let size = fh.meta.size;
-    if r.offset > size {
-        return Err(tonic::Status::out_of_range(format!(
-            "offset {} is past the end of {path} ({size} bytes)",
-            r.offset
-        )));
-    }
-    let end = match r.length {
-        0 => size,
-        n => r.offset.saturating_add(n).min(size),
-    };
+    let span = fh
+        .span(r.offset, r.length)
+        .map_err(|e| status_at(&path, &e))?;
     let mut extents = Vec::new();
     let mut held = Vec::new();
     // Bytes reserved for the leases in `held`.
     let mut reserved = 0u64;
     let mut capped = false;
-    for (i, b) in cache.blocks(&fh, r.offset..end).iter().enumerate() {
-        let from = r.offset.max(b.range.start) - b.range.start;
-        let to = end.min(b.range.end) - b.range.start;
-        let block_len = b.range.end - b.range.start;
+    for (i, b) in cache.blocks(&fh, span.clone()).iter().enumerate() {
+        let part = b.part(&span);
+        let block_len = b.len();
         let lease = if capped {
             None
         } else if let Err(e) = client.reserve(block_len) {
@@ -341,12 +333,12 @@ async fn read(
             }
         };
         if lease.is_none() {
-            counter!("loaderd_shm_fallback_bytes_total").increment(to - from);
+            counter!("loaderd_shm_fallback_bytes_total").increment(part.end - part.start);
         }
         extents.push(pb::ShmExtent {
-            file_offset: b.range.start + from,
-            length: to - from,
-            arena_offset: lease.as_ref().map_or(0, |l| l.offset() + from),
+            file_offset: b.range.start + part.start,
+            length: part.end - part.start,
+            arena_offset: lease.as_ref().map_or(0, |l| l.offset() + part.start),
             in_arena: lease.is_some(),
         });
         held.extend(lease);
