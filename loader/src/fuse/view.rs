@@ -10,10 +10,11 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use loaderd_cache::sync::lock;
 use loaderd_cache::{Cache, FileHandle, LogicalPath, ReadType, Stat};
 use metrics::counter;
 use nix::errno::Errno;
@@ -127,10 +128,6 @@ pub struct View {
     gid: u32,
     object_mode: u32,
     started: SystemTime,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn parent_of(path: &LogicalPath) -> LogicalPath {

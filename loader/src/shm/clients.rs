@@ -122,7 +122,7 @@ impl ShmClients {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        loaderd_cache::sync::lock(&self.state)
     }
 
     /// Bytes leased by all clients now.

@@ -51,7 +51,7 @@ pub(super) fn open(
     }
     let spec = spec(r)?;
     let lock = client.open_lock();
-    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _one_at_a_time = loaderd_cache::sync::lock(&lock);
     Ok(Session::open(
         &shared.cache,
         &shared.pipelines,
