@@ -181,15 +181,18 @@ pub enum GpuMode {
     Off,
 }
 
+/// A `--gpu` value other than `auto` or `off`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gpu mode must be \"auto\" or \"off\", not {0:?}")]
+pub struct UnknownGpuMode(pub String);
+
 impl std::str::FromStr for GpuMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownGpuMode;
+    fn from_str(s: &str) -> Result<Self, UnknownGpuMode> {
         match s {
             "auto" => Ok(GpuMode::Auto),
             "off" => Ok(GpuMode::Off),
-            other => Err(format!(
-                "gpu mode must be \"auto\" or \"off\", not {other:?}"
-            )),
+            other => Err(UnknownGpuMode(other.into())),
         }
     }
 }

@@ -1,38 +1,41 @@
 //! Running the daemon: listeners, metrics, signals, graceful shutdown.
 //!
 //! `loaderd`'s `main` only parses flags into a [`DaemonConfig`] and calls [`run`], so tests can
-//! run the same code. The Unix socket is created owner/group-only (a stale socket from a
-//! crashed daemon is replaced; a live one is an error), TCP listeners default to loopback, and
-//! SIGTERM/SIGINT stop accepting, let in-flight calls finish, unmount the FUSE view and remove
-//! the socket.
+//! run the same code. The Unix socket is created owner/group-only ([`crate::socket`]: a stale
+//! socket from a crashed daemon is replaced, a live one is an error), TCP listeners default to
+//! loopback, and SIGTERM/SIGINT stop accepting, let in-flight calls finish, unmount the FUSE
+//! view and remove the socket.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use loaderd_cache::Cache;
+use loaderd_cache::cluster::Cluster;
+use loaderd_cache::cluster::service::PeerService;
+use loaderd_pipeline::Pipelines;
+use loaderd_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_GRPC_MESSAGE, STREAM_WINDOW};
+use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::loader_server::LoaderServer;
-use tokio::net::UnixListener;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::auth::Access;
-use crate::config::DaemonConfig;
-use crate::config::GpuMode;
+use crate::config::{DaemonConfig, GpuMode, ServerConfig};
 use crate::fuse::FuseMount;
 use crate::http;
 use crate::listen::{self, ConnLimit};
 use crate::server::LoaderService;
 use crate::shm::clients::{ClientLimits, ShmClients};
 use crate::shm::server::ShmServer;
-use loaderd_cache::cluster::Cluster;
-use loaderd_cache::cluster::service::PeerService;
-use loaderd_pipeline::Pipelines;
-use loaderd_proto::v1 as pb;
-
-use loaderd_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_GRPC_MESSAGE, STREAM_WINDOW};
+use crate::socket::{bind_socket, prepare_socket_path, restrict_socket};
 
 /// Each gRPC listener may hold at most 1/GRPC_FD_SHARE of the descriptor limit...
 const GRPC_FD_SHARE: u64 = 4;
@@ -51,193 +54,31 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     // Caps of every listener are sized from the descriptor limit (see `listen`).
     let nofile = listen::raise_nofile_limit();
-    let grpc_limit = |listener| {
-        ConnLimit::sized(
-            listener,
-            cfg.server.grpc_max_connections,
-            nofile,
-            GRPC_FD_SHARE,
-        )
-    };
-    let handshake = cfg.server.grpc_handshake_timeout.0;
-    let cache = {
-        let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Cache::open(cfg.cache, cfg.mount)).await??
-    };
-    for m in cache.mounts().list() {
-        info!(path = %m.point, uri = %m.spec.uri, "mounted");
-    }
+    let cache = open_cache(&cfg).await?;
     // Joined before anything serves reads, so no block is cached on a non-owner.
-    // The peer listener is bound before joining, so port 0 works: the cluster is told the
-    // port the kernel chose.
-    let cluster = match cfg.cluster.listen_addr {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the peer API on {addr} (cluster.listen_addr)"))?;
-            let bound = listener.local_addr()?;
-            let mut ccfg = cfg.cluster.clone();
-            ccfg.listen_addr = Some(bound);
-            if addr.port() == 0
-                && let Some(adv) = &ccfg.advertise_addr
-                && adv.ends_with(":0")
-            {
-                ccfg.advertise_addr = Some(format!("{}:{}", &adv[..adv.len() - 2], bound.port()));
-            }
-            let c = Cluster::start(&ccfg).await?;
-            cache.join_cluster(c.clone())?;
-            Some((c, listener))
-        }
-        None => None,
-    };
+    let cluster = join_cluster(&cfg, &cache).await?;
     // Mounted before the listeners: a daemon that answers `status` serves its FUSE view.
-    let fuse = match cfg.fuse.mount_point.clone() {
-        Some(path) => {
-            let (fuse_cfg, cache, rt) = (
-                cfg.fuse.clone(),
-                cache.clone(),
-                tokio::runtime::Handle::current(),
-            );
-            Some(
-                tokio::task::spawn_blocking(move || FuseMount::mount(&path, &fuse_cfg, cache, rt))
-                    .await??,
-            )
-        }
-        None => None,
-    };
+    let fuse = mount_fuse(&cfg, &cache).await?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-
+    let mut tasks = Tasks::default();
     if let (Some(addr), Some(handle)) = (cfg.server.metrics_addr, recorder) {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding metrics address {addr} (server.metrics_addr)"))?;
-        warn_if_exposed("server.metrics_addr", listener.local_addr()?);
-        let limit = ConnLimit::sized(
-            "metrics",
-            cfg.server.metrics_max_connections,
-            nofile,
-            METRICS_FD_SHARE,
-        );
-        info!(addr = %listener.local_addr()?, max_connections = limit.max(), nofile, "metrics on /metrics, health on /healthz");
-        let timeouts = http::HttpTimeouts {
-            header: cfg.server.metrics_header_timeout.0,
-            connection: cfg.server.metrics_connection_timeout.0,
-        };
-        tasks.push(tokio::spawn(http::serve(
-            listener,
-            handle,
-            limit,
-            timeouts,
-            stopped(stop_rx.clone()),
-        )));
+        serve_metrics(&cfg.server, addr, handle, nofile, &mut tasks).await?;
     }
-
     let pipelines = Pipelines::new(cfg.pipeline.clone());
-    let gpu = tokio::task::spawn_blocking({
-        let mode = cfg.gpu.mode;
-        move || gpu_status(mode)
-    })
-    .await?;
-    let access = Access::from_config(&cfg.server)?;
     let shm_clients = ShmClients::new(ClientLimits::new(&cfg.server, cfg.cache.memory.capacity.0));
-    let service = LoaderService::new(
-        cache.clone(),
-        pipelines.clone(),
-        gpu,
-        cfg.server.readahead_blocks,
-        cfg.server.load_parallelism,
-    )
-    .with_access(access.clone(), cfg.mounts.clone())
-    .with_shm_clients(shm_clients.clone());
-    let grpc = || {
-        LoaderServer::new(service.clone())
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE)
-    };
-    let keepalive = (
-        cfg.server.grpc_keepalive_interval.0,
-        cfg.server.grpc_keepalive_timeout.0,
-    );
-    let builder = move || {
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(keepalive.0))
-            .http2_keepalive_timeout(Some(keepalive.1))
-    };
+    let grpc = Grpc::new(&cfg, &cache, &pipelines, &shm_clients, nofile).await?;
 
     let socket = cfg.server.socket.clone();
     let unix = bind_socket(&socket, cfg.server.socket_group.as_deref())?;
     info!(socket = %socket.display(), "gRPC on Unix socket");
-    {
-        let svc = grpc();
-        let stop = stopped(stop_rx.clone());
-        let incoming = listen::grpc_incoming(unix, grpc_limit("grpc"), handshake);
-        tasks.push(tokio::spawn(async move {
-            builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-                .context("gRPC server on the Unix socket")
-        }));
-    }
-    let shm = if cfg.server.shm_reads {
-        let path = cfg.server.shm_socket_path();
-        let group = cfg.server.socket_group.as_deref();
-        prepare_socket_path(&path, group)?;
-        let server = ShmServer::start(
-            &path,
-            cache.clone(),
-            pipelines.clone(),
-            tokio::runtime::Handle::current(),
-            shm_clients.clone(),
-        )
-        .with_context(|| {
-            format!(
-                "binding shared-memory socket {} (server.shm_socket)",
-                path.display()
-            )
-        })?;
-        if server.is_some() {
-            restrict_socket(&path, group)?;
-            info!(socket = %path.display(), "zero-copy local reads on Unix socket");
-        }
-        server
-    } else {
-        None
-    };
+    grpc.serve_unix(unix, &mut tasks);
+    let shm = start_shm(&cfg.server, &cache, &pipelines, &shm_clients)?;
     if let Some(addr) = cfg.server.tcp_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding gRPC address {addr} (server.tcp_addr)"))?;
-        warn_if_exposed("server.tcp_addr", listener.local_addr()?);
-        info!(addr = %listener.local_addr()?, "gRPC on TCP (token required)");
-        let router = builder().add_service(InterceptedService::new(grpc(), access.tcp_check()));
-        let incoming = listen::grpc_incoming(listener, grpc_limit("grpc_tcp"), handshake);
-        tasks.push(serve_tcp(
-            router,
-            incoming,
-            stop_rx.clone(),
-            "gRPC server on TCP",
-        ));
+        grpc.serve_tcp(addr, &mut tasks).await?;
     }
-
     let cluster = match cluster {
         Some((c, listener)) => {
-            info!(addr = %listener.local_addr()?, node = %c.me().id, "peer API on TCP");
-            let router =
-                builder().add_service(PeerService::new(cache.clone(), c.clone()).into_server());
-            let incoming = listen::grpc_incoming(listener, grpc_limit("peer"), handshake);
-            tasks.push(serve_tcp(
-                router,
-                incoming,
-                stop_rx.clone(),
-                "peer API server",
-            ));
+            grpc.serve_peers(&cache, &c, listener, &mut tasks)?;
             Some(c)
         }
         None => None,
@@ -248,22 +89,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     if let Some(c) = &cluster {
         c.leave().await;
     }
-    let _ = stop_tx.send(true);
-    let drain = async {
-        for t in tasks {
-            match t.await {
-                Ok(Err(e)) => warn!(error = %e, "listener ended with an error"),
-                Err(e) => warn!(error = %e, "listener task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        warn!("in-flight requests did not finish within 10s; exiting anyway");
-    }
+    tasks.stop().await;
     if let Some(f) = fuse {
         let _ = tokio::task::spawn_blocking(move || f.unmount()).await;
     }
@@ -273,6 +99,295 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     info!("stopped");
     Ok(())
+}
+
+/// Opens the cache (on a blocking thread: it scans the SSD tier) and logs its mounts.
+async fn open_cache(cfg: &DaemonConfig) -> anyhow::Result<Arc<Cache>> {
+    let cache = {
+        let (cache_cfg, mounts) = (cfg.cache.clone(), cfg.mount.clone());
+        tokio::task::spawn_blocking(move || Cache::open(cache_cfg, mounts)).await??
+    };
+    for m in cache.mounts().list() {
+        info!(path = %m.point, uri = %m.spec.uri, "mounted");
+    }
+    Ok(cache)
+}
+
+/// Binds the peer API and joins the cluster, when `cluster.listen_addr` is set. The listener
+/// is bound before joining, so port 0 works: the cluster is told the port the kernel chose.
+async fn join_cluster(
+    cfg: &DaemonConfig,
+    cache: &Cache,
+) -> anyhow::Result<Option<(Arc<Cluster>, TcpListener)>> {
+    let Some(addr) = cfg.cluster.listen_addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the peer API on {addr} (cluster.listen_addr)"))?;
+    let bound = listener.local_addr()?;
+    let mut ccfg = cfg.cluster.clone();
+    ccfg.listen_addr = Some(bound);
+    if addr.port() == 0
+        && let Some(adv) = &ccfg.advertise_addr
+        && adv.ends_with(":0")
+    {
+        ccfg.advertise_addr = Some(format!("{}:{}", &adv[..adv.len() - 2], bound.port()));
+    }
+    let c = Cluster::start(&ccfg).await?;
+    cache.join_cluster(c.clone())?;
+    Ok(Some((c, listener)))
+}
+
+/// Mounts the FUSE view when `fuse.mount_point` is set (on a blocking thread: mounting
+/// waits for the kernel).
+async fn mount_fuse(cfg: &DaemonConfig, cache: &Arc<Cache>) -> anyhow::Result<Option<FuseMount>> {
+    let Some(path) = cfg.fuse.mount_point.clone() else {
+        return Ok(None);
+    };
+    let (fuse_cfg, cache, rt) = (cfg.fuse.clone(), cache.clone(), Handle::current());
+    let mount = tokio::task::spawn_blocking(move || FuseMount::mount(&path, &fuse_cfg, cache, rt))
+        .await??;
+    Ok(Some(mount))
+}
+
+/// The listener tasks and the signal that stops them.
+struct Tasks {
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    running: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Tasks {
+            stop_tx,
+            stop_rx,
+            running: Vec::new(),
+        }
+    }
+}
+
+impl Tasks {
+    /// A future that completes once [`Tasks::stop`] is called.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        stopped(self.stop_rx.clone())
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+        self.running.push(tokio::spawn(task));
+    }
+
+    /// Stops accepting and lets in-flight calls finish, for at most 10 s.
+    async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let drain = async {
+            for t in self.running {
+                match t.await {
+                    Ok(Err(e)) => warn!(error = %e, "listener ended with an error"),
+                    Err(e) => warn!(error = %e, "listener task failed"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            warn!("in-flight requests did not finish within 10s; exiting anyway");
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr`.
+async fn serve_metrics(
+    s: &ServerConfig,
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    nofile: u64,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics address {addr} (server.metrics_addr)"))?;
+    warn_if_exposed("server.metrics_addr", listener.local_addr()?);
+    let limit = ConnLimit::sized(
+        "metrics",
+        s.metrics_max_connections,
+        nofile,
+        METRICS_FD_SHARE,
+    );
+    info!(addr = %listener.local_addr()?, max_connections = limit.max(), nofile, "metrics on /metrics, health on /healthz");
+    let timeouts = http::HttpTimeouts {
+        header: s.metrics_header_timeout.0,
+        connection: s.metrics_connection_timeout.0,
+    };
+    tasks.spawn(http::serve(
+        listener,
+        handle,
+        limit,
+        timeouts,
+        tasks.stopped(),
+    ));
+    Ok(())
+}
+
+/// Starts the shared-memory socket when `server.shm_reads` is on and the memory tier exists.
+fn start_shm(
+    s: &ServerConfig,
+    cache: &Arc<Cache>,
+    pipelines: &Arc<Pipelines>,
+    clients: &Arc<ShmClients>,
+) -> anyhow::Result<Option<ShmServer>> {
+    if !s.shm_reads {
+        return Ok(None);
+    }
+    let path = s.shm_socket_path();
+    let group = s.socket_group.as_deref();
+    prepare_socket_path(&path, group)?;
+    let server = ShmServer::start(
+        &path,
+        cache.clone(),
+        pipelines.clone(),
+        Handle::current(),
+        clients.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "binding shared-memory socket {} (server.shm_socket)",
+            path.display()
+        )
+    })?;
+    if server.is_some() {
+        restrict_socket(&path, group)?;
+        info!(socket = %path.display(), "zero-copy local reads on Unix socket");
+    }
+    Ok(server)
+}
+
+/// The gRPC service and how every gRPC listener serves it.
+struct Grpc {
+    service: LoaderService,
+    access: Access,
+    keepalive: (Duration, Duration),
+    handshake: Duration,
+    max_connections: usize,
+    nofile: u64,
+}
+
+impl Grpc {
+    async fn new(
+        cfg: &DaemonConfig,
+        cache: &Arc<Cache>,
+        pipelines: &Arc<Pipelines>,
+        shm_clients: &Arc<ShmClients>,
+        nofile: u64,
+    ) -> anyhow::Result<Self> {
+        let gpu = tokio::task::spawn_blocking({
+            let mode = cfg.gpu.mode;
+            move || gpu_status(mode)
+        })
+        .await?;
+        let s = &cfg.server;
+        let access = Access::from_config(s)?;
+        let service = LoaderService::new(
+            cache.clone(),
+            pipelines.clone(),
+            gpu,
+            s.readahead_blocks,
+            s.load_parallelism,
+        )
+        .with_access(access.clone(), cfg.mounts.clone())
+        .with_shm_clients(shm_clients.clone());
+        Ok(Grpc {
+            service,
+            access,
+            keepalive: (s.grpc_keepalive_interval.0, s.grpc_keepalive_timeout.0),
+            handshake: s.grpc_handshake_timeout.0,
+            max_connections: s.grpc_max_connections,
+            nofile,
+        })
+    }
+
+    fn server(&self) -> LoaderServer<LoaderService> {
+        LoaderServer::new(self.service.clone())
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE)
+    }
+
+    fn builder(&self) -> Server {
+        Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(self.keepalive.0))
+            .http2_keepalive_timeout(Some(self.keepalive.1))
+    }
+
+    /// Accepted connections of `listener`, capped at `server.grpc_max_connections` (and a
+    /// share of the descriptor limit), each given `server.grpc_handshake_timeout`.
+    fn incoming<L: listen::Listener>(
+        &self,
+        listener: L,
+        name: &'static str,
+    ) -> impl futures::Stream<Item = std::io::Result<listen::Guarded<L::Io>>> + use<L> {
+        let limit = ConnLimit::sized(name, self.max_connections, self.nofile, GRPC_FD_SHARE);
+        listen::grpc_incoming(listener, limit, self.handshake)
+    }
+
+    fn serve_unix(&self, unix: UnixListener, tasks: &mut Tasks) {
+        let router = self.builder().add_service(self.server());
+        let (incoming, stop) = (self.incoming(unix, "grpc"), tasks.stopped());
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+                .context("gRPC server on the Unix socket")
+        });
+    }
+
+    /// gRPC on TCP: every call must carry the token.
+    async fn serve_tcp(&self, addr: SocketAddr, tasks: &mut Tasks) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding gRPC address {addr} (server.tcp_addr)"))?;
+        warn_if_exposed("server.tcp_addr", listener.local_addr()?);
+        info!(addr = %listener.local_addr()?, "gRPC on TCP (token required)");
+        let router = self.builder().add_service(InterceptedService::new(
+            self.server(),
+            self.access.tcp_check(),
+        ));
+        serve_tcp(
+            router,
+            self.incoming(listener, "grpc_tcp"),
+            tasks,
+            "gRPC server on TCP",
+        );
+        Ok(())
+    }
+
+    /// The peer API of the cluster, on the listener bound before joining.
+    fn serve_peers(
+        &self,
+        cache: &Arc<Cache>,
+        cluster: &Arc<Cluster>,
+        listener: TcpListener,
+        tasks: &mut Tasks,
+    ) -> anyhow::Result<()> {
+        info!(addr = %listener.local_addr()?, node = %cluster.me().id, "peer API on TCP");
+        let router = self
+            .builder()
+            .add_service(PeerService::new(cache.clone(), cluster.clone()).into_server());
+        serve_tcp(
+            router,
+            self.incoming(listener, "peer"),
+            tasks,
+            "peer API server",
+        );
+        Ok(())
+    }
 }
 
 /// Keeps block-sized buffers in the process heap. glibc serves allocations above its mmap
@@ -336,7 +451,7 @@ fn gpu_status(mode: GpuMode) -> pb::GpuStatus {
     st
 }
 
-/// Serves `router` on the bounded connections of a TCP listener until `stop` turns true.
+/// Serves `router` on the bounded connections of a TCP listener until the tasks stop.
 /// Accepted connections get `TCP_NODELAY` (see [`listen`]): a reply's last frame must not wait
 /// for the peer's delayed ACK (Nagle), which otherwise stalls every small-file read by
 /// milliseconds.
@@ -345,15 +460,16 @@ fn serve_tcp(
     incoming: impl futures::Stream<Item = std::io::Result<listen::Guarded<tokio::net::TcpStream>>>
     + Send
     + 'static,
-    stop: watch::Receiver<bool>,
+    tasks: &mut Tasks,
     what: &'static str,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(async move {
+) {
+    let stop = tasks.stopped();
+    tasks.spawn(async move {
         router
-            .serve_with_incoming_shutdown(incoming, stopped(stop))
+            .serve_with_incoming_shutdown(incoming, stop)
             .await
             .context(what)
-    })
+    });
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -374,66 +490,4 @@ fn warn_if_exposed(key: &str, addr: std::net::SocketAddr) {
     if !addr.ip().is_loopback() {
         warn!(%addr, key, "listening beyond loopback: anyone who reaches this port can use it");
     }
-}
-
-/// Binds the Unix socket with mode 0660 (and the configured group), replacing a stale one.
-fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    prepare_socket_path(path, group)?;
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding Unix socket {} (server.socket)", path.display()))?;
-    restrict_socket(path, group)?;
-    Ok(listener)
-}
-
-/// Creates the socket's directory (0750) and removes a stale socket left by a crashed daemon;
-/// refuses a socket that another live daemon answers on.
-fn prepare_socket_path(path: &Path, group: Option<&str>) -> anyhow::Result<()> {
-    let dir = socket_dir(path);
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating socket directory {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
-        if let Some(g) = group {
-            nix::unistd::chown(&dir, None, Some(lookup_group(g)?))
-                .with_context(|| format!("giving {} to group {g}", dir.display()))?;
-        }
-    }
-    if path.exists() {
-        let live = std::os::unix::net::UnixStream::connect(path).is_ok()
-            || loaderd_proto::transport::connect_to(path).is_ok();
-        if live {
-            bail!(
-                "another loaderd is serving {}; stop it or choose another socket",
-                path.display()
-            );
-        }
-        warn!(socket = %path.display(), "removing stale socket from an earlier run");
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Mode 0660 and the configured group on a bound socket.
-fn restrict_socket(path: &Path, group: Option<&str>) -> anyhow::Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(g) = group {
-        nix::unistd::chown(path, None, Some(lookup_group(g)?))
-            .with_context(|| format!("giving {} to group {g}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn socket_dir(path: &Path) -> PathBuf {
-    path.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn lookup_group(name: &str) -> anyhow::Result<nix::unistd::Gid> {
-    Ok(nix::unistd::Group::from_name(name)
-        .with_context(|| format!("looking up group {name:?} (server.socket_group)"))?
-        .with_context(|| format!("no such group {name:?} (server.socket_group)"))?
-        .gid)
 }

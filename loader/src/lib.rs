@@ -10,6 +10,7 @@
 //! * [`http`]: Prometheus metrics and health.
 //! * [`list`]: listing replies in pages.
 //! * [`listen`]: connection caps, handshake timeouts and the descriptor limit of every listener.
+//! * [`socket`]: the Unix socket files (directory, stale sockets, mode and group).
 //!
 //! The cache is `loaderd-cache`, the training pipeline `loaderd-pipeline`, the wire types and
 //! transport `loaderd-proto`; `loaderctl` and the Rust client are the `loaderctl` crate.
@@ -23,3 +24,4 @@ pub mod list;
 pub mod listen;
 pub mod server;
 pub mod shm;
+pub mod socket;

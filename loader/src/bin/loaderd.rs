@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use loaderd::config::DaemonConfig;
-use loaderd_cache::config::{SsdTierConfig, Watermarks};
-use loaderd_cache::{ByteSize, MountSpec, Secs};
+use loaderd::config::{DaemonConfig, FuseConfig, ServerConfig};
+use loaderd_cache::config::{CacheConfig, ClusterConfig, SsdTierConfig, Watermarks};
+use loaderd_cache::{ByteSize, MemberConfig, MountSpec, Secs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -24,182 +24,208 @@ struct Args {
     /// Print the effective config (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
-
-    /// gRPC Unix socket.
-    #[arg(long, env = "LOADERD_SOCKET", help_heading = "Server")]
-    socket: Option<PathBuf>,
-    /// Group allowed to use the socket.
-    #[arg(long, env = "LOADERD_SOCKET_GROUP", help_heading = "Server")]
-    socket_group: Option<String>,
-    /// Also serve gRPC on this TCP address (keep it on loopback).
-    #[arg(long, env = "LOADERD_TCP_ADDR", help_heading = "Server")]
-    tcp_addr: Option<SocketAddr>,
-    /// File with the token every TCP request must carry (data access); needed with --tcp-addr.
-    #[arg(long, env = "LOADERD_TCP_TOKEN_FILE", help_heading = "Server")]
-    tcp_token_file: Option<PathBuf>,
-    /// File with the token for admin calls over TCP (mount, free, invalidate).
-    #[arg(long, env = "LOADERD_TCP_ADMIN_TOKEN_FILE", help_heading = "Server")]
-    tcp_admin_token_file: Option<PathBuf>,
-    /// Group (name or gid) whose members may make admin calls on the Unix socket.
-    #[arg(long, env = "LOADERD_ADMIN_GROUP", help_heading = "Server")]
-    admin_group: Option<String>,
-    /// Prometheus metrics address, or `off`.
-    #[arg(long, env = "LOADERD_METRICS_ADDR", help_heading = "Server")]
-    metrics_addr: Option<String>,
-    /// Log filter, e.g. `info` or `loaderd_cache=debug`; RUST_LOG wins when set.
-    #[arg(long, env = "LOADERD_LOG_LEVEL", help_heading = "Server")]
-    log_level: Option<String>,
-
-    /// Mount a UFS: `/point=s3://bucket/prefix` or `/point=file:///dir` (repeatable).
-    #[arg(long = "mount", value_name = "POINT=URI", help_heading = "Namespace")]
-    mounts: Vec<String>,
-    /// Option of a mount: `/point:key=value` (endpoint, region, allow_http, ...; repeatable).
-    #[arg(
-        long = "mount-option",
-        value_name = "POINT:KEY=VALUE",
-        help_heading = "Namespace"
-    )]
-    mount_options: Vec<String>,
-    /// A directory runtime `file://` mounts may lie in (repeatable; `[mounts] allowed_roots`).
-    #[arg(long = "allowed-root", value_name = "DIR", help_heading = "Namespace")]
-    allowed_roots: Vec<PathBuf>,
-    /// An endpoint runtime S3 mounts may use (repeatable; `[mounts] allowed_endpoints`).
-    #[arg(
-        long = "allowed-endpoint",
-        value_name = "URL",
-        help_heading = "Namespace"
-    )]
-    allowed_endpoints: Vec<String>,
-
-    /// Block size, e.g. 4MiB.
-    #[arg(long, env = "LOADERD_BLOCK_SIZE", help_heading = "Cache")]
-    block_size: Option<ByteSize>,
-    /// Memory tier capacity, e.g. 8GiB (0 disables it).
-    #[arg(long, env = "LOADERD_MEMORY_CAPACITY", help_heading = "Cache")]
-    memory_capacity: Option<ByteSize>,
-    /// Memory tier high watermark (fraction).
-    #[arg(long, help_heading = "Cache")]
-    memory_high: Option<f64>,
-    /// Memory tier low watermark (fraction).
-    #[arg(long, help_heading = "Cache")]
-    memory_low: Option<f64>,
-    /// SSD tier directory (enables the tier).
-    #[arg(long, env = "LOADERD_SSD_DIR", help_heading = "Cache")]
-    ssd_dir: Option<PathBuf>,
-    /// SSD tier capacity, e.g. 100GiB.
-    #[arg(long, env = "LOADERD_SSD_CAPACITY", help_heading = "Cache")]
-    ssd_capacity: Option<ByteSize>,
-    /// SSD tier high watermark (fraction).
-    #[arg(long, help_heading = "Cache")]
-    ssd_high: Option<f64>,
-    /// SSD tier low watermark (fraction).
-    #[arg(long, help_heading = "Cache")]
-    ssd_low: Option<f64>,
-    /// How long listings and manifests are trusted, e.g. 24h.
-    #[arg(long, env = "LOADERD_METADATA_TTL", help_heading = "Cache")]
-    metadata_ttl: Option<Secs>,
-    /// Do not LIST mounts into persisted manifests; HEAD/LIST per path instead.
-    #[arg(long, help_heading = "Cache")]
-    no_manifest: bool,
-    /// Mount the read-only FUSE view of the namespace here (`[fuse] mount_point`).
-    #[arg(
-        long,
-        env = "LOADERD_FUSE_MOUNT",
-        value_name = "DIR",
-        help_heading = "FUSE"
-    )]
-    fuse_mount: Option<PathBuf>,
-    /// How long the kernel trusts a FUSE name lookup, e.g. 10m.
-    #[arg(long, env = "LOADERD_FUSE_ENTRY_TIMEOUT", help_heading = "FUSE")]
-    fuse_entry_timeout: Option<Secs>,
-    /// How long the kernel trusts FUSE attributes (size, mtime), e.g. 10m.
-    #[arg(long, env = "LOADERD_FUSE_ATTR_TIMEOUT", help_heading = "FUSE")]
-    fuse_attr_timeout: Option<Secs>,
-    /// Threads serving FUSE requests (about the number of concurrent readers).
-    #[arg(long, env = "LOADERD_FUSE_THREADS", help_heading = "FUSE")]
-    fuse_threads: Option<usize>,
-
-    /// Deadline of one UFS request, e.g. 30s.
-    #[arg(long, env = "LOADERD_UFS_TIMEOUT", help_heading = "Cache")]
-    ufs_timeout: Option<Secs>,
-    /// Retries of a failed UFS request.
-    #[arg(long, env = "LOADERD_UFS_RETRIES", help_heading = "Cache")]
-    ufs_retries: Option<u32>,
-
-    /// This node's id in the cluster (default: the host name).
-    #[arg(long, env = "LOADERD_NODE_ID", help_heading = "Cluster")]
-    node_id: Option<String>,
-    /// Serve the peer API here and join the cluster, e.g. 0.0.0.0:29998.
-    #[arg(long, env = "LOADERD_CLUSTER_LISTEN", help_heading = "Cluster")]
-    cluster_listen: Option<std::net::SocketAddr>,
-    /// How peers reach this node, host:port.
-    #[arg(long, env = "LOADERD_ADVERTISE_ADDR", help_heading = "Cluster")]
-    advertise_addr: Option<String>,
-    /// etcd endpoints for membership, comma-separated (http://host:2379,...).
-    #[arg(
-        long,
-        env = "LOADERD_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        help_heading = "Cluster"
-    )]
-    etcd_endpoints: Vec<String>,
-    /// File holding the cluster token every peer request must carry.
-    #[arg(long, env = "LOADERD_CLUSTER_TOKEN_FILE", help_heading = "Cluster")]
-    cluster_token_file: Option<PathBuf>,
-    /// A static member, ID=HOST:PORT (repeatable; without etcd).
-    #[arg(long = "peer", value_name = "ID=HOST:PORT", help_heading = "Cluster")]
-    peers: Vec<String>,
-    /// Owners per block.
-    #[arg(long, env = "LOADERD_REPLICATION", help_heading = "Cluster")]
-    replication: Option<usize>,
-
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    namespace: NamespaceArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+    #[command(flatten)]
+    fuse: FuseArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// GPU use: `auto` (when a driver and devices are found) or `off`.
     #[arg(long, env = "LOADERD_GPU", help_heading = "GPU")]
     gpu: Option<loaderd::config::GpuMode>,
 }
 
+/// Listeners, access and logging (`[server]`).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Server")]
+struct ServerArgs {
+    /// gRPC Unix socket.
+    #[arg(long, env = "LOADERD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Group allowed to use the socket.
+    #[arg(long, env = "LOADERD_SOCKET_GROUP")]
+    socket_group: Option<String>,
+    /// Also serve gRPC on this TCP address (keep it on loopback).
+    #[arg(long, env = "LOADERD_TCP_ADDR")]
+    tcp_addr: Option<SocketAddr>,
+    /// File with the token every TCP request must carry (data access); needed with --tcp-addr.
+    #[arg(long, env = "LOADERD_TCP_TOKEN_FILE")]
+    tcp_token_file: Option<PathBuf>,
+    /// File with the token for admin calls over TCP (mount, free, invalidate).
+    #[arg(long, env = "LOADERD_TCP_ADMIN_TOKEN_FILE")]
+    tcp_admin_token_file: Option<PathBuf>,
+    /// Group (name or gid) whose members may make admin calls on the Unix socket.
+    #[arg(long, env = "LOADERD_ADMIN_GROUP")]
+    admin_group: Option<String>,
+    /// Prometheus metrics address, or `off`.
+    #[arg(long, env = "LOADERD_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Log filter, e.g. `info` or `loaderd_cache=debug`; RUST_LOG wins when set.
+    #[arg(long, env = "LOADERD_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+/// The namespace: mounts and what runtime mounts may reach (all repeatable).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Namespace")]
+struct NamespaceArgs {
+    /// Mount a UFS: `/point=s3://bucket/prefix` or `/point=file:///dir` (repeatable).
+    #[arg(long = "mount", value_name = "POINT=URI")]
+    mounts: Vec<String>,
+    /// Option of a mount: `/point:key=value` (endpoint, region, allow_http, ...; repeatable).
+    #[arg(long = "mount-option", value_name = "POINT:KEY=VALUE")]
+    mount_options: Vec<String>,
+    /// A directory runtime `file://` mounts may lie in (repeatable; `[mounts] allowed_roots`).
+    #[arg(long = "allowed-root", value_name = "DIR")]
+    allowed_roots: Vec<PathBuf>,
+    /// An endpoint runtime S3 mounts may use (repeatable; `[mounts] allowed_endpoints`).
+    #[arg(long = "allowed-endpoint", value_name = "URL")]
+    allowed_endpoints: Vec<String>,
+}
+
+/// Block size, tiers, metadata and UFS requests (`[cache]`).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Cache")]
+struct CacheArgs {
+    /// Block size, e.g. 4MiB.
+    #[arg(long, env = "LOADERD_BLOCK_SIZE")]
+    block_size: Option<ByteSize>,
+    /// Memory tier capacity, e.g. 8GiB (0 disables it).
+    #[arg(long, env = "LOADERD_MEMORY_CAPACITY")]
+    memory_capacity: Option<ByteSize>,
+    /// Memory tier high watermark (fraction).
+    #[arg(long)]
+    memory_high: Option<f64>,
+    /// Memory tier low watermark (fraction).
+    #[arg(long)]
+    memory_low: Option<f64>,
+    /// SSD tier directory (enables the tier).
+    #[arg(long, env = "LOADERD_SSD_DIR")]
+    ssd_dir: Option<PathBuf>,
+    /// SSD tier capacity, e.g. 100GiB.
+    #[arg(long, env = "LOADERD_SSD_CAPACITY")]
+    ssd_capacity: Option<ByteSize>,
+    /// SSD tier high watermark (fraction).
+    #[arg(long)]
+    ssd_high: Option<f64>,
+    /// SSD tier low watermark (fraction).
+    #[arg(long)]
+    ssd_low: Option<f64>,
+    /// How long listings and manifests are trusted, e.g. 24h.
+    #[arg(long, env = "LOADERD_METADATA_TTL")]
+    metadata_ttl: Option<Secs>,
+    /// Do not LIST mounts into persisted manifests; HEAD/LIST per path instead.
+    #[arg(long)]
+    no_manifest: bool,
+    /// Deadline of one UFS request, e.g. 30s.
+    #[arg(long, env = "LOADERD_UFS_TIMEOUT")]
+    ufs_timeout: Option<Secs>,
+    /// Retries of a failed UFS request.
+    #[arg(long, env = "LOADERD_UFS_RETRIES")]
+    ufs_retries: Option<u32>,
+}
+
+/// The FUSE view (`[fuse]`).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "FUSE")]
+struct FuseArgs {
+    /// Mount the read-only FUSE view of the namespace here (`[fuse] mount_point`).
+    #[arg(long, env = "LOADERD_FUSE_MOUNT", value_name = "DIR")]
+    fuse_mount: Option<PathBuf>,
+    /// How long the kernel trusts a FUSE name lookup, e.g. 10m.
+    #[arg(long, env = "LOADERD_FUSE_ENTRY_TIMEOUT")]
+    fuse_entry_timeout: Option<Secs>,
+    /// How long the kernel trusts FUSE attributes (size, mtime), e.g. 10m.
+    #[arg(long, env = "LOADERD_FUSE_ATTR_TIMEOUT")]
+    fuse_attr_timeout: Option<Secs>,
+    /// Threads serving FUSE requests (about the number of concurrent readers).
+    #[arg(long, env = "LOADERD_FUSE_THREADS")]
+    fuse_threads: Option<usize>,
+}
+
+/// The distributed cache (`[cluster]`).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Cluster")]
+struct ClusterArgs {
+    /// This node's id in the cluster (default: the host name).
+    #[arg(long, env = "LOADERD_NODE_ID")]
+    node_id: Option<String>,
+    /// Serve the peer API here and join the cluster, e.g. 0.0.0.0:29998.
+    #[arg(long, env = "LOADERD_CLUSTER_LISTEN")]
+    cluster_listen: Option<std::net::SocketAddr>,
+    /// How peers reach this node, host:port.
+    #[arg(long, env = "LOADERD_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// etcd endpoints for membership, comma-separated (http://host:2379,...).
+    #[arg(long, env = "LOADERD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// File holding the cluster token every peer request must carry.
+    #[arg(long, env = "LOADERD_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<PathBuf>,
+    /// A static member, ID=HOST:PORT (repeatable; without etcd).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    peers: Vec<String>,
+    /// Owners per block.
+    #[arg(long, env = "LOADERD_REPLICATION")]
+    replication: Option<usize>,
+}
+
+/// Sets `slot` to a flag's value when the flag was given (`T` into `Option<T>` too).
+fn set<T: Clone, U: From<T>>(slot: &mut U, flag: &Option<T>) {
+    if let Some(v) = flag {
+        *slot = U::from(v.clone());
+    }
+}
+
+/// `value` of flag `--flag` split at its first `sep`; the error shows the form `want`.
+fn split<'a>(
+    flag: &str,
+    value: &'a str,
+    sep: char,
+    want: &str,
+) -> anyhow::Result<(&'a str, &'a str)> {
+    value
+        .split_once(sep)
+        .with_context(|| format!("--{flag} {value:?}: expected {want}"))
+}
+
+/// The flags over the config file's values.
 fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
-    let s = &mut cfg.server;
-    if let Some(v) = &args.socket {
-        s.socket = v.clone();
-    }
-    if let Some(v) = &args.socket_group {
-        s.socket_group = Some(v.clone());
-    }
-    if let Some(v) = args.tcp_addr {
-        s.tcp_addr = Some(v);
-    }
-    if let Some(v) = &args.tcp_token_file {
-        s.tcp_token_file = Some(v.clone());
-    }
-    if let Some(v) = &args.tcp_admin_token_file {
-        s.tcp_admin_token_file = Some(v.clone());
-    }
-    if let Some(v) = &args.admin_group {
-        s.admin_group = Some(v.clone());
-    }
+    apply_server(&args.server, &mut cfg.server)?;
+    apply_cache(&args.cache, &mut cfg.cache)?;
+    apply_fuse(&args.fuse, &mut cfg.fuse)?;
+    apply_namespace(&args.namespace, cfg)?;
+    apply_cluster(&args.cluster, &mut cfg.cluster)?;
+    set(&mut cfg.gpu.mode, &args.gpu);
+    Ok(())
+}
+
+fn apply_server(args: &ServerArgs, s: &mut ServerConfig) -> anyhow::Result<()> {
+    set(&mut s.socket, &args.socket);
+    set(&mut s.socket_group, &args.socket_group);
+    set(&mut s.tcp_addr, &args.tcp_addr);
+    set(&mut s.tcp_token_file, &args.tcp_token_file);
+    set(&mut s.tcp_admin_token_file, &args.tcp_admin_token_file);
+    set(&mut s.admin_group, &args.admin_group);
+    set(&mut s.log_level, &args.log_level);
     if let Some(v) = &args.metrics_addr {
         s.metrics_addr = match v.as_str() {
             "off" | "" => None,
             a => Some(a.parse().with_context(|| format!("--metrics-addr {a:?}"))?),
         };
     }
-    if let Some(v) = &args.log_level {
-        s.log_level = v.clone();
-    }
-    let c = &mut cfg.cache;
-    if let Some(v) = args.block_size {
-        c.block_size = v;
-    }
-    if let Some(v) = args.memory_capacity {
-        c.memory.capacity = v;
-    }
-    if let Some(v) = args.memory_high {
-        c.memory.watermarks.high = v;
-    }
-    if let Some(v) = args.memory_low {
-        c.memory.watermarks.low = v;
-    }
+    Ok(())
+}
+
+fn apply_cache(args: &CacheArgs, c: &mut CacheConfig) -> anyhow::Result<()> {
+    set(&mut c.block_size, &args.block_size);
+    set(&mut c.memory.capacity, &args.memory_capacity);
+    set(&mut c.memory.watermarks.high, &args.memory_high);
+    set(&mut c.memory.watermarks.low, &args.memory_low);
     if let Some(dir) = &args.ssd_dir {
         let ssd = c.ssd.get_or_insert_with(|| SsdTierConfig {
             dir: dir.clone(),
@@ -214,51 +240,50 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
                 "--ssd-capacity/--ssd-high/--ssd-low need --ssd-dir or [cache.ssd] in the config"
             );
         };
-        if let Some(v) = args.ssd_capacity {
-            ssd.capacity = v;
-        }
-        if let Some(v) = args.ssd_high {
-            ssd.watermarks.high = v;
-        }
-        if let Some(v) = args.ssd_low {
-            ssd.watermarks.low = v;
-        }
+        set(&mut ssd.capacity, &args.ssd_capacity);
+        set(&mut ssd.watermarks.high, &args.ssd_high);
+        set(&mut ssd.watermarks.low, &args.ssd_low);
     }
-    if let Some(v) = args.metadata_ttl {
-        c.metadata.ttl = v;
-    }
+    set(&mut c.metadata.ttl, &args.metadata_ttl);
     if args.no_manifest {
         c.metadata.manifest = false;
     }
-    if let Some(v) = args.ufs_timeout {
-        c.ufs.timeout = v;
-    }
-    if let Some(v) = args.ufs_retries {
-        c.ufs.retries = v;
-    }
-    let f = &mut cfg.fuse;
+    set(&mut c.ufs.timeout, &args.ufs_timeout);
+    set(&mut c.ufs.retries, &args.ufs_retries);
+    Ok(())
+}
+
+fn apply_fuse(args: &FuseArgs, f: &mut FuseConfig) -> anyhow::Result<()> {
     if let Some(v) = &args.fuse_mount {
         let abs = std::path::absolute(v).with_context(|| format!("--fuse-mount {v:?}"))?;
         f.mount_point = Some(abs);
     }
-    if let Some(v) = args.fuse_entry_timeout {
-        f.entry_timeout = v;
-    }
-    if let Some(v) = args.fuse_attr_timeout {
-        f.attr_timeout = v;
-    }
-    if let Some(v) = args.fuse_threads {
-        f.threads = v;
-    }
+    set(&mut f.entry_timeout, &args.fuse_entry_timeout);
+    set(&mut f.attr_timeout, &args.fuse_attr_timeout);
+    set(&mut f.threads, &args.fuse_threads);
+    Ok(())
+}
+
+/// `--mount`, then `--mount-option` (which names a mount), and the runtime-mount policy.
+fn apply_namespace(args: &NamespaceArgs, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
     for m in &args.mounts {
-        let (path, uri) = m
-            .split_once('=')
-            .with_context(|| format!("--mount {m:?}: expected POINT=URI"))?;
+        let (path, uri) = split("mount", m, '=', "POINT=URI")?;
         cfg.mount.push(MountSpec {
             path: path.to_string(),
             uri: uri.to_string(),
             options: Default::default(),
         });
+    }
+    for o in &args.mount_options {
+        let bad = || format!("--mount-option {o:?}: expected POINT:KEY=VALUE");
+        let (point, kv) = o.split_once(':').with_context(bad)?;
+        let (k, v) = kv.split_once('=').with_context(bad)?;
+        let mount = cfg
+            .mount
+            .iter_mut()
+            .find(|m| m.path == point)
+            .with_context(|| format!("--mount-option {o:?}: no mount at {point}"))?;
+        mount.options.insert(k.to_string(), v.to_string());
     }
     cfg.mounts
         .allowed_roots
@@ -266,16 +291,13 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
     cfg.mounts
         .allowed_endpoints
         .extend(args.allowed_endpoints.iter().cloned());
-    let k = &mut cfg.cluster;
-    if let Some(v) = &args.node_id {
-        k.node_id = Some(v.clone());
-    }
-    if let Some(v) = args.cluster_listen {
-        k.listen_addr = Some(v);
-    }
-    if let Some(v) = &args.advertise_addr {
-        k.advertise_addr = Some(v.clone());
-    }
+    Ok(())
+}
+
+fn apply_cluster(args: &ClusterArgs, k: &mut ClusterConfig) -> anyhow::Result<()> {
+    set(&mut k.node_id, &args.node_id);
+    set(&mut k.listen_addr, &args.cluster_listen);
+    set(&mut k.advertise_addr, &args.advertise_addr);
     if !args.etcd_endpoints.is_empty() {
         k.etcd_endpoints = args.etcd_endpoints.clone();
     }
@@ -284,34 +306,13 @@ fn apply(args: &Args, cfg: &mut DaemonConfig) -> anyhow::Result<()> {
         k.token = None;
     }
     for p in &args.peers {
-        let (id, addr) = p
-            .split_once('=')
-            .with_context(|| format!("--peer {p:?}: expected ID=HOST:PORT"))?;
-        k.members.push(loaderd_cache::MemberConfig {
+        let (id, addr) = split("peer", p, '=', "ID=HOST:PORT")?;
+        k.members.push(MemberConfig {
             id: id.to_string(),
             addr: addr.to_string(),
         });
     }
-    if let Some(v) = args.replication {
-        k.replication = v;
-    }
-    if let Some(v) = args.gpu {
-        cfg.gpu.mode = v;
-    }
-    for o in &args.mount_options {
-        let (point, kv) = o
-            .split_once(':')
-            .with_context(|| format!("--mount-option {o:?}: expected POINT:KEY=VALUE"))?;
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--mount-option {o:?}: expected POINT:KEY=VALUE"))?;
-        let mount = cfg
-            .mount
-            .iter_mut()
-            .find(|m| m.path == point)
-            .with_context(|| format!("--mount-option {o:?}: no mount at {point}"))?;
-        mount.options.insert(k.to_string(), v.to_string());
-    }
+    set(&mut k.replication, &args.replication);
     Ok(())
 }
 
@@ -337,4 +338,180 @@ fn main() -> anyhow::Result<()> {
         .thread_name("loaderd")
         .build()?
         .block_on(loaderd::daemon::run(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use loaderd::config::GpuMode;
+
+    use super::*;
+
+    fn applied(flags: &[&str]) -> anyhow::Result<DaemonConfig> {
+        let args = Args::try_parse_from(std::iter::once("loaderd").chain(flags.iter().copied()))?;
+        let mut cfg = DaemonConfig::default();
+        apply(&args, &mut cfg)?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn every_flag_reaches_its_key() {
+        let cfg = applied(&[
+            "--socket=/run/l/s.sock",
+            "--socket-group=train",
+            "--tcp-addr=127.0.0.1:7000",
+            "--tcp-token-file=/t",
+            "--tcp-admin-token-file=/a",
+            "--admin-group=ops",
+            "--metrics-addr=127.0.0.1:9100",
+            "--log-level=debug",
+            "--mount=/d=file:///data",
+            "--mount=/s=s3://b/p",
+            "--mount-option=/s:region=eu-west-1",
+            "--allowed-root=/srv",
+            "--allowed-endpoint=http://127.0.0.1:9000",
+            "--block-size=1MiB",
+            "--memory-capacity=2GiB",
+            "--memory-high=0.9",
+            "--memory-low=0.5",
+            "--ssd-dir=/ssd",
+            "--ssd-capacity=10GiB",
+            "--ssd-high=0.8",
+            "--ssd-low=0.6",
+            "--metadata-ttl=1h",
+            "--no-manifest",
+            "--ufs-timeout=5s",
+            "--ufs-retries=2",
+            "--fuse-mount=/mnt/l",
+            "--fuse-entry-timeout=1m",
+            "--fuse-attr-timeout=2m",
+            "--fuse-threads=3",
+            "--node-id=n1",
+            "--cluster-listen=127.0.0.1:7001",
+            "--advertise-addr=n1:7001",
+            "--etcd-endpoints=http://e1:2379,http://e2:2379",
+            "--cluster-token-file=/c",
+            "--peer=n2=h2:7001",
+            "--replication=2",
+            "--gpu=off",
+        ])
+        .expect("flags");
+        let s = &cfg.server;
+        assert_eq!(s.socket, PathBuf::from("/run/l/s.sock"));
+        assert_eq!(s.socket_group.as_deref(), Some("train"));
+        assert_eq!(s.tcp_addr, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(s.tcp_token_file, Some(PathBuf::from("/t")));
+        assert_eq!(s.tcp_admin_token_file, Some(PathBuf::from("/a")));
+        assert_eq!(s.admin_group.as_deref(), Some("ops"));
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(s.log_level, "debug");
+
+        let points: Vec<(&str, &str)> = cfg
+            .mount
+            .iter()
+            .map(|m| (m.path.as_str(), m.uri.as_str()))
+            .collect();
+        assert_eq!(points, [("/d", "file:///data"), ("/s", "s3://b/p")]);
+        assert!(cfg.mount[0].options.is_empty());
+        assert_eq!(
+            cfg.mount[1].options.get("region").map(String::as_str),
+            Some("eu-west-1")
+        );
+        assert_eq!(cfg.mounts.allowed_roots, [PathBuf::from("/srv")]);
+        assert_eq!(cfg.mounts.allowed_endpoints, ["http://127.0.0.1:9000"]);
+
+        let c = &cfg.cache;
+        assert_eq!(c.block_size, ByteSize(1 << 20));
+        assert_eq!(c.memory.capacity, ByteSize(2 << 30));
+        assert_eq!(
+            (c.memory.watermarks.high, c.memory.watermarks.low),
+            (0.9, 0.5)
+        );
+        let ssd = c.ssd.as_ref().expect("ssd tier");
+        assert_eq!(ssd.dir, PathBuf::from("/ssd"));
+        assert_eq!(ssd.capacity, ByteSize(10 << 30));
+        assert_eq!((ssd.watermarks.high, ssd.watermarks.low), (0.8, 0.6));
+        assert_eq!(c.metadata.ttl.0, Duration::from_secs(3600));
+        assert!(!c.metadata.manifest);
+        assert_eq!(c.ufs.timeout.0, Duration::from_secs(5));
+        assert_eq!(c.ufs.retries, 2);
+
+        let f = &cfg.fuse;
+        assert_eq!(f.mount_point, Some(PathBuf::from("/mnt/l")));
+        assert_eq!(f.entry_timeout.0, Duration::from_secs(60));
+        assert_eq!(f.attr_timeout.0, Duration::from_secs(120));
+        assert_eq!(f.threads, 3);
+
+        let k = &cfg.cluster;
+        assert_eq!(k.node_id.as_deref(), Some("n1"));
+        assert_eq!(k.listen_addr, Some("127.0.0.1:7001".parse().unwrap()));
+        assert_eq!(k.advertise_addr.as_deref(), Some("n1:7001"));
+        assert_eq!(k.etcd_endpoints, ["http://e1:2379", "http://e2:2379"]);
+        assert_eq!(k.token_file, Some(PathBuf::from("/c")));
+        assert_eq!(
+            k.members,
+            [MemberConfig {
+                id: "n2".into(),
+                addr: "h2:7001".into()
+            }]
+        );
+        assert_eq!(k.replication, 2);
+        assert_eq!(cfg.gpu.mode, GpuMode::Off);
+    }
+
+    #[test]
+    fn no_flags_leave_the_defaults() {
+        let cfg = applied(&[]).expect("no flags");
+        let want = DaemonConfig::default();
+        assert_eq!(cfg.to_redacted_toml(), want.to_redacted_toml());
+    }
+
+    #[test]
+    fn flags_over_a_config_file_keep_what_they_do_not_name() {
+        let args = Args::try_parse_from(["loaderd", "--ssd-capacity=1GiB", "--metrics-addr=off"])
+            .expect("flags");
+        let mut cfg = DaemonConfig::default();
+        cfg.cache.ssd = Some(SsdTierConfig {
+            dir: "/from-file".into(),
+            capacity: ByteSize(5 << 30),
+            watermarks: Watermarks::default(),
+        });
+        cfg.server.metrics_addr = Some("127.0.0.1:1".parse().unwrap());
+        apply(&args, &mut cfg).expect("apply");
+        let ssd = cfg.cache.ssd.expect("ssd tier");
+        assert_eq!(
+            (ssd.dir, ssd.capacity),
+            ("/from-file".into(), ByteSize(1 << 30))
+        );
+        assert_eq!(cfg.server.metrics_addr, None);
+    }
+
+    #[test]
+    fn malformed_flags_are_refused_by_name() {
+        for (flags, want) in [
+            (&["--mount=/d"][..], "--mount \"/d\": expected POINT=URI"),
+            (
+                &["--mount=/d=file:///x", "--mount-option=/d-region"],
+                "--mount-option \"/d-region\": expected POINT:KEY=VALUE",
+            ),
+            (
+                &["--mount=/d=file:///x", "--mount-option=/d:region"],
+                "--mount-option \"/d:region\": expected POINT:KEY=VALUE",
+            ),
+            (
+                &["--mount-option=/e:region=x"],
+                "--mount-option \"/e:region=x\": no mount at /e",
+            ),
+            (&["--peer=n2"], "--peer \"n2\": expected ID=HOST:PORT"),
+            (&["--ssd-low=0.5"], "need --ssd-dir or [cache.ssd]"),
+            (&["--metrics-addr=nowhere"], "--metrics-addr \"nowhere\""),
+        ] {
+            let err = applied(flags).expect_err(&format!("{flags:?}"));
+            assert!(format!("{err:#}").contains(want), "{flags:?}: {err:#}");
+        }
+        let err = applied(&["--gpu=sometimes"]).expect_err("--gpu=sometimes");
+        let want = "gpu mode must be \"auto\" or \"off\", not \"sometimes\"";
+        assert!(err.to_string().contains(want), "{err}");
+    }
 }

@@ -1,7 +1,7 @@
 //! Cache errors as errnos: the one place the FUSE boundary maps them.
 
-use fuser::Errno;
 use loaderd_cache::ErrorKind;
+use nix::errno::Errno;
 
 /// How a failed request is answered: the errno, and whether the daemon logs it (failures of
 /// the UFS or the daemon; a missing path is the caller's business).

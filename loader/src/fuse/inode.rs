@@ -64,7 +64,7 @@ pub fn preferred_ino(path: &LogicalPath) -> u64 {
 
 impl InodeTable {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        loaderd_cache::sync::lock(&self.inner)
     }
 
     /// The inode of `path`, counting one kernel lookup (a LOOKUP or READDIRPLUS reply).

@@ -6,6 +6,11 @@
 //! the memory tier straight into the reply to the kernel, with no RPC hop, no second copy and
 //! no second cache to keep coherent.
 //!
+//! * Layout: [`View`] (`view.rs`) is the file system — lookup, getattr, readdir, open, read,
+//!   release in terms of inode numbers, handles, offsets, attributes, bytes and errnos, with
+//!   no fuser types, so unit tests drive it over a real cache without a mount. [`LoaderFs`]
+//!   (`fs.rs`) is the `fuser::Filesystem`: glue that translates requests and replies only;
+//!   every call the view does not serve is answered by one macro, an errno each.
 //! * Threads: fuser runs `fuse.threads` request loops, each blocking on one cache call at a
 //!   time through the runtime's [`Handle`]; the runtime's own threads never block. Size it to
 //!   the number of concurrent readers.
@@ -17,8 +22,8 @@
 //! * Data: `open` resolves the file once (its version pins every block id); `read` serves
 //!   block slices; `FOPEN_KEEP_CACHE` keeps the page cache across opens (datasets are
 //!   immutable; a size or mtime change still drops the pages).
-//! * Errors: one exhaustive mapping (`errno.rs`); writes of any kind are `EROFS` (the mount
-//!   is also `ro`); UFS failures are `EIO` with a warning naming the path.
+//! * Errors: one exhaustive mapping of cache errors (`errno.rs`); writes of any kind are
+//!   `EROFS` (the mount is also `ro`); UFS failures are `EIO` with a warning naming the path.
 //! * Lifecycle: a stale mount left by a crashed daemon (ENOTCONN on stat, or listed in
 //!   `/proc/self/mountinfo`) is detached before mounting; shutdown unmounts and joins the
 //!   session threads.
@@ -27,6 +32,7 @@ mod errno;
 mod fs;
 mod inode;
 mod perm;
+mod view;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -41,6 +47,7 @@ use tracing::{debug, info, warn};
 pub use errno::errno_of;
 pub use fs::LoaderFs;
 pub use inode::InodeTable;
+pub use view::{Attr, BLKSIZE, DirEntry, FsStats, Kind, Opened, View};
 
 use crate::config::FuseConfig;
 
@@ -77,7 +84,7 @@ impl FuseMount {
             path: path.to_path_buf(),
             source,
         })?;
-        let fs = LoaderFs::new(cache, rt, cfg);
+        let fs = LoaderFs::new(View::new(cache, rt, cfg), cfg);
         let session = fuser::spawn_mount(fs, path, &session_config(cfg)).map_err(|source| {
             FuseError::Mount {
                 path: path.to_path_buf(),

@@ -14,6 +14,29 @@ use tonic::Code;
 use super::clients::ClientConnection;
 use super::server::Shared;
 
+/// Why a connection's loader did not open.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum OpenError {
+    #[error("this connection already has a loader; open another connection for another loader")]
+    AlreadyOpen,
+    /// An enum value this daemon does not know (a newer client).
+    #[error("invalid loader request: unknown {field} {value}")]
+    Unknown { field: &'static str, value: i32 },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl OpenError {
+    /// The gRPC code a client sees.
+    pub(super) fn code(&self) -> Code {
+        match self {
+            OpenError::AlreadyOpen => Code::FailedPrecondition,
+            OpenError::Unknown { .. } => Code::InvalidArgument,
+            OpenError::Session(e) => session_code(e),
+        }
+    }
+}
+
 /// Opens this connection's loader: refused at once when it already has one, else admitted
 /// after the process's other opens (one at a time per client process).
 pub(super) fn open(
@@ -21,48 +44,42 @@ pub(super) fn open(
     client: &ClientConnection,
     shared: &Shared,
     r: &pb::OpenLoader,
-) -> Result<Session, (Code, String)> {
+) -> Result<Session, OpenError> {
     if session.is_some() {
         counter!("loaderd_pipeline_open_refusals_total", "reason" => "already_open").increment(1);
-        return Err((
-            Code::FailedPrecondition,
-            "this connection already has a loader; open another connection for another loader"
-                .into(),
-        ));
+        return Err(OpenError::AlreadyOpen);
     }
-    let spec = spec(r).map_err(|e| (Code::InvalidArgument, e))?;
+    let spec = spec(r)?;
     let lock = client.open_lock();
     let _one_at_a_time = loaderd_cache::sync::lock(&lock);
-    Session::open(&shared.cache, &shared.pipelines, &shared.rt, &spec)
-        .map_err(|e| (session_code(&e), e.to_string()))
+    Ok(Session::open(
+        &shared.cache,
+        &shared.pipelines,
+        &shared.rt,
+        &spec,
+    )?)
+}
+
+/// Refuses (and counts) an enum value this daemon does not know.
+fn unknown(field: &'static str, value: i32) -> OpenError {
+    counter!("loaderd_pipeline_open_refusals_total", "reason" => field).increment(1);
+    OpenError::Unknown { field, value }
 }
 
 /// The request as the pipeline takes it; unknown enum values are refused.
-fn spec(r: &pb::OpenLoader) -> Result<LoaderSpec, String> {
+fn spec(r: &pb::OpenLoader) -> Result<LoaderSpec, OpenError> {
     let layout = match pb::SampleLayout::try_from(r.layout) {
         Ok(pb::SampleLayout::Unspecified) => None,
         Ok(pb::SampleLayout::NhwcU8) => Some(Layout::NhwcU8),
         Ok(pb::SampleLayout::NchwF32) => Some(Layout::NchwF32),
         Ok(pb::SampleLayout::NchwF16) => Some(Layout::NchwF16),
-        Err(_) => {
-            counter!("loaderd_pipeline_open_refusals_total", "reason" => "layout").increment(1);
-            return Err(format!(
-                "invalid loader request: unknown layout {}",
-                r.layout
-            ));
-        }
+        Err(_) => return Err(unknown("layout", r.layout)),
     };
     let on_error = match pb::OnSampleError::try_from(r.on_error) {
         Ok(pb::OnSampleError::Unspecified) => None,
         Ok(pb::OnSampleError::Skip) => Some(OnError::Skip),
         Ok(pb::OnSampleError::Fail) => Some(OnError::Fail),
-        Err(_) => {
-            counter!("loaderd_pipeline_open_refusals_total", "reason" => "on_error").increment(1);
-            return Err(format!(
-                "invalid loader request: unknown on_error {}",
-                r.on_error
-            ));
-        }
+        Err(_) => return Err(unknown("on_error", r.on_error)),
     };
     Ok(LoaderSpec {
         dataset: r.dataset.clone(),
@@ -86,7 +103,9 @@ fn spec(r: &pb::OpenLoader) -> Result<LoaderSpec, String> {
     })
 }
 
-/// The gRPC code a client sees for a loader that cannot start.
+/// The gRPC code a client sees for a loader that cannot start: the request's fault, the
+/// cache's class, or the daemon out of memory, ring space or threads (RESOURCE_EXHAUSTED:
+/// the same request may succeed later or with fewer workers).
 fn session_code(e: &SessionError) -> Code {
     match e {
         SessionError::Dataset(DatasetError::Cache(e)) => to_status(e).code(),
@@ -101,11 +120,11 @@ fn session_code(e: &SessionError) -> Code {
 }
 
 /// The reply to a refused open.
-pub(super) fn refused(code: Code, error: String) -> pb::LoaderOpened {
+pub(super) fn refused(e: &OpenError) -> pb::LoaderOpened {
     counter!("loaderd_pipeline_open_failures_total").increment(1);
     pb::LoaderOpened {
-        code: code as i32,
-        error,
+        code: e.code() as i32,
+        error: e.to_string(),
         ..Default::default()
     }
 }
@@ -195,5 +214,90 @@ pub fn loader_status(s: &LoaderStatus) -> pb::LoaderStatus {
         depth: s.depth,
         ring_bytes: s.ring_bytes,
         workers: s.workers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loaderd_pipeline::registry::BudgetError;
+    use loaderd_pipeline::ring::RingError;
+
+    use super::*;
+
+    fn code_of(e: SessionError) -> Code {
+        OpenError::from(e).code()
+    }
+
+    #[test]
+    fn a_failed_decode_thread_spawn_is_resource_exhausted() {
+        // What pthread_create answers at the thread limit.
+        let e = SessionError::Threads {
+            started: 2,
+            want: 8,
+            source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+        };
+        let reply = refused(&OpenError::from(e));
+        assert_eq!(reply.code, Code::ResourceExhausted as i32, "{reply:?}");
+        assert!(reply.error.contains("thread 3 of 8"), "{reply:?}");
+        assert!(reply.error.contains("ask for fewer workers"), "{reply:?}");
+    }
+
+    #[test]
+    fn refusals_are_in_their_class() {
+        let budget = BudgetError::Client {
+            need: 10 << 20,
+            limit: 1 << 20,
+        };
+        assert_eq!(code_of(budget.into()), Code::ResourceExhausted);
+        assert_eq!(code_of(RingError::Empty.into()), Code::ResourceExhausted);
+        let missing = DatasetError::Cache(loaderd_cache::Error::NotFound {
+            path: "/d/x".into(),
+            uri: "file:///d/x".into(),
+        });
+        assert_eq!(code_of(missing.into()), Code::NotFound);
+        let empty = DatasetError::Empty { path: "/d".into() };
+        assert_eq!(code_of(empty.into()), Code::InvalidArgument);
+        assert_eq!(
+            code_of(SessionError::Invalid("batch_size = 0".into())),
+            Code::InvalidArgument
+        );
+        let over = SessionError::Limit {
+            field: "workers",
+            value: 99,
+            limit: 8,
+            key: "pipeline.max_workers",
+        };
+        assert_eq!(code_of(over), Code::InvalidArgument);
+        assert_eq!(OpenError::AlreadyOpen.code(), Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused_by_field() {
+        let bad_layout = pb::OpenLoader {
+            layout: 99,
+            ..Default::default()
+        };
+        let e = spec(&bad_layout).expect_err("layout 99");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(e.to_string(), "invalid loader request: unknown layout 99");
+        let bad_on_error = pb::OpenLoader {
+            on_error: -1,
+            ..Default::default()
+        };
+        let e = spec(&bad_on_error).expect_err("on_error -1");
+        assert_eq!(e.to_string(), "invalid loader request: unknown on_error -1");
+
+        let ok = pb::OpenLoader {
+            layout: pb::SampleLayout::NchwF16 as i32,
+            on_error: pb::OnSampleError::Skip as i32,
+            no_shuffle: true,
+            ..Default::default()
+        };
+        let s = spec(&ok).expect("known values");
+        assert_eq!(s.layout, Some(Layout::NchwF16));
+        assert_eq!(s.on_error, Some(OnError::Skip));
+        assert!(!s.shuffle);
+        let unset = spec(&pb::OpenLoader::default()).expect("defaults");
+        assert_eq!((unset.layout, unset.on_error), (None, None));
     }
 }

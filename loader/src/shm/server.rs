@@ -249,7 +249,7 @@ impl Connection {
                 self.session = Some(s);
                 (reply, Some(fd))
             }
-            Err((code, error)) => (loader::refused(code, error), None),
+            Err(e) => (loader::refused(&e), None),
         };
         send_msg(
             conn.as_fd(),
