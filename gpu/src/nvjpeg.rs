@@ -89,14 +89,16 @@ pub mod status {
     pub const INCOMPLETE_BITSTREAM: c_int = 10;
 }
 
-/// `nvjpegImage_t`: up to four planes with their pitches.
+/// `nvjpegImage_t`: up to four planes with their pitches. In nvjpeg.h (12.x and 13.x) it is
+/// `unsigned char *channel[NVJPEG_MAX_COMPONENT]; size_t pitch[NVJPEG_MAX_COMPONENT];`, 64
+/// bytes on a 64-bit target: batched decode reads an array of them, so the stride must match.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Image {
     /// Device pointers of the planes (interleaved RGB uses plane 0).
-    pub channel: [*mut u8; 4],
-    /// Bytes per row of each plane.
-    pub pitch: [c_uint; 4],
+    pub channel: [*mut u8; MAX_COMPONENT],
+    /// Bytes per row of each plane (`size_t`).
+    pub pitch: [usize; MAX_COMPONENT],
 }
 
 /// The raw entry points (signatures from nvjpeg.h).
@@ -224,6 +226,31 @@ pub use decoder::{DecodeJob, DecodedBatch, DecodedImage, ImageError, ImageGeomet
 mod tests {
     use super::*;
     use crate::jpeg::Unsupported;
+
+    /// `nvjpegImage_t` as nvjpeg.h lays it out on a 64-bit target: four pointers at 0..32,
+    /// four `size_t` pitches at 32..64. `nvjpegDecodeBatched` indexes an array of these.
+    #[test]
+    fn image_struct_matches_the_header() {
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(
+            size_of::<usize>(),
+            8,
+            "the layout below is for 64-bit targets"
+        );
+        assert_eq!(size_of::<Image>(), 64);
+        assert_eq!(align_of::<Image>(), 8);
+        assert_eq!(offset_of!(Image, channel), 0);
+        assert_eq!(offset_of!(Image, pitch), 32);
+        // Image i of a batch starts at i × 64: its pitch[0] lies at i × 64 + 32.
+        let images = [Image {
+            channel: [std::ptr::null_mut(); MAX_COMPONENT],
+            pitch: [0; MAX_COMPONENT],
+        }; 3];
+        let base = images.as_ptr() as usize;
+        assert_eq!((&raw const images[2].pitch) as usize - base, 2 * 64 + 32);
+        // The enums passed by value are C ints.
+        assert_eq!(size_of::<Backend>(), size_of::<c_int>());
+    }
 
     #[test]
     fn packing_aligns_and_detects_overflow() {

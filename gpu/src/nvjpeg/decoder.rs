@@ -359,7 +359,7 @@ impl JpegDecoder {
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             ],
-            pitch: [j.geometry.pitch(), 0, 0, 0],
+            pitch: [j.geometry.pitch() as usize, 0, 0, 0],
         };
         let mut images: Vec<Image> = jobs.iter().map(image).collect();
         if jobs.len() > 1 {
