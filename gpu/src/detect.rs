@@ -139,6 +139,23 @@ pub(crate) fn driver_ready() -> Result<(), String> {
         .clone()
 }
 
+/// The driver's CUDA version (`cuDriverGetVersion`, 13000 = 13.0), or `None` without a usable
+/// driver. Picks the sonames of NVRTC and nvJPEG.
+pub(crate) fn driver_version() -> Option<u32> {
+    driver_ready().ok()?;
+    guarded("cuDriverGetVersion", query_driver_version).ok()
+}
+
+/// `cuDriverGetVersion`; call only inside [`guarded`] after [`driver_ready`].
+fn query_driver_version() -> Result<u32, String> {
+    let mut version = 0i32;
+    // SAFETY: `version` is a valid out-pointer for the duration of the call.
+    unsafe { sys::cuDriverGetVersion(&mut version) }
+        .result()
+        .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
+    u32::try_from(version).map_err(|e| format!("cuDriverGetVersion: {e}"))
+}
+
 /// Runs a closure that calls into `cudarc`'s lazily resolved driver API, turning a panic
 /// (missing symbol) into an error.
 pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
@@ -155,17 +172,13 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> R
 fn detect_devices() -> Result<Vec<GpuInfo>, String> {
     driver_ready()?;
     guarded("device query", || {
-        let mut version = 0i32;
-        // SAFETY: `version` is a valid out-pointer for the duration of the call.
-        unsafe { sys::cuDriverGetVersion(&mut version) }
-            .result()
-            .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
+        let version = query_driver_version()?;
         let count = result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e}"))?;
         if count <= 0 {
             return Err("the CUDA driver reports no devices".to_string());
         }
         (0..count)
-            .map(|ordinal| device_info(ordinal, version as u32).map_err(|e| e.to_string()))
+            .map(|ordinal| device_info(ordinal, version).map_err(|e| e.to_string()))
             .collect()
     })
 }

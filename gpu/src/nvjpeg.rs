@@ -1,5 +1,6 @@
-//! nvJPEG, opened at run time (`LOADERD_NVJPEG_LIB`, `libnvjpeg.so.13`/`.12`, the toolkit
-//! directories; the `nvidia-nvjpeg` wheel's library works through the variable).
+//! nvJPEG, opened at run time (`LOADERD_NVJPEG_LIB`, then `libnvjpeg.so.13`/`.12` as the
+//! driver allows, on the loader's path, in pip wheels, conda and the toolkits: see
+//! [`crate::libsearch`]).
 //!
 //! [`NvJpeg::load`] resolves every entry point a batched decode needs up front, so a library
 //! that is too old fails at start-up with the missing symbol's name, not mid-batch.
@@ -32,7 +33,12 @@ use crate::libsearch;
 
 /// Environment variable naming the nvJPEG library file.
 pub const NVJPEG_ENV: &str = "LOADERD_NVJPEG_LIB";
-const NAMES: &[&str] = &["libnvjpeg.so.13", "libnvjpeg.so.12", "libnvjpeg.so"];
+const SPEC: libsearch::LibSpec = libsearch::LibSpec {
+    library: "nvJPEG",
+    env: NVJPEG_ENV,
+    stem: "libnvjpeg",
+    wheel: "nvjpeg",
+};
 
 /// `nvjpegHandle_t`.
 pub type Handle = *mut c_void;
@@ -167,7 +173,7 @@ fn symbol<T: Copy>(lib: &Library, path: &str, name: &'static str) -> Result<T, G
 impl NvJpeg {
     /// Finds and opens nvJPEG and resolves the batched-decode entry points. Needs no GPU.
     pub fn load() -> Result<Self, GpuError> {
-        let (lib, path) = libsearch::open("nvJPEG", NVJPEG_ENV, NAMES)?;
+        let (lib, path) = libsearch::open(&SPEC, crate::detect::driver_version())?;
         let functions = Functions {
             create_ex: symbol(&lib, &path, "nvjpegCreateEx")?,
             destroy: symbol(&lib, &path, "nvjpegDestroy")?,

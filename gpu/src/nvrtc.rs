@@ -1,8 +1,9 @@
 //! NVRTC, opened at run time from whichever `libnvrtc` the machine has.
 //!
 //! Loaded by us rather than through `cudarc::nvrtc` so that the search is ours (an explicit
-//! `LOADERD_NVRTC_LIB`, then `libnvrtc.so.13`/`.12`, then the toolkit directories) and absence
-//! is an error, not a panic. Compiling needs no GPU and no driver, so the kernel source is
+//! `LOADERD_NVRTC_LIB`, then `libnvrtc.so.13`/`.12` as the driver allows, on the loader's path,
+//! in pip wheels, conda and the toolkits: see [`crate::libsearch`]) and absence is an error,
+//! not a panic. Compiling needs no GPU and no driver, so the kernel source is
 //! syntax-checked in tests wherever NVRTC is installed (e.g. the `nvidia-cuda-nvrtc-cu12`
 //! wheel's `nvidia/cuda_nvrtc/lib/libnvrtc.so.12`).
 
@@ -15,7 +16,12 @@ use crate::libsearch;
 
 /// Environment variable naming the NVRTC library file.
 pub const NVRTC_ENV: &str = "LOADERD_NVRTC_LIB";
-const NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+const SPEC: libsearch::LibSpec = libsearch::LibSpec {
+    library: "NVRTC",
+    env: NVRTC_ENV,
+    stem: "libnvrtc",
+    wheel: "cuda_nvrtc",
+};
 
 type Program = *mut c_void;
 type Version = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
@@ -72,7 +78,7 @@ fn check(call: &'static str, status: c_int) -> Result<(), GpuError> {
 impl Nvrtc {
     /// Finds and opens NVRTC (`LOADERD_NVRTC_LIB`, the loader's path, CUDA toolkits).
     pub fn load() -> Result<Self, GpuError> {
-        let (lib, path) = libsearch::open("NVRTC", NVRTC_ENV, NAMES)?;
+        let (lib, path) = libsearch::open(&SPEC, crate::detect::driver_version())?;
         let version_fn: Version = symbol(&lib, &path, "nvrtcVersion")?;
         let (mut major, mut minor) = (0, 0);
         // SAFETY: two valid out-pointers, as nvrtcVersion expects.
@@ -186,16 +192,16 @@ mod tests {
     #[test]
     fn absence_is_a_clear_error_not_a_panic() {
         // Point the override at a file that does not exist: the error names it and the variable.
-        let err = libsearch::open(
-            "NVRTC",
-            "LOADERD_TEST_NO_SUCH_VAR",
-            &["libnvrtc-loaderd-missing.so.99"],
-        )
-        .map(|_| ())
-        .unwrap_err();
+        let spec = libsearch::LibSpec {
+            library: "NVRTC",
+            env: "LOADERD_TEST_NO_SUCH_VAR",
+            stem: "libnvrtc-loaderd-missing",
+            wheel: "cuda_nvrtc",
+        };
+        let err = libsearch::open(&spec, Some(13000)).map(|_| ()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("NVRTC not found"), "{msg}");
-        assert!(msg.contains("libnvrtc-loaderd-missing.so.99"), "{msg}");
+        assert!(msg.contains("libnvrtc-loaderd-missing.so.13"), "{msg}");
         assert!(msg.contains("LOADERD_TEST_NO_SUCH_VAR"), "{msg}");
     }
 }
