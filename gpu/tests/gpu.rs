@@ -63,6 +63,19 @@ fn kernel_source_compiles_with_nvrtc() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
+    // For a device: a CUBIN (an ELF file) for the real architecture, not PTX to JIT.
+    let image = nvrtc
+        .compile_for_device(
+            AUGMENT_CU,
+            "augment.cu",
+            (7, 5),
+            &compile_options("compute_75"),
+        )
+        .unwrap();
+    match image {
+        loaderd_gpu::nvrtc::ModuleImage::Cubin(bytes) => assert!(bytes.starts_with(b"\x7fELF")),
+        other => panic!("NVRTC {:?} gave no CUBIN: {other:?}", nvrtc.version()),
+    }
     println!("compiled with {} {:?}", nvrtc.path(), nvrtc.version());
 }
 
