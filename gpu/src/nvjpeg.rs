@@ -15,10 +15,14 @@
 //!    caller as [`ImageError::NeedsCpu`];
 //! 2. the accepted images are packed into one device buffer, RGB interleaved, back to back,
 //!    which is also the augment kernel's source buffer;
-//! 3. they are decoded with one `nvjpegDecodeBatched` call (one `nvjpegDecode` for a single
-//!    image). nvJPEG fails a whole batch for one bad bitstream, so when the batched call fails
-//!    each image is decoded again on its own: a corrupt JPEG costs its own sample, not the
-//!    batch's.
+//! 3. with the hardware backend, `nvjpegDecodeBatchedSupported` is asked per image; the
+//!    images the JPEG engines refuse go to a GPU hybrid handle (made when first needed), and
+//!    to the CPU ([`Unsupported::HardwareRefused`](crate::jpeg::Unsupported)) when there is
+//!    none ([`route`] decides, a pure function);
+//! 4. each backend's images are decoded with one `nvjpegDecodeBatched` call (one
+//!    `nvjpegDecode` for a single image on the default backend). nvJPEG fails a whole batch
+//!    for one bad bitstream, so when the batched call fails each image is decoded again on its
+//!    own: a corrupt JPEG costs its own sample, not the batch's.
 //!
 //! Every constant below is from `nvjpeg.h` as shipped with CUDA 12.x and 13.0; these values
 //! have been stable since they were introduced (`NVJPEG_BACKEND_HARDWARE` in CUDA 11.0, the
@@ -44,6 +48,8 @@ const SPEC: libsearch::LibSpec = libsearch::LibSpec {
 pub type Handle = *mut c_void;
 /// `nvjpegJpegState_t`.
 pub type JpegState = *mut c_void;
+/// `nvjpegJpegStream_t`: a parsed bitstream (here: a parsed header).
+pub type JpegStream = *mut c_void;
 /// `cudaStream_t` (the same object as a driver `CUstream`).
 pub type Stream = *mut c_void;
 
@@ -145,6 +151,11 @@ pub struct Functions {
         Stream,
     ) -> c_int,
     pub get_property: unsafe extern "C" fn(c_int, *mut c_int) -> c_int,
+    pub jpeg_stream_create: unsafe extern "C" fn(Handle, *mut JpegStream) -> c_int,
+    pub jpeg_stream_destroy: unsafe extern "C" fn(JpegStream) -> c_int,
+    pub jpeg_stream_parse_header:
+        unsafe extern "C" fn(Handle, *const u8, usize, JpegStream) -> c_int,
+    pub decode_batched_supported: unsafe extern "C" fn(Handle, JpegStream, *mut c_int) -> c_int,
 }
 
 /// An opened nvJPEG library.
@@ -184,6 +195,10 @@ impl NvJpeg {
             decode_batched_initialize: symbol(&lib, &path, "nvjpegDecodeBatchedInitialize")?,
             decode_batched: symbol(&lib, &path, "nvjpegDecodeBatched")?,
             get_property: symbol(&lib, &path, "nvjpegGetProperty")?,
+            jpeg_stream_create: symbol(&lib, &path, "nvjpegJpegStreamCreate")?,
+            jpeg_stream_destroy: symbol(&lib, &path, "nvjpegJpegStreamDestroy")?,
+            jpeg_stream_parse_header: symbol(&lib, &path, "nvjpegJpegStreamParseHeader")?,
+            decode_batched_supported: symbol(&lib, &path, "nvjpegDecodeBatchedSupported")?,
         };
         let prop = |which: c_int| {
             let mut v = 0;
@@ -225,8 +240,11 @@ impl NvJpeg {
 }
 
 mod decoder;
+mod engine;
+mod route;
 pub(crate) use decoder::pack;
 pub use decoder::{DecodeJob, DecodedBatch, DecodedImage, ImageError, ImageGeometry, JpegDecoder};
+pub use route::{Route, route};
 
 #[cfg(test)]
 mod tests {
