@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use loaderd_image::{CropBox, Layout, Normalize};
 
@@ -127,9 +126,11 @@ impl AugmentKernel {
             .compute_capability()
             .map_err(GpuError::driver("cuDeviceGetAttribute"))?;
         let arch = format!("compute_{major}{minor}");
-        let ptx = nvrtc.compile(AUGMENT_CU, "augment.cu", &compile_options(&arch))?;
+        let cc = (major as u32, minor as u32);
+        let image =
+            nvrtc.compile_for_device(AUGMENT_CU, "augment.cu", cc, &compile_options(&arch))?;
         let module = cuda
-            .load_module(Ptx::from_src(ptx))
+            .load_module(image.into_ptx())
             .map_err(GpuError::driver("cuModuleLoadData"))?;
         let func = module
             .load_function(AUGMENT_ENTRY)

@@ -57,6 +57,43 @@ impl GpuAvailability {
     }
 }
 
+/// Environment variable: when `1`, a GPU test that finds no device, NVRTC or nvJPEG fails
+/// instead of skipping, so a run on a GPU machine cannot be green while testing nothing.
+pub const REQUIRE_GPU_ENV: &str = "LOADERD_REQUIRE_GPU";
+
+/// True when [`REQUIRE_GPU_ENV`] is `1`.
+pub fn gpu_required() -> bool {
+    std::env::var_os(REQUIRE_GPU_ENV).is_some_and(|v| v == "1")
+}
+
+/// The skip-or-fail decision of every GPU test, for what it needs (`what`: "a CUDA device",
+/// "NVRTC", "nvJPEG"): the value when found; when missing, `None` after printing
+/// `skipping: <what> unavailable: <reason>`, or, under `LOADERD_REQUIRE_GPU=1`, a panic that
+/// fails the test with the same reason.
+pub fn require_or_skip<T, E: std::fmt::Display>(what: &str, found: Result<T, E>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(e) => match missing(gpu_required(), what, &e.to_string()) {
+            Ok(skip) => {
+                println!("{skip}");
+                None
+            }
+            Err(fail) => panic!("{fail}"),
+        },
+    }
+}
+
+/// What a test does when `what` is missing: `Ok(line to print)` to skip, `Err(message)` to fail.
+fn missing(required: bool, what: &str, reason: &str) -> Result<String, String> {
+    if required {
+        Err(format!(
+            "{REQUIRE_GPU_ENV}=1 but {what} is unavailable: {reason}"
+        ))
+    } else {
+        Ok(format!("skipping: {what} unavailable: {reason}"))
+    }
+}
+
 /// The driver's soname; `libcuda.so` alone is a development symlink (or the toolkit's stub).
 const DRIVER_LIB: &str = "libcuda.so.1";
 
@@ -102,6 +139,23 @@ pub(crate) fn driver_ready() -> Result<(), String> {
         .clone()
 }
 
+/// The driver's CUDA version (`cuDriverGetVersion`, 13000 = 13.0), or `None` without a usable
+/// driver. Picks the sonames of NVRTC and nvJPEG.
+pub(crate) fn driver_version() -> Option<u32> {
+    driver_ready().ok()?;
+    guarded("cuDriverGetVersion", query_driver_version).ok()
+}
+
+/// `cuDriverGetVersion`; call only inside [`guarded`] after [`driver_ready`].
+fn query_driver_version() -> Result<u32, String> {
+    let mut version = 0i32;
+    // SAFETY: `version` is a valid out-pointer for the duration of the call.
+    unsafe { sys::cuDriverGetVersion(&mut version) }
+        .result()
+        .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
+    u32::try_from(version).map_err(|e| format!("cuDriverGetVersion: {e}"))
+}
+
 /// Runs a closure that calls into `cudarc`'s lazily resolved driver API, turning a panic
 /// (missing symbol) into an error.
 pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
@@ -118,17 +172,13 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> R
 fn detect_devices() -> Result<Vec<GpuInfo>, String> {
     driver_ready()?;
     guarded("device query", || {
-        let mut version = 0i32;
-        // SAFETY: `version` is a valid out-pointer for the duration of the call.
-        unsafe { sys::cuDriverGetVersion(&mut version) }
-            .result()
-            .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
+        let version = query_driver_version()?;
         let count = result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e}"))?;
         if count <= 0 {
             return Err("the CUDA driver reports no devices".to_string());
         }
         (0..count)
-            .map(|ordinal| device_info(ordinal, version as u32).map_err(|e| e.to_string()))
+            .map(|ordinal| device_info(ordinal, version).map_err(|e| e.to_string()))
             .collect()
     })
 }
@@ -159,6 +209,22 @@ fn device_info(ordinal: i32, driver_version: u32) -> Result<GpuInfo, GpuError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_requirement_skips_or_fails() {
+        let skip = missing(false, "nvJPEG", "libnvjpeg.so.13 not found").unwrap();
+        assert_eq!(
+            skip,
+            "skipping: nvJPEG unavailable: libnvjpeg.so.13 not found"
+        );
+        let fail = missing(true, "nvJPEG", "libnvjpeg.so.13 not found").unwrap_err();
+        assert!(
+            fail.starts_with("LOADERD_REQUIRE_GPU=1 but nvJPEG"),
+            "{fail}"
+        );
+        assert!(fail.contains("libnvjpeg.so.13 not found"), "{fail}");
+        assert_eq!(require_or_skip::<_, String>("x", Ok(7)), Some(7));
+    }
 
     #[test]
     fn detect_never_panics_and_is_consistent() {

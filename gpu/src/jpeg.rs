@@ -105,6 +105,10 @@ pub enum Unsupported {
     /// The height is deferred to a DNL marker after the first scan.
     #[error("height deferred to a DNL marker")]
     DeferredHeight,
+    /// The JPEG engines refuse it (`nvjpegDecodeBatchedSupported`) and no GPU hybrid
+    /// decoder could be made.
+    #[error("refused by the hardware JPEG decoder")]
+    HardwareRefused,
     /// nvJPEG itself refused the image (its status).
     #[error("nvJPEG reports the image unsupported (status {0})")]
     Decoder(i32),

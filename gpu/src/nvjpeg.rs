@@ -1,5 +1,6 @@
-//! nvJPEG, opened at run time (`LOADERD_NVJPEG_LIB`, `libnvjpeg.so.13`/`.12`, the toolkit
-//! directories; the `nvidia-nvjpeg` wheel's library works through the variable).
+//! nvJPEG, opened at run time (`LOADERD_NVJPEG_LIB`, then `libnvjpeg.so.13`/`.12` as the
+//! driver allows, on the loader's path, in pip wheels, conda and the toolkits: see
+//! [`crate::libsearch`]).
 //!
 //! [`NvJpeg::load`] resolves every entry point a batched decode needs up front, so a library
 //! that is too old fails at start-up with the missing symbol's name, not mid-batch.
@@ -14,10 +15,14 @@
 //!    caller as [`ImageError::NeedsCpu`];
 //! 2. the accepted images are packed into one device buffer, RGB interleaved, back to back,
 //!    which is also the augment kernel's source buffer;
-//! 3. they are decoded with one `nvjpegDecodeBatched` call (one `nvjpegDecode` for a single
-//!    image). nvJPEG fails a whole batch for one bad bitstream, so when the batched call fails
-//!    each image is decoded again on its own: a corrupt JPEG costs its own sample, not the
-//!    batch's.
+//! 3. with the hardware backend, `nvjpegDecodeBatchedSupported` is asked per image; the
+//!    images the JPEG engines refuse go to a GPU hybrid handle (made when first needed), and
+//!    to the CPU ([`Unsupported::HardwareRefused`](crate::jpeg::Unsupported)) when there is
+//!    none ([`route`] decides, a pure function);
+//! 4. each backend's images are decoded with one `nvjpegDecodeBatched` call (one
+//!    `nvjpegDecode` for a single image on the default backend). nvJPEG fails a whole batch
+//!    for one bad bitstream, so when the batched call fails each image is decoded again on its
+//!    own: a corrupt JPEG costs its own sample, not the batch's.
 //!
 //! Every constant below is from `nvjpeg.h` as shipped with CUDA 12.x and 13.0; these values
 //! have been stable since they were introduced (`NVJPEG_BACKEND_HARDWARE` in CUDA 11.0, the
@@ -32,12 +37,19 @@ use crate::libsearch;
 
 /// Environment variable naming the nvJPEG library file.
 pub const NVJPEG_ENV: &str = "LOADERD_NVJPEG_LIB";
-const NAMES: &[&str] = &["libnvjpeg.so.13", "libnvjpeg.so.12", "libnvjpeg.so"];
+const SPEC: libsearch::LibSpec = libsearch::LibSpec {
+    library: "nvJPEG",
+    env: NVJPEG_ENV,
+    stem: "libnvjpeg",
+    wheel: "nvjpeg",
+};
 
 /// `nvjpegHandle_t`.
 pub type Handle = *mut c_void;
 /// `nvjpegJpegState_t`.
 pub type JpegState = *mut c_void;
+/// `nvjpegJpegStream_t`: a parsed bitstream (here: a parsed header).
+pub type JpegStream = *mut c_void;
 /// `cudaStream_t` (the same object as a driver `CUstream`).
 pub type Stream = *mut c_void;
 
@@ -89,14 +101,16 @@ pub mod status {
     pub const INCOMPLETE_BITSTREAM: c_int = 10;
 }
 
-/// `nvjpegImage_t`: up to four planes with their pitches.
+/// `nvjpegImage_t`: up to four planes with their pitches. In nvjpeg.h (12.x and 13.x) it is
+/// `unsigned char *channel[NVJPEG_MAX_COMPONENT]; size_t pitch[NVJPEG_MAX_COMPONENT];`, 64
+/// bytes on a 64-bit target: batched decode reads an array of them, so the stride must match.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Image {
     /// Device pointers of the planes (interleaved RGB uses plane 0).
-    pub channel: [*mut u8; 4],
-    /// Bytes per row of each plane.
-    pub pitch: [c_uint; 4],
+    pub channel: [*mut u8; MAX_COMPONENT],
+    /// Bytes per row of each plane (`size_t`).
+    pub pitch: [usize; MAX_COMPONENT],
 }
 
 /// The raw entry points (signatures from nvjpeg.h).
@@ -137,6 +151,11 @@ pub struct Functions {
         Stream,
     ) -> c_int,
     pub get_property: unsafe extern "C" fn(c_int, *mut c_int) -> c_int,
+    pub jpeg_stream_create: unsafe extern "C" fn(Handle, *mut JpegStream) -> c_int,
+    pub jpeg_stream_destroy: unsafe extern "C" fn(JpegStream) -> c_int,
+    pub jpeg_stream_parse_header:
+        unsafe extern "C" fn(Handle, *const u8, usize, JpegStream) -> c_int,
+    pub decode_batched_supported: unsafe extern "C" fn(Handle, JpegStream, *mut c_int) -> c_int,
 }
 
 /// An opened nvJPEG library.
@@ -165,7 +184,7 @@ fn symbol<T: Copy>(lib: &Library, path: &str, name: &'static str) -> Result<T, G
 impl NvJpeg {
     /// Finds and opens nvJPEG and resolves the batched-decode entry points. Needs no GPU.
     pub fn load() -> Result<Self, GpuError> {
-        let (lib, path) = libsearch::open("nvJPEG", NVJPEG_ENV, NAMES)?;
+        let (lib, path) = libsearch::open(&SPEC, crate::detect::driver_version())?;
         let functions = Functions {
             create_ex: symbol(&lib, &path, "nvjpegCreateEx")?,
             destroy: symbol(&lib, &path, "nvjpegDestroy")?,
@@ -176,6 +195,10 @@ impl NvJpeg {
             decode_batched_initialize: symbol(&lib, &path, "nvjpegDecodeBatchedInitialize")?,
             decode_batched: symbol(&lib, &path, "nvjpegDecodeBatched")?,
             get_property: symbol(&lib, &path, "nvjpegGetProperty")?,
+            jpeg_stream_create: symbol(&lib, &path, "nvjpegJpegStreamCreate")?,
+            jpeg_stream_destroy: symbol(&lib, &path, "nvjpegJpegStreamDestroy")?,
+            jpeg_stream_parse_header: symbol(&lib, &path, "nvjpegJpegStreamParseHeader")?,
+            decode_batched_supported: symbol(&lib, &path, "nvjpegDecodeBatchedSupported")?,
         };
         let prop = |which: c_int| {
             let mut v = 0;
@@ -217,13 +240,41 @@ impl NvJpeg {
 }
 
 mod decoder;
+mod engine;
+mod route;
 pub(crate) use decoder::pack;
 pub use decoder::{DecodeJob, DecodedBatch, DecodedImage, ImageError, ImageGeometry, JpegDecoder};
+pub use route::{Route, route};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::jpeg::Unsupported;
+
+    /// `nvjpegImage_t` as nvjpeg.h lays it out on a 64-bit target: four pointers at 0..32,
+    /// four `size_t` pitches at 32..64. `nvjpegDecodeBatched` indexes an array of these.
+    #[test]
+    fn image_struct_matches_the_header() {
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(
+            size_of::<usize>(),
+            8,
+            "the layout below is for 64-bit targets"
+        );
+        assert_eq!(size_of::<Image>(), 64);
+        assert_eq!(align_of::<Image>(), 8);
+        assert_eq!(offset_of!(Image, channel), 0);
+        assert_eq!(offset_of!(Image, pitch), 32);
+        // Image i of a batch starts at i × 64: its pitch[0] lies at i × 64 + 32.
+        let images = [Image {
+            channel: [std::ptr::null_mut(); MAX_COMPONENT],
+            pitch: [0; MAX_COMPONENT],
+        }; 3];
+        let base = images.as_ptr() as usize;
+        assert_eq!((&raw const images[2].pitch) as usize - base, 2 * 64 + 32);
+        // The enums passed by value are C ints.
+        assert_eq!(size_of::<Backend>(), size_of::<c_int>());
+    }
 
     #[test]
     fn packing_aligns_and_detects_overflow() {
@@ -257,7 +308,8 @@ mod tests {
                 let msg = e.to_string();
                 assert!(msg.contains("nvJPEG not found"), "{msg}");
                 assert!(msg.contains(NVJPEG_ENV), "{msg}");
-                assert!(msg.contains("libnvjpeg.so.13"), "{msg}");
+                // .so.12 is tried whatever the driver (.so.13 only without one or with a 13.x one).
+                assert!(msg.contains("libnvjpeg.so.12"), "{msg}");
                 println!("as expected without nvJPEG: {msg}");
             }
         }

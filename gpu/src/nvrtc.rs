@@ -1,8 +1,9 @@
 //! NVRTC, opened at run time from whichever `libnvrtc` the machine has.
 //!
 //! Loaded by us rather than through `cudarc::nvrtc` so that the search is ours (an explicit
-//! `LOADERD_NVRTC_LIB`, then `libnvrtc.so.13`/`.12`, then the toolkit directories) and absence
-//! is an error, not a panic. Compiling needs no GPU and no driver, so the kernel source is
+//! `LOADERD_NVRTC_LIB`, then `libnvrtc.so.13`/`.12` as the driver allows, on the loader's path,
+//! in pip wheels, conda and the toolkits: see [`crate::libsearch`]) and absence is an error,
+//! not a panic. Compiling needs no GPU and no driver, so the kernel source is
 //! syntax-checked in tests wherever NVRTC is installed (e.g. the `nvidia-cuda-nvrtc-cu12`
 //! wheel's `nvidia/cuda_nvrtc/lib/libnvrtc.so.12`).
 
@@ -15,7 +16,12 @@ use crate::libsearch;
 
 /// Environment variable naming the NVRTC library file.
 pub const NVRTC_ENV: &str = "LOADERD_NVRTC_LIB";
-const NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+const SPEC: libsearch::LibSpec = libsearch::LibSpec {
+    library: "NVRTC",
+    env: NVRTC_ENV,
+    stem: "libnvrtc",
+    wheel: "cuda_nvrtc",
+};
 
 type Program = *mut c_void;
 type Version = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
@@ -43,6 +49,8 @@ pub struct Nvrtc {
     log: GetText,
     ptx_size: GetSize,
     ptx: GetText,
+    /// `nvrtcGetCUBINSize` / `nvrtcGetCUBIN` (NVRTC ≥ 11.1); `None` in older libraries.
+    cubin: Option<(GetSize, GetText)>,
     destroy: Destroy,
     // Keeps the function pointers above valid; never dropped before them (same struct).
     _lib: Library,
@@ -72,7 +80,7 @@ fn check(call: &'static str, status: c_int) -> Result<(), GpuError> {
 impl Nvrtc {
     /// Finds and opens NVRTC (`LOADERD_NVRTC_LIB`, the loader's path, CUDA toolkits).
     pub fn load() -> Result<Self, GpuError> {
-        let (lib, path) = libsearch::open("NVRTC", NVRTC_ENV, NAMES)?;
+        let (lib, path) = libsearch::open(&SPEC, crate::detect::driver_version())?;
         let version_fn: Version = symbol(&lib, &path, "nvrtcVersion")?;
         let (mut major, mut minor) = (0, 0);
         // SAFETY: two valid out-pointers, as nvrtcVersion expects.
@@ -86,6 +94,9 @@ impl Nvrtc {
             log: symbol(&lib, &path, "nvrtcGetProgramLog")?,
             ptx_size: symbol(&lib, &path, "nvrtcGetPTXSize")?,
             ptx: symbol(&lib, &path, "nvrtcGetPTX")?,
+            cubin: symbol(&lib, &path, "nvrtcGetCUBINSize")
+                .and_then(|size| Ok((size, symbol(&lib, &path, "nvrtcGetCUBIN")?)))
+                .ok(),
             destroy: symbol(&lib, &path, "nvrtcDestroyProgram")?,
             version: (major, minor),
             path,
@@ -112,6 +123,49 @@ impl Nvrtc {
         name: &str,
         options: &[String],
     ) -> Result<String, GpuError> {
+        let prog = self.program(source, name, options)?;
+        let ptx = self.bytes(prog.prog, self.ptx_size, self.ptx, "nvrtcGetPTX")?;
+        Ok(text(ptx))
+    }
+
+    /// Compiles `source` for a device of compute capability `cc` into what the driver loads
+    /// without JIT: a CUBIN for `sm_XY` (see [`device_options`], which replaces any
+    /// architecture in `options`). PTX would be JIT-compiled by the driver, which refuses PTX
+    /// from an NVRTC newer than itself (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION`). Only when this
+    /// NVRTC cannot give a CUBIN is the result `compute_XY` PTX, and the log says so.
+    pub fn compile_for_device(
+        &self,
+        source: &str,
+        name: &str,
+        cc: (u32, u32),
+        options: &[String],
+    ) -> Result<ModuleImage, GpuError> {
+        if let Some((size, get)) = self.cubin {
+            let prog = self.program(source, name, &device_options(options, cc, true))?;
+            let cubin = self.bytes(prog.prog, size, get, "nvrtcGetCUBIN")?;
+            if !cubin.is_empty() {
+                tracing::debug!(arch = %arch(cc, true), bytes = cubin.len(), "compiled to CUBIN");
+                return Ok(ModuleImage::Cubin(cubin));
+            }
+        }
+        tracing::warn!(
+            path = %self.path,
+            version = ?self.version,
+            arch = %arch(cc, false),
+            "this NVRTC gives no CUBIN; loading PTX, which the driver JIT-compiles \
+             (and refuses if NVRTC is newer than the driver)"
+        );
+        let options = device_options(options, cc, false);
+        Ok(ModuleImage::Ptx(self.compile(source, name, &options)?))
+    }
+
+    /// A compiled program; [`GpuError::Compile`] with the log when compilation fails.
+    fn program(
+        &self,
+        source: &str,
+        name: &str,
+        options: &[String],
+    ) -> Result<ProgramGuard, GpuError> {
         let cstr = |s: &str| {
             CString::new(s).map_err(|_| GpuError::InvalidArgument(format!("NUL in {s:?}")))
         };
@@ -142,28 +196,79 @@ impl Nvrtc {
         let status =
             unsafe { (self.compile)(guard.prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
         if status != 0 {
-            let log = self.text(guard.prog, self.log_size, self.log, "nvrtcGetProgramLog")?;
-            return Err(GpuError::Compile { log });
+            let log = self.bytes(guard.prog, self.log_size, self.log, "nvrtcGetProgramLog")?;
+            return Err(GpuError::Compile { log: text(log) });
         }
-        self.text(guard.prog, self.ptx_size, self.ptx, "nvrtcGetPTX")
+        Ok(guard)
     }
 
-    fn text(
+    /// The `n` bytes an NVRTC getter pair (size, contents) reports.
+    fn bytes(
         &self,
         prog: Program,
         size: GetSize,
         get: GetText,
         call: &'static str,
-    ) -> Result<String, GpuError> {
+    ) -> Result<Vec<u8>, GpuError> {
         let mut n = 0usize;
         // SAFETY: `prog` is live and `n` a valid out-pointer.
         check(call, unsafe { size(prog, &mut n) })?;
         let mut buf = vec![0u8; n.max(1)];
-        // SAFETY: `buf` holds the `n` bytes (including the NUL) NVRTC said it will write.
+        // SAFETY: `buf` holds the `n` bytes (including any NUL) NVRTC said it will write.
         check(call, unsafe { get(prog, buf.as_mut_ptr().cast()) })?;
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        buf.truncate(end);
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+/// NVRTC's NUL-terminated text output as a string.
+fn text(mut buf: Vec<u8>) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    buf.truncate(end);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `sm_XY` (real architecture, for a CUBIN) or `compute_XY` (virtual, for PTX).
+fn arch((major, minor): (u32, u32), real: bool) -> String {
+    let kind = if real { "sm" } else { "compute" };
+    format!("{kind}_{major}{minor}")
+}
+
+/// `options` with every architecture option (`--gpu-architecture`, `-arch`, either form)
+/// replaced by one for compute capability `cc`: `sm_XY` when `real`, else `compute_XY`.
+pub fn device_options(options: &[String], cc: (u32, u32), real: bool) -> Vec<String> {
+    let mut out = Vec::with_capacity(options.len() + 1);
+    let mut skip_value = false;
+    for o in options {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if o == "--gpu-architecture" || o == "-arch" {
+            skip_value = true;
+        } else if !(o.starts_with("--gpu-architecture=") || o.starts_with("-arch=")) {
+            out.push(o.clone());
+        }
+    }
+    out.insert(0, format!("--gpu-architecture={}", arch(cc, real)));
+    out
+}
+
+/// What [`Nvrtc::compile_for_device`] produced, ready for `cuModuleLoadData`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleImage {
+    /// Machine code for the device's own architecture.
+    Cubin(Vec<u8>),
+    /// PTX for the driver to JIT-compile (only when NVRTC gives no CUBIN).
+    Ptx(String),
+}
+
+impl ModuleImage {
+    /// The image as `cudarc` loads it.
+    pub fn into_ptx(self) -> cudarc::nvrtc::Ptx {
+        match self {
+            ModuleImage::Cubin(bytes) => cudarc::nvrtc::Ptx::from_binary(bytes),
+            ModuleImage::Ptx(src) => cudarc::nvrtc::Ptx::from_src(src),
+        }
     }
 }
 
@@ -184,18 +289,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn device_options_target_the_real_architecture() {
+        let given: Vec<String> = [
+            "--gpu-architecture=compute_75",
+            "--fmad=false",
+            "-arch",
+            "compute_80",
+            "-arch=sm_70",
+            "--std=c++17",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            device_options(&given, (9, 0), true),
+            ["--gpu-architecture=sm_90", "--fmad=false", "--std=c++17"]
+        );
+        assert_eq!(
+            device_options(&given, (12, 0), false),
+            [
+                "--gpu-architecture=compute_120",
+                "--fmad=false",
+                "--std=c++17"
+            ]
+        );
+        assert_eq!(
+            device_options(&[], (8, 6), true),
+            ["--gpu-architecture=sm_86"]
+        );
+    }
+
+    #[test]
     fn absence_is_a_clear_error_not_a_panic() {
         // Point the override at a file that does not exist: the error names it and the variable.
-        let err = libsearch::open(
-            "NVRTC",
-            "LOADERD_TEST_NO_SUCH_VAR",
-            &["libnvrtc-loaderd-missing.so.99"],
-        )
-        .map(|_| ())
-        .unwrap_err();
+        let spec = libsearch::LibSpec {
+            library: "NVRTC",
+            env: "LOADERD_TEST_NO_SUCH_VAR",
+            stem: "libnvrtc-loaderd-missing",
+            wheel: "cuda_nvrtc",
+        };
+        let err = libsearch::open(&spec, Some(13000)).map(|_| ()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("NVRTC not found"), "{msg}");
-        assert!(msg.contains("libnvrtc-loaderd-missing.so.99"), "{msg}");
+        assert!(msg.contains("libnvrtc-loaderd-missing.so.13"), "{msg}");
         assert!(msg.contains("LOADERD_TEST_NO_SUCH_VAR"), "{msg}");
     }
 }

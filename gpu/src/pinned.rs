@@ -267,6 +267,9 @@ impl Drop for CopyEvent {
     }
 }
 
+/// Flags of the events [`H2dStream::record`] makes: timing enabled, spin-wait on synchronize.
+const TIMING_EVENT: sys::CUevent_flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+
 /// One client's dedicated host-to-device copy stream.
 #[derive(Debug)]
 pub struct H2dStream {
@@ -411,11 +414,17 @@ impl H2dStream {
             .map_err(GpuError::driver("cuMemcpyHtoDAsync"))
     }
 
-    /// Records an event after the copies queued so far.
+    /// Records an event after the copies queued so far. The event keeps timing
+    /// (`CU_EVENT_DEFAULT`): cudarc's `record_event(None)` makes `CU_EVENT_DISABLE_TIMING`
+    /// events, on which [`CopyEvent::elapsed_ms`] fails.
     pub fn record(&self) -> Result<CopyEvent, GpuError> {
         let event = self
             .stream
-            .record_event(None)
+            .context()
+            .new_event(Some(TIMING_EVENT))
+            .map_err(GpuError::driver("cuEventCreate"))?;
+        event
+            .record(&self.stream)
             .map_err(GpuError::driver("cuEventRecord"))?;
         let keep = std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(CopyEvent { event, keep })

@@ -1,12 +1,14 @@
-//! Tests that need NVRTC or a GPU. Each skips with a printed reason when what it needs is
-//! absent, so plain `cargo test` passes on a bare machine; run them on a GPU machine with
-//! `cargo test -p loaderd-gpu --release -- --nocapture` (or the built test binary).
+//! Tests that need NVRTC, nvJPEG or a GPU. Each skips with a printed reason when what it needs
+//! is absent, so plain `cargo test` passes on a bare machine; on a GPU machine run them with
+//! `LOADERD_REQUIRE_GPU=1 cargo test -p loaderd-gpu --release -- --nocapture` (or the built
+//! test binary), under which a missing device or library fails the test instead.
 
 use std::sync::Arc;
 
 use image::ImageEncoder as _;
 use loaderd_gpu::augment::{AUGMENT_CU, compile_options};
 use loaderd_gpu::batch::RgbImage;
+use loaderd_gpu::detect::{REQUIRE_GPU_ENV, require_or_skip};
 use loaderd_gpu::reference;
 use loaderd_gpu::{
     AugmentKernel, BatchConfig, CropBox, GpuAvailability, GpuBatchPipeline, GpuContext, GpuInfo,
@@ -18,25 +20,24 @@ use loaderd_gpu::{
 mod testdata;
 use testdata::noise;
 
-/// The first device, or `None` after printing why the test is skipped.
+/// The first device; `None` (skip) or a failure under `LOADERD_REQUIRE_GPU=1` without one.
 fn gpu_or_skip() -> Option<GpuInfo> {
-    match detect() {
-        GpuAvailability::Available(devices) => devices.into_iter().next(),
-        GpuAvailability::Unavailable { reason } => {
-            println!("skipping: {reason}");
-            None
-        }
-    }
+    let first = match detect() {
+        GpuAvailability::Available(devices) => devices
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no devices".to_string()),
+        GpuAvailability::Unavailable { reason } => Err(reason),
+    };
+    require_or_skip("a CUDA device", first)
 }
 
 fn nvrtc_or_skip() -> Option<Nvrtc> {
-    match Nvrtc::load() {
-        Ok(n) => Some(n),
-        Err(e) => {
-            println!("skipping: {e}");
-            None
-        }
-    }
+    require_or_skip("NVRTC", Nvrtc::load())
+}
+
+fn nvjpeg_or_skip() -> Option<Arc<NvJpeg>> {
+    require_or_skip("nvJPEG", NvJpeg::load().map(Arc::new))
 }
 
 /// Needs only NVRTC (no driver, no GPU): the kernel source compiles.
@@ -62,6 +63,19 @@ fn kernel_source_compiles_with_nvrtc() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
+    // For a device: a CUBIN (an ELF file) for the real architecture, not PTX to JIT.
+    let image = nvrtc
+        .compile_for_device(
+            AUGMENT_CU,
+            "augment.cu",
+            (7, 5),
+            &compile_options("compute_75"),
+        )
+        .unwrap();
+    match image {
+        loaderd_gpu::nvrtc::ModuleImage::Cubin(bytes) => assert!(bytes.starts_with(b"\x7fELF")),
+        other => panic!("NVRTC {:?} gave no CUBIN: {other:?}", nvrtc.version()),
+    }
     println!("compiled with {} {:?}", nvrtc.path(), nvrtc.version());
 }
 
@@ -226,16 +240,6 @@ fn pinned_registration_and_h2d_bandwidth() {
     drop(region);
     let again = PinnedRegion::register(&ctx, owner).unwrap();
     assert_eq!(again.len(), len);
-}
-
-fn nvjpeg_or_skip() -> Option<Arc<NvJpeg>> {
-    match NvJpeg::load() {
-        Ok(n) => Some(Arc::new(n)),
-        Err(e) => {
-            println!("skipping: {e}");
-            None
-        }
-    }
 }
 
 /// Smooth gradients plus mild noise: photo-like, so chroma subsampling and the decoders'
@@ -525,4 +529,72 @@ fn batch_throughput() {
         pipe.decoder().backend(),
         (256 * reps) as f64 / secs
     );
+}
+
+/// What each GPU test needs, checked here the way the tests check it.
+fn present(need: &str) -> bool {
+    match need {
+        "device" => detect().is_available(),
+        "nvrtc" => Nvrtc::load().is_ok(),
+        "nvjpeg" => NvJpeg::load().is_ok(),
+        _ => unreachable!("{need}"),
+    }
+}
+
+/// Runs one test of this binary in a child process; (passed, its output).
+fn run_child(test: &str, require: bool) -> (bool, String) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    if require {
+        cmd.env(REQUIRE_GPU_ENV, "1");
+    } else {
+        cmd.env_remove(REQUIRE_GPU_ENV);
+    }
+    let out = cmd.output().expect("run the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs on any machine: under `LOADERD_REQUIRE_GPU=1` a GPU test passes only where everything
+/// it needs is present, and fails naming the variable and what is missing where it is not;
+/// without the variable it skips instead.
+#[test]
+fn require_gpu_turns_a_skip_into_a_failure() {
+    let cases: [(&str, &[&str]); 3] = [
+        ("kernel_source_compiles_with_nvrtc", &["nvrtc"]),
+        ("pinned_registration_and_h2d_bandwidth", &["device"]),
+        (
+            "batched_decode_matches_cpu_and_isolates_a_corrupt_jpeg",
+            &["device", "nvjpeg"],
+        ),
+    ];
+    for (test, needs) in cases {
+        let missing = needs.iter().find(|n| !present(n));
+        let (ok, text) = run_child(test, true);
+        match missing {
+            None => assert!(ok, "{test} has what it needs here but failed:\n{text}"),
+            Some(need) => {
+                assert!(
+                    !ok,
+                    "{test} passed under {REQUIRE_GPU_ENV}=1 without {need}:\n{text}"
+                );
+                assert!(
+                    text.contains(&format!("{REQUIRE_GPU_ENV}=1 but")),
+                    "{test}: no reason given:\n{text}"
+                );
+                assert!(!text.contains("skipping:"), "{text}");
+                let (ok, text) = run_child(test, false);
+                assert!(
+                    ok && text.contains("skipping:"),
+                    "{test} without the variable:\n{text}"
+                );
+                println!("{test} without {need}: fails under {REQUIRE_GPU_ENV}=1, skips without");
+            }
+        }
+    }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use cudarc::driver::DevicePtrMut;
 use loaderd_image::CropBox;
 
-use super::{
-    Backend, Handle, Image, JpegState, MAX_COMPONENT, NvJpeg, OUTPUT_RGBI, Stream, status,
-};
+use super::engine::Engine;
+use super::route::{Route, route};
+use super::{Backend, Image, MAX_COMPONENT, NvJpeg, Stream, status};
 use crate::GpuError;
 use crate::augment::SampleParams;
 use crate::jpeg::{self, Unsupported};
@@ -155,38 +155,32 @@ pub(crate) fn pack(
     Ok((offsets, end))
 }
 
-/// One worker's nvJPEG decoder: handle, JPEG state, and the stream everything is queued on.
+/// One worker's nvJPEG decoder: an nvJPEG handle and JPEG state on the best backend (an
+/// [`Engine`]), a GPU hybrid one made when the hardware backend refuses an image, and the
+/// stream everything is queued on.
 pub struct JpegDecoder {
     ctx: GpuContext,
     lib: Arc<NvJpeg>,
-    handle: Handle,
-    state: JpegState,
-    backend: Backend,
-    /// The batch size `nvjpegDecodeBatchedInitialize` was last called with.
-    batched_size: Option<usize>,
+    primary: Engine,
+    /// For images the hardware backend refuses: `None` until first needed, then the engine,
+    /// or `Some(None)` when it could not be made (those images go to the CPU).
+    hybrid: Option<Option<Engine>>,
     max_pixels: u64,
-    // Dropped after `Drop::drop` has synchronized it and destroyed the state and handle.
+    // Dropped after `Drop::drop` has synchronized it and destroyed the engines.
     stream: H2dStream,
 }
 
-// SAFETY: the nvJPEG handle may be used from any thread; the JPEG state is used only through
-// `&mut self` (one thread at a time), and `inspect` (`&self`) touches only the handle.
+// SAFETY: nvJPEG handles may be used from any thread; the JPEG states and parsed streams are
+// used only through `&mut self` (one thread at a time), and `inspect` (`&self`) touches only
+// the primary handle.
 unsafe impl Send for JpegDecoder {}
 
 impl std::fmt::Debug for JpegDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JpegDecoder")
-            .field("backend", &self.backend)
+            .field("backend", &self.primary.backend())
             .field("max_pixels", &self.max_pixels)
             .finish_non_exhaustive()
-    }
-}
-
-fn nvjpeg_ok(call: &'static str, status: c_int) -> Result<(), GpuError> {
-    if status == status::SUCCESS {
-        Ok(())
-    } else {
-        Err(GpuError::NvJpeg { call, status })
     }
 }
 
@@ -201,71 +195,34 @@ impl JpegDecoder {
         }
         ctx.bind()?;
         let f = *lib.functions();
-        let mut handle: Handle = std::ptr::null_mut();
-        let mut backend = Backend::Hardware;
-        // SAFETY: null allocators select cudaMalloc/cudaHostAlloc; `handle` is an out-pointer.
-        let hw = unsafe {
-            (f.create_ex)(
-                backend,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-                &mut handle,
-            )
+        let mut primary = match Engine::new(&f, Backend::Hardware) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::info!(error = %e, "nvJPEG hardware backend unavailable; using the default");
+                Engine::new(&f, Backend::Default)?
+            }
         };
-        if hw != status::SUCCESS {
-            tracing::info!(
-                status = hw,
-                "nvJPEG hardware backend unavailable; using the default"
-            );
-            backend = Backend::Default;
-            // SAFETY: as above.
-            let st = unsafe {
-                (f.create_ex)(
-                    backend,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    0,
-                    &mut handle,
-                )
-            };
-            nvjpeg_ok("nvjpegCreateEx", st)?;
-        }
-        let mut state: JpegState = std::ptr::null_mut();
-        // SAFETY: `handle` is live; `state` is an out-pointer.
-        let st = unsafe { (f.state_create)(handle, &mut state) };
-        if let Err(e) = nvjpeg_ok("nvjpegJpegStateCreate", st) {
-            // SAFETY: `handle` is live and destroyed exactly once, here.
-            unsafe { (f.destroy)(handle) };
-            return Err(e);
-        }
         let stream = match H2dStream::new(ctx) {
             Ok(s) => s,
             Err(e) => {
-                // SAFETY: both are live and destroyed exactly once, here.
-                unsafe {
-                    (f.state_destroy)(state);
-                    (f.destroy)(handle);
-                }
+                primary.destroy(&f);
                 return Err(e);
             }
         };
-        tracing::debug!(?backend, "nvJPEG decoder ready");
+        tracing::debug!(backend = ?primary.backend(), "nvJPEG decoder ready");
         Ok(JpegDecoder {
             ctx: ctx.clone(),
             lib,
-            handle,
-            state,
-            backend,
-            batched_size: None,
+            primary,
+            hybrid: None,
             max_pixels,
             stream,
         })
     }
 
-    /// The backend the handle was created with.
+    /// The backend of the decoder's own handle (images it refuses may take another).
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.primary.backend()
     }
 
     /// The stream decodes are queued on; queue work that reads the output on it too.
@@ -296,7 +253,7 @@ impl JpegDecoder {
         // ints as the function writes; `handle` is live.
         let st = unsafe {
             (f.get_image_info)(
-                self.handle,
+                self.primary.handle(),
                 data.as_ptr(),
                 data.len(),
                 &mut n,
@@ -357,91 +314,76 @@ impl JpegDecoder {
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             ],
-            pitch: [j.geometry.pitch(), 0, 0, 0],
+            pitch: [j.geometry.pitch() as usize, 0, 0, 0],
         };
         let mut images: Vec<Image> = jobs.iter().map(image).collect();
-        if jobs.len() > 1 {
-            match self.batched(jobs, &mut images) {
-                Ok(()) => return Ok(vec![Ok(()); jobs.len()]),
-                Err(st) => tracing::debug!(
-                    status = st,
-                    n = jobs.len(),
-                    "batched decode failed; decoding one by one"
-                ),
-            }
+        let f = *self.lib.functions();
+        let stream = self.raw_stream();
+        if self.primary.backend() != Backend::Hardware {
+            let data: Vec<&[u8]> = jobs.iter().map(|j| j.data).collect();
+            // SAFETY: each `images[i]` points at `pitch × height` bytes inside `dst` (checked
+            // above, sizes from `inspect`, which nvJPEG agreed to), which outlives the work.
+            return Ok(unsafe { decode_group(&mut self.primary, &f, &data, &mut images, stream) });
         }
-        let mut out = Vec::with_capacity(jobs.len());
-        for (j, img) in jobs.iter().zip(images.iter_mut()) {
-            out.push(self.single(j, img));
+        let routes = self.routes(&f, jobs);
+        let mut out: Vec<Result<(), ImageError>> = routes
+            .iter()
+            .map(|r| match r {
+                Route::Cpu => Err(ImageError::NeedsCpu(Unsupported::HardwareRefused)),
+                Route::Hardware | Route::GpuHybrid => Ok(()),
+            })
+            .collect();
+        for which in [Route::Hardware, Route::GpuHybrid] {
+            let idx: Vec<usize> = (0..jobs.len()).filter(|&i| routes[i] == which).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let engine = match which {
+                Route::Hardware => &mut self.primary,
+                _ => match self.hybrid.as_mut().and_then(Option::as_mut) {
+                    Some(e) => e,
+                    None => continue, // not routed here without one (see `routes`)
+                },
+            };
+            let data: Vec<&[u8]> = idx.iter().map(|&i| jobs[i].data).collect();
+            let mut group: Vec<Image> = idx.iter().map(|&i| images[i]).collect();
+            // SAFETY: as above, for a subset of the images.
+            let results = unsafe { decode_group(engine, &f, &data, &mut group, stream) };
+            for (i, r) in idx.into_iter().zip(results) {
+                out[i] = r;
+            }
         }
         Ok(out)
     }
 
-    /// One `nvjpegDecodeBatched` over `jobs`; the status when it fails.
-    fn batched(&mut self, jobs: &[DecodeJob<'_>], images: &mut [Image]) -> Result<(), c_int> {
-        let f = *self.lib.functions();
-        let n = jobs.len();
-        if self.batched_size != Some(n) {
-            // SAFETY: live handle and state; a batch size, one CPU thread, RGBI.
-            let st = unsafe {
-                (f.decode_batched_initialize)(self.handle, self.state, n as c_int, 1, OUTPUT_RGBI)
-            };
-            if st != status::SUCCESS {
-                self.batched_size = None;
-                return Err(st);
-            }
-            self.batched_size = Some(n);
+    /// Asks the hardware backend about each job, makes the GPU hybrid engine the first time
+    /// one is refused, and routes the batch ([`route`]).
+    fn routes(&mut self, f: &super::Functions, jobs: &[DecodeJob<'_>]) -> Vec<Route> {
+        let support: Vec<Option<bool>> = jobs
+            .iter()
+            .map(|j| match self.primary.supported(f, j.data) {
+                Ok(yes) => Some(yes),
+                Err(status) => {
+                    tracing::debug!(status, "nvjpegDecodeBatchedSupported could not tell");
+                    None
+                }
+            })
+            .collect();
+        let refused = support.iter().any(|s| *s != Some(true));
+        if refused && self.hybrid.is_none() {
+            let made = Engine::new(f, Backend::GpuHybrid)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "no GPU hybrid nvJPEG backend; refused images go to the CPU")
+                })
+                .ok();
+            self.hybrid = Some(made);
         }
-        let ptrs: Vec<*const u8> = jobs.iter().map(|j| j.data.as_ptr()).collect();
-        let lens: Vec<usize> = jobs.iter().map(|j| j.data.len()).collect();
-        // SAFETY: `ptrs[i]` is readable for `lens[i]` bytes for the whole call (the inputs are
-        // host memory nvJPEG reads before returning); `images[i].channel[0]` points at
-        // `pitch × height` bytes inside the destination buffer (checked in `decode_into`,
-        // sizes from `inspect`, which nvJPEG agreed to); the state was initialized for `n`.
-        let st = unsafe {
-            (f.decode_batched)(
-                self.handle,
-                self.state,
-                ptrs.as_ptr(),
-                lens.as_ptr(),
-                images.as_mut_ptr(),
-                self.raw_stream(),
-            )
-        };
-        if st != status::SUCCESS {
-            self.batched_size = None;
-            return Err(st);
+        let hybrid = matches!(self.hybrid, Some(Some(_)));
+        let routes = route(&support, hybrid);
+        if refused {
+            tracing::debug!(?routes, "hardware decoder refused some images");
         }
-        Ok(())
-    }
-
-    /// One image alone. The hardware backend decodes through the batched API only, so there
-    /// a single image is a batch of one.
-    fn single(&mut self, job: &DecodeJob<'_>, image: &mut Image) -> Result<(), ImageError> {
-        if self.backend == Backend::Hardware {
-            return self
-                .batched(std::slice::from_ref(job), std::slice::from_mut(image))
-                .map_err(|st| ImageError::from_status("nvjpegDecodeBatched", st));
-        }
-        let f = *self.lib.functions();
-        // SAFETY: as in `batched`, for one image; `nvjpegDecode` needs no initialization.
-        let st = unsafe {
-            (f.decode)(
-                self.handle,
-                self.state,
-                job.data.as_ptr(),
-                job.data.len(),
-                OUTPUT_RGBI,
-                image,
-                self.raw_stream(),
-            )
-        };
-        // The state is in single-image mode now.
-        self.batched_size = None;
-        if st != status::SUCCESS {
-            return Err(ImageError::from_status("nvjpegDecode", st));
-        }
-        Ok(())
+        routes
     }
 
     fn raw_stream(&self) -> Stream {
@@ -505,16 +447,47 @@ impl Drop for JpegDecoder {
         if let Err(e) = self.stream.synchronize() {
             tracing::error!(error = %e, "draining the decode stream failed");
         }
-        let f = self.lib.functions();
-        // SAFETY: both were created in `new`, are destroyed exactly once, here, and no work
-        // that uses them is pending (the stream was drained above).
-        let (a, b) = unsafe { ((f.state_destroy)(self.state), (f.destroy)(self.handle)) };
-        if a != status::SUCCESS || b != status::SUCCESS {
-            tracing::error!(
-                state = a,
-                handle = b,
-                "destroying the nvJPEG decoder failed"
-            );
+        // No work that uses the engines is pending (the stream was drained above).
+        let f = *self.lib.functions();
+        self.primary.destroy(&f);
+        if let Some(Some(hybrid)) = self.hybrid.as_mut() {
+            hybrid.destroy(&f);
         }
     }
+}
+
+/// Decodes `data` into `images` on one engine: one batched call, and when that fails (nvJPEG
+/// fails a whole batch for one bad bitstream) each image alone, so a corrupt JPEG costs its
+/// own sample only.
+///
+/// # Safety
+/// `images[i].channel[0]` must point at `pitch[0] × height` writable device bytes (`height`
+/// being image `i`'s), valid until the work queued on `stream` has run.
+unsafe fn decode_group(
+    engine: &mut Engine,
+    f: &super::Functions,
+    data: &[&[u8]],
+    images: &mut [Image],
+    stream: Stream,
+) -> Vec<Result<(), ImageError>> {
+    if data.len() > 1 {
+        // SAFETY: this function's contract.
+        match unsafe { engine.batched(f, data, images, stream) } {
+            Ok(()) => return vec![Ok(()); data.len()],
+            Err(st) => tracing::debug!(
+                status = st,
+                n = data.len(),
+                backend = ?engine.backend(),
+                "batched decode failed; decoding one by one"
+            ),
+        }
+    }
+    data.iter()
+        .zip(images.iter_mut())
+        .map(|(d, img)| {
+            // SAFETY: this function's contract, per image.
+            unsafe { engine.single(f, d, img, stream) }
+                .map_err(|(call, st)| ImageError::from_status(call, st))
+        })
+        .collect()
 }
