@@ -1,6 +1,6 @@
-//! One batch on the GPU: nvJPEG decode → upload of CPU-decoded fallbacks → one augment
-//! launch → the batch in device memory (or, for the "host pinned ring" mode, copied into a
-//! pinned slot).
+//! One batch on the GPU: nvJPEG decode → upload of CPU-decoded fallbacks (through pinned
+//! staging, [`UploadStaging`]) → one augment launch → the batch in device memory (or, for the
+//! "host pinned ring" mode, copied into a pinned slot).
 //!
 //! The loader draws each sample's crop box and flip exactly as on the CPU path (from the
 //! image size in the header and the sample's seeded stream) and hands them in with the JPEG
@@ -33,7 +33,9 @@ use loaderd_image::{CropBox, Layout, Normalize};
 
 use crate::augment::{AugmentKernel, SampleParams};
 use crate::nvjpeg::{DecodeJob, ImageError, ImageGeometry, JpegDecoder, NvJpeg, pack};
-use crate::pinned::{CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion};
+use crate::pinned::{
+    CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion, Upload, UploadStaging,
+};
 use crate::{GpuError, Nvrtc};
 use fallback::{cpu_decode, late_fallback};
 
@@ -272,6 +274,9 @@ pub struct GpuBatchPipeline {
     cpu: Option<CpuDecoder>,
     /// The decode buffer, reused while large enough.
     arena: Option<DeviceBuffer>,
+    /// Pinned staging for the CPU-decoded images' uploads.
+    staging: UploadStaging,
+    ctx: GpuContext,
 }
 
 impl std::fmt::Debug for GpuBatchPipeline {
@@ -301,6 +306,8 @@ impl GpuBatchPipeline {
             kernel,
             cpu: None,
             arena: None,
+            staging: UploadStaging::new(),
+            ctx: ctx.clone(),
         })
     }
 
@@ -420,6 +427,8 @@ impl GpuBatchPipeline {
             decoded[i] = Some(r);
         }
         let mut placed = Vec::with_capacity(items.len());
+        // CPU-decoded pixels and where they go; uploaded together through pinned staging.
+        let mut host: Vec<(Cow<'_, [u8]>, usize)> = Vec::new();
         for (i, s) in staged.into_iter().enumerate() {
             placed.push(match s {
                 Staged::Gpu { data, geometry: g } => match decoded[i].take() {
@@ -437,7 +446,7 @@ impl GpuBatchPipeline {
                         let max = self.config.max_pixels;
                         match late_fallback(self.cpu.as_mut(), data, why, size, max) {
                             Ok(pixels) => {
-                                self.decoder.stream().upload(&pixels, arena, offsets[i])?;
+                                host.push((pixels.into(), offsets[i]));
                                 Placed::Ready {
                                     offset: offsets[i],
                                     width: g.width(),
@@ -461,7 +470,7 @@ impl GpuBatchPipeline {
                     stride,
                     reason,
                 } => {
-                    self.decoder.stream().upload(&bytes, arena, offsets[i])?;
+                    host.push((bytes, offsets[i]));
                     Placed::Ready {
                         offset: offsets[i],
                         width,
@@ -473,6 +482,15 @@ impl GpuBatchPipeline {
                 Staged::Failed(e) => Placed::Failed(e),
             });
         }
+        let uploads: Vec<Upload<'_>> = host
+            .iter()
+            .map(|(bytes, offset)| Upload {
+                bytes,
+                offset: *offset,
+            })
+            .collect();
+        self.staging
+            .upload_all(&self.ctx, self.decoder.stream(), &uploads, arena)?;
         let (params, report) = assemble(items, placed);
         let c = &self.config;
         self.kernel.launch(
