@@ -32,7 +32,10 @@ use std::sync::Arc;
 use loaderd_image::{CropBox, Layout, Normalize};
 
 use crate::augment::{AugmentKernel, SampleParams};
-use crate::nvjpeg::{DecodeJob, ImageError, ImageGeometry, JpegDecoder, NvJpeg, pack};
+use crate::nvjpeg::{
+    DEFAULT_MAX_DECODE_BYTES, DecodeJob, ImageError, InspectedJpeg, JpegDecoder, NvJpeg,
+    grown_size, pack,
+};
 use crate::pinned::{
     CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion, Upload, UploadStaging,
 };
@@ -57,6 +60,9 @@ pub struct BatchConfig {
     pub norm: Normalize,
     /// Largest `width × height` a JPEG header (or fallback image) may claim.
     pub max_pixels: u64,
+    /// Cap on the decode buffer (all of a batch's decoded images, back to back): a batch that
+    /// needs more fails with [`GpuError::DecodeBufferCap`].
+    pub max_decode_bytes: usize,
 }
 
 impl Default for BatchConfig {
@@ -69,6 +75,7 @@ impl Default for BatchConfig {
             layout: Layout::NchwF32,
             norm: Normalize::default(),
             max_pixels: 64 << 20,
+            max_decode_bytes: DEFAULT_MAX_DECODE_BYTES,
         }
     }
 }
@@ -88,6 +95,9 @@ impl BatchConfig {
         }
         if self.max_pixels == 0 {
             return bad("max_pixels must be positive");
+        }
+        if self.max_decode_bytes == 0 {
+            return bad("max_decode_bytes must be positive");
         }
         // The kernel indexes a sample's plane with 32-bit unsigned ints.
         let plane = u64::from(self.out_width) * u64::from(self.out_height);
@@ -240,11 +250,8 @@ fn assemble(samples: &[GpuSample<'_>], placed: Vec<Placed>) -> (Vec<SampleParams
 
 /// A sample after the header pass.
 enum Staged<'a> {
-    /// A JPEG for nvJPEG, and the space its pixels take.
-    Gpu {
-        data: &'a [u8],
-        geometry: ImageGeometry,
-    },
+    /// A JPEG for nvJPEG, with the space its pixels take.
+    Gpu(InspectedJpeg<'a>),
     /// Host pixels to upload (borrowed from the caller or owned from the CPU decoder).
     Host {
         bytes: Cow<'a, [u8]>,
@@ -259,7 +266,7 @@ enum Staged<'a> {
 impl Staged<'_> {
     fn bytes(&self) -> usize {
         match self {
-            Staged::Gpu { geometry, .. } => geometry.bytes(),
+            Staged::Gpu(image) => image.geometry().bytes(),
             Staged::Host { bytes, .. } => bytes.len(),
             Staged::Failed(_) => 0,
         }
@@ -351,10 +358,15 @@ impl GpuBatchPipeline {
             .iter()
             .map(|s| self.stage(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let (offsets, total) = pack(staged.iter().map(Staged::bytes))?;
+        let cap = self.config.max_decode_bytes;
+        let (offsets, total) = pack(staged.iter().map(Staged::bytes), cap)?;
         let mut arena = match self.arena.take() {
             Some(a) if a.len() >= total.max(1) => a,
-            _ => self.decoder.stream().alloc(total.max(1))?,
+            old => {
+                drop(old); // freed before the larger one is allocated
+                // Every byte the kernel reads is written first (decoded or uploaded): no memset.
+                self.decoder.stream().alloc_uninit(grown_size(total, cap))?
+            }
         };
         let result = self.fill(items, staged, &offsets, &mut arena, out);
         self.arena = Some(arena);
@@ -381,7 +393,7 @@ impl GpuBatchPipeline {
                 }
             }
             SampleSource::Jpeg(data) => match self.decoder.inspect(data) {
-                Ok(geometry) => Staged::Gpu { data, geometry },
+                Ok(image) => Staged::Gpu(image),
                 Err(ImageError::NeedsCpu(why)) => {
                     match cpu_decode(self.cpu.as_mut(), data, why, self.config.max_pixels) {
                         Ok(img) => Staged::Host {
@@ -410,12 +422,8 @@ impl GpuBatchPipeline {
         let mut jobs = Vec::new();
         let mut job_of = Vec::new();
         for (i, s) in staged.iter().enumerate() {
-            if let Staged::Gpu { data, geometry } = s {
-                jobs.push(DecodeJob {
-                    data,
-                    geometry: *geometry,
-                    offset: offsets[i],
-                });
+            if let Staged::Gpu(image) = s {
+                jobs.push(DecodeJob::new(*image, offsets[i])?);
                 job_of.push(i);
             }
         }
@@ -431,8 +439,8 @@ impl GpuBatchPipeline {
         let mut host: Vec<(Cow<'_, [u8]>, usize)> = Vec::new();
         for (i, s) in staged.into_iter().enumerate() {
             placed.push(match s {
-                Staged::Gpu { data, geometry: g } => match decoded[i].take() {
-                    Some(Ok(())) => Placed::Ready {
+                Staged::Gpu(image) => match (image.geometry(), decoded[i].take()) {
+                    (g, Some(Ok(()))) => Placed::Ready {
                         offset: offsets[i],
                         width: g.width(),
                         height: g.height(),
@@ -441,10 +449,10 @@ impl GpuBatchPipeline {
                     },
                     // nvJPEG refused it only when decoding: the CPU decoder may still,
                     // into the same reserved space (same size, or it is not this image).
-                    Some(Err(ImageError::NeedsCpu(why))) => {
+                    (g, Some(Err(ImageError::NeedsCpu(why)))) => {
                         let size = (g.width(), g.height());
                         let max = self.config.max_pixels;
-                        match late_fallback(self.cpu.as_mut(), data, why, size, max) {
+                        match late_fallback(self.cpu.as_mut(), image.data(), why, size, max) {
                             Ok(pixels) => {
                                 host.push((pixels.into(), offsets[i]));
                                 Placed::Ready {
@@ -458,8 +466,8 @@ impl GpuBatchPipeline {
                             Err(e) => Placed::Failed(e),
                         }
                     }
-                    Some(Err(e)) => Placed::Failed(e.into()),
-                    None => Placed::Failed(SampleError::Image(ImageError::Corrupt(
+                    (_, Some(Err(e))) => Placed::Failed(e.into()),
+                    (_, None) => Placed::Failed(SampleError::Image(ImageError::Corrupt(
                         "not decoded".into(),
                     ))),
                 },

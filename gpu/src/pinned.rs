@@ -319,6 +319,17 @@ impl H2dStream {
         Ok(DeviceBuffer { slice })
     }
 
+    /// Device memory whose contents are undefined until written, allocated in stream order:
+    /// for buffers every read byte of which is written first (the decode buffer), where a
+    /// memset would only cost bandwidth.
+    pub fn alloc_uninit(&self, len: usize) -> Result<DeviceBuffer, GpuError> {
+        // SAFETY: the bytes are `u8` (every bit pattern valid); device memory is never read
+        // through a Rust reference, and what copies back to the host is plain bytes.
+        let slice =
+            unsafe { self.stream.alloc::<u8>(len) }.map_err(GpuError::driver("cuMemAlloc"))?;
+        Ok(DeviceBuffer { slice })
+    }
+
     /// Queues a copy of `src[range]` to `dst[dst_offset..]`. Returns at once; the host bytes
     /// must not change until an event recorded after it completes (the arena's slot protocol).
     pub fn copy_async(
