@@ -94,7 +94,9 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
 }
 
 /// GPU output equals the reference (= the CPU path's arithmetic) for a batch of crops, flips
-/// and layouts: PSNR ≥ 40 dB on u8, and normalized values within 1/255/std.
+/// and layouts: bit-exact on u8 and f16 (zero differing bytes, as the design says), f32
+/// within 1/255/std; and crop boxes so wide that the tap count passes `i32::MAX` (the
+/// reference's `huge_crop_box_uses_64_bit_tap_counts`) bit-exact too.
 #[test]
 fn gpu_augment_matches_reference() {
     let Some(info) = gpu_or_skip() else { return };
@@ -102,12 +104,17 @@ fn gpu_augment_matches_reference() {
     let ctx = GpuContext::new(info.ordinal).unwrap();
     let kernel = AugmentKernel::new(&ctx, &nvrtc).unwrap();
     let stream = H2dStream::new(&ctx).unwrap();
-    // Two images back to back in one source buffer: 500×375 and 64×48.
+    // Three images back to back in one source buffer: 500×375, 64×48 and 3×2 (gray rows
+    // 10 40 70 / 100 130 160, for the huge crop boxes).
     let (a, b) = (noise(500 * 375 * 3, 1), noise(64 * 48 * 3, 2));
-    let mut host = PageBuffer::zeroed(a.len() + b.len()).unwrap();
-    host.as_mut_slice()[..a.len()].copy_from_slice(&a);
-    host.as_mut_slice()[a.len()..a.len() + b.len()].copy_from_slice(&b);
-    let host_bytes = host.as_slice()[..a.len() + b.len()].to_vec();
+    let c: Vec<u8> = [10u8, 40, 70, 100, 130, 160]
+        .iter()
+        .flat_map(|&v| [v; 3])
+        .collect();
+    let all = [&a[..], &b[..], &c[..]].concat();
+    let mut host = PageBuffer::zeroed(all.len()).unwrap();
+    host.as_mut_slice()[..all.len()].copy_from_slice(&all);
+    let host_bytes = all;
     let region = Arc::new(PinnedRegion::register(&ctx, Arc::new(host)).unwrap());
     let mut src = stream.alloc(host_bytes.len()).unwrap();
     stream
@@ -181,11 +188,10 @@ fn gpu_augment_matches_reference() {
             reference::augment(&host_bytes, s, ow, oh, layout, &norm, &mut want).unwrap();
             let g = &got[i * per..(i + 1) * per];
             match layout {
-                Layout::NhwcU8 => {
-                    let p = psnr(g, &want);
-                    let differ = g.iter().zip(&want).filter(|(x, y)| x != y).count();
-                    println!("sample {i}: PSNR {p:.1} dB, {differ} of {per} bytes differ");
-                    assert!(p >= 40.0, "sample {i}: PSNR {p}");
+                Layout::NhwcU8 | Layout::NchwF16 => {
+                    let differ = differing_bytes(g, &want);
+                    println!("sample {i} {layout:?}: {differ} of {per} bytes differ");
+                    assert_eq!(differ, 0, "sample {i} {layout:?} is not bit-exact");
                 }
                 Layout::NchwF32 => {
                     for (x, y) in g.chunks_exact(4).zip(want.chunks_exact(4)) {
@@ -194,14 +200,50 @@ fn gpu_augment_matches_reference() {
                         assert!((x - y).abs() <= 1.0 / 255.0 / 0.224 + 1e-5, "{x} vs {y}");
                     }
                 }
-                Layout::NchwF16 => {
-                    let same = g == want.as_slice();
-                    println!("sample {i} f16 bit-identical: {same}");
-                }
             }
         }
     }
+    // Boxes 1.4e9 and 1.98e9 pixels wide on the 3×2 image, one output column: 2·⌈support⌉+1
+    // passes i32::MAX (an `int` tap count made these black).
+    let huge = |bx: [f64; 4], flip| SampleParams {
+        src_offset: a.len() + b.len(),
+        width: 3,
+        height: 2,
+        stride: 9,
+        crop: CropBox {
+            x0: bx[0],
+            y0: bx[1],
+            x1: bx[2],
+            y1: bx[3],
+        },
+        flip,
+    };
+    let wide = [
+        huge([-5e8, 0.0, 9e8, 2.0], false),
+        huge([-9.9e8, -9.9e8, 9.9e8, 9.9e8], true),
+    ];
+    let per = Layout::NhwcU8.sample_bytes(1, 2);
+    let mut out = stream.alloc(per * wide.len()).unwrap();
+    kernel
+        .launch(&stream, &src, &wide, 1, 2, Layout::NhwcU8, &norm, &mut out)
+        .unwrap();
+    let got = stream.to_host(&out).unwrap();
+    for (i, s) in wide.iter().enumerate() {
+        let mut want = vec![0u8; per];
+        reference::augment(&host_bytes, s, 1, 2, Layout::NhwcU8, &norm, &mut want).unwrap();
+        println!(
+            "huge box {i}: GPU {:?}, reference {want:?}",
+            &got[i * per..(i + 1) * per]
+        );
+        assert_eq!(&got[i * per..(i + 1) * per], &want[..], "huge box {i}");
+    }
     stream.synchronize().unwrap();
+}
+
+/// How many bytes of `a` and `b` differ.
+fn differing_bytes(a: &[u8], b: &[u8]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
 }
 
 /// Registration round trip and pinned H2D bandwidth.
