@@ -166,8 +166,7 @@ impl AugmentKernel {
         }
         let need = layout
             .sample_bytes(out_w, out_h)
-            .checked_mul(samples.len())
-            .unwrap_or(usize::MAX);
+            .saturating_mul(samples.len());
         if out.len() < need {
             return Err(GpuError::InvalidArgument(format!(
                 "output buffer of {} bytes, need {need}",
