@@ -137,11 +137,12 @@ impl JpegDecoder {
         }
         ctx.bind()?;
         let f = *lib.functions();
-        let mut primary = match Engine::new(&f, Backend::Hardware) {
+        let version = lib.version();
+        let mut primary = match Engine::new(&f, Backend::Hardware, version) {
             Ok(e) => e,
             Err(e) => {
                 tracing::info!(error = %e, "nvJPEG hardware backend unavailable; using the default");
-                Engine::new(&f, Backend::Default)?
+                Engine::new(&f, Backend::Default, version)?
             }
         };
         let stream = match H2dStream::new(ctx) {
@@ -151,7 +152,11 @@ impl JpegDecoder {
                 return Err(e);
             }
         };
-        tracing::debug!(backend = ?primary.backend(), "nvJPEG decoder ready");
+        tracing::debug!(
+            backend = ?primary.backend(),
+            interpolated = primary.interpolated(),
+            "nvJPEG decoder ready"
+        );
         Ok(JpegDecoder {
             ctx: ctx.clone(),
             lib,
@@ -166,6 +171,12 @@ impl JpegDecoder {
     /// The backend of the decoder's own handle (images it refuses may take another).
     pub fn backend(&self) -> Backend {
         self.primary.backend()
+    }
+
+    /// Whether the decoder's own handle upsamples chroma (4:2:0, 4:2:2) by interpolation, as
+    /// libjpeg-turbo does, rather than by replication.
+    pub fn interpolated_upsampling(&self) -> bool {
+        self.primary.interpolated()
     }
 
     /// The stream decodes are queued on; queue work that reads the output on it too.
@@ -308,7 +319,7 @@ impl JpegDecoder {
             .collect();
         let refused = support.iter().any(|s| *s != Some(true));
         if refused && self.hybrid.is_none() {
-            let made = Engine::new(f, Backend::GpuHybrid)
+            let made = Engine::new(f, Backend::GpuHybrid, self.lib.version())
                 .inspect_err(|e| {
                     tracing::warn!(error = %e, "no GPU hybrid nvJPEG backend; refused images go to the CPU")
                 })
