@@ -322,6 +322,47 @@ fn cpu_decode(data: &[u8]) -> (Vec<u8>, u32, u32) {
     (img.into_raw(), w, h)
 }
 
+/// One GPU-decoded image compared with a CPU decode of the same file.
+#[derive(Debug)]
+struct Compared {
+    /// Images in the batch it was decoded in.
+    batch: usize,
+    /// Its index in `files`.
+    index: usize,
+    width: u32,
+    height: u32,
+    /// PSNR of the GPU decode against the CPU one.
+    psnr: f64,
+}
+
+/// A CPU decoder for tests: JPEG bytes to (RGB, width, height).
+type CpuDecode = fn(&[u8]) -> (Vec<u8>, u32, u32);
+
+/// Decodes the first of `files` alone, then all of them in one batch, and compares every
+/// image with `cpu`'s decode of the same file (the sizes must agree).
+fn decode_against(dec: &mut JpegDecoder, files: &[Vec<u8>], cpu: CpuDecode) -> Vec<Compared> {
+    let mut out = Vec::new();
+    for batch in [&files[..1], files] {
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        let decoded = dec.decode_batch(&refs).unwrap();
+        let host = dec.stream().to_host(&decoded.buffer).unwrap();
+        for (index, r) in decoded.images.iter().enumerate() {
+            let d = r.as_ref().unwrap();
+            let (want, width, height) = cpu(refs[index]);
+            assert_eq!((d.width, d.height), (width, height));
+            let got = &host[d.offset..d.offset + d.pitch as usize * height as usize];
+            out.push(Compared {
+                batch: batch.len(),
+                index,
+                width,
+                height,
+                psnr: psnr(got, &want),
+            });
+        }
+    }
+    out
+}
+
 /// Batched nvJPEG decode equals a CPU decode of the same files (PSNR ≥ 40 dB), and a corrupt
 /// file in the batch fails alone.
 #[test]
@@ -337,22 +378,12 @@ fn batched_decode_matches_cpu_and_isolates_a_corrupt_jpeg() {
         .enumerate()
         .map(|(i, &(w, h))| encode_jpeg(&photo(w, h, i as u64 + 1), w, h))
         .collect();
-    for batch in [&files[..1], &files[..]] {
-        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        let out = dec.decode_batch(&refs).unwrap();
-        let host = dec.stream().to_host(&out.buffer).unwrap();
-        for (i, r) in out.images.iter().enumerate() {
-            let d = r.as_ref().unwrap();
-            let (want, w, h) = cpu_decode(&batch[i]);
-            assert_eq!((d.width, d.height), (w, h));
-            let got = &host[d.offset..d.offset + d.pitch as usize * h as usize];
-            let p = psnr(got, &want);
-            println!(
-                "image {i} ({w}x{h}), batch of {}: PSNR {p:.1} dB",
-                batch.len()
-            );
-            assert!(p >= 40.0, "image {i}: PSNR {p}");
-        }
+    for d in decode_against(&mut dec, &files, cpu_decode) {
+        println!(
+            "image {} ({}x{}), batch of {}: PSNR {:.1} dB",
+            d.index, d.width, d.height, d.batch, d.psnr
+        );
+        assert!(d.psnr >= 40.0, "{d:?}");
     }
     // A corrupt bitstream (header intact, entropy data garbled), a truncated file and a
     // non-JPEG, among good ones: the good ones still decode.
@@ -439,25 +470,15 @@ fn batched_decode_of_420_against_libjpeg_turbo() {
         .enumerate()
         .map(|(i, &(w, h, c))| tj_encode(&photo(w, h, 40 + i as u64), w, h, c))
         .collect();
-    for batch in [&files[..1], &files[..]] {
-        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        let out = dec.decode_batch(&refs).unwrap();
-        let host = dec.stream().to_host(&out.buffer).unwrap();
-        for (i, r) in out.images.iter().enumerate() {
-            let d = r.as_ref().unwrap();
-            let (want, w, h) = tj_decode(batch[i].as_slice());
-            assert_eq!((d.width, d.height), (w, h));
-            let got = &host[d.offset..d.offset + d.pitch as usize * h as usize];
-            let p = psnr(got, &want);
-            let chroma = cases[i].2;
-            println!(
-                "{chroma:?} {w}x{h}, batch of {}: PSNR {p:.1} dB against libjpeg-turbo \
-                 (interpolated: {interpolated})",
-                batch.len()
-            );
-            let floor = if chroma == Chroma::Full { 40.0 } else { 30.0 };
-            assert!(p >= floor, "{chroma:?} {w}x{h}: PSNR {p}");
-        }
+    for d in decode_against(&mut dec, &files, tj_decode) {
+        let chroma = cases[d.index].2;
+        println!(
+            "{chroma:?} {}x{}, batch of {}: PSNR {:.1} dB against libjpeg-turbo \
+             (interpolated: {interpolated})",
+            d.width, d.height, d.batch, d.psnr
+        );
+        let floor = if chroma == Chroma::Full { 40.0 } else { 30.0 };
+        assert!(d.psnr >= floor, "{chroma:?} {d:?}");
     }
 }
 
