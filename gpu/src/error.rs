@@ -65,8 +65,8 @@ pub enum GpuError {
     },
     /// A batch's decode buffer would exceed its configured cap.
     #[error(
-        "decode buffer of {need} bytes needed, over the cap of {cap} bytes \
-         (max_decode_bytes); split the batch or raise the cap"
+        "decode buffer of {need} bytes needed, over the cap of {cap} bytes (BatchConfig::\
+         max_decode_bytes, JpegDecoder::set_max_buffer_bytes); split the batch or raise the cap"
     )]
     DecodeBufferCap {
         /// Bytes the batch's images need.
