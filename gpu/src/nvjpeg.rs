@@ -1,6 +1,6 @@
 //! nvJPEG, opened at run time (`LOADERD_NVJPEG_LIB`, then `libnvjpeg.so.13`/`.12` as the
 //! driver allows, on the loader's path, in pip wheels, conda and the toolkits: see
-//! [`crate::libsearch`]).
+//! `libsearch.rs`).
 //!
 //! [`NvJpeg::load`] resolves every entry point a batched decode needs up front, so a library
 //! that is too old fails at start-up with the missing symbol's name, not mid-batch.

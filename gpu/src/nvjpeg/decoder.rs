@@ -96,7 +96,7 @@ pub struct DecodedBatch {
 }
 
 /// One worker's nvJPEG decoder: an nvJPEG handle and JPEG state on the best backend (an
-/// [`Engine`]), a GPU hybrid one made when the hardware backend refuses an image, and the
+/// `Engine`), a GPU hybrid one made when the hardware backend refuses an image, and the
 /// stream everything is queued on.
 pub struct JpegDecoder {
     ctx: GpuContext,
