@@ -164,7 +164,9 @@ impl AugmentKernel {
         if !norm.is_valid() {
             return Err(GpuError::InvalidArgument("std must be nonzero".into()));
         }
-        let need = layout.sample_bytes(out_w, out_h) * samples.len();
+        let need = layout
+            .sample_bytes(out_w, out_h)
+            .saturating_mul(samples.len());
         if out.len() < need {
             return Err(GpuError::InvalidArgument(format!(
                 "output buffer of {} bytes, need {need}",
@@ -180,9 +182,12 @@ impl AugmentKernel {
         let table = cuda
             .clone_htod(&table)
             .map_err(GpuError::driver("cuMemcpyHtoD"))?;
-        let plane = out_w * out_h;
+        let blocks = u32::try_from((u64::from(out_w) * u64::from(out_h)).div_ceil(256))
+            .ok()
+            .filter(|&b| b <= i32::MAX as u32)
+            .ok_or_else(|| GpuError::InvalidArgument(format!("{out_w}x{out_h} output")))?;
         let cfg = LaunchConfig {
-            grid_dim: (plane.div_ceil(256), samples.len() as u32, 1),
+            grid_dim: (blocks, samples.len() as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -1,6 +1,6 @@
-//! One batch on the GPU: nvJPEG decode → upload of CPU-decoded fallbacks → one augment
-//! launch → the batch in device memory (or, for the "host pinned ring" mode, copied into a
-//! pinned slot).
+//! One batch on the GPU: nvJPEG decode → upload of CPU-decoded fallbacks (through pinned
+//! staging, [`UploadStaging`]) → one augment launch → the batch in device memory (or, for the
+//! "host pinned ring" mode, copied into a pinned slot).
 //!
 //! The loader draws each sample's crop box and flip exactly as on the CPU path (from the
 //! image size in the header and the sample's seeded stream) and hands them in with the JPEG
@@ -32,8 +32,13 @@ use std::sync::Arc;
 use loaderd_image::{CropBox, Layout, Normalize};
 
 use crate::augment::{AugmentKernel, SampleParams};
-use crate::nvjpeg::{DecodeJob, ImageError, ImageGeometry, JpegDecoder, NvJpeg, pack};
-use crate::pinned::{CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion};
+use crate::nvjpeg::{
+    DEFAULT_MAX_DECODE_BYTES, DecodeJob, ImageError, InspectedJpeg, JpegDecoder, NvJpeg,
+    grown_size, pack,
+};
+use crate::pinned::{
+    CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion, Upload, UploadStaging,
+};
 use crate::{GpuError, Nvrtc};
 use fallback::{cpu_decode, late_fallback};
 
@@ -55,6 +60,9 @@ pub struct BatchConfig {
     pub norm: Normalize,
     /// Largest `width × height` a JPEG header (or fallback image) may claim.
     pub max_pixels: u64,
+    /// Cap on the decode buffer (all of a batch's decoded images, back to back): a batch that
+    /// needs more fails with [`GpuError::DecodeBufferCap`].
+    pub max_decode_bytes: usize,
 }
 
 impl Default for BatchConfig {
@@ -67,6 +75,7 @@ impl Default for BatchConfig {
             layout: Layout::NchwF32,
             norm: Normalize::default(),
             max_pixels: 64 << 20,
+            max_decode_bytes: DEFAULT_MAX_DECODE_BYTES,
         }
     }
 }
@@ -86,6 +95,9 @@ impl BatchConfig {
         }
         if self.max_pixels == 0 {
             return bad("max_pixels must be positive");
+        }
+        if self.max_decode_bytes == 0 {
+            return bad("max_decode_bytes must be positive");
         }
         // The kernel indexes a sample's plane with 32-bit unsigned ints.
         let plane = u64::from(self.out_width) * u64::from(self.out_height);
@@ -238,11 +250,8 @@ fn assemble(samples: &[GpuSample<'_>], placed: Vec<Placed>) -> (Vec<SampleParams
 
 /// A sample after the header pass.
 enum Staged<'a> {
-    /// A JPEG for nvJPEG, and the space its pixels take.
-    Gpu {
-        data: &'a [u8],
-        geometry: ImageGeometry,
-    },
+    /// A JPEG for nvJPEG, with the space its pixels take.
+    Gpu(InspectedJpeg<'a>),
     /// Host pixels to upload (borrowed from the caller or owned from the CPU decoder).
     Host {
         bytes: Cow<'a, [u8]>,
@@ -257,7 +266,7 @@ enum Staged<'a> {
 impl Staged<'_> {
     fn bytes(&self) -> usize {
         match self {
-            Staged::Gpu { geometry, .. } => geometry.bytes(),
+            Staged::Gpu(image) => image.geometry().bytes(),
             Staged::Host { bytes, .. } => bytes.len(),
             Staged::Failed(_) => 0,
         }
@@ -272,6 +281,9 @@ pub struct GpuBatchPipeline {
     cpu: Option<CpuDecoder>,
     /// The decode buffer, reused while large enough.
     arena: Option<DeviceBuffer>,
+    /// Pinned staging for the CPU-decoded images' uploads.
+    staging: UploadStaging,
+    ctx: GpuContext,
 }
 
 impl std::fmt::Debug for GpuBatchPipeline {
@@ -301,6 +313,8 @@ impl GpuBatchPipeline {
             kernel,
             cpu: None,
             arena: None,
+            staging: UploadStaging::new(),
+            ctx: ctx.clone(),
         })
     }
 
@@ -344,10 +358,15 @@ impl GpuBatchPipeline {
             .iter()
             .map(|s| self.stage(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let (offsets, total) = pack(staged.iter().map(Staged::bytes))?;
+        let cap = self.config.max_decode_bytes;
+        let (offsets, total) = pack(staged.iter().map(Staged::bytes), cap)?;
         let mut arena = match self.arena.take() {
             Some(a) if a.len() >= total.max(1) => a,
-            _ => self.decoder.stream().alloc(total.max(1))?,
+            old => {
+                drop(old); // freed before the larger one is allocated
+                // Every byte the kernel reads is written first (decoded or uploaded): no memset.
+                self.decoder.stream().alloc_uninit(grown_size(total, cap))?
+            }
         };
         let result = self.fill(items, staged, &offsets, &mut arena, out);
         self.arena = Some(arena);
@@ -374,7 +393,7 @@ impl GpuBatchPipeline {
                 }
             }
             SampleSource::Jpeg(data) => match self.decoder.inspect(data) {
-                Ok(geometry) => Staged::Gpu { data, geometry },
+                Ok(image) => Staged::Gpu(image),
                 Err(ImageError::NeedsCpu(why)) => {
                     match cpu_decode(self.cpu.as_mut(), data, why, self.config.max_pixels) {
                         Ok(img) => Staged::Host {
@@ -403,12 +422,8 @@ impl GpuBatchPipeline {
         let mut jobs = Vec::new();
         let mut job_of = Vec::new();
         for (i, s) in staged.iter().enumerate() {
-            if let Staged::Gpu { data, geometry } = s {
-                jobs.push(DecodeJob {
-                    data,
-                    geometry: *geometry,
-                    offset: offsets[i],
-                });
+            if let Staged::Gpu(image) = s {
+                jobs.push(DecodeJob::new(*image, offsets[i])?);
                 job_of.push(i);
             }
         }
@@ -420,10 +435,12 @@ impl GpuBatchPipeline {
             decoded[i] = Some(r);
         }
         let mut placed = Vec::with_capacity(items.len());
+        // CPU-decoded pixels and where they go; uploaded together through pinned staging.
+        let mut host: Vec<(Cow<'_, [u8]>, usize)> = Vec::new();
         for (i, s) in staged.into_iter().enumerate() {
             placed.push(match s {
-                Staged::Gpu { data, geometry: g } => match decoded[i].take() {
-                    Some(Ok(())) => Placed::Ready {
+                Staged::Gpu(image) => match (image.geometry(), decoded[i].take()) {
+                    (g, Some(Ok(()))) => Placed::Ready {
                         offset: offsets[i],
                         width: g.width(),
                         height: g.height(),
@@ -432,12 +449,12 @@ impl GpuBatchPipeline {
                     },
                     // nvJPEG refused it only when decoding: the CPU decoder may still,
                     // into the same reserved space (same size, or it is not this image).
-                    Some(Err(ImageError::NeedsCpu(why))) => {
+                    (g, Some(Err(ImageError::NeedsCpu(why)))) => {
                         let size = (g.width(), g.height());
                         let max = self.config.max_pixels;
-                        match late_fallback(self.cpu.as_mut(), data, why, size, max) {
+                        match late_fallback(self.cpu.as_mut(), image.data(), why, size, max) {
                             Ok(pixels) => {
-                                self.decoder.stream().upload(&pixels, arena, offsets[i])?;
+                                host.push((pixels.into(), offsets[i]));
                                 Placed::Ready {
                                     offset: offsets[i],
                                     width: g.width(),
@@ -449,8 +466,8 @@ impl GpuBatchPipeline {
                             Err(e) => Placed::Failed(e),
                         }
                     }
-                    Some(Err(e)) => Placed::Failed(e.into()),
-                    None => Placed::Failed(SampleError::Image(ImageError::Corrupt(
+                    (_, Some(Err(e))) => Placed::Failed(e.into()),
+                    (_, None) => Placed::Failed(SampleError::Image(ImageError::Corrupt(
                         "not decoded".into(),
                     ))),
                 },
@@ -461,7 +478,7 @@ impl GpuBatchPipeline {
                     stride,
                     reason,
                 } => {
-                    self.decoder.stream().upload(&bytes, arena, offsets[i])?;
+                    host.push((bytes, offsets[i]));
                     Placed::Ready {
                         offset: offsets[i],
                         width,
@@ -473,6 +490,15 @@ impl GpuBatchPipeline {
                 Staged::Failed(e) => Placed::Failed(e),
             });
         }
+        let uploads: Vec<Upload<'_>> = host
+            .iter()
+            .map(|(bytes, offset)| Upload {
+                bytes,
+                offset: *offset,
+            })
+            .collect();
+        self.staging
+            .upload_all(&self.ctx, self.decoder.stream(), &uploads, arena)?;
         let (params, report) = assemble(items, placed);
         let c = &self.config;
         self.kernel.launch(

@@ -63,6 +63,17 @@ pub enum GpuError {
         /// `nvjpegStatus_t`.
         status: i32,
     },
+    /// A batch's decode buffer would exceed its configured cap.
+    #[error(
+        "decode buffer of {need} bytes needed, over the cap of {cap} bytes (BatchConfig::\
+         max_decode_bytes, JpegDecoder::set_max_buffer_bytes); split the batch or raise the cap"
+    )]
+    DecodeBufferCap {
+        /// Bytes the batch's images need.
+        need: usize,
+        /// The cap.
+        cap: usize,
+    },
     /// A caller passed something the API cannot work with (sizes, ranges, parameters).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -264,4 +264,4 @@ fn parse_frame(marker: u8, body: &[u8]) -> Result<JpegHeader, HeaderError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

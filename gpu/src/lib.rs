@@ -9,7 +9,8 @@
 //!   letting `cudarc` near it, and catches a panic from a missing symbol as a last resort);
 //! - [`pinned`]: [`PinnedRegion`] registers a host range (the batch arena) with
 //!   `cuMemHostRegister(PORTABLE)` once and unregisters it on drop, before the owner unmaps it;
-//!   [`H2dStream`] is one client's copy stream with events;
+//!   [`H2dStream`] is one client's copy stream with events; [`pinned::UploadStaging`] stages
+//!   pageable host bytes (CPU-decoded fallback images) in a reused pinned buffer;
 //! - [`augment`]: the fused crop + resize + flip + normalize + layout kernel
 //!   (`kernels/augment.cu`, compiled by [`nvrtc`] at run time), and [`mod@reference`], the same
 //!   arithmetic in Rust, which is what the kernel is tested against;

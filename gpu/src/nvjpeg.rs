@@ -1,6 +1,6 @@
 //! nvJPEG, opened at run time (`LOADERD_NVJPEG_LIB`, then `libnvjpeg.so.13`/`.12` as the
 //! driver allows, on the loader's path, in pip wheels, conda and the toolkits: see
-//! [`crate::libsearch`]).
+//! `libsearch.rs`).
 //!
 //! [`NvJpeg::load`] resolves every entry point a batched decode needs up front, so a library
 //! that is too old fails at start-up with the missing symbol's name, not mid-batch.
@@ -14,7 +14,9 @@
 //!    and sends what the fast path does not take (progressive, CMYK, 4:1:1, …) back to the
 //!    caller as [`ImageError::NeedsCpu`];
 //! 2. the accepted images are packed into one device buffer, RGB interleaved, back to back,
-//!    which is also the augment kernel's source buffer;
+//!    under a byte cap and without a memset, which is also the augment kernel's source
+//!    buffer; each slot is a [`DecodeJob`], built only from the [`InspectedJpeg`] of the bytes
+//!    it decodes;
 //! 3. with the hardware backend, `nvjpegDecodeBatchedSupported` is asked per image; the
 //!    images the JPEG engines refuse go to a GPU hybrid handle (made when first needed), and
 //!    to the CPU ([`Unsupported::HardwareRefused`](crate::jpeg::Unsupported)) when there is
@@ -241,9 +243,11 @@ impl NvJpeg {
 
 mod decoder;
 mod engine;
+mod job;
 mod route;
-pub(crate) use decoder::pack;
-pub use decoder::{DecodeJob, DecodedBatch, DecodedImage, ImageError, ImageGeometry, JpegDecoder};
+pub use decoder::{DecodedBatch, DecodedImage, ImageError, JpegDecoder};
+pub use job::{DEFAULT_MAX_DECODE_BYTES, DecodeJob, ImageGeometry, InspectedJpeg, SLOT_ALIGN};
+pub(crate) use job::{grown_size, pack};
 pub use route::{Route, route};
 
 #[cfg(test)]
@@ -274,15 +278,6 @@ mod tests {
         assert_eq!((&raw const images[2].pitch) as usize - base, 2 * 64 + 32);
         // The enums passed by value are C ints.
         assert_eq!(size_of::<Backend>(), size_of::<c_int>());
-    }
-
-    #[test]
-    fn packing_aligns_and_detects_overflow() {
-        let (offsets, total) = pack([10, 0, 256, 1]).unwrap();
-        assert_eq!(offsets, [0, 256, 256, 512]);
-        assert_eq!(total, 768);
-        assert_eq!(pack([]).unwrap(), (vec![], 0));
-        assert!(pack([usize::MAX - 10, 100]).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Loaded by us rather than through `cudarc::nvrtc` so that the search is ours (an explicit
 //! `LOADERD_NVRTC_LIB`, then `libnvrtc.so.13`/`.12` as the driver allows, on the loader's path,
-//! in pip wheels, conda and the toolkits: see [`crate::libsearch`]) and absence is an error,
+//! in pip wheels, conda and the toolkits: see `libsearch.rs`) and absence is an error,
 //! not a panic. Compiling needs no GPU and no driver, so the kernel source is
 //! syntax-checked in tests wherever NVRTC is installed (e.g. the `nvidia-cuda-nvrtc-cu12`
 //! wheel's `nvidia/cuda_nvrtc/lib/libnvrtc.so.12`).

@@ -20,6 +20,9 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, D
 use crate::GpuError;
 use crate::detect::{driver_ready, guarded};
 
+mod staging;
+pub use staging::{MIN_STAGING, Upload, UploadStaging, staging_capacity, staging_layout};
+
 /// A CUDA context on one device (the device's primary context).
 #[derive(Debug, Clone)]
 pub struct GpuContext {
@@ -227,6 +230,17 @@ impl DeviceBuffer {
     pub fn is_empty(&self) -> bool {
         self.slice.len() == 0
     }
+
+    /// Checks that `n` bytes at `offset` lie inside the buffer.
+    pub(crate) fn check(&self, offset: usize, n: usize) -> Result<(), GpuError> {
+        if offset.checked_add(n).is_none_or(|end| end > self.len()) {
+            return Err(GpuError::InvalidArgument(format!(
+                "{n} bytes at offset {offset} overflow a device buffer of {}",
+                self.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A point on an [`H2dStream`]; keeps the regions copied before it alive until it completes.
@@ -305,6 +319,17 @@ impl H2dStream {
         Ok(DeviceBuffer { slice })
     }
 
+    /// Device memory whose contents are undefined until written, allocated in stream order:
+    /// for buffers every read byte of which is written first (the decode buffer), where a
+    /// memset would only cost bandwidth.
+    pub fn alloc_uninit(&self, len: usize) -> Result<DeviceBuffer, GpuError> {
+        // SAFETY: the bytes are `u8` (every bit pattern valid); device memory is never read
+        // through a Rust reference, and what copies back to the host is plain bytes.
+        let slice =
+            unsafe { self.stream.alloc::<u8>(len) }.map_err(GpuError::driver("cuMemAlloc"))?;
+        Ok(DeviceBuffer { slice })
+    }
+
     /// Queues a copy of `src[range]` to `dst[dst_offset..]`. Returns at once; the host bytes
     /// must not change until an event recorded after it completes (the arena's slot protocol).
     pub fn copy_async(
@@ -316,12 +341,7 @@ impl H2dStream {
     ) -> Result<(), GpuError> {
         src.check(&range)?;
         let n = range.end - range.start;
-        if dst_offset.checked_add(n).is_none_or(|end| end > dst.len()) {
-            return Err(GpuError::InvalidArgument(format!(
-                "{n} bytes at offset {dst_offset} overflow a device buffer of {}",
-                dst.len()
-            )));
-        }
+        dst.check(dst_offset, n)?;
         let (dptr, _record) = dst.slice.device_ptr_mut(&self.stream);
         // SAFETY: the source range is inside the registered region (checked) and stays mapped
         // while `src` lives, which we keep below until the stream has passed this copy; the
@@ -384,34 +404,6 @@ impl H2dStream {
             held.push(Arc::clone(dst));
         }
         Ok(())
-    }
-
-    /// Copies pageable host bytes to `dst[dst_offset..]`, in stream order. Returns once the
-    /// driver has staged `bytes` (a pageable copy), so the caller may free them at once. For
-    /// the CPU-decoded fallback images, which are few; bulk data goes through pinned regions.
-    pub fn upload(
-        &self,
-        bytes: &[u8],
-        dst: &mut DeviceBuffer,
-        dst_offset: usize,
-    ) -> Result<(), GpuError> {
-        let end = dst_offset
-            .checked_add(bytes.len())
-            .filter(|&e| e <= dst.len())
-            .ok_or_else(|| {
-                GpuError::InvalidArgument(format!(
-                    "{} bytes at offset {dst_offset} overflow a device buffer of {}",
-                    bytes.len(),
-                    dst.len()
-                ))
-            })?;
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let mut view = dst.slice.slice_mut(dst_offset..end);
-        self.stream
-            .memcpy_htod(bytes, &mut view)
-            .map_err(GpuError::driver("cuMemcpyHtoDAsync"))
     }
 
     /// Records an event after the copies queued so far. The event keeps timing

@@ -26,7 +26,8 @@ fn axis_taps(in_size: u32, b0: f64, b1: f64, out: u32, xx: u32) -> Axis {
     let scale = (b1 - b0) / f64::from(out);
     let filterscale = scale.max(1.0);
     let support = filterscale;
-    let ksize = support.ceil() as i64 * 2 + 1;
+    // 64-bit and saturating (`as` saturates too): a huge crop box must not overflow.
+    let ksize = (support.ceil() as i64).saturating_mul(2).saturating_add(1);
     let center = b0 + (f64::from(xx) + 0.5) * scale;
     let mut xmin = ((center - support + 0.5) as i64).max(0);
     let mut xmax = ((center + support + 0.5) as i64).min(in_size);

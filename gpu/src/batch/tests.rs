@@ -32,6 +32,10 @@ fn config_validation() {
             ..ok
         },
         BatchConfig {
+            max_decode_bytes: 0,
+            ..ok
+        },
+        BatchConfig {
             norm: Normalize {
                 mean: [0.0; 3],
                 std: [1.0, 0.0, 1.0],
@@ -166,11 +170,9 @@ fn compaction_and_bookkeeping() {
 #[test]
 fn staged_sizes_drive_the_packing() {
     let px = [1u8; 90];
+    let jpeg = crate::jpeg::tests::baseline(10, 3, 7);
     let staged = [
-        Staged::Gpu {
-            data: &[],
-            geometry: ImageGeometry::for_test(10, 3),
-        },
+        Staged::Gpu(InspectedJpeg::from_header(&jpeg)),
         Staged::Failed(SampleError::CpuDecode("z".into())),
         Staged::Host {
             bytes: Cow::Borrowed(&px[..]),
@@ -180,7 +182,7 @@ fn staged_sizes_drive_the_packing() {
             reason: CpuReason::CallerDecoded,
         },
     ];
-    let (offsets, total) = pack(staged.iter().map(Staged::bytes)).unwrap();
+    let (offsets, total) = pack(staged.iter().map(Staged::bytes), 512).unwrap();
     // A failed sample takes no space.
     assert_eq!(offsets, [0, 256, 256]);
     assert_eq!(total, 512);

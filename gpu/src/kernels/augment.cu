@@ -31,8 +31,24 @@ struct Axis {
     double filterscale;
     double sum;
     long long first;
-    int n;
+    long long n;
 };
+
+// Rust's `v as i64`: NaN is 0, out-of-range values saturate (a C cast would be undefined).
+__device__ long long sat_ll(double v) {
+    if (v != v) return 0;
+    if (v >= 9223372036854775807.0) return 9223372036854775807LL;
+    if (v <= -9223372036854775808.0) return (-9223372036854775807LL - 1);
+    return (long long)v;
+}
+
+// Tap count bound 2 * ceil(support) + 1 in 64 bits, saturating like reference.rs: a huge crop
+// box (support past 2^31) overflowed the old `int`.
+__device__ long long kernel_size(double support) {
+    long long c = sat_ll(ceil(support));
+    if (c > (9223372036854775807LL - 1) / 2) return 9223372036854775807LL;
+    return c * 2 + 1;
+}
 
 __device__ Axis axis_taps(unsigned int in_size_u, double b0, double b1, unsigned int out,
                           unsigned int xx) {
@@ -40,26 +56,26 @@ __device__ Axis axis_taps(unsigned int in_size_u, double b0, double b1, unsigned
     double scale = (b1 - b0) / (double)out;
     double filterscale = fmax(scale, 1.0);
     double support = filterscale;
-    int ksize = (int)ceil(support) * 2 + 1;
+    long long ksize = kernel_size(support);
     Axis a;
     a.center = b0 + ((double)xx + 0.5) * scale;
     a.filterscale = filterscale;
-    long long xmin = (long long)(a.center - support + 0.5);
+    long long xmin = sat_ll(a.center - support + 0.5);
     if (xmin < 0) xmin = 0;
-    long long xmax = (long long)(a.center + support + 0.5);
+    long long xmax = sat_ll(a.center + support + 0.5);
     if (xmax > in_size) xmax = in_size;
     if (xmax <= xmin) {
         // A box at or past the edge: use the nearest pixel.
-        xmin = (long long)floor(a.center);
+        xmin = sat_ll(floor(a.center));
         if (xmin < 0) xmin = 0;
         if (xmin > in_size - 1) xmin = in_size - 1;
         xmax = xmin + 1;
     }
     long long n = xmax - xmin;
-    a.n = n < ksize ? (int)n : ksize;
+    a.n = n < ksize ? n : ksize;
     a.first = xmin;
     double sum = 0.0;
-    for (int k = 0; k < a.n; k++) {
+    for (long long k = 0; k < a.n; k++) {
         double d = ((double)(k + xmin) - a.center + 0.5) / filterscale;
         sum += fmax(1.0 - fabs(d), 0.0);
     }
@@ -67,7 +83,7 @@ __device__ Axis axis_taps(unsigned int in_size_u, double b0, double b1, unsigned
     return a;
 }
 
-__device__ float tap_weight(const Axis& a, int k) {
+__device__ float tap_weight(const Axis& a, long long k) {
     if (!(a.sum > 0.0)) return k == 0 ? 1.0f : 0.0f;
     double d = ((double)(k + a.first) - a.center + 0.5) / a.filterscale;
     float w = (float)fmax(1.0 - fabs(d), 0.0);
@@ -86,33 +102,34 @@ __device__ unsigned short to_f16(float v) {
 }
 
 // layout: 0 = NHWC u8, 1 = NCHW f32, 2 = NCHW f16. `out` holds `gridDim.y` samples back to
-// back, each out_w * out_h * 3 elements.
+// back, each out_w * out_h * 3 elements. Pixel indices are 64-bit: out_w * out_h may pass
+// 2^32.
 extern "C" __global__ void loaderd_augment(const unsigned char* __restrict__ src,
                                            const Sample* __restrict__ samples,
                                            unsigned char* __restrict__ out,
                                            unsigned int out_w, unsigned int out_h,
                                            unsigned int layout, Norm norm) {
-    unsigned int plane = out_w * out_h;
-    unsigned int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long plane = (unsigned long long)out_w * out_h;
+    unsigned long long idx = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= plane) return;
     const Sample s = samples[blockIdx.y];
-    unsigned int ox = idx % out_w;
-    unsigned int oy = idx / out_w;
+    unsigned int ox = (unsigned int)(idx % out_w);
+    unsigned int oy = (unsigned int)(idx / out_w);
     unsigned int from = s.flip ? out_w - 1 - ox : ox;
     Axis ax = axis_taps(s.width, s.x0, s.x1, out_w, from);
     Axis ay = axis_taps(s.height, s.y0, s.y1, out_h, oy);
 
     float wy_cache[KCACHE];
-    int cached = ay.n < KCACHE ? ay.n : KCACHE;
+    int cached = ay.n < KCACHE ? (int)ay.n : KCACHE;
     for (int i = 0; i < cached; i++) wy_cache[i] = tap_weight(ay, i);
 
     const unsigned char* img = src + s.src_offset;
     float r = 0.0f, g = 0.0f, b = 0.0f;
-    for (int j = 0; j < ax.n; j++) {
+    for (long long j = 0; j < ax.n; j++) {
         float wx = tap_weight(ax, j);
         const unsigned char* col = img + (ax.first + j) * 3;
         float ar = 0.0f, ag = 0.0f, ab = 0.0f;
-        for (int i = 0; i < ay.n; i++) {
+        for (long long i = 0; i < ay.n; i++) {
             float wy = i < KCACHE ? wy_cache[i] : tap_weight(ay, i);
             const unsigned char* p = col + (ay.first + i) * (long long)s.stride;
             ar += wy * (float)p[0];

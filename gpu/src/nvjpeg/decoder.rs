@@ -8,6 +8,9 @@ use cudarc::driver::DevicePtrMut;
 use loaderd_image::CropBox;
 
 use super::engine::Engine;
+use super::job::{
+    DEFAULT_MAX_DECODE_BYTES, DecodeJob, ImageGeometry, InspectedJpeg, check_slots, pack,
+};
 use super::route::{Route, route};
 use super::{Backend, Image, MAX_COMPONENT, NvJpeg, Stream, status};
 use crate::GpuError;
@@ -55,41 +58,6 @@ impl ImageError {
     }
 }
 
-/// The size of an image the GPU will decode; only [`JpegDecoder::inspect`] makes one, so the
-/// buffer space reserved for an image is always what nvJPEG will write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageGeometry {
-    width: u32,
-    height: u32,
-}
-
-impl ImageGeometry {
-    /// Pixels per row.
-    pub fn width(&self) -> u32 {
-        self.width
-    }
-
-    /// Rows.
-    pub fn height(&self) -> u32 {
-        self.height
-    }
-
-    /// Bytes per RGB row (no padding).
-    pub fn pitch(&self) -> u32 {
-        self.width * 3
-    }
-
-    /// Bytes of the decoded RGB image.
-    pub fn bytes(&self) -> usize {
-        self.pitch() as usize * self.height as usize
-    }
-
-    #[cfg(test)]
-    pub(crate) fn for_test(width: u32, height: u32) -> Self {
-        ImageGeometry { width, height }
-    }
-}
-
 /// Where a decoded image is in its batch's device buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodedImage {
@@ -127,36 +95,8 @@ pub struct DecodedBatch {
     pub images: Vec<Result<DecodedImage, ImageError>>,
 }
 
-/// One image to decode into a buffer at `offset`.
-#[derive(Debug, Clone, Copy)]
-pub struct DecodeJob<'a> {
-    /// The JPEG file.
-    pub data: &'a [u8],
-    /// Its geometry, from [`JpegDecoder::inspect`] on the same `data`.
-    pub geometry: ImageGeometry,
-    /// Byte offset of its pixel (0, 0) in the destination buffer.
-    pub offset: usize,
-}
-
-/// Start of each image in a packed buffer: 256-byte aligned (the alignment `cudaMalloc`
-/// gives, so each image starts as a separately allocated one would); and the total size.
-pub(crate) fn pack(
-    sizes: impl IntoIterator<Item = usize>,
-) -> Result<(Vec<usize>, usize), GpuError> {
-    let mut offsets = Vec::new();
-    let mut end = 0usize;
-    for n in sizes {
-        offsets.push(end);
-        end = end
-            .checked_add(n)
-            .and_then(|e| e.checked_next_multiple_of(256))
-            .ok_or_else(|| GpuError::InvalidArgument("batch size overflows".into()))?;
-    }
-    Ok((offsets, end))
-}
-
 /// One worker's nvJPEG decoder: an nvJPEG handle and JPEG state on the best backend (an
-/// [`Engine`]), a GPU hybrid one made when the hardware backend refuses an image, and the
+/// `Engine`), a GPU hybrid one made when the hardware backend refuses an image, and the
 /// stream everything is queued on.
 pub struct JpegDecoder {
     ctx: GpuContext,
@@ -166,6 +106,8 @@ pub struct JpegDecoder {
     /// or `Some(None)` when it could not be made (those images go to the CPU).
     hybrid: Option<Option<Engine>>,
     max_pixels: u64,
+    /// Cap on one [`Self::decode_batch`] buffer.
+    max_buffer_bytes: usize,
     // Dropped after `Drop::drop` has synchronized it and destroyed the engines.
     stream: H2dStream,
 }
@@ -195,11 +137,12 @@ impl JpegDecoder {
         }
         ctx.bind()?;
         let f = *lib.functions();
-        let mut primary = match Engine::new(&f, Backend::Hardware) {
+        let version = lib.version();
+        let mut primary = match Engine::new(&f, Backend::Hardware, version) {
             Ok(e) => e,
             Err(e) => {
                 tracing::info!(error = %e, "nvJPEG hardware backend unavailable; using the default");
-                Engine::new(&f, Backend::Default)?
+                Engine::new(&f, Backend::Default, version)?
             }
         };
         let stream = match H2dStream::new(ctx) {
@@ -209,13 +152,18 @@ impl JpegDecoder {
                 return Err(e);
             }
         };
-        tracing::debug!(backend = ?primary.backend(), "nvJPEG decoder ready");
+        tracing::debug!(
+            backend = ?primary.backend(),
+            interpolated = primary.interpolated(),
+            "nvJPEG decoder ready"
+        );
         Ok(JpegDecoder {
             ctx: ctx.clone(),
             lib,
             primary,
             hybrid: None,
             max_pixels,
+            max_buffer_bytes: DEFAULT_MAX_DECODE_BYTES,
             stream,
         })
     }
@@ -223,6 +171,12 @@ impl JpegDecoder {
     /// The backend of the decoder's own handle (images it refuses may take another).
     pub fn backend(&self) -> Backend {
         self.primary.backend()
+    }
+
+    /// Whether the decoder's own handle upsamples chroma (4:2:0, 4:2:2) by interpolation, as
+    /// libjpeg-turbo does, rather than by replication.
+    pub fn interpolated_upsampling(&self) -> bool {
+        self.primary.interpolated()
     }
 
     /// The stream decodes are queued on; queue work that reads the output on it too.
@@ -235,8 +189,15 @@ impl JpegDecoder {
         self.max_pixels
     }
 
+    /// Caps the buffer one [`Self::decode_batch`] allocates (default
+    /// [`DEFAULT_MAX_DECODE_BYTES`]); a batch needing more fails with
+    /// [`GpuError::DecodeBufferCap`].
+    pub fn set_max_buffer_bytes(&mut self, cap: usize) {
+        self.max_buffer_bytes = cap;
+    }
+
     /// Reads the header and decides whether the GPU decodes this image. Allocates nothing.
-    pub fn inspect(&self, data: &[u8]) -> Result<ImageGeometry, ImageError> {
+    pub fn inspect<'a>(&self, data: &'a [u8]) -> Result<InspectedJpeg<'a>, ImageError> {
         let header = jpeg::parse_header(data).map_err(|e| ImageError::Corrupt(e.to_string()))?;
         if header.pixels() > self.max_pixels {
             return Err(ImageError::TooLarge {
@@ -274,10 +235,10 @@ impl JpegDecoder {
                 header.width, header.height, w[0], h[0]
             )));
         }
-        Ok(ImageGeometry {
-            width: header.width,
-            height: header.height,
-        })
+        Ok(InspectedJpeg::new(
+            data,
+            ImageGeometry::new(header.width, header.height),
+        ))
     }
 
     /// Decodes `jobs` into `dst` (RGB interleaved), queued on [`Self::stream`]. The outer
@@ -287,20 +248,7 @@ impl JpegDecoder {
         jobs: &[DecodeJob<'_>],
         dst: &mut DeviceBuffer,
     ) -> Result<Vec<Result<(), ImageError>>, GpuError> {
-        for j in jobs {
-            if j.offset
-                .checked_add(j.geometry.bytes())
-                .is_none_or(|end| end > dst.len())
-            {
-                return Err(GpuError::InvalidArgument(format!(
-                    "{}x{} image at offset {} overflows a buffer of {} bytes",
-                    j.geometry.width,
-                    j.geometry.height,
-                    j.offset,
-                    dst.len()
-                )));
-            }
-        }
+        check_slots(jobs, dst.len())?;
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
@@ -309,18 +257,18 @@ impl JpegDecoder {
         let (base, _record) = dst.slice.device_ptr_mut(&cu_stream);
         let image = |j: &DecodeJob<'_>| Image {
             channel: [
-                (base + j.offset as u64) as *mut u8,
+                (base + j.offset() as u64) as *mut u8,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             ],
-            pitch: [j.geometry.pitch() as usize, 0, 0, 0],
+            pitch: [j.geometry().pitch() as usize, 0, 0, 0],
         };
         let mut images: Vec<Image> = jobs.iter().map(image).collect();
         let f = *self.lib.functions();
         let stream = self.raw_stream();
         if self.primary.backend() != Backend::Hardware {
-            let data: Vec<&[u8]> = jobs.iter().map(|j| j.data).collect();
+            let data: Vec<&[u8]> = jobs.iter().map(DecodeJob::data).collect();
             // SAFETY: each `images[i]` points at `pitch × height` bytes inside `dst` (checked
             // above, sizes from `inspect`, which nvJPEG agreed to), which outlives the work.
             return Ok(unsafe { decode_group(&mut self.primary, &f, &data, &mut images, stream) });
@@ -345,7 +293,7 @@ impl JpegDecoder {
                     None => continue, // not routed here without one (see `routes`)
                 },
             };
-            let data: Vec<&[u8]> = idx.iter().map(|&i| jobs[i].data).collect();
+            let data: Vec<&[u8]> = idx.iter().map(|&i| jobs[i].data()).collect();
             let mut group: Vec<Image> = idx.iter().map(|&i| images[i]).collect();
             // SAFETY: as above, for a subset of the images.
             let results = unsafe { decode_group(engine, &f, &data, &mut group, stream) };
@@ -361,7 +309,7 @@ impl JpegDecoder {
     fn routes(&mut self, f: &super::Functions, jobs: &[DecodeJob<'_>]) -> Vec<Route> {
         let support: Vec<Option<bool>> = jobs
             .iter()
-            .map(|j| match self.primary.supported(f, j.data) {
+            .map(|j| match self.primary.supported(f, j.data()) {
                 Ok(yes) => Some(yes),
                 Err(status) => {
                     tracing::debug!(status, "nvjpegDecodeBatchedSupported could not tell");
@@ -371,7 +319,7 @@ impl JpegDecoder {
             .collect();
         let refused = support.iter().any(|s| *s != Some(true));
         if refused && self.hybrid.is_none() {
-            let made = Engine::new(f, Backend::GpuHybrid)
+            let made = Engine::new(f, Backend::GpuHybrid, self.lib.version())
                 .inspect_err(|e| {
                     tracing::warn!(error = %e, "no GPU hybrid nvJPEG backend; refused images go to the CPU")
                 })
@@ -394,39 +342,34 @@ impl JpegDecoder {
     /// decoded here is an `Err` in its entry (`NeedsCpu` for the CPU path, the others to skip
     /// or fail); the outer error is the decoder's own failure.
     pub fn decode_batch(&mut self, images: &[&[u8]]) -> Result<DecodedBatch, GpuError> {
-        let geoms: Vec<Result<ImageGeometry, ImageError>> =
+        let inspected: Vec<Result<InspectedJpeg<'_>, ImageError>> =
             images.iter().map(|d| self.inspect(d)).collect();
         let (offsets, total) = pack(
-            geoms
+            inspected
                 .iter()
-                .map(|g| g.as_ref().map_or(0, ImageGeometry::bytes)),
+                .map(|g| g.as_ref().map_or(0, |i| i.geometry().bytes())),
+            self.max_buffer_bytes,
         )?;
-        let mut buffer = self.stream.alloc(total.max(1))?;
-        let (jobs, which): (Vec<DecodeJob<'_>>, Vec<usize>) = geoms
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| {
-                let geometry = *g.as_ref().ok()?;
-                Some((
-                    DecodeJob {
-                        data: images[i],
-                        geometry,
-                        offset: offsets[i],
-                    },
-                    i,
-                ))
-            })
-            .unzip();
+        // Every byte that is read is written by a decode: no memset.
+        let mut buffer = self.stream.alloc_uninit(total.max(1))?;
+        let mut jobs = Vec::new();
+        let mut which = Vec::new();
+        for (i, g) in inspected.iter().enumerate() {
+            if let Ok(image) = g {
+                jobs.push(DecodeJob::new(*image, offsets[i])?);
+                which.push(i);
+            }
+        }
         let decoded = self.decode_into(&jobs, &mut buffer)?;
-        let mut out: Vec<Result<DecodedImage, ImageError>> = geoms
+        let mut out: Vec<Result<DecodedImage, ImageError>> = inspected
             .into_iter()
             .zip(&offsets)
             .map(|(g, &offset)| {
-                g.map(|g| DecodedImage {
+                g.map(|i| DecodedImage {
                     offset,
-                    width: g.width,
-                    height: g.height,
-                    pitch: g.pitch(),
+                    width: i.geometry().width(),
+                    height: i.geometry().height(),
+                    pitch: i.geometry().pitch(),
                 })
             })
             .collect();

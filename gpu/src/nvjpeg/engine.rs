@@ -2,13 +2,28 @@
 //! [`super::JpegDecoder`] has one for its own backend and, when that is the hardware one, a
 //! second (GPU hybrid) for the images the JPEG engines refuse.
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_uint};
 
 use super::{Backend, Functions, Handle, Image, JpegState, OUTPUT_RGBI, Stream, status};
 use crate::GpuError;
 
 /// `nvjpegJpegStream_t`.
 type JpegStream = *mut std::ffi::c_void;
+
+/// `NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION` (nvjpeg.h, nvJPEG 12.1 and later): chroma
+/// upsampling by interpolation, like libjpeg-turbo's default "fancy" upsampling, instead of
+/// replicating each chroma sample (what 4:2:0 images get without it).
+pub(super) const FLAGS_UPSAMPLING_WITH_INTERPOLATION: c_uint = 1 << 5;
+
+/// The `nvjpegCreateEx` flags to try first for a library of `version`: interpolated
+/// upsampling where the library knows the flag (12.1+), none before.
+pub(super) fn preferred_flags(version: (i32, i32, i32)) -> c_uint {
+    if (version.0, version.1) >= (12, 1) {
+        FLAGS_UPSAMPLING_WITH_INTERPOLATION
+    } else {
+        0
+    }
+}
 
 fn nvjpeg_ok(call: &'static str, status: c_int) -> Result<(), GpuError> {
     if status == status::SUCCESS {
@@ -25,6 +40,8 @@ pub(super) struct Engine {
     handle: Handle,
     state: JpegState,
     backend: Backend,
+    /// Created with [`FLAGS_UPSAMPLING_WITH_INTERPOLATION`].
+    interpolated: bool,
     /// The batch size `nvjpegDecodeBatchedInitialize` was last called with.
     batched_size: Option<usize>,
     /// Parsed-header stream for `nvjpegDecodeBatchedSupported`, made on first use.
@@ -32,8 +49,34 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    /// A handle on `backend` (null allocators: cudaMalloc/cudaHostAlloc) and its state.
-    pub(super) fn new(f: &Functions, backend: Backend) -> Result<Self, GpuError> {
+    /// A handle on `backend` for a library of `version`, with interpolated chroma upsampling
+    /// where the library and backend take it ([`preferred_flags`]), else without (logged).
+    pub(super) fn new(
+        f: &Functions,
+        backend: Backend,
+        version: (i32, i32, i32),
+    ) -> Result<Self, GpuError> {
+        let flags = preferred_flags(version);
+        if flags == 0 {
+            tracing::info!(
+                ?version,
+                ?backend,
+                "nvJPEG before 12.1: chroma upsampling without interpolation"
+            );
+            return Self::with_flags(f, backend, 0);
+        }
+        match Self::with_flags(f, backend, flags) {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                tracing::info!(error = %e, ?backend, "nvJPEG refused interpolated upsampling; creating without");
+                Self::with_flags(f, backend, 0)
+            }
+        }
+    }
+
+    /// A handle on `backend` with `flags` (null allocators: cudaMalloc/cudaHostAlloc) and its
+    /// state.
+    fn with_flags(f: &Functions, backend: Backend, flags: c_uint) -> Result<Self, GpuError> {
         let mut handle: Handle = std::ptr::null_mut();
         // SAFETY: null allocators select the defaults; `handle` is an out-pointer.
         let st = unsafe {
@@ -41,7 +84,7 @@ impl Engine {
                 backend,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
-                0,
+                flags,
                 &mut handle,
             )
         };
@@ -58,6 +101,7 @@ impl Engine {
             handle,
             state,
             backend,
+            interpolated: flags & FLAGS_UPSAMPLING_WITH_INTERPOLATION != 0,
             batched_size: None,
             parsed: None,
         })
@@ -65,6 +109,10 @@ impl Engine {
 
     pub(super) fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub(super) fn interpolated(&self) -> bool {
+        self.interpolated
     }
 
     pub(super) fn handle(&self) -> Handle {
@@ -210,6 +258,25 @@ impl Engine {
                 state = b,
                 handle = c,
                 "destroying an nvJPEG handle failed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolated_upsampling_is_asked_for_from_nvjpeg_12_1() {
+        assert_eq!(FLAGS_UPSAMPLING_WITH_INTERPOLATION, 32);
+        assert_eq!(preferred_flags((12, 0, 3)), 0);
+        assert_eq!(preferred_flags((11, 9, 0)), 0);
+        for v in [(12, 1, 0), (12, 9, 1), (13, 0, 0)] {
+            assert_eq!(
+                preferred_flags(v),
+                FLAGS_UPSAMPLING_WITH_INTERPOLATION,
+                "{v:?}"
             );
         }
     }

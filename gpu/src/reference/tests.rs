@@ -163,3 +163,18 @@ fn bad_inputs_are_errors() {
     let bad = sample(8, 8, [4.0, 0.0, 4.0, 8.0], false);
     assert!(augment(&src, &bad, 4, 4, Layout::NhwcU8, &norm, &mut out).is_err());
 }
+
+/// Crop boxes 1.4e9 and 1.98e9 pixels wide (inside `CropBox::is_valid`'s ±1e9 edges) on a
+/// 3×2 image, one output column: the support passes 1.07e9, so the tap-count bound
+/// 2·⌈support⌉+1 passes `i32::MAX` (the kernel computed it in an `int`, which overflowed to a
+/// negative count: no taps, black output). In 64 bits the window covers the whole row, and the
+/// output is its average. The GPU test runs the same samples and must match bit for bit.
+#[test]
+fn huge_crop_box_uses_64_bit_tap_counts() {
+    let src: Vec<u8> = [gray_row(&[10, 40, 70]), gray_row(&[100, 130, 160])].concat();
+    let wide = sample(3, 2, [-5e8, 0.0, 9e8, 2.0], false);
+    assert_eq!(run(&src, &wide, 1, 2), gray_row(&[40, 130]));
+    // Both axes huge: the average of all six pixels.
+    let both = sample(3, 2, [-9.9e8, -9.9e8, 9.9e8, 9.9e8], true);
+    assert_eq!(run(&src, &both, 1, 1), gray_row(&[85]));
+}
