@@ -15,6 +15,7 @@ use loaderd_gpu::{
     GpuSample, H2dStream, ImageError, JpegDecoder, Layout, Normalize, NvJpeg, Nvrtc, PageBuffer,
     PinnedRegion, SampleOutcome, SampleParams, SampleSource, detect,
 };
+use loaderd_image::psnr;
 
 #[path = "../src/testdata.rs"]
 mod testdata;
@@ -80,20 +81,6 @@ fn kernel_source_compiles_with_nvrtc() {
         other => panic!("NVRTC {:?} gave no CUBIN: {other:?}", nvrtc.version()),
     }
     println!("compiled with {} {:?}", nvrtc.path(), nvrtc.version());
-}
-
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
 }
 
 /// GPU output equals the reference (= the CPU path's arithmetic) for a batch of crops, flips

@@ -380,21 +380,7 @@ pub(crate) mod test_images {
         }
     }
 
-    /// Peak signal-to-noise ratio of two equally sized u8 buffers, in dB.
-    pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let mse = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum::<f64>()
-            / a.len() as f64;
-        if mse == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (255.0f64 * 255.0 / mse).log10()
-        }
-    }
+    pub use loaderd_image::psnr;
 }
 
 #[cfg(test)]
@@ -805,6 +791,21 @@ mod tests {
         !crc
     }
 
+    /// `bomb` claims `side × side` pixels: its header and its decode are refused naming that
+    /// size and the default limit.
+    fn refused_as_too_large(d: &mut Decoder, bomb: &[u8], side: u64) {
+        let too_large = DecodeError::TooLarge {
+            width: side,
+            height: side,
+            max: 64 << 20,
+        };
+        assert_eq!(d.header(bomb), Err(too_large.clone()));
+        assert_eq!(
+            d.decode_region(bomb, all_rect(16, 16), (8, 8)).unwrap_err(),
+            too_large
+        );
+    }
+
     #[test]
     fn decompression_bombs_are_refused_from_the_header() {
         let px = noisy_rgb(16, 16, 4);
@@ -813,34 +814,14 @@ mod tests {
         let mut bomb = jpeg(&px, 16, 16, 90);
         let sof = find_sof(&bomb);
         bomb[sof + 5..sof + 9].copy_from_slice(&[0xfd, 0xe8, 0xfd, 0xe8]);
-        let too_large = DecodeError::TooLarge {
-            width: 65000,
-            height: 65000,
-            max: 64 << 20,
-        };
-        assert_eq!(d.header(&bomb), Err(too_large.clone()));
-        assert_eq!(
-            d.decode_region(&bomb, all_rect(16, 16), (8, 8))
-                .unwrap_err(),
-            too_large
-        );
+        refused_as_too_large(&mut d, &bomb, 65000);
 
         // PNG: a valid IHDR (CRC fixed) claiming 100000 × 100000.
         let mut bomb = png(&px, 16, 16);
         bomb[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]);
         let crc = crc32(&bomb[12..29]);
         bomb[29..33].copy_from_slice(&crc.to_be_bytes());
-        let too_large = DecodeError::TooLarge {
-            width: 100_000,
-            height: 100_000,
-            max: 64 << 20,
-        };
-        assert_eq!(d.header(&bomb), Err(too_large.clone()));
-        assert_eq!(
-            d.decode_region(&bomb, all_rect(16, 16), (8, 8))
-                .unwrap_err(),
-            too_large
-        );
+        refused_as_too_large(&mut d, &bomb, 100_000);
 
         // A custom limit applies to ordinary images too.
         let mut small = Decoder::new(DecodeLimits { max_pixels: 100 });
