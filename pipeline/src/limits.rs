@@ -37,8 +37,8 @@ pub struct Plan {
     pub batch: usize,
     pub depth: usize,
     pub workers: usize,
+    /// What every sample becomes (its `layout` is the request's, or NHWC u8).
     pub spec: TransformSpec,
-    pub layout: Layout,
     pub on_error: OnError,
     pub sample_bytes: usize,
     pub slot_bytes: usize,
@@ -133,12 +133,11 @@ pub fn plan(req: &LoaderSpec, config: &PipelineConfig) -> Result<Plan, SessionEr
         )));
     }
     let on_error = req.on_error.unwrap_or(config.on_error);
-    let layout = req.layout.unwrap_or(Layout::NhwcU8);
     let spec = TransformSpec {
         train: req.train,
         size: if req.size == 0 { 224 } else { req.size },
         resize: if req.resize == 0 { 256 } else { req.resize },
-        layout,
+        layout: req.layout.unwrap_or(Layout::NhwcU8),
         ..TransformSpec::default()
     };
     spec.validate()
@@ -154,7 +153,6 @@ pub fn plan(req: &LoaderSpec, config: &PipelineConfig) -> Result<Plan, SessionEr
         depth,
         workers,
         spec,
-        layout,
         on_error,
         sample_bytes,
         slot_bytes,
