@@ -336,8 +336,17 @@ fn repeated_opens_are_refused_at_once_and_do_not_starve_another_client() {
     attacking("over-budget opens", &refused, 2);
     let repeats_before = repeats.load(Ordering::SeqCst);
 
-    // The good client: another process, a whole epoch each time, five times.
+    // Only the attacker's first loader stays open: each good client's loader closes once the
+    // daemon sees that process's connection gone, which may be a moment after it exits.
+    let one_open = || d.status_json()["loaders"].as_array().map(Vec::len) == Some(1);
+    // The good client: another process, a whole epoch each time, five times; each round
+    // starts once the last one's loader is gone (max_clients = 2 has room for one of them).
     for round in 0..5 {
+        assert!(
+            wait_until(Duration::from_secs(10), one_open),
+            "round {round}: {}",
+            d.status_json()
+        );
         let out = loaderctl(&d.socket, &small_epoch(&["--depth", "2", "--json"]));
         assert!(
             out.status.success(),
@@ -359,9 +368,6 @@ fn repeated_opens_are_refused_at_once_and_do_not_starve_another_client() {
         slowest < Duration::from_secs(5),
         "a repeated OpenLoader is refused before any work (slowest {slowest:?})"
     );
-    // Only the attacker's first loader stays open: the good client's last one closes once
-    // the daemon sees that process's connection gone, which may be a moment after it exits.
-    let one_open = || d.status_json()["loaders"].as_array().map(Vec::len) == Some(1);
     assert!(
         wait_until(Duration::from_secs(10), one_open),
         "{}",
@@ -452,10 +458,7 @@ fn leases_are_capped_per_client_process_not_per_connection() {
 
     // Closing the connections gives every lease back.
     conns.clear();
-    assert!(wait_until(
-        Duration::from_secs(10),
-        || d.status_json()["shm_leased_bytes"] == 0
-    ));
+    assert!(d.leases_released(), "{}", d.status_json());
 }
 
 #[test]
@@ -488,16 +491,15 @@ fn a_single_read_cannot_pass_the_cap_and_a_reused_read_id_counts_once() {
     assert_eq!(code_of(&err), Some(tonic::Code::ResourceExhausted), "{err}");
     assert!(err.to_string().contains("server.shm_max_leased"), "{err}");
     drop((c, other));
-    assert!(wait_until(
-        Duration::from_secs(10),
-        || d.status_json()["shm_leased_bytes"] == 0
-    ));
+    assert!(d.leases_released(), "{}", d.status_json());
     // loaderctl returns the right bytes of the whole file.
     assert_bytes_eq(
         &d.cat("/ds/f6.bin"),
         &files[6],
         "cat of a read over the cap",
     );
+    // loaderctl has exited; its connection's leases go once the daemon sees it close.
+    assert!(d.leases_released(), "{}", d.status_json());
 
     // The same read id ten times without a release: the id's old lease is replaced, so the
     // count stays at one read and later reads are not refused.
@@ -518,10 +520,7 @@ fn a_single_read_cannot_pass_the_cap_and_a_reused_read_id_counts_once() {
     let status = d.status_json();
     assert_eq!(status["shm_leased_bytes"], MIB, "{status}");
     drop(raw);
-    assert!(wait_until(
-        Duration::from_secs(10),
-        || d.status_json()["shm_leased_bytes"] == 0
-    ));
+    assert!(d.leases_released(), "{}", d.status_json());
 }
 
 /// Another process holding `n` shared-memory connections until dropped.
