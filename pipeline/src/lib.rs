@@ -35,4 +35,4 @@ pub use config::{OnError, PipelineConfig};
 pub use loaderd_image::{CropBox, DType, Layout, Normalize, Rect};
 pub use registry::Pipelines;
 pub use session::{Session, SessionError};
-pub use spec::{Batch, BatchError, LoaderSpec, LoaderStatus, Opened};
+pub use spec::{Batch, BatchError, LoaderSpec, LoaderStatus, Opened, RingMemory};

@@ -193,6 +193,8 @@ impl LoaderStats {
             depth: info.depth,
             ring_bytes: info.ring_bytes,
             workers: info.workers,
+            device: "cpu".into(),
+            ..LoaderStatus::default()
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::limits::{self, Plan};
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
 use crate::ring::{BatchRing, RingError};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
-use crate::spec::{Batch, BatchError, LoaderSpec, Opened};
+use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};
 use loaderd_cache::sync::lock;
 
@@ -270,5 +270,8 @@ fn opened(plan: &Plan, batches: u64, indexed: &Indexed) -> Opened {
         dtype: plan.spec.layout.dtype(),
         sample_bytes: plan.sample_bytes as u64,
         samples: indexed.indices.len() as u64,
+        memory: RingMemory::Host,
+        ring_bytes: plan.slot_bytes as u64 * plan.depth as u64,
+        gpu_reason: None,
     }
 }

@@ -39,6 +39,19 @@ pub struct LoaderSpec {
     pub name: String,
     /// Benchmark of the handoff alone: every sample is a copy of one image decoded once.
     pub predecoded: bool,
+    /// `Some(n)`: batches decoded on and delivered into CUDA device `n` (the daemon's
+    /// numbering); `None`: a host ring decoded on the CPU.
+    pub cuda_device: Option<u32>,
+}
+
+/// Where a loader's ring lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RingMemory {
+    /// A memfd the client maps read-only.
+    #[default]
+    Host,
+    /// An exportable allocation on CUDA device `device` (a POSIX-fd handle).
+    Cuda { device: u32 },
 }
 
 /// What a client needs to map and interpret a loader's ring.
@@ -54,6 +67,13 @@ pub struct Opened {
     pub sample_bytes: u64,
     /// Samples this epoch will deliver to this rank.
     pub samples: u64,
+    /// Where the ring is.
+    pub memory: RingMemory,
+    /// Bytes the client maps: `slot_bytes × depth`, rounded up to the device's allocation
+    /// granularity for a CUDA ring.
+    pub ring_bytes: u64,
+    /// Set when the request asked for a CUDA device and is served from the CPU: why.
+    pub gpu_reason: Option<String>,
 }
 
 /// One batch, ready in ring slot `slot`.
@@ -106,4 +126,16 @@ pub struct LoaderStatus {
     pub depth: u32,
     pub ring_bytes: u64,
     pub workers: u32,
+    /// "cpu", or "cuda:N" for a loader decoding on and delivering into GPU N.
+    pub device: String,
+    /// Samples nvJPEG decoded.
+    pub gpu_samples: u64,
+    /// Samples of a GPU loader decoded on the CPU and uploaded.
+    pub cpu_fallback_samples: u64,
+    /// Seconds of GPU stream time spent on this loader's batches.
+    pub gpu_secs: f64,
+    /// Why a loader that asked for a CUDA device is served from the CPU (empty otherwise).
+    pub gpu_reason: String,
+    /// Device memory the loader holds (ring and decode buffers).
+    pub device_bytes: u64,
 }

@@ -106,6 +106,8 @@ fn full() -> pb::StatusResponse {
             depth: 4,
             ring_bytes: 6 * MIB,
             workers: 3,
+            device: "cpu".into(),
+            ..Default::default()
         }],
         ring_bytes: 6 * MIB,
         ring_capacity_bytes: 16 * GIB,

@@ -4,8 +4,8 @@
 use loaderd_cache::error::to_status;
 use loaderd_pipeline::dataset::DatasetError;
 use loaderd_pipeline::{
-    Batch, BatchError, DType, Layout, LoaderSpec, LoaderStatus, OnError, Opened, Session,
-    SessionError,
+    Batch, BatchError, DType, Layout, LoaderSpec, LoaderStatus, OnError, Opened, RingMemory,
+    Session, SessionError,
 };
 use loaderd_proto::v1 as pb;
 use metrics::counter;
@@ -100,6 +100,7 @@ fn spec(r: &pb::OpenLoader) -> Result<LoaderSpec, OpenError> {
         on_error,
         name: r.name.clone(),
         predecoded: r.predecoded,
+        cuda_device: r.cuda_device,
     })
 }
 
@@ -145,6 +146,16 @@ pub(super) fn opened(o: &Opened) -> pb::LoaderOpened {
         } as i32,
         sample_bytes: o.sample_bytes,
         samples: o.samples,
+        memory: match o.memory {
+            RingMemory::Host => pb::BatchMemory::Host,
+            RingMemory::Cuda { .. } => pb::BatchMemory::Cuda,
+        } as i32,
+        cuda_device: match o.memory {
+            RingMemory::Host => 0,
+            RingMemory::Cuda { device } => device,
+        },
+        ring_bytes: o.ring_bytes,
+        gpu_reason: o.gpu_reason.clone().unwrap_or_default(),
     }
 }
 
@@ -214,6 +225,12 @@ pub fn loader_status(s: &LoaderStatus) -> pb::LoaderStatus {
         depth: s.depth,
         ring_bytes: s.ring_bytes,
         workers: s.workers,
+        device: s.device.clone(),
+        gpu_samples: s.gpu_samples,
+        cpu_fallback_samples: s.cpu_fallback_samples,
+        gpu_secs: s.gpu_secs,
+        gpu_reason: s.gpu_reason.clone(),
+        device_bytes: s.device_bytes,
     }
 }
 

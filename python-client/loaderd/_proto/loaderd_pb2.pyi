@@ -5,6 +5,9 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
+BATCH_MEMORY_CUDA: BatchMemory
+BATCH_MEMORY_HOST: BatchMemory
+BATCH_MEMORY_UNSPECIFIED: BatchMemory
 CACHE: ReadType
 DESCRIPTOR: _descriptor.FileDescriptor
 DTYPE_FLOAT16: Dtype
@@ -189,40 +192,54 @@ class LoadRequest(_message.Message):
     def __init__(self, path: _Optional[str] = ..., parallelism: _Optional[int] = ..., local: bool = ...) -> None: ...
 
 class LoaderOpened(_message.Message):
-    __slots__ = ["batches", "code", "dataset_len", "depth", "dtype", "error", "sample_bytes", "sample_shape", "samples", "slot_bytes"]
+    __slots__ = ["batches", "code", "cuda_device", "dataset_len", "depth", "dtype", "error", "gpu_reason", "memory", "ring_bytes", "sample_bytes", "sample_shape", "samples", "slot_bytes"]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    CUDA_DEVICE_FIELD_NUMBER: _ClassVar[int]
     DATASET_LEN_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    GPU_REASON_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    RING_BYTES_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_SHAPE_FIELD_NUMBER: _ClassVar[int]
     SLOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     batches: int
     code: int
+    cuda_device: int
     dataset_len: int
     depth: int
     dtype: Dtype
     error: str
+    gpu_reason: str
+    memory: BatchMemory
+    ring_bytes: int
     sample_bytes: int
     sample_shape: _containers.RepeatedScalarFieldContainer[int]
     samples: int
     slot_bytes: int
-    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., slot_bytes: _Optional[int] = ..., depth: _Optional[int] = ..., batches: _Optional[int] = ..., dataset_len: _Optional[int] = ..., sample_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., sample_bytes: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
+    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., slot_bytes: _Optional[int] = ..., depth: _Optional[int] = ..., batches: _Optional[int] = ..., dataset_len: _Optional[int] = ..., sample_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., sample_bytes: _Optional[int] = ..., samples: _Optional[int] = ..., memory: _Optional[_Union[BatchMemory, str]] = ..., cuda_device: _Optional[int] = ..., ring_bytes: _Optional[int] = ..., gpu_reason: _Optional[str] = ...) -> None: ...
 
 class LoaderStatus(_message.Message):
-    __slots__ = ["augment_secs", "batches_delivered", "batches_total", "dataset", "decode_secs", "depth", "elapsed_secs", "epoch", "fetch_secs", "name", "rank", "ready_batches", "ring_bytes", "samples", "samples_per_sec", "skipped", "starved_percent", "workers", "world_size"]
+    __slots__ = ["augment_secs", "batches_delivered", "batches_total", "cpu_fallback_samples", "dataset", "decode_secs", "depth", "device", "device_bytes", "elapsed_secs", "epoch", "fetch_secs", "gpu_reason", "gpu_samples", "gpu_secs", "name", "rank", "ready_batches", "ring_bytes", "samples", "samples_per_sec", "skipped", "starved_percent", "workers", "world_size"]
     AUGMENT_SECS_FIELD_NUMBER: _ClassVar[int]
     BATCHES_DELIVERED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CPU_FALLBACK_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     DECODE_SECS_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FETCH_SECS_FIELD_NUMBER: _ClassVar[int]
+    GPU_REASON_FIELD_NUMBER: _ClassVar[int]
+    GPU_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    GPU_SECS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     READY_BATCHES_FIELD_NUMBER: _ClassVar[int]
@@ -236,12 +253,18 @@ class LoaderStatus(_message.Message):
     augment_secs: float
     batches_delivered: int
     batches_total: int
+    cpu_fallback_samples: int
     dataset: str
     decode_secs: float
     depth: int
+    device: str
+    device_bytes: int
     elapsed_secs: float
     epoch: int
     fetch_secs: float
+    gpu_reason: str
+    gpu_samples: int
+    gpu_secs: float
     name: str
     rank: int
     ready_batches: int
@@ -252,7 +275,7 @@ class LoaderStatus(_message.Message):
     starved_percent: float
     workers: int
     world_size: int
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., batches_delivered: _Optional[int] = ..., batches_total: _Optional[int] = ..., samples: _Optional[int] = ..., skipped: _Optional[int] = ..., elapsed_secs: _Optional[float] = ..., samples_per_sec: _Optional[float] = ..., starved_percent: _Optional[float] = ..., fetch_secs: _Optional[float] = ..., decode_secs: _Optional[float] = ..., augment_secs: _Optional[float] = ..., ready_batches: _Optional[int] = ..., depth: _Optional[int] = ..., ring_bytes: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., batches_delivered: _Optional[int] = ..., batches_total: _Optional[int] = ..., samples: _Optional[int] = ..., skipped: _Optional[int] = ..., elapsed_secs: _Optional[float] = ..., samples_per_sec: _Optional[float] = ..., starved_percent: _Optional[float] = ..., fetch_secs: _Optional[float] = ..., decode_secs: _Optional[float] = ..., augment_secs: _Optional[float] = ..., ready_batches: _Optional[int] = ..., depth: _Optional[int] = ..., ring_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., device: _Optional[str] = ..., gpu_samples: _Optional[int] = ..., cpu_fallback_samples: _Optional[int] = ..., gpu_secs: _Optional[float] = ..., gpu_reason: _Optional[str] = ..., device_bytes: _Optional[int] = ...) -> None: ...
 
 class MemberStatus(_message.Message):
     __slots__ = ["addr", "capacity_bytes", "error", "hit_ratio", "id", "local", "reachable", "suspect", "used_bytes"]
@@ -357,9 +380,10 @@ class NodeStatusResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_ratio: _Optional[float] = ..., peer_blocks_served: _Optional[int] = ...) -> None: ...
 
 class OpenLoader(_message.Message):
-    __slots__ = ["batch_size", "consumed", "dataset", "depth", "drop_last", "epoch", "layout", "name", "no_shuffle", "on_error", "predecoded", "rank", "resize", "seed", "size", "train", "workers", "world_size"]
+    __slots__ = ["batch_size", "consumed", "cuda_device", "dataset", "depth", "drop_last", "epoch", "layout", "name", "no_shuffle", "on_error", "predecoded", "rank", "resize", "seed", "size", "train", "workers", "world_size"]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    CUDA_DEVICE_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     DROP_LAST_FIELD_NUMBER: _ClassVar[int]
@@ -378,6 +402,7 @@ class OpenLoader(_message.Message):
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     consumed: int
+    cuda_device: int
     dataset: str
     depth: int
     drop_last: bool
@@ -394,7 +419,7 @@ class OpenLoader(_message.Message):
     train: bool
     workers: int
     world_size: int
-    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., consumed: _Optional[int] = ..., train: bool = ..., size: _Optional[int] = ..., resize: _Optional[int] = ..., layout: _Optional[_Union[SampleLayout, str]] = ..., depth: _Optional[int] = ..., drop_last: bool = ..., no_shuffle: bool = ..., workers: _Optional[int] = ..., on_error: _Optional[_Union[OnSampleError, str]] = ..., name: _Optional[str] = ..., predecoded: bool = ...) -> None: ...
+    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., consumed: _Optional[int] = ..., train: bool = ..., size: _Optional[int] = ..., resize: _Optional[int] = ..., layout: _Optional[_Union[SampleLayout, str]] = ..., depth: _Optional[int] = ..., drop_last: bool = ..., no_shuffle: bool = ..., workers: _Optional[int] = ..., on_error: _Optional[_Union[OnSampleError, str]] = ..., name: _Optional[str] = ..., predecoded: bool = ..., cuda_device: _Optional[int] = ...) -> None: ...
 
 class PeerBlock(_message.Message):
     __slots__ = ["crc32c", "data", "was_cached"]
@@ -624,4 +649,7 @@ class OnSampleError(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
 
 class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class BatchMemory(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
