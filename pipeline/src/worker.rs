@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use loaderd_cache::Cache;
+use loaderd_cache::arena::Arena;
 use tokio::runtime::Handle;
 use tracing::{error, warn};
 
@@ -20,7 +21,7 @@ use crate::config::OnError;
 use crate::dataset::{Dataset, Source, fetch};
 use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
-use crate::ring::BatchRing;
+use crate::ring::{BatchRing, SlotMemory};
 use crate::sampler::sample_rng;
 use loaderd_cache::sync::lock;
 
@@ -46,14 +47,15 @@ pub(crate) fn batch_meta_bytes(batch: usize) -> u64 {
     (std::mem::size_of::<(u64, BatchMeta)>() as u64).saturating_add(per_sample * batch as u64)
 }
 
-/// What every worker of one loader shares: where samples come from and where batches go.
-pub(crate) struct Shared {
+/// What every worker of one loader shares: where samples come from and where batches go (a
+/// ring in host memory, or on a GPU for [`crate::gpu`]'s workers).
+pub(crate) struct Shared<M: SlotMemory = Arena> {
     pub cache: Arc<Cache>,
     pub rt: Handle,
     pub dataset: Arc<Dataset>,
     /// This rank's sample order for the epoch.
     pub indices: Arc<Vec<u64>>,
-    pub ring: Arc<BatchRing>,
+    pub ring: Arc<BatchRing<M>>,
     pub metas: Arc<Metas>,
     pub stop: Arc<AtomicBool>,
     /// The next batch number a worker takes.
@@ -83,25 +85,38 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` workers; on a failed spawn the ones started are stopped and joined, and the
-    /// error says how many had started.
+    /// Starts `n` CPU decode workers; on a failed spawn the ones started are stopped and
+    /// joined, and the error says how many had started.
     pub fn start(
         shared: &Arc<Shared>,
         recipe: Recipe,
         n: usize,
     ) -> Result<Self, (usize, std::io::Error)> {
-        let mut workers = Workers {
-            stop: shared.stop.clone(),
-            handles: Vec::with_capacity(n),
-        };
-        for i in 0..n {
+        Self::spawn(&shared.stop, n, "loaderd-decode", |_| {
             let w = Worker {
                 shared: shared.clone(),
                 recipe,
             };
+            move || w.run()
+        })
+    }
+
+    /// Starts `n` threads named `name-i` running `body(i)`, which must return once `stop` is
+    /// set; on a failed spawn the ones started are stopped and joined.
+    pub fn spawn<F: FnOnce() + Send + 'static>(
+        stop: &Arc<AtomicBool>,
+        n: usize,
+        name: &str,
+        mut body: impl FnMut(usize) -> F,
+    ) -> Result<Self, (usize, std::io::Error)> {
+        let mut workers = Workers {
+            stop: stop.clone(),
+            handles: Vec::with_capacity(n),
+        };
+        for i in 0..n {
             let spawned = std::thread::Builder::new()
-                .name(format!("loaderd-decode-{i}"))
-                .spawn(move || w.run());
+                .name(format!("{name}-{i}"))
+                .spawn(body(i));
             match spawned {
                 Ok(h) => workers.handles.push(h),
                 // Dropping `workers` stops and joins the ones started.
