@@ -22,6 +22,7 @@ pub mod augment;
 pub mod config;
 pub mod dataset;
 pub mod decode;
+pub mod gpu;
 pub mod limits;
 pub mod registry;
 pub mod resize;

@@ -18,7 +18,7 @@ use tracing::{error, warn};
 
 use crate::augment::{TransformSpec, process};
 use crate::config::OnError;
-use crate::dataset::{Dataset, Source, fetch};
+use crate::dataset::{Dataset, Sample, Source, fetch};
 use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
 use crate::ring::{BatchRing, SlotMemory};
@@ -33,6 +33,36 @@ pub(crate) struct BatchMeta {
     pub skipped: Vec<String>,
     /// With `on_error = fail`: the sample that failed the batch, and why.
     pub failed: Option<String>,
+}
+
+impl BatchMeta {
+    /// Records how `sample` went: in the batch, skipped, or (with `on_error = fail`) failing
+    /// the batch. False when the batch failed: fill no more of it.
+    pub fn record(
+        &mut self,
+        sample: &Sample,
+        result: Result<(), impl std::fmt::Display>,
+        on_error: OnError,
+    ) -> bool {
+        match result {
+            Ok(()) => {
+                self.labels.push(sample.label);
+                self.keys.push(sample.key.clone());
+                true
+            }
+            Err(e) if on_error == OnError::Fail => {
+                error!(key = %sample.key, error = %e, "sample failed its batch (on_error = fail)");
+                self.failed = Some(format!("sample {}: {e}", sample.key));
+                self.skipped.push(sample.key.clone());
+                false
+            }
+            Err(e) => {
+                warn!(key = %sample.key, error = %e, "sample skipped");
+                self.skipped.push(sample.key.clone());
+                true
+            }
+        }
+    }
 }
 
 /// Batch metadata between decode and delivery, by batch number.
@@ -180,24 +210,11 @@ impl Worker {
                     }
                     None => self.sample(&mut decoder, index, &sample.source, out),
                 };
-                match res {
-                    Ok(()) => {
-                        if r.predecoded && template.is_none() {
-                            template = Some(out.to_vec());
-                        }
-                        meta.labels.push(sample.label);
-                        meta.keys.push(sample.key.clone());
-                    }
-                    Err(e) if r.on_error == OnError::Fail => {
-                        error!(key = %sample.key, error = %e, "sample failed its batch (on_error = fail)");
-                        meta.failed = Some(format!("sample {}: {e}", sample.key));
-                        meta.skipped.push(sample.key.clone());
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(key = %sample.key, error = %e, "sample skipped");
-                        meta.skipped.push(sample.key.clone());
-                    }
+                if res.is_ok() && r.predecoded && template.is_none() {
+                    template = Some(out.to_vec());
+                }
+                if !meta.record(sample, res, r.on_error) {
+                    break;
                 }
             }
             s.stats.batch_ready(meta.labels.len(), meta.skipped.len());
