@@ -416,11 +416,7 @@ pub fn tune_allocator() {
 /// Looks for GPUs (unless `mode` is off) and says which path serves.
 fn gpu_status(mode: GpuMode) -> pb::GpuStatus {
     let mut st = pb::GpuStatus {
-        mode: match mode {
-            GpuMode::Auto => "auto",
-            GpuMode::Off => "off",
-        }
-        .into(),
+        mode: mode.name().into(),
         ..Default::default()
     };
     if mode == GpuMode::Off {
