@@ -17,7 +17,7 @@ use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use loaderd_image::{CropBox, Layout, Normalize};
 
 use crate::pinned::{DeviceBuffer, GpuContext, H2dStream};
-use crate::{GpuError, Nvrtc};
+use crate::{DeviceSliceMut, GpuError, Nvrtc};
 
 /// The kernel's CUDA C source.
 pub const AUGMENT_CU: &str = include_str!("kernels/augment.cu");
@@ -112,8 +112,9 @@ pub fn compile_options(arch: &str) -> Vec<String> {
     ]
 }
 
-/// The compiled kernel, loaded into one context.
-#[derive(Debug)]
+/// The compiled kernel, loaded into one context. Cloning shares the loaded module (no new
+/// compile): a [`crate::GpuDevice`] compiles once and every batch pipeline clones it.
+#[derive(Debug, Clone)]
 pub struct AugmentKernel {
     func: CudaFunction,
 }
@@ -139,7 +140,9 @@ impl AugmentKernel {
         Ok(AugmentKernel { func })
     }
 
-    /// Queues the batch on `stream`: sample `i` of `samples` goes to `out[i * sample_bytes..]`.
+    /// Queues the batch on `stream`: sample `i` of `samples` goes to `out[i * sample_bytes..]`
+    /// (a [`DeviceBuffer`]'s [`DeviceBuffer::as_slice_mut`] or a slot of an exported ring).
+    /// The write to `out` is ordered by `stream` only (see [`crate::slice`]).
     #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
@@ -150,7 +153,7 @@ impl AugmentKernel {
         out_h: u32,
         layout: Layout,
         norm: &Normalize,
-        out: &mut DeviceBuffer,
+        out: DeviceSliceMut<'_>,
     ) -> Result<(), GpuError> {
         if samples.is_empty() {
             return Ok(());
@@ -196,18 +199,22 @@ impl AugmentKernel {
             mean: norm.mean,
             std: norm.std,
         };
+        let out_ptr: u64 = out.device_ptr();
         let mut args = cuda.launch_builder(&self.func);
         args.arg(&src.slice)
             .arg(&table)
-            .arg(&mut out.slice)
+            .arg(&out_ptr)
             .arg(&out_w)
             .arg(&out_h)
             .arg(&code)
             .arg(&norm);
         // SAFETY: the argument list matches `loaderd_augment`'s parameters in order and type
-        // (pointers for the three buffers, u32 sizes and layout, `Norm` by value); every sample
-        // was validated to lie inside `src`, and `out` holds `need` bytes, which is all the
-        // grid writes.
+        // (pointers for the three buffers, the output's as its 64-bit device address, u32
+        // sizes and layout, `Norm` by value); every sample was validated to lie inside `src`,
+        // and `out` holds `need` writable bytes (the view's contract), which is all the grid
+        // writes; `out` stays borrowed (so mapped) until this returns, and its owner keeps it
+        // mapped until the stream's work is done (ExportedMemory and DeviceBuffer synchronize
+        // before freeing).
         unsafe { args.launch(cfg) }.map_err(GpuError::driver("cuLaunchKernel"))?;
         Ok(())
     }

@@ -170,7 +170,16 @@ fn gpu_augment_matches_reference() {
         let per = layout.sample_bytes(ow, oh);
         let mut out = stream.alloc(per * samples.len()).unwrap();
         kernel
-            .launch(&stream, &src, &samples, ow, oh, layout, &norm, &mut out)
+            .launch(
+                &stream,
+                &src,
+                &samples,
+                ow,
+                oh,
+                layout,
+                &norm,
+                out.as_slice_mut(),
+            )
             .unwrap();
         let got = stream.to_host(&out).unwrap();
         for (i, s) in samples.iter().enumerate() {
@@ -215,7 +224,16 @@ fn gpu_augment_matches_reference() {
     let per = Layout::NhwcU8.sample_bytes(1, 2);
     let mut out = stream.alloc(per * wide.len()).unwrap();
     kernel
-        .launch(&stream, &src, &wide, 1, 2, Layout::NhwcU8, &norm, &mut out)
+        .launch(
+            &stream,
+            &src,
+            &wide,
+            1,
+            2,
+            Layout::NhwcU8,
+            &norm,
+            out.as_slice_mut(),
+        )
         .unwrap();
     let got = stream.to_host(&out).unwrap();
     for (i, s) in wide.iter().enumerate() {
@@ -571,7 +589,7 @@ fn decode_and_augment_matches_reference() {
         },
     ];
     let mut out = pipe.stream().alloc(pipe.output_bytes(items.len())).unwrap();
-    let report = pipe.run(&items, &mut out).unwrap();
+    let report = pipe.run(&items, out.as_slice_mut()).unwrap();
     println!("{report:?}");
     assert_eq!(report.delivered(), 4);
     assert_eq!(report.failed().map(|(i, _)| i).collect::<Vec<_>>(), [1]);
@@ -651,12 +669,12 @@ fn batch_throughput() {
         })
         .collect();
     let mut out = pipe.stream().alloc(pipe.output_bytes(256)).unwrap();
-    pipe.run(&items, &mut out).unwrap(); // warm-up: buffers, nvJPEG state
+    pipe.run(&items, out.as_slice_mut()).unwrap(); // warm-up: buffers, nvJPEG state
     pipe.stream().synchronize().unwrap();
     let reps = 5;
     let started = std::time::Instant::now();
     for _ in 0..reps {
-        let r = pipe.run(&items, &mut out).unwrap();
+        let r = pipe.run(&items, out.as_slice_mut()).unwrap();
         assert_eq!(r.delivered(), 256);
     }
     pipe.stream().synchronize().unwrap();
