@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge};
 
 use crate::config::PipelineConfig;
+use crate::gpu::Gpus;
 use crate::spec::LoaderStatus;
 use loaderd_cache::sync::lock;
 
@@ -291,20 +292,33 @@ struct Open {
     next_id: u64,
 }
 
-/// The daemon's loaders.
+/// The daemon's loaders, and the GPUs they may use.
 #[derive(Debug)]
 pub struct Pipelines {
     config: PipelineConfig,
+    gpus: Gpus,
     open: Mutex<Open>,
 }
 
 impl Pipelines {
-    /// An empty registry enforcing `config`'s budgets.
+    /// An empty registry enforcing `config`'s budgets, with no GPU (every loader decodes on
+    /// the CPU).
     pub fn new(config: PipelineConfig) -> Arc<Self> {
+        Self::with_gpus(config, Gpus::none("this daemon opened no GPU"))
+    }
+
+    /// An empty registry enforcing `config`'s budgets, serving CUDA loaders on `gpus`.
+    pub fn with_gpus(config: PipelineConfig, gpus: Gpus) -> Arc<Self> {
         Arc::new(Pipelines {
             config,
+            gpus,
             open: Mutex::new(Open::default()),
         })
+    }
+
+    /// The GPUs loaders may ask for.
+    pub fn gpus(&self) -> &Gpus {
+        &self.gpus
     }
 
     /// The pipeline settings in force.

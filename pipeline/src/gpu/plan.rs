@@ -90,9 +90,9 @@ pub(crate) fn cpu_decoder(limits: DecodeLimits) -> CpuDecoder {
 }
 
 /// Decode buffer per sample of a batch a GPU worker may take (the batch's decoded images
-/// back to back): 4 MiB, about 1.4 Mpixel of RGB per image on average, over three times an
-/// average ImageNet image; a batch that needs more is split (see the worker).
-pub(crate) const DECODE_BYTES_PER_SAMPLE: usize = 4 << 20;
+/// back to back): 2 MiB, about 700 kpixel of RGB per image on average, some five times an
+/// average ImageNet image; a batch that needs more is split in halves (see the worker).
+pub(crate) const DECODE_BYTES_PER_SAMPLE: usize = 2 << 20;
 
 /// The cap on one GPU worker's decode buffer for batches of `batch` samples: at least 64 MiB
 /// (one large image), at most nvJPEG's default cap.
@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(c.sample_bytes(), spec.sample_bytes());
         assert_eq!((c.max_batch, c.max_pixels), (8, 1 << 20));
         assert_eq!(c.max_decode_bytes, 64 << 20, "the floor: one large image");
-        assert_eq!(decode_bytes_per_worker(256), 1 << 30);
+        assert_eq!(decode_bytes_per_worker(256), 512 << 20);
         assert_eq!(
             decode_bytes_per_worker(4096),
             loaderd_gpu::nvjpeg::DEFAULT_MAX_DECODE_BYTES
