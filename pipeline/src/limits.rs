@@ -15,6 +15,7 @@
 //! | `name` | at most [`MAX_NAME_BYTES`] |
 //! | `dataset` | parsed; a bad path is refused |
 //! | batch × sample bytes × depth, plus per-slot and index state | `pipeline.max_client_bytes`, `pipeline.max_total_bytes` (at admission) |
+//! | `cuda_device`: the device ring (rounded up to the granularity) and the decode buffers | the ring also `pipeline.max_client_bytes`; both `pipeline.max_device_bytes` of the GPU (at admission) |
 //!
 //! Over-limit values are refused with `INVALID_ARGUMENT` naming the field, the value and the
 //! config key; budgets shared with other loaders answer `RESOURCE_EXHAUSTED`.

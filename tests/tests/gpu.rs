@@ -70,7 +70,10 @@ fn gpu_mode_on_without_a_usable_gpu_exits_at_start_naming_the_reason() {
             // With a driver and a device, `on` starts and says so.
             let d = Daemon::start(&args);
             let gpu = &d.status_json()["gpu"];
-            assert_eq!((&gpu["mode"], &gpu["available"]), (&"on".into(), &true.into()));
+            assert_eq!(
+                (&gpu["mode"], &gpu["available"]),
+                (&"on".into(), &true.into())
+            );
         }
     }
 }
@@ -188,7 +191,10 @@ fn gpu_loader_delivers_into_device_memory_the_cpu_loaders_samples() {
         worst = worst.max(mad);
         release = i64::from(b.slot);
     }
-    assert!(worst < 12.0, "GPU batches differ from the CPU ones by {worst:.2} on average");
+    assert!(
+        worst < 12.0,
+        "GPU batches differ from the CPU ones by {worst:.2} on average"
+    );
     assert!(next_batch(&mut conn, release).end, "the epoch ends");
 
     let status = d.status_json();
@@ -203,6 +209,9 @@ fn gpu_loader_delivers_into_device_memory_the_cpu_loaders_samples() {
     let fallback = shown["cpu_fallback_samples"].as_u64().unwrap_or(0);
     assert_eq!(samples, 21, "{shown}");
     assert_eq!(gpu_samples + fallback, samples, "{shown}");
-    assert!(shown["device_bytes"].as_u64().unwrap_or(0) >= o.ring_bytes, "{shown}");
+    assert!(
+        shown["device_bytes"].as_u64().unwrap_or(0) >= o.ring_bytes,
+        "{shown}"
+    );
     assert!(shown["gpu_secs"].as_f64().unwrap_or(0.0) > 0.0, "{shown}");
 }
