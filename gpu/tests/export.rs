@@ -321,17 +321,20 @@ fn batch_into_exported_slot_equals_device_buffer() {
 #[test]
 fn device_compiles_once_and_pipelines_share_the_kernel() {
     let Some(dev) = device_or_skip() else { return };
-    assert_eq!(
-        dev.nvrtc().compilations(),
-        1,
-        "open compiles the kernel once"
+    // One program (two only where this NVRTC gives no CUBIN and the PTX fallback compiles
+    // again, which the log says).
+    let compiled = dev.nvrtc().compilations();
+    println!(
+        "NVRTC {:?} compiled {compiled} program(s) at open",
+        dev.nvrtc().version()
     );
+    assert!((1..=2).contains(&compiled), "{compiled}");
     let config = small_config(Layout::NhwcU8);
     let mut a = dev.batch_pipeline(config).unwrap();
     let mut b = dev.batch_pipeline(config).unwrap();
     assert_eq!(
         dev.nvrtc().compilations(),
-        1,
+        compiled,
         "batch_pipeline compiled again"
     );
     let inputs = Inputs::new();
@@ -343,7 +346,7 @@ fn device_compiles_once_and_pipelines_share_the_kernel() {
         outs.push(pipe.stream().to_host(&buf).unwrap());
     }
     assert!(outs[0] == outs[1], "two pipelines of one device disagree");
-    assert_eq!(dev.nvrtc().compilations(), 1);
+    assert_eq!(dev.nvrtc().compilations(), compiled);
     let all = open_all().unwrap();
     assert!(!all.is_empty());
     assert_eq!(all[0].info(), dev.info());
