@@ -312,6 +312,13 @@ fn batch_into_exported_slot_equals_device_buffer() {
         // SAFETY: as above; the earlier view is gone.
         let short = unsafe { mem.slice_mut(0..n - 1) };
         assert!(pipe.run(&items, short).is_err());
+        if layout != Layout::NhwcU8 {
+            // A slot off its element boundary is refused (the kernel's stores would fault).
+            // SAFETY: as above.
+            let skewed = unsafe { mem.slice_mut(1..n + 1) };
+            let e = pipe.run(&items, skewed).unwrap_err();
+            assert!(e.to_string().contains("aligned"), "{e}");
+        }
     }
 }
 
