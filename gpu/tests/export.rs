@@ -7,9 +7,10 @@
 //! descriptor is inherited (close-on-exec cleared for the spawn), and parent and child step
 //! each other through the child's stdin and stdout.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::io::Write as _;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt as _;
+use std::process::Command;
 use std::sync::Arc;
 
 use image::ImageEncoder as _;
@@ -23,9 +24,16 @@ use loaderd_gpu::{
 mod testdata;
 use testdata::noise;
 
+mod child;
+use child::{ChildRun, await_go, child_args, cloexec};
+
 /// Set in the re-executed child: the inherited descriptor, the allocation's length, the
 /// device ordinal (`fd,len,ordinal`).
 const CHILD_ENV: &str = "LOADERD_TEST_IMPORT";
+/// The child's progress lines (matched anywhere in a line: libtest may print the test's name
+/// on the same line).
+const CHILD_MAPPED: &str = "child-step: mapped and checked";
+const CHILD_STILL_MAPPED: &str = "child-step: still mapped after the exporter dropped it";
 
 /// Device 0 opened the way the daemon opens it; `None` (skip) or a failure under
 /// `LOADERD_REQUIRE_GPU=1` when it cannot be.
@@ -55,8 +63,8 @@ fn child_bytes() -> Vec<u8> {
 /// valid (same bytes) after this process dropped the allocation and its descriptor.
 #[test]
 fn exported_memory_maps_in_a_child_process() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        child_imports(&spec);
+    if let Some(args) = child_args(CHILD_ENV) {
+        child_imports(&args);
         return;
     }
     let Some(dev) = device_or_skip() else { return };
@@ -78,56 +86,26 @@ fn exported_memory_maps_in_a_child_process() {
     assert!(mem.read(&stream, 0..len).unwrap() == want, "own read back");
     let fd = mem.export_fd().unwrap();
     assert!(cloexec(&fd), "exported descriptors are close-on-exec");
-    set_inheritable(&fd);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "exported_memory_maps_in_a_child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(
-            CHILD_ENV,
-            format!("{},{len},{}", fd.as_raw_fd(), dev.info().ordinal),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut transcript = String::new();
-    let mut saw =
-        |lines: &mut std::io::Lines<BufReader<std::process::ChildStdout>>, what: &str| -> bool {
-            for line in lines.by_ref() {
-                let line: String = line.unwrap();
-                println!("child: {line}");
-                transcript.push_str(&line);
-                transcript.push('\n');
-                if line == what {
-                    return true;
-                }
-            }
-            false
-        };
-    assert!(
-        saw(&mut lines, "MAPPED"),
-        "the child did not map the memory"
+    let extra = format!("{len},{}", dev.info().ordinal);
+    let mut child = ChildRun::spawn(
+        "exported_memory_maps_in_a_child_process",
+        &fd,
+        CHILD_ENV,
+        &extra,
     );
+    let mapped = child.wait_for(CHILD_MAPPED);
     // The child's write, seen through this process's mapping.
-    assert!(
-        mem.read(&stream, 0..8192).unwrap() == child_bytes(),
-        "the child's write is not visible to the exporter"
-    );
+    let head_ok = mapped && mem.read(&stream, 0..8192).unwrap() == child_bytes();
     // Drop everything this process holds: the allocation (waits, unmaps, frees the range,
     // releases the handle) and the descriptor. The child's mapping keeps the memory.
     drop(mem);
     drop(fd);
     drop(stream);
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "go").unwrap();
-    drop(stdin);
-    let still = saw(&mut lines, "STILL MAPPED");
-    let status = child.wait().unwrap();
+    child.go();
+    let still = child.wait_for(CHILD_STILL_MAPPED);
+    let (status, transcript) = child.finish();
+    assert!(mapped, "the child did not map the memory:\n{transcript}");
+    assert!(head_ok, "the child's write is not visible to the exporter");
     assert!(
         status.success() && still,
         "child failed ({status}):\n{transcript}"
@@ -135,10 +113,9 @@ fn exported_memory_maps_in_a_child_process() {
 }
 
 /// The child's side: import, check, write, wait for the parent to drop, check again.
-fn child_imports(spec: &str) {
-    let parts: Vec<usize> = spec.split(',').map(|p| p.parse().unwrap()).collect();
-    let [raw, len, ordinal] = parts[..] else {
-        panic!("{CHILD_ENV}={spec}")
+fn child_imports(args: &[usize]) {
+    let [raw, len, ordinal] = args[..] else {
+        panic!("{CHILD_ENV}: {args:?}")
     };
     let ordinal = u32::try_from(ordinal).unwrap();
     // SAFETY: the parent passed this descriptor open and inheritable; we borrow it only while
@@ -154,35 +131,78 @@ fn child_imports(spec: &str) {
         "the child reads other bytes than the parent wrote"
     );
     {
-        // SAFETY: the parent does not touch these bytes until we print MAPPED.
+        // SAFETY: the parent does not touch these bytes until we say CHILD_MAPPED.
         let mut head = unsafe { mem.slice_mut(0..8192) };
         stream.write_blocking(&child_bytes(), &mut head).unwrap();
     }
     want[..8192].copy_from_slice(&child_bytes());
-    println!("MAPPED");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "go");
+    println!("{CHILD_MAPPED}");
+    await_go();
     let again = mem.read(&stream, 0..len).unwrap();
     assert!(
         again == want,
         "the memory changed after the exporter dropped it"
     );
-    println!("STILL MAPPED");
+    println!("{CHILD_STILL_MAPPED}");
     drop(mem);
 }
 
-fn cloexec(fd: &OwnedFd) -> bool {
-    // SAFETY: F_GETFD on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-    assert!(flags >= 0);
-    flags & libc::FD_CLOEXEC != 0
-}
-
-fn set_inheritable(fd: &OwnedFd) {
-    // SAFETY: F_SETFD on a descriptor we own.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
-    assert_eq!(rc, 0);
+/// Runs on any machine: the same re-exec protocol as the cross-process GPU test, over a
+/// plain file, so its plumbing (the inherited descriptor, the steps through stdin and stdout,
+/// a failing child's message reaching the parent) is checked where there is no GPU.
+#[test]
+fn child_protocol_passes_a_descriptor() {
+    const ENV: &str = "LOADERD_TEST_FILE_CHILD";
+    if let Some(args) = child_args(ENV) {
+        let [raw, len] = args[..] else {
+            panic!("{ENV}: {args:?}")
+        };
+        // SAFETY: the parent passed this descriptor open and inheritable.
+        let fd = unsafe { BorrowedFd::borrow_raw(i32::try_from(raw).unwrap()) };
+        let file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        let mut got = vec![0u8; len];
+        file.read_exact_at(&mut got, 0).unwrap();
+        assert!(got == expected(len), "the child reads other bytes");
+        file.write_all_at(&child_bytes(), 0).unwrap();
+        println!("{CHILD_MAPPED}");
+        await_go();
+        file.read_exact_at(&mut got, 0).unwrap();
+        assert!(got[..8192] == child_bytes()[..], "the file changed");
+        println!("{CHILD_STILL_MAPPED}");
+        return;
+    }
+    let len = 3 << 16;
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&expected(len)).unwrap();
+    let fd = OwnedFd::from(file);
+    assert!(
+        cloexec(&fd),
+        "tempfile opens close-on-exec; spawn must clear it"
+    );
+    let test = "child_protocol_passes_a_descriptor";
+    let mut child = ChildRun::spawn(test, &fd, ENV, &len.to_string());
+    assert!(child.wait_for(CHILD_MAPPED), "no first step");
+    let file = std::fs::File::from(fd);
+    let mut head = vec![0u8; 8192];
+    file.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == child_bytes(), "the child's write is not visible");
+    drop(file);
+    child.go();
+    assert!(child.wait_for(CHILD_STILL_MAPPED), "no second step");
+    let (status, transcript) = child.finish();
+    assert!(status.success(), "{status}:\n{transcript}");
+    // A child whose check fails fails the run, and says why: a descriptor of other bytes.
+    let mut other = tempfile::tempfile().unwrap();
+    other.write_all(&noise(len, 1)).unwrap();
+    let other = OwnedFd::from(other);
+    let mut child = ChildRun::spawn(test, &other, ENV, &len.to_string());
+    assert!(!child.wait_for(CHILD_MAPPED));
+    let (status, transcript) = child.finish();
+    assert!(!status.success(), "{transcript}");
+    assert!(
+        transcript.contains("the child reads other bytes"),
+        "{transcript}"
+    );
 }
 
 /// Lengths round up to the granularity; an empty allocation is refused.
