@@ -10,7 +10,6 @@
 use std::io::Write as _;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt as _;
-use std::process::Command;
 use std::sync::Arc;
 
 use image::ImageEncoder as _;
@@ -25,7 +24,7 @@ mod testdata;
 use testdata::noise;
 
 mod child;
-use child::{ChildRun, await_go, child_args, cloexec};
+use child::{ChildRun, await_go, child_args, cloexec, run_test};
 
 /// Set in the re-executed child: the inherited descriptor, the allocation's length, the
 /// device ordinal (`fd,len,ordinal`).
@@ -446,31 +445,14 @@ fn require_gpu_fails_these_tests_without_a_device() {
         println!("device 0 opens here: nothing to check");
         return;
     };
-    let run = |require: bool| {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "exported_memory_rounds_up_to_the_granularity",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-        if require {
-            cmd.env(REQUIRE_GPU_ENV, "1");
-        } else {
-            cmd.env_remove(REQUIRE_GPU_ENV);
-        }
-        let out = cmd.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    };
-    let (ok, text) = run(true);
+    let test = "exported_memory_rounds_up_to_the_granularity";
+    let (ok, text) = run_test(test, true);
     assert!(
         !ok,
         "passed under {REQUIRE_GPU_ENV}=1 without a device:\n{text}"
     );
     assert!(text.contains(&reason.to_string()), "{text}");
-    let (ok, text) = run(false);
+    let (ok, text) = run_test(test, false);
     assert!(
         ok && text.contains("skipping: a usable CUDA device"),
         "{text}"

@@ -1,7 +1,11 @@
 //! Re-executing this test binary as a second process that is handed a descriptor: the
 //! parent clears close-on-exec on it, names it in an environment variable, and the two step
 //! each other through the child's stdin (the parent's `go`) and stdout (the child's progress
-//! tokens, matched anywhere in a line since libtest may print the test's name on the same one).
+//! tokens, matched anywhere in a line since libtest may print the test's name on the same one);
+//! and [`run_test`], one test of this binary run to completion with or without
+//! `LOADERD_REQUIRE_GPU=1`.
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Lines, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -84,6 +88,26 @@ impl ChildRun {
         }
         (status, self.transcript)
     }
+}
+
+/// Runs only `test` of this binary in a child process, with `LOADERD_REQUIRE_GPU=1` when
+/// `require` (removed otherwise): (passed, its stdout and stderr).
+pub fn run_test(test: &str, require: bool) -> (bool, String) {
+    let env = loaderd_gpu::detect::REQUIRE_GPU_ENV;
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    if require {
+        cmd.env(env, "1");
+    } else {
+        cmd.env_remove(env);
+    }
+    let out = cmd.output().expect("run the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// The child's side of [`ChildRun::go`]: blocks until the parent says go.
