@@ -112,6 +112,19 @@ pub fn compile_options(arch: &str) -> Vec<String> {
     ]
 }
 
+/// The kernel stores whole elements (`float`, 16-bit halves): an output that does not start
+/// on an element boundary would fault (a sticky "misaligned address" error that ends the
+/// context), so it is refused up front. Ring slots at arbitrary byte offsets are the risk.
+pub(crate) fn check_output_alignment(ptr: u64, layout: Layout) -> Result<(), GpuError> {
+    let align = layout.element_bytes() as u64;
+    if !ptr.is_multiple_of(align) {
+        return Err(GpuError::InvalidArgument(format!(
+            "output at device address {ptr:#x} is not {align}-byte aligned, as {layout:?} needs"
+        )));
+    }
+    Ok(())
+}
+
 /// The compiled kernel, loaded into one context. Cloning shares the loaded module (no new
 /// compile): a [`crate::GpuDevice`] compiles once and every batch pipeline clones it.
 #[derive(Debug, Clone)]
@@ -176,6 +189,7 @@ impl AugmentKernel {
                 out.len()
             )));
         }
+        check_output_alignment(out.device_ptr(), layout)?;
         let mut table = Vec::with_capacity(samples.len() * SAMPLE_BYTES);
         for s in samples {
             s.validate(src.len())?;
@@ -244,6 +258,15 @@ mod tests {
         assert_eq!(t.len(), SAMPLE_BYTES);
         assert_eq!(t[20..24], 1u32.to_ne_bytes());
         assert_eq!(std::mem::size_of::<KernelNorm>(), 24);
+    }
+
+    #[test]
+    fn outputs_must_start_on_an_element() {
+        assert!(check_output_alignment(0x1000, Layout::NchwF32).is_ok());
+        assert!(check_output_alignment(0x1002, Layout::NchwF32).is_err());
+        assert!(check_output_alignment(0x1002, Layout::NchwF16).is_ok());
+        assert!(check_output_alignment(0x1001, Layout::NchwF16).is_err());
+        assert!(check_output_alignment(0x1001, Layout::NhwcU8).is_ok());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use loaderd_image::{CropBox, Layout, Normalize};
 
-use crate::augment::{AugmentKernel, SampleParams};
+use crate::augment::{AugmentKernel, SampleParams, check_output_alignment};
 use crate::nvjpeg::{
     DEFAULT_MAX_DECODE_BYTES, DecodeJob, ImageError, InspectedJpeg, JpegDecoder, NvJpeg,
     grown_size, pack,
@@ -372,6 +372,7 @@ impl GpuBatchPipeline {
         out: DeviceSliceMut<'_>,
     ) -> Result<BatchReport, GpuError> {
         self.config.check_run(items.len(), out.len())?;
+        check_output_alignment(out.device_ptr(), self.config.layout)?;
         let staged = items
             .iter()
             .map(|s| self.stage(s))

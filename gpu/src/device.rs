@@ -207,6 +207,19 @@ fn none_opened<T>(opened: Vec<T>, failed: &[GpuError]) -> Result<Vec<T>, GpuErro
 mod tests {
     use super::*;
 
+    /// The daemon shares devices between loaders and moves pipelines and ring memory into
+    /// worker threads.
+    #[test]
+    fn shared_types_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<GpuDevice>();
+        send_sync::<crate::ExportedMemory>();
+        send_sync::<crate::ImportedMemory>();
+        send::<GpuBatchPipeline>();
+        send::<crate::DeviceSliceMut<'static>>();
+    }
+
     #[test]
     fn capabilities_name_what_is_missing() {
         assert!(check_capabilities(1, 1).is_ok());

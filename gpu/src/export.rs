@@ -5,8 +5,8 @@
 //! into this process with `cuMemAddressReserve` + `cuMemMap` + `cuMemSetAccess` (read-write for
 //! the device). [`ExportedMemory::export_fd`] gives a POSIX file descriptor for it
 //! (`cuMemExportToShareableHandle`), which the daemon sends with the OpenLoader reply over
-//! SCM_RIGHTS; the client maps it with `cuMemImportFromShareableHandle` + `cuMemAddressReserve`
-//! + `cuMemMap` + `cuMemSetAccess` and then `cuMemRelease`s its handle (the mapping keeps the
+//! SCM_RIGHTS; the client maps it with `cuMemImportFromShareableHandle`, `cuMemAddressReserve`,
+//! `cuMemMap` and `cuMemSetAccess`, then `cuMemRelease`s its handle (the mapping keeps the
 //! memory). [`ImportedMemory`] is that importer side, in Rust. cudarc's stream-ordered pool
 //! (`cuMemAllocAsync`) is not exportable, which is why this is not a [`crate::DeviceBuffer`].
 //!
@@ -332,10 +332,13 @@ impl ExportedMemory {
 fn set_cloexec(fd: &OwnedFd) -> Result<(), GpuError> {
     // SAFETY: fcntl on a descriptor we own, with an integer argument.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-    // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0
-    {
+    let set = if flags < 0 {
+        -1
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) }
+    };
+    if set < 0 {
         return Err(GpuError::InvalidArgument(format!(
             "fcntl(FD_CLOEXEC) on an exported descriptor: {}",
             std::io::Error::last_os_error()
@@ -363,7 +366,7 @@ impl ImportedMemory {
         len: usize,
     ) -> Result<Self, GpuError> {
         let granularity = allocation_granularity(ctx, ordinal)?;
-        if len == 0 || len % granularity != 0 {
+        if len == 0 || !len.is_multiple_of(granularity) {
             return Err(GpuError::InvalidArgument(format!(
                 "an imported allocation of {len} bytes is not a positive multiple of the \
                  granularity {granularity}"

@@ -27,10 +27,6 @@ pub struct DeviceSliceMut<'a> {
     _memory: PhantomData<&'a mut [u8]>,
 }
 
-// SAFETY: the view is a device address plus a length; it is only handed to the driver, which
-// accepts it from any thread (with the owning context current, which every user binds).
-unsafe impl Send for DeviceSliceMut<'_> {}
-
 impl<'a> DeviceSliceMut<'a> {
     /// A view of `len` bytes at `ptr`.
     ///

@@ -24,6 +24,9 @@ use testdata::noise;
 mod support;
 use support::{Chroma, tj_decode, tj_encode};
 
+mod child;
+use child::run_test;
+
 /// The first device; `None` (skip) or a failure under `LOADERD_REQUIRE_GPU=1` without one.
 fn gpu_or_skip() -> Option<GpuInfo> {
     let first = match detect() {
@@ -696,25 +699,6 @@ fn present(need: &str) -> bool {
     }
 }
 
-/// Runs one test of this binary in a child process; (passed, its output).
-fn run_child(test: &str, require: bool) -> (bool, String) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
-    if require {
-        cmd.env(REQUIRE_GPU_ENV, "1");
-    } else {
-        cmd.env_remove(REQUIRE_GPU_ENV);
-    }
-    let out = cmd.output().expect("run the test binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// Runs on any machine: under `LOADERD_REQUIRE_GPU=1` a GPU test passes only where everything
 /// it needs is present, and fails naming the variable and what is missing where it is not;
 /// without the variable it skips instead.
@@ -730,7 +714,7 @@ fn require_gpu_turns_a_skip_into_a_failure() {
     ];
     for (test, needs) in cases {
         let missing = needs.iter().find(|n| !present(n));
-        let (ok, text) = run_child(test, true);
+        let (ok, text) = run_test(test, true);
         match missing {
             None => assert!(ok, "{test} has what it needs here but failed:\n{text}"),
             Some(need) => {
@@ -743,7 +727,7 @@ fn require_gpu_turns_a_skip_into_a_failure() {
                     "{test}: no reason given:\n{text}"
                 );
                 assert!(!text.contains("skipping:"), "{text}");
-                let (ok, text) = run_child(test, false);
+                let (ok, text) = run_test(test, false);
                 assert!(
                     ok && text.contains("skipping:"),
                     "{test} without the variable:\n{text}"

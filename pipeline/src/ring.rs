@@ -50,6 +50,10 @@ pub enum RingError {
 pub trait SlotMemory: Send + Sync {
     /// Bytes of memory (at least `depth × slot_bytes`).
     fn len(&self) -> usize;
+    /// True when there is no memory at all (a ring refuses it).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// A new descriptor of the memory for the client (read-only where the memory allows it).
     fn descriptor(&self) -> Result<OwnedFd, RingError>;
 }
