@@ -5,10 +5,9 @@
 //! batch and the loader. Dropping the session stops the workers and gives its shared memory
 //! back to the budget.
 
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use loaderd_cache::{Cache, LogicalPath};
@@ -19,7 +18,7 @@ use crate::dataset::{Dataset, DatasetError};
 use crate::decode::DecodeLimits;
 use crate::limits::{self, Plan};
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
-use crate::ring::{BatchRing, Delivery, RingError};
+use crate::ring::{BatchRing, Delivery, RingError, SlotMemory};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};
@@ -87,6 +86,38 @@ pub(crate) struct Admitted {
     pub registration: Registration,
 }
 
+impl Admitted {
+    /// What its workers share, filling `ring`.
+    pub fn shared<M: SlotMemory>(
+        &self,
+        cache: &Arc<Cache>,
+        rt: &Handle,
+        ring: Arc<BatchRing<M>>,
+    ) -> Arc<Shared<M>> {
+        Shared::new(
+            (cache, rt),
+            &self.indexed.dataset,
+            &self.indexed.indices,
+            ring,
+            self.registration.stats(),
+        )
+    }
+}
+
+/// How the workers make every sample of `req` as `plan` checked it, in an epoch of `batches`.
+pub(crate) fn recipe(plan: &Plan, req: &LoaderSpec, limits: DecodeLimits, batches: u64) -> Recipe {
+    Recipe {
+        spec: plan.spec,
+        limits,
+        on_error: plan.on_error,
+        predecoded: req.predecoded,
+        batch: plan.batch,
+        batches,
+        seed: req.seed,
+        epoch: req.epoch,
+    }
+}
+
 impl Session {
     /// Checks the request against every limit, reserves its memory and threads, indexes the
     /// dataset, builds the ring and starts the workers. Nothing is indexed or allocated before
@@ -141,29 +172,11 @@ impl Session {
             plan.depth,
             plan.slot_bytes,
         )?);
-        let shared = Arc::new(Shared {
-            cache: cache.clone(),
-            rt: rt.clone(),
-            dataset: admitted.indexed.dataset.clone(),
-            indices: admitted.indexed.indices.clone(),
-            ring: ring.clone(),
-            metas: Arc::new(Metas::new(HashMap::new())),
-            stop: Arc::new(AtomicBool::new(false)),
-            next_batch: AtomicU64::new(0),
-            stats: admitted.registration.stats().clone(),
-        });
-        let recipe = Recipe {
-            spec: plan.spec,
-            limits: DecodeLimits {
-                max_pixels: config.max_pixels,
-            },
-            on_error: plan.on_error,
-            predecoded: req.predecoded,
-            batch: plan.batch,
-            batches: admitted.batches,
-            seed: req.seed,
-            epoch: req.epoch,
+        let shared = admitted.shared(cache, rt, ring.clone());
+        let limits = DecodeLimits {
+            max_pixels: config.max_pixels,
         };
+        let recipe = recipe(plan, req, limits, admitted.batches);
         // On failure the registration drops too, giving the memory and threads back.
         let workers = Workers::start(&shared, recipe, plan.workers)
             .map_err(|(started, source)| threads_error(started, plan.workers, source))?;

@@ -21,7 +21,7 @@ use crate::config::OnError;
 use crate::dataset::{Dataset, Sample, Source, fetch};
 use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
-use crate::ring::{BatchRing, SlotMemory};
+use crate::ring::{BatchRing, SlotMemory, SlotWriter};
 use crate::sampler::sample_rng;
 use loaderd_cache::sync::lock;
 
@@ -91,6 +91,58 @@ pub(crate) struct Shared<M: SlotMemory = Arena> {
     /// The next batch number a worker takes.
     pub next_batch: AtomicU64,
     pub stats: Arc<LoaderStats>,
+}
+
+impl<M: SlotMemory> Shared<M> {
+    /// What the workers of a loader share: samples `indices` of `dataset`, filling `ring`,
+    /// counted in `stats`.
+    pub fn new(
+        (cache, rt): (&Arc<Cache>, &Handle),
+        dataset: &Arc<Dataset>,
+        indices: &Arc<Vec<u64>>,
+        ring: Arc<BatchRing<M>>,
+        stats: &Arc<LoaderStats>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            cache: cache.clone(),
+            rt: rt.clone(),
+            dataset: dataset.clone(),
+            indices: indices.clone(),
+            ring,
+            metas: Arc::new(Metas::new(HashMap::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            next_batch: AtomicU64::new(0),
+            stats: stats.clone(),
+        })
+    }
+
+    /// A worker's loop: until the loader stops or the epoch's `batches` are all taken, takes
+    /// a free slot *then* the next batch number (so the oldest pending batch always has a
+    /// slot), has `fill` write the batch of `batch` samples (their dataset indices) into it,
+    /// and publishes it with the metadata `fill` returns.
+    pub fn serve(
+        &self,
+        batches: u64,
+        batch: usize,
+        mut fill: impl FnMut(&mut SlotWriter<'_, M>, &[u64]) -> BatchMeta,
+    ) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let Some(mut slot) = self.ring.acquire(Duration::from_millis(100)) else {
+                continue;
+            };
+            let seq = self.next_batch.fetch_add(1, Ordering::SeqCst);
+            if seq >= batches {
+                return;
+            }
+            let start = seq as usize * batch;
+            let end = (start + batch).min(self.indices.len());
+            let meta = fill(&mut slot, &self.indices[start..end]);
+            self.stats
+                .batch_ready(meta.labels.len(), meta.skipped.len());
+            lock(&self.metas).insert(seq, meta);
+            slot.publish(seq);
+        }
+    }
 }
 
 /// How every sample of one loader is made.
@@ -186,20 +238,10 @@ impl Worker {
         // With `predecoded`, the first good sample's output, copied into every later one.
         let mut template: Option<Vec<u8>> = None;
         let sample_bytes = r.spec.sample_bytes();
-        while !s.stop.load(Ordering::SeqCst) {
-            // A slot first, then the batch number: the oldest pending batch always has a slot.
-            let Some(mut slot) = s.ring.acquire(Duration::from_millis(100)) else {
-                continue;
-            };
-            let seq = s.next_batch.fetch_add(1, Ordering::SeqCst);
-            if seq >= r.batches {
-                return;
-            }
-            let start = seq as usize * r.batch;
-            let end = (start + r.batch).min(s.indices.len());
+        s.serve(r.batches, r.batch, |slot, indices| {
             let mut meta = BatchMeta::default();
             let bytes = slot.bytes();
-            for &index in &s.indices[start..end] {
+            for &index in indices {
                 let sample = &s.dataset.samples[index as usize];
                 let at = meta.labels.len() * sample_bytes;
                 let out = &mut bytes[at..at + sample_bytes];
@@ -217,10 +259,8 @@ impl Worker {
                     break;
                 }
             }
-            s.stats.batch_ready(meta.labels.len(), meta.skipped.len());
-            lock(&s.metas).insert(seq, meta);
-            slot.publish(seq);
-        }
+            meta
+        });
     }
 
     /// Fetches, decodes and augments one sample into `out`, timing each stage.

@@ -25,6 +25,23 @@ fn member(id: &str, local: bool, reachable: bool, suspect: bool, error: &str) ->
     }
 }
 
+/// GPU mode `mode` with one H200 open, under a driver of CUDA `driver_version`.
+fn one_h200(mode: &str, driver_version: u32) -> pb::GpuStatus {
+    pb::GpuStatus {
+        mode: mode.into(),
+        available: true,
+        reason: String::new(),
+        devices: vec![pb::GpuDevice {
+            ordinal: 0,
+            name: "H200".into(),
+            total_memory: 140 * GIB,
+            compute_major: 9,
+            compute_minor: 0,
+            driver_version,
+        }],
+    }
+}
+
 /// A status with two tiers (the SSD one lowered to fit its file system), two mounts, a GPU,
 /// an unhealthy cluster with a member in each state, and a loader.
 fn full() -> pb::StatusResponse {
@@ -128,19 +145,7 @@ fn full() -> pb::StatusResponse {
             peer_read_failures: 1,
             peer_requests_refused: 2,
         }),
-        gpu: Some(pb::GpuStatus {
-            mode: "auto".into(),
-            available: true,
-            reason: String::new(),
-            devices: vec![pb::GpuDevice {
-                ordinal: 0,
-                name: "H200".into(),
-                total_memory: 140 * GIB,
-                compute_major: 9,
-                compute_minor: 0,
-                driver_version: 12040,
-            }],
-        }),
+        gpu: Some(one_h200("auto", 12040)),
         shm_leased_bytes: 4 * MIB,
         shm_leased_capacity_bytes: 512 * MIB,
         shm_connections: 3,
@@ -186,19 +191,7 @@ fn gpu_loaders() -> pb::StatusResponse {
     pb::StatusResponse {
         version: "9.8.7".into(),
         block_size: 4 * MIB,
-        gpu: Some(pb::GpuStatus {
-            mode: "on".into(),
-            available: true,
-            reason: String::new(),
-            devices: vec![pb::GpuDevice {
-                ordinal: 0,
-                name: "H200".into(),
-                total_memory: 140 * GIB,
-                compute_major: 9,
-                compute_minor: 0,
-                driver_version: 13000,
-            }],
-        }),
+        gpu: Some(one_h200("on", 13000)),
         loaders: vec![
             pb::LoaderStatus {
                 gpu_samples: 300,

@@ -9,9 +9,7 @@
 //! (allocation or decoder set-up failed) gives the reservation back and the loader is served
 //! from the CPU, saying why.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use loaderd_cache::Cache;
 use loaderd_gpu::{ExportedMemory, GpuBatchPipeline, GpuDevice, GpuError};
@@ -23,9 +21,9 @@ use crate::decode::DecodeLimits;
 use crate::limits::Plan;
 use crate::registry::{Cost, DeviceCost, LoaderInfo, Pipelines};
 use crate::ring::{BatchRing, RingError, ring_len};
-use crate::session::{Session, SessionError, admit, opened, threads_error};
+use crate::session::{Session, SessionError, admit, opened, recipe, threads_error};
 use crate::spec::{LoaderSpec, RingMemory};
-use crate::worker::{Metas, Recipe, Shared};
+use crate::worker::Recipe;
 
 /// What a GPU loader of `plan` takes: host memory for the slot states and batch metadata,
 /// [`GPU_WORKERS`] threads, and on device `device` the ring (rounded up to `granularity`)
@@ -75,26 +73,11 @@ pub(super) fn start(
     };
     let admitted = admit(cache, rt, req, plan, reservation, info)?;
     let ring = Arc::new(BatchRing::with_memory(memory, plan.depth, plan.slot_bytes)?);
-    let shared = Arc::new(Shared {
-        cache: cache.clone(),
-        rt: rt.clone(),
-        dataset: admitted.indexed.dataset.clone(),
-        indices: admitted.indexed.indices.clone(),
-        ring: ring.clone(),
-        metas: Arc::new(Metas::new(HashMap::new())),
-        stop: Arc::new(AtomicBool::new(false)),
-        next_batch: AtomicU64::new(0),
-        stats: admitted.registration.stats().clone(),
-    });
+    let shared = admitted.shared(cache, rt, ring.clone());
+    // A benchmark of the host handoff; a GPU loader always decodes.
     let recipe = Recipe {
-        spec: plan.spec,
-        limits,
-        on_error: plan.on_error,
         predecoded: false,
-        batch: plan.batch,
-        batches: admitted.batches,
-        seed: req.seed,
-        epoch: req.epoch,
+        ..recipe(plan, req, limits, admitted.batches)
     };
     let workers = start_workers(&shared, recipe, engines)
         .map_err(|(started, source)| threads_error(started, GPU_WORKERS, source))?;

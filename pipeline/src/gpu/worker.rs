@@ -13,7 +13,6 @@
 //! overlap needs (each worker's buffer counts in `pipeline.max_device_bytes`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +30,6 @@ use crate::decode::Decoder;
 use crate::registry::Stage;
 use crate::ring::SlotWriter;
 use crate::worker::{BatchMeta, Recipe, Shared, Workers};
-use loaderd_cache::sync::lock;
 
 /// Batch workers per GPU loader; see the module doc.
 pub const GPU_WORKERS: usize = 2;
@@ -70,24 +68,11 @@ struct GpuWorker {
 impl GpuWorker {
     fn run(mut self) {
         let shared = self.shared.clone();
-        let (s, r) = (&*shared, self.recipe);
+        let r = self.recipe;
         let mut decoder = Decoder::new(r.limits);
-        while !s.stop.load(Ordering::SeqCst) {
-            let Some(mut slot) = s.ring.acquire(Duration::from_millis(100)) else {
-                continue;
-            };
-            let seq = s.next_batch.fetch_add(1, Ordering::SeqCst);
-            if seq >= r.batches {
-                return;
-            }
-            let start = seq as usize * r.batch;
-            let end = (start + r.batch).min(s.indices.len());
-            let indices = &s.indices[start..end];
-            let meta = self.batch(&mut decoder, &mut slot, indices);
-            s.stats.batch_ready(meta.labels.len(), meta.skipped.len());
-            lock(&s.metas).insert(seq, meta);
-            slot.publish(seq);
-        }
+        shared.serve(r.batches, r.batch, |slot, indices| {
+            self.batch(&mut decoder, slot, indices)
+        });
     }
 
     /// Fetches, plans and runs one batch into `slot`; returns when the slot is complete.
