@@ -140,6 +140,10 @@ impl GpuWorker {
         items: &[GpuSample<'_>],
         out: DeviceSliceMut<'_>,
     ) -> Result<(BatchReport, Duration), GpuError> {
+        if items.is_empty() {
+            // Every sample failed before the GPU: nothing to queue.
+            return Ok((BatchReport::default(), Duration::ZERO));
+        }
         let result = timed_run(&mut self.engine, items, out);
         if result.is_err()
             && let Err(e) = self.engine.stream().synchronize()
