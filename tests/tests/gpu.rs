@@ -6,11 +6,13 @@
 //! process) match the CPU loader's.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::process::Command;
+use std::time::Duration;
 
 use loaderctl::client::shm::{BatchClient, ShmConnection};
 use loaderd_gpu::{GpuAvailability, GpuDevice, H2dStream, ImportedMemory};
 use loaderd_proto::v1 as pb;
-use loaderd_tests::{Daemon, file_mount_args, gen_dataset};
+use loaderd_tests::{Daemon, bin, file_mount_args, gen_dataset, output_with_timeout};
 use prost::Message;
 
 /// An epoch of small batches over `/ds`, seeded; `cuda_device` as given.
@@ -57,14 +59,18 @@ fn gpu_mode_on_without_a_usable_gpu_exits_at_start_naming_the_reason() {
     args.extend(["--gpu".to_string(), "on".to_string()]);
     match no_gpu_reason() {
         Some(reason) => {
-            let log = match Daemon::try_start(&args) {
-                Ok(_) => panic!("loaderd --gpu on started without a GPU"),
-                Err(log) => log,
-            };
+            let socket = data.path().join("loaderd.sock");
+            let mut cmd = Command::new(bin("loaderd"));
+            cmd.arg("--socket").arg(&socket).args(&args);
+            let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "loaderd --gpu on started: {stderr}");
             assert!(
-                log.contains("gpu.mode = on, but no GPU can be used") && log.contains(&reason),
-                "the exit names the mode and the reason ({reason}):\n{log}"
+                stderr.contains("gpu.mode = on, but no GPU can be used")
+                    && stderr.contains(&reason),
+                "the exit names the mode and the reason ({reason}):\n{stderr}"
             );
+            assert!(!socket.exists(), "it did not serve");
         }
         None => {
             // With a driver and a device, `on` starts and says so.
