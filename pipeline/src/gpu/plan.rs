@@ -53,17 +53,52 @@ impl Planned {
     }
 }
 
-/// Reads `data`'s header (refusing images over the decoder's pixel limit), draws sample
-/// `index`'s crop and flip as the CPU path does, and decodes it here if nvJPEG cannot (PNG).
+/// Why a sample cannot go to the GPU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PlanError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(
+        "a {width}x{height} image needs {need} bytes of decode buffer, more than a GPU worker's \
+         {cap} for this batch size"
+    )]
+    DecodeBuffer {
+        width: u32,
+        height: u32,
+        need: usize,
+        cap: usize,
+    },
+}
+
+/// Bytes a decoded `width × height` image takes in a GPU decode buffer (RGB, each image's
+/// start 256-aligned: `loaderd_gpu::nvjpeg::SLOT_ALIGN`).
+pub(crate) fn decoded_bytes(width: u32, height: u32) -> usize {
+    (width as usize)
+        .saturating_mul(height as usize)
+        .saturating_mul(3)
+        .next_multiple_of(loaderd_gpu::nvjpeg::SLOT_ALIGN)
+}
+
+/// Reads `data`'s header (refusing images over the decoder's pixel limit, and images that
+/// alone do not fit a decode buffer of `max_decode_bytes`), draws sample `index`'s crop and
+/// flip as the CPU path does, and decodes it here if nvJPEG cannot (PNG).
 pub(crate) fn plan_sample(
     decoder: &mut Decoder,
     data: Bytes,
     spec: &TransformSpec,
-    seed: u64,
-    epoch: u64,
-    index: u64,
-) -> Result<Planned, DecodeError> {
+    (seed, epoch, index): (u64, u64, u64),
+    max_decode_bytes: usize,
+) -> Result<Planned, PlanError> {
     let info = decoder.header(&data)?;
+    let need = decoded_bytes(info.width, info.height);
+    if need > max_decode_bytes {
+        return Err(PlanError::DecodeBuffer {
+            width: info.width,
+            height: info.height,
+            need,
+            cap: max_decode_bytes,
+        });
+    }
     let mut rng = sample_rng(seed, epoch, index);
     let plan = augment::plan(info.width, info.height, spec, &mut rng);
     let pixels = match info.format {
@@ -122,6 +157,8 @@ mod tests {
     use crate::decode::test_images::{jpeg, noisy_rgb, png};
     use loaderd_image::Layout;
 
+    const CAP: usize = 64 << 20;
+
     fn spec(train: bool) -> TransformSpec {
         TransformSpec {
             train,
@@ -142,9 +179,14 @@ mod tests {
             for (k, data) in files.iter().enumerate() {
                 for index in 0..24u64 {
                     let mut decoder = Decoder::new(DecodeLimits::default());
-                    let planned =
-                        plan_sample(&mut decoder, Bytes::from(data.clone()), &spec, 11, 2, index)
-                            .unwrap();
+                    let planned = plan_sample(
+                        &mut decoder,
+                        Bytes::from(data.clone()),
+                        &spec,
+                        (11, 2, index),
+                        CAP,
+                    )
+                    .unwrap();
                     let mut out = vec![0u8; spec.sample_bytes()];
                     let mut rng = sample_rng(11, 2, index);
                     let cpu = process(&mut decoder, data, &mut rng, &spec, &mut out).unwrap();
@@ -165,13 +207,20 @@ mod tests {
         let pixels = noisy_rgb(w, h, 5);
         let mut decoder = Decoder::new(DecodeLimits::default());
         let j = jpeg(&pixels, w, h, 90);
-        let planned = plan_sample(&mut decoder, Bytes::from(j.clone()), &spec(true), 1, 0, 0);
+        let planned = plan_sample(
+            &mut decoder,
+            Bytes::from(j.clone()),
+            &spec(true),
+            (1, 0, 0),
+            CAP,
+        );
         let planned = planned.unwrap();
         assert_eq!(planned.pixels, Pixels::Jpeg(Bytes::from(j.clone())));
         assert_eq!(planned.gpu_sample().source, SampleSource::Jpeg(&j));
 
         let p = png(&pixels, w, h);
-        let planned = plan_sample(&mut decoder, Bytes::from(p), &spec(true), 1, 0, 0).unwrap();
+        let planned =
+            plan_sample(&mut decoder, Bytes::from(p), &spec(true), (1, 0, 0), CAP).unwrap();
         match planned.gpu_sample().source {
             SampleSource::Rgb(img) => {
                 assert_eq!((img.width, img.height, img.stride), (w, h, 3 * w));
@@ -185,13 +234,30 @@ mod tests {
     fn bad_and_oversized_images_fail_before_the_gpu() {
         let mut decoder = Decoder::new(DecodeLimits { max_pixels: 100 });
         let big = jpeg(&noisy_rgb(20, 10, 1), 20, 10, 90);
-        let err = plan_sample(&mut decoder, Bytes::from(big), &spec(true), 0, 0, 0).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+        let big = Bytes::from(big);
+        let err = plan_sample(&mut decoder, big.clone(), &spec(true), (0, 0, 0), CAP).unwrap_err();
+        assert!(
+            matches!(err, PlanError::Decode(DecodeError::TooLarge { .. })),
+            "{err}"
+        );
         let junk = Bytes::from_static(b"\xff\xd8\xff\xe0 not really a jpeg");
-        assert!(plan_sample(&mut decoder, junk, &spec(true), 0, 0, 0).is_err());
+        assert!(plan_sample(&mut decoder, junk, &spec(true), (0, 0, 0), CAP).is_err());
         let text = Bytes::from_static(b"hello");
-        let err = plan_sample(&mut decoder, text, &spec(true), 0, 0, 0).unwrap_err();
-        assert_eq!(err, DecodeError::Unsupported);
+        let err = plan_sample(&mut decoder, text, &spec(true), (0, 0, 0), CAP).unwrap_err();
+        assert_eq!(err, PlanError::Decode(DecodeError::Unsupported));
+        // 20x10 RGB is 600 bytes, 768 in the buffer: alone over a cap of 700.
+        let mut decoder = Decoder::new(DecodeLimits::default());
+        let err = plan_sample(&mut decoder, big.clone(), &spec(true), (0, 0, 0), 700);
+        assert_eq!(
+            err.unwrap_err(),
+            PlanError::DecodeBuffer {
+                width: 20,
+                height: 10,
+                need: 768,
+                cap: 700
+            }
+        );
+        assert!(plan_sample(&mut decoder, big, &spec(true), (0, 0, 0), 768).is_ok());
     }
 
     #[test]

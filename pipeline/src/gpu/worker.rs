@@ -25,6 +25,7 @@ use tracing::error;
 
 use super::plan::{Planned, plan_sample};
 use super::report::{batch_meta, failed_batch};
+use crate::config::OnError;
 use crate::dataset::{Sample, fetch};
 use crate::decode::Decoder;
 use crate::registry::Stage;
@@ -90,11 +91,12 @@ impl GpuWorker {
             .collect();
         let fetched = self.fetch_all(&samples);
         let started = Instant::now();
+        let cap = self.engine.config().max_decode_bytes;
         let mut early = Vec::with_capacity(samples.len());
         let mut planned: Vec<Planned> = Vec::with_capacity(samples.len());
         for (&index, data) in indices.iter().zip(fetched) {
             let p = data.map_err(|e| e.to_string()).and_then(|data| {
-                plan_sample(decoder, data, &r.spec, r.seed, r.epoch, index)
+                plan_sample(decoder, data, &r.spec, (r.seed, r.epoch, index), cap)
                     .map_err(|e| e.to_string())
             });
             match p {
@@ -113,9 +115,16 @@ impl GpuWorker {
                 s.stats.gpu_batch(tally.gpu, tally.cpu, gpu_time);
                 meta
             }
+            // Images too large for the decode buffer alone are refused when planned; should
+            // one still reach the GPU, the batch's samples are skipped (or fail) as data.
+            Err(e @ GpuError::DecodeBufferCap { .. }) => {
+                failed_batch(&samples, &e.to_string(), r.on_error)
+            }
+            // The GPU itself failed (driver, nvJPEG): not the data's fault, so the loader
+            // fails rather than skipping every sample from now on.
             Err(e) => {
                 error!(error = %e, samples = samples.len(), "GPU batch failed");
-                failed_batch(&samples, &format!("GPU batch failed: {e}"), r.on_error)
+                failed_batch(&samples, &format!("GPU batch failed: {e}"), OnError::Fail)
             }
         }
     }
