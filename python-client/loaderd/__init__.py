@@ -13,6 +13,7 @@ See :class:`Loader` for the arguments, and ``Loader.torch()`` for torch tensors.
 
 from ._conn import default_socket, shm_socket_path
 from .errors import (
+    CudaError,
     DaemonError,
     DaemonTimeout,
     DaemonUnavailable,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch",
+    "CudaError",
     "DaemonError",
     "DaemonTimeout",
     "DaemonUnavailable",
