@@ -237,3 +237,72 @@ def test_the_driver_is_missing_here_with_a_clear_error() -> None:
         pytest.skip(f"{_cudadrv.DRIVER_LIB} is installed here")
     with pytest.raises(loaderd.CudaError, match="cannot be loaded"):
         _cudadrv.HostRegistration(0x1000, 4096, 0)
+
+
+class Token:
+    """Stands for a batch's CUDA event: records when the session waited for it."""
+
+    def __init__(self, waits: List[int], seq: int) -> None:
+        self.waits, self.seq = waits, seq
+
+    def synchronize(self) -> None:
+        self.waits.append(self.seq)
+
+
+class LaggingReader:
+    """The GPU converters' contract with the session (lag 1, a token per request), without
+    a GPU: what the real daemon does with slots given back one batch late."""
+
+    lag = 1
+
+    def __init__(self) -> None:
+        self.waits: List[int] = []
+        self.requests = 0
+        self.drained: List[Tuple[int, object]] = []
+
+    def token(self) -> Token:
+        self.requests += 1
+        return Token(self.waits, self.requests - 2)  # the batch before this request's
+
+    def close(self, drained: List[Tuple[int, object]]) -> None:
+        self.drained = drained
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_the_daemon_serves_slots_given_back_one_batch_late(daemon: Daemon, depth: int) -> None:
+    with open_loader(daemon, batch_size=4, seed=9) as loader:
+        want = [b.images.copy() for b in loader.batches()]
+    req = pb.OpenLoader(
+        dataset="/data",
+        batch_size=4,
+        size=64,
+        seed=9,
+        depth=depth,
+        train=True,
+        layout=pb.SAMPLE_LAYOUT_NHWC_U8,
+        on_error=pb.ON_SAMPLE_ERROR_SKIP,
+    )
+    session = Session(Connection(daemon.shm_socket, 60.0), req)
+    reader = LaggingReader()
+    session.attach(reader)
+    try:
+        prev: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        slots = set()
+        for k in range(len(want)):
+            got = session.next()
+            assert got is not None and got[1] is not None
+            ready, view = got
+            slots.add(ready.slot)
+            np.testing.assert_array_equal(view, want[k])
+            if prev is not None:
+                # Its slot is still this client's: the daemon has not refilled it.
+                np.testing.assert_array_equal(prev[0], prev[1])
+            prev = (view, view.copy())
+            assert session.releases.held <= min(2, depth)
+        assert session.next() is None
+        # Batch k's slot went back at request k + 2, after waiting for batch k's token.
+        assert reader.waits == list(range(len(want) - 1))
+        assert len(slots) == depth  # every slot reused over the epoch
+    finally:
+        session.close()
+    assert [slot for slot, _ in reader.drained] == [ready.slot]

@@ -77,4 +77,3 @@ print("ok", n)
     )
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
     assert proc.stdout.split() == ["ok", "6"], proc.stdout
-
