@@ -8,6 +8,9 @@
         for images, labels in loader:  # uint8 NHWC views of shared memory
             ...
 
+With ``Loader(..., device="cuda")`` the daemon decodes on the GPU into device memory and the
+loader yields zero-copy torch CUDA tensors, valid until the next batch like the views.
+
 See :class:`Loader` for the arguments, and ``Loader.torch()`` for torch tensors.
 """
 

@@ -483,7 +483,9 @@ class Loader:
         return (
             f"Loader({r.dataset!r}, batch_size={r.batch_size}, rank={r.rank}, "
             f"world_size={r.world_size}, epoch={self._epoch}, consumed={self._consumed}, "
-            f"layout={self._layout!r}, socket={str(self.socket_path)!r})"
+            f"layout={self._layout!r}, socket={str(self.socket_path)!r}"
+            + ("" if self._cuda is None else f", device='cuda:{self._cuda}'")
+            + ")"
         )
 
     # Internals ----------------------------------------------------------------------------
