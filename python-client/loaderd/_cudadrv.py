@@ -173,6 +173,13 @@ def driver() -> Driver:
         return _driver
 
 
+def round_up(size: int, granularity: int) -> Optional[int]:
+    """``size`` rounded up to whole ``granularity``; None for an empty ring or no granule."""
+    if size <= 0 or granularity <= 0:
+        return None
+    return -(-size // granularity) * granularity
+
+
 def access_desc(device: int) -> CUmemAccessDesc:
     """Read and write access for ``device``: torch refuses read-only CUDA arrays, and an
     in-place op on a read-only mapping would fault the trainer's context. The writes only ever
@@ -209,7 +216,7 @@ class DeviceMapping:
         drv.call("cuDevicePrimaryCtxRetain", byref(CUcontext()), dev)
         try:
             with drv.primary_context(device):
-                self._check_size(drv)
+                self.size = self._mapped_size(drv)
                 handle = CUmemGenericAllocationHandle()
                 drv.call(
                     "cuMemImportFromShareableHandle",
@@ -225,9 +232,13 @@ class DeviceMapping:
         except BaseException:
             drv.call("cuDevicePrimaryCtxRelease_v2", dev)
             raise
-        self._finalizer = weakref.finalize(self, _unmap, drv, device, dev.value, self.ptr, size)
+        self._finalizer = weakref.finalize(
+            self, _unmap, drv, device, dev.value, self.ptr, self.size
+        )
 
-    def _check_size(self, drv: Driver) -> None:
+    def _mapped_size(self, drv: Driver) -> int:
+        """The ring's size in whole granules (what cuMemMap takes; the allocation itself is
+        whole granules, so this never maps past it)."""
         gran = c_size_t()
         drv.call(
             "cuMemGetAllocationGranularity",
@@ -235,11 +246,13 @@ class DeviceMapping:
             byref(allocation_prop(self.device)),
             CU_MEM_ALLOC_GRANULARITY_MINIMUM,
         )
-        if self.size == 0 or (gran.value and self.size % gran.value):
+        size = round_up(self.size, gran.value)
+        if size is None:
             raise CudaError(
-                f"the device ring's {self.size} bytes are not a multiple of the allocation "
-                f"granularity ({gran.value} bytes)"
+                f"a device ring of {self.size} bytes cannot be mapped in granules of "
+                f"{gran.value} bytes"
             )
+        return size
 
     def _map(self, drv: Driver, handle: CUmemGenericAllocationHandle) -> int:
         prop = CUmemAllocationProp()

@@ -306,3 +306,12 @@ def test_the_daemon_serves_slots_given_back_one_batch_late(daemon: Daemon, depth
     finally:
         session.close()
     assert [slot for slot, _ in reader.drained] == [ready.slot]
+
+
+def test_device_rings_map_in_whole_granules() -> None:
+    mib2 = 2 << 20
+    assert _cudadrv.round_up(mib2, mib2) == mib2
+    assert _cudadrv.round_up(mib2 + 1, mib2) == 2 * mib2
+    assert _cudadrv.round_up(1, mib2) == mib2
+    assert _cudadrv.round_up(0, mib2) is None
+    assert _cudadrv.round_up(5, 0) is None
