@@ -42,16 +42,22 @@ def torch() -> Any:
     return require_cuda()
 
 
+def gpu_mode_daemon(
+    bins: Binaries, dataset: Path, tmp: pytest.TempPathFactory, mode: str
+) -> Iterator[Daemon]:
+    d = Daemon(bins, tmp.mktemp(f"gpu-{mode}"), {"/data": dataset}, ["--gpu", mode])
+    d.start()
+    yield d
+    print(f"--gpu {mode} daemon log tail:\n{d.log.read_text()[-3000:]}")
+    d.stop()
+
+
 @pytest.fixture(scope="module")
 def gpu_daemon(
     torch: Any, bins: Binaries, dataset: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
     """A daemon that must decode on the GPU (``--gpu on``)."""
-    d = Daemon(bins, tmp_path_factory.mktemp("gpu"), {"/data": dataset}, ["--gpu", "on"])
-    d.start()
-    yield d
-    print(f"gpu daemon log tail:\n{d.log.read_text()[-3000:]}")
-    d.stop()
+    yield from gpu_mode_daemon(bins, dataset, tmp_path_factory, "on")
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +65,7 @@ def no_gpu_daemon(
     torch: Any, bins: Binaries, dataset: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
     """A daemon told not to use the GPU (``--gpu off``)."""
-    d = Daemon(bins, tmp_path_factory.mktemp("nogpu"), {"/data": dataset}, ["--gpu", "off"])
-    d.start()
-    yield d
-    d.stop()
+    yield from gpu_mode_daemon(bins, dataset, tmp_path_factory, "off")
 
 
 def cpu_batches(daemon: Daemon, **kwargs: Any) -> List[Tuple[np.ndarray, np.ndarray, List[str]]]:
