@@ -146,6 +146,8 @@ def test_slots_hold_still_while_held_and_are_reused_over_the_epoch(
     prev = None
     with open_loader(gpu_daemon, batch_size=4, seed=5, depth=depth, device="cuda") as loader:
         assert loader.memory == "cuda", loader.gpu_reason
+        depth = loader._pending().opened.depth  # what the daemon made of it
+        assert len(want) > 2 * depth
         for k, (x, y) in enumerate(loader):
             ptrs.add(x.data_ptr())
             snap = x.clone()
