@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 import pytest
 
-from _support import Daemon, open_loader
+from _support import Binaries, Daemon, open_loader
 
 import loaderd
 from loaderd import _cudadrv, _torch
@@ -206,34 +207,45 @@ def test_torch_cuda_on_a_host_loader_fails_clearly_without_cuda(daemon: Daemon) 
         assert len(next(iter(loader))[0]) == 8
 
 
-def test_a_daemon_without_a_gpu_answers_a_cuda_request_with_a_host_ring_and_why(
-    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    req = pb.OpenLoader(dataset="/data", batch_size=8, size=64, layout=pb.SAMPLE_LAYOUT_NHWC_U8)
-    req.cuda_device = 0
-    session = Session(Connection(daemon.shm_socket, 60.0), req, cuda=0)
-    try:
-        print(f"memory {session.opened.memory}, gpu_reason {session.opened.gpu_reason!r}")
-        assert session.opened.memory == pb.BATCH_MEMORY_HOST
-        assert session.mapping is None and session.ring is not None
-        assert session.opened.gpu_reason, "a host ring for a CUDA request must say why"
-        got = session.next()
-        assert got is not None and got[1] is not None and got[1].shape == (8, 64, 64, 3)
-    finally:
-        session.close()
-    # Through the Loader (its local CUDA check stood in for: torch has no CUDA here).
-    monkeypatch.setattr(_torch, "resolve_device", lambda device: None if device is None else 0)
-    with open_loader(daemon, batch_size=8, device="cuda") as loader:
-        assert loader.memory == "host"
-        assert loader.gpu_reason == session.opened.gpu_reason
-
-
-def test_the_driver_is_missing_here_with_a_clear_error() -> None:
+def driver_installed() -> bool:
     try:
         ctypes.CDLL(_cudadrv.DRIVER_LIB)
     except OSError:
-        pass
-    else:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_a_daemon_without_a_gpu_answers_a_cuda_request_with_a_host_ring_and_why(
+    bins: Binaries, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    if mode == "auto" and driver_installed():
+        pytest.skip(f"{_cudadrv.DRIVER_LIB} is installed: an auto daemon may use the GPU")
+    daemon = Daemon(bins, tmp_path, {"/data": dataset}, ["--gpu", mode]).start()
+    try:
+        req = pb.OpenLoader(dataset="/data", batch_size=8, size=64, layout=pb.SAMPLE_LAYOUT_NHWC_U8)
+        req.cuda_device = 0
+        session = Session(Connection(daemon.shm_socket, 60.0), req, cuda=0)
+        try:
+            print(f"memory {session.opened.memory}, gpu_reason {session.opened.gpu_reason!r}")
+            assert session.opened.memory == pb.BATCH_MEMORY_HOST
+            assert session.mapping is None and session.ring is not None
+            assert session.opened.gpu_reason, "a host ring for a CUDA request must say why"
+            got = session.next()
+            assert got is not None and got[1] is not None and got[1].shape == (8, 64, 64, 3)
+        finally:
+            session.close()
+        # Through the Loader (its local CUDA check stood in for: torch may have no CUDA).
+        monkeypatch.setattr(_torch, "resolve_device", lambda device: None if device is None else 0)
+        with open_loader(daemon, batch_size=8, device="cuda") as loader:
+            assert loader.memory == "host"
+            assert loader.gpu_reason == session.opened.gpu_reason
+    finally:
+        daemon.stop()
+
+
+def test_the_driver_is_missing_here_with_a_clear_error() -> None:
+    if driver_installed():
         pytest.skip(f"{_cudadrv.DRIVER_LIB} is installed here")
     with pytest.raises(loaderd.CudaError, match="cannot be loaded"):
         _cudadrv.HostRegistration(0x1000, 4096, 0)
