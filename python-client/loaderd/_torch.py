@@ -49,16 +49,18 @@ def cuda_array_interface(
     None because the daemon finished writing it before saying it is ready.
 
     Not flagged read-only: torch refuses read-only CUDA arrays ("the read only flag is not
-    supported"), and the mapping is writable (see ``loaderd._cudadrv.access_desc``).
+    supported"), and the mapping is writable (see ``loaderd._cudadrv.access_desc``). An
+    empty batch has pointer 0, as the interface asks of zero-size arrays.
     """
     typestr = TYPESTRS.get(np.dtype(dtype))
     if typestr is None:
         raise ValueError(f"no CUDA array type for {dtype}")
+    dims = tuple(int(d) for d in shape)
     return {
         "version": 3,
-        "shape": tuple(int(d) for d in shape),
+        "shape": dims,
         "typestr": typestr,
-        "data": (ptr + slot * slot_bytes, False),
+        "data": (ptr + slot * slot_bytes if all(dims) else 0, False),
         "strides": None,
         "stream": None,
     }
@@ -153,11 +155,17 @@ class DeviceRingTensors:
     def convert(
         self, slot: int, shape: Tuple[int, ...], dtype: "np.dtype[Any]", labels: Sequence[int]
     ) -> Pair:
+        labels_on = labels_to(self.torch, labels, self.device)
+        if not all(shape):  # every sample skipped: nothing in the slot to view
+            return (
+                self.torch.empty(shape, dtype=getattr(self.torch, dtype.name), device=self.device),
+                labels_on,
+            )
         interface = cuda_array_interface(self.mapping.ptr, slot, self.slot_bytes, shape, dtype)
         images = self.torch.as_tensor(SlotArray(self.mapping, interface))
         if images.device != self.device:
             raise CudaError(f"the device ring's tensor is on {images.device}, not {self.device}")
-        return images, labels_to(self.torch, labels, self.device)
+        return images, labels_on
 
     def token(self) -> Any:
         return record_event(self.torch, self.device)

@@ -44,8 +44,11 @@ def test_array_interface_of_a_slot(dtype: type, typestr: str) -> None:
 
 
 def test_array_interface_of_slot_zero_and_an_empty_batch() -> None:
-    got = _torch.cuda_array_interface(PTR, 0, SLOT_BYTES, np.array([0, 3, 4, 4]), np.float32)
-    assert got["data"] == (PTR, False) and got["shape"] == (0, 3, 4, 4)
+    got = _torch.cuda_array_interface(PTR, 0, SLOT_BYTES, (8, 3, 4, 4), np.float32)
+    assert got["data"] == (PTR, False)
+    # Zero-size arrays have pointer 0 (the interface's rule).
+    got = _torch.cuda_array_interface(PTR, 2, SLOT_BYTES, np.array([0, 3, 4, 4]), np.float32)
+    assert got["data"] == (0, False) and got["shape"] == (0, 3, 4, 4)
     assert all(type(d) is int for d in got["shape"])  # not numpy integers
 
 
