@@ -136,6 +136,18 @@ def test_cuda_loader_yields_device_tensors_like_the_cpu_path(
     )
 
 
+def test_a_cuda_loader_torch_yields_its_own_device_only(torch: Any, gpu_daemon: Daemon) -> None:
+    import loaderd
+
+    with open_loader(gpu_daemon, batch_size=8, device="cuda:0") as loader:
+        assert loader.device == torch.device("cuda", 0)
+        for device in ("cuda", "cuda:0", torch.device("cuda", 0)):
+            images, labels = next(iter(loader.torch(device)))
+            assert images.device == labels.device == torch.device("cuda", 0)
+        with pytest.raises(loaderd.InvalidArgument, match="batches are on cuda:0"):
+            next(iter(loader.torch("cpu")))
+
+
 @pytest.mark.parametrize("depth", [2, 3])
 def test_slots_hold_still_while_held_and_are_reused_over_the_epoch(
     torch: Any, gpu_daemon: Daemon, depth: int
