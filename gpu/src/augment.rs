@@ -155,7 +155,7 @@ impl AugmentKernel {
 
     /// Queues the batch on `stream`: sample `i` of `samples` goes to `out[i * sample_bytes..]`
     /// (a [`DeviceBuffer`]'s [`DeviceBuffer::as_slice_mut`] or a slot of an exported ring).
-    /// The write to `out` is ordered by `stream` only (see [`crate::slice`]).
+    /// The write to `out` is ordered by `stream` only (see [`mod@crate::slice`]).
     #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,

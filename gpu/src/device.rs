@@ -13,7 +13,7 @@ use cudarc::driver::sys;
 
 use crate::augment::AugmentKernel;
 use crate::batch::{BatchConfig, GpuBatchPipeline};
-use crate::detect::{GpuAvailability, GpuInfo, detect};
+use crate::detect::{GpuAvailability, GpuInfo, detect, detect_devices};
 use crate::export::allocation_granularity;
 use crate::nvjpeg::{JpegDecoder, NvJpeg};
 use crate::pinned::GpuContext;
@@ -65,19 +65,16 @@ impl GpuDevice {
     /// for its sm_XX once, checks VMM + POSIX-fd export support. Every failure is a GpuError
     /// whose Display is a sentence fit for a start-up error / status reason.
     pub fn open(ordinal: u32) -> Result<Arc<Self>, GpuError> {
-        let info = match detect() {
-            GpuAvailability::Available(devices) => {
-                let count = devices.len();
-                devices
-                    .into_iter()
-                    .find(|d| d.ordinal == ordinal)
-                    .ok_or_else(|| GpuError::DeviceUnusable {
-                        ordinal,
-                        reason: format!("the driver lists {count} device(s), not this one"),
-                    })?
-            }
-            GpuAvailability::Unavailable { reason } => return Err(GpuError::Unavailable(reason)),
-        };
+        // Quietly: `open_all` (the daemon's call) has logged the devices once already.
+        let devices = detect_devices().map_err(GpuError::Unavailable)?;
+        let count = devices.len();
+        let info = devices
+            .into_iter()
+            .find(|d| d.ordinal == ordinal)
+            .ok_or_else(|| GpuError::DeviceUnusable {
+                ordinal,
+                reason: format!("the driver lists {count} device(s), not this one"),
+            })?;
         let _span = tracing::info_span!("gpu_open", ordinal, name = %info.name).entered();
         let unusable = |e: GpuError| GpuError::DeviceUnusable {
             ordinal,

@@ -169,6 +169,9 @@ impl Vmm {
         Ok(())
     }
 
+    /// Undoes what was done, in order. A step that fails stops it: the rest is leaked rather
+    /// than unmapped or freed under work that may still be running (a failed synchronize
+    /// means the context is broken anyway).
     fn teardown(&mut self) -> Result<(), GpuError> {
         self.ctx.bind()?;
         if self.mapped {

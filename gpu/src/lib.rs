@@ -25,7 +25,7 @@
 //!   kernel compiled once for all of its [`GpuDevice::batch_pipeline`]s;
 //! - [`export`]: [`ExportedMemory`], device memory (the device ring) another process maps
 //!   through a POSIX file descriptor, and [`ImportedMemory`], the importer's side;
-//! - [`slice`]: [`DeviceSliceMut`], a mutable view of device memory (a [`DeviceBuffer`] or a
+//! - [`mod@slice`]: [`DeviceSliceMut`], a mutable view of device memory (a [`DeviceBuffer`] or a
 //!   ring slot), the output of a batch.
 //!
 //! Crops, output layouts and normalization are `loaderd-image`'s types (re-exported here), the
