@@ -373,6 +373,9 @@ impl GpuBatchPipeline {
     ) -> Result<BatchReport, GpuError> {
         self.config.check_run(items.len(), out.len())?;
         check_output_alignment(out.device_ptr(), self.config.layout)?;
+        // A loader's batch workers run on threads of their own: make the context current
+        // here, before the raw driver calls (uploads) that do not bind it themselves.
+        self.ctx.bind()?;
         let staged = items
             .iter()
             .map(|s| self.stage(s))
