@@ -43,7 +43,8 @@ main() {
   local ds=${GPU_BENCH_DATA:-$w/ds}
   python3 "$here/gpu_data.py" --out "$ds" --images "${GPU_BENCH_IMAGES:-4096}" || return 1
   local sock=$w/loaderd.sock
-  printf '[gpu]\nmode = "on"\n' >"$w/loaderd.toml"
+  # GPU_BENCH_GPU_MODE=auto: a dry run on a machine without a GPU (everything GPU fails).
+  printf '[gpu]\nmode = "%s"\n' "${GPU_BENCH_GPU_MODE:-on}" >"$w/loaderd.toml"
   "$bin/loaderd" --config "$w/loaderd.toml" --socket "$sock" --metrics-addr off \
     --memory-capacity 8GiB --mount "/ds=file://$ds" >"$w/loaderd.log" 2>&1 &
   pid=$!

@@ -19,7 +19,7 @@ the GPU):
 
 Each runs --epochs epochs and is timed over the last (the first warms up workers, cuDNN,
 caches). It prints one line per pipeline and a last line ``RESULT {json}``; a pipeline that
-fails prints why and is left out of the result (the exit status is then 1).
+fails prints why, is ``{"failed": reason}`` in the result, and makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -217,24 +217,25 @@ PIPELINES = {
 def pipelines(a: argparse.Namespace) -> int:
     import torch
 
+    names = a.only or list(PIPELINES)
+    results: Dict[str, Any] = {}
     if not torch.cuda.is_available():
         print("gpu_bench: torch sees no CUDA device", file=sys.stderr)
-        return 1
-    print(f"gpu_bench: torch {torch.__version__} on {torch.cuda.get_device_name()}")
-    results: Dict[str, Any] = {}
-    bad = 0
-    for name in a.only or list(PIPELINES):
+        results = {n: {"failed": "torch sees no CUDA device"} for n in names}
+    else:
+        print(f"gpu_bench: torch {torch.__version__} on {torch.cuda.get_device_name()}")
+    for name in names if not results else []:
         try:
             secs, n, extra = PIPELINES[name](torch, a)
             results[name] = {"images_per_s": n / secs, "images": n, "secs": secs, **extra}
             print(f"gpu_bench: {name}: {n / secs:.0f} img/s ({n} images in {secs:.2f} s) {extra}")
         except Exception as e:  # report and go on with the next pipeline
-            bad = 1
             traceback.print_exc()
+            results[name] = {"failed": str(e)[:300]}
             print(f"gpu_bench: {name}: FAILED: {e}")
         sys.stdout.flush()
     print("RESULT " + json.dumps(results))
-    return bad
+    return int(any("failed" in r for r in results.values()))
 
 
 def smoke(a: argparse.Namespace) -> int:
