@@ -17,7 +17,7 @@ use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use loaderd_image::{CropBox, Layout, Normalize};
 
 use crate::pinned::{DeviceBuffer, GpuContext, H2dStream};
-use crate::{GpuError, Nvrtc};
+use crate::{DeviceSliceMut, GpuError, Nvrtc};
 
 /// The kernel's CUDA C source.
 pub const AUGMENT_CU: &str = include_str!("kernels/augment.cu");
@@ -112,8 +112,22 @@ pub fn compile_options(arch: &str) -> Vec<String> {
     ]
 }
 
-/// The compiled kernel, loaded into one context.
-#[derive(Debug)]
+/// The kernel stores whole elements (`float`, 16-bit halves): an output that does not start
+/// on an element boundary would fault (a sticky "misaligned address" error that ends the
+/// context), so it is refused up front. Ring slots at arbitrary byte offsets are the risk.
+pub(crate) fn check_output_alignment(ptr: u64, layout: Layout) -> Result<(), GpuError> {
+    let align = layout.element_bytes() as u64;
+    if !ptr.is_multiple_of(align) {
+        return Err(GpuError::InvalidArgument(format!(
+            "output at device address {ptr:#x} is not {align}-byte aligned, as {layout:?} needs"
+        )));
+    }
+    Ok(())
+}
+
+/// The compiled kernel, loaded into one context. Cloning shares the loaded module (no new
+/// compile): a [`crate::GpuDevice`] compiles once and every batch pipeline clones it.
+#[derive(Debug, Clone)]
 pub struct AugmentKernel {
     func: CudaFunction,
 }
@@ -139,7 +153,9 @@ impl AugmentKernel {
         Ok(AugmentKernel { func })
     }
 
-    /// Queues the batch on `stream`: sample `i` of `samples` goes to `out[i * sample_bytes..]`.
+    /// Queues the batch on `stream`: sample `i` of `samples` goes to `out[i * sample_bytes..]`
+    /// (a [`DeviceBuffer`]'s [`DeviceBuffer::as_slice_mut`] or a slot of an exported ring).
+    /// The write to `out` is ordered by `stream` only (see [`mod@crate::slice`]).
     #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
@@ -150,7 +166,7 @@ impl AugmentKernel {
         out_h: u32,
         layout: Layout,
         norm: &Normalize,
-        out: &mut DeviceBuffer,
+        out: DeviceSliceMut<'_>,
     ) -> Result<(), GpuError> {
         if samples.is_empty() {
             return Ok(());
@@ -173,6 +189,7 @@ impl AugmentKernel {
                 out.len()
             )));
         }
+        check_output_alignment(out.device_ptr(), layout)?;
         let mut table = Vec::with_capacity(samples.len() * SAMPLE_BYTES);
         for s in samples {
             s.validate(src.len())?;
@@ -196,18 +213,22 @@ impl AugmentKernel {
             mean: norm.mean,
             std: norm.std,
         };
+        let out_ptr: u64 = out.device_ptr();
         let mut args = cuda.launch_builder(&self.func);
         args.arg(&src.slice)
             .arg(&table)
-            .arg(&mut out.slice)
+            .arg(&out_ptr)
             .arg(&out_w)
             .arg(&out_h)
             .arg(&code)
             .arg(&norm);
         // SAFETY: the argument list matches `loaderd_augment`'s parameters in order and type
-        // (pointers for the three buffers, u32 sizes and layout, `Norm` by value); every sample
-        // was validated to lie inside `src`, and `out` holds `need` bytes, which is all the
-        // grid writes.
+        // (pointers for the three buffers, the output's as its 64-bit device address, u32
+        // sizes and layout, `Norm` by value); every sample was validated to lie inside `src`,
+        // and `out` holds `need` writable bytes (the view's contract), which is all the grid
+        // writes; `out` stays borrowed (so mapped) until this returns, and its owner keeps it
+        // mapped until the stream's work is done (ExportedMemory and DeviceBuffer synchronize
+        // before freeing).
         unsafe { args.launch(cfg) }.map_err(GpuError::driver("cuLaunchKernel"))?;
         Ok(())
     }
@@ -237,6 +258,15 @@ mod tests {
         assert_eq!(t.len(), SAMPLE_BYTES);
         assert_eq!(t[20..24], 1u32.to_ne_bytes());
         assert_eq!(std::mem::size_of::<KernelNorm>(), 24);
+    }
+
+    #[test]
+    fn outputs_must_start_on_an_element() {
+        assert!(check_output_alignment(0x1000, Layout::NchwF32).is_ok());
+        assert!(check_output_alignment(0x1002, Layout::NchwF32).is_err());
+        assert!(check_output_alignment(0x1002, Layout::NchwF16).is_ok());
+        assert!(check_output_alignment(0x1001, Layout::NchwF16).is_err());
+        assert!(check_output_alignment(0x1001, Layout::NhwcU8).is_ok());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use loaderd_image::{CropBox, Layout, Normalize};
 
-use crate::augment::{AugmentKernel, SampleParams};
+use crate::augment::{AugmentKernel, SampleParams, check_output_alignment};
 use crate::nvjpeg::{
     DEFAULT_MAX_DECODE_BYTES, DecodeJob, ImageError, InspectedJpeg, JpegDecoder, NvJpeg,
     grown_size, pack,
@@ -39,7 +39,7 @@ use crate::nvjpeg::{
 use crate::pinned::{
     CopyEvent, DeviceBuffer, GpuContext, H2dStream, PinnedRegion, Upload, UploadStaging,
 };
-use crate::{GpuError, Nvrtc};
+use crate::{DeviceSliceMut, GpuError, Nvrtc};
 use fallback::{cpu_decode, late_fallback};
 
 pub use fallback::{CpuDecoder, RgbImage};
@@ -297,7 +297,8 @@ impl std::fmt::Debug for GpuBatchPipeline {
 }
 
 impl GpuBatchPipeline {
-    /// Compiles the augment kernel and opens an nvJPEG decoder on `ctx`.
+    /// Compiles the augment kernel and opens an nvJPEG decoder on `ctx`. A daemon uses
+    /// [`crate::GpuDevice::batch_pipeline`] instead, which reuses one compiled kernel.
     pub fn new(
         ctx: &GpuContext,
         nvrtc: &Nvrtc,
@@ -306,7 +307,20 @@ impl GpuBatchPipeline {
     ) -> Result<Self, GpuError> {
         config.validate()?;
         let kernel = AugmentKernel::new(ctx, nvrtc)?;
-        let decoder = JpegDecoder::new(ctx, nvjpeg, config.max_pixels)?;
+        Self::with_kernel(ctx, kernel, nvjpeg, config)
+    }
+
+    /// A pipeline around an already compiled `kernel` (loaded in `ctx`): opens an nvJPEG
+    /// decoder on its own stream; no NVRTC compile.
+    pub fn with_kernel(
+        ctx: &GpuContext,
+        kernel: AugmentKernel,
+        nvjpeg: Arc<NvJpeg>,
+        config: BatchConfig,
+    ) -> Result<Self, GpuError> {
+        config.validate()?;
+        let mut decoder = JpegDecoder::new(ctx, nvjpeg, config.max_pixels)?;
+        decoder.set_max_buffer_bytes(config.max_decode_bytes);
         Ok(GpuBatchPipeline {
             config,
             decoder,
@@ -346,14 +360,19 @@ impl GpuBatchPipeline {
     }
 
     /// Decodes and augments `items` into `out` (device memory, at least
-    /// [`Self::output_bytes`]`(items.len())` bytes), compacted: output sample `k` is the `k`-th
-    /// delivered one. Returns when the work is queued; the report is final.
+    /// [`Self::output_bytes`]`(items.len())` bytes: a [`DeviceBuffer::as_slice_mut`], or a slot
+    /// of an [`crate::ExportedMemory`]), compacted: output sample `k` is the `k`-th delivered
+    /// one. Returns when the work is queued on [`Self::stream`]; the report is final. Before
+    /// `out` is read elsewhere (another stream, another process), synchronize the stream or
+    /// wait on an event recorded on it after `run` ([`H2dStream::record`], whose
+    /// [`CopyEvent::elapsed_ms`] against one recorded before gives the batch's GPU time).
     pub fn run(
         &mut self,
         items: &[GpuSample<'_>],
-        out: &mut DeviceBuffer,
+        out: DeviceSliceMut<'_>,
     ) -> Result<BatchReport, GpuError> {
         self.config.check_run(items.len(), out.len())?;
+        check_output_alignment(out.device_ptr(), self.config.layout)?;
         let staged = items
             .iter()
             .map(|s| self.stage(s))
@@ -417,7 +436,7 @@ impl GpuBatchPipeline {
         staged: Vec<Staged<'_>>,
         offsets: &[usize],
         arena: &mut DeviceBuffer,
-        out: &mut DeviceBuffer,
+        out: DeviceSliceMut<'_>,
     ) -> Result<BatchReport, GpuError> {
         let mut jobs = Vec::new();
         let mut job_of = Vec::new();

@@ -169,7 +169,8 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> R
     })
 }
 
-fn detect_devices() -> Result<Vec<GpuInfo>, String> {
+/// [`detect`] without its log lines: the devices, or why there are none.
+pub(crate) fn detect_devices() -> Result<Vec<GpuInfo>, String> {
     driver_ready()?;
     guarded("device query", || {
         let version = query_driver_version()?;

@@ -74,6 +74,15 @@ pub enum GpuError {
         /// The cap.
         cap: usize,
     },
+    /// A device the driver lists cannot serve loaders; `reason` says why (no VMM or POSIX-fd
+    /// export support, NVRTC or nvJPEG missing, the kernel not compiling, …).
+    #[error("CUDA device {ordinal} cannot be used: {reason}")]
+    DeviceUnusable {
+        /// The device's ordinal.
+        ordinal: u32,
+        /// Why, in a sentence.
+        reason: String,
+    },
     /// A caller passed something the API cannot work with (sizes, ranges, parameters).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -18,7 +18,15 @@
 //!   and [`JpegDecoder`], batched decode into one device buffer with per-image errors; [`jpeg`]
 //!   reads headers on the CPU to decide which images nvJPEG's fast path takes;
 //! - [`batch`]: [`GpuBatchPipeline`], decode → CPU-fallback upload → one augment launch per
-//!   batch, with a [`BatchReport`] saying which samples failed or took the CPU decoder.
+//!   batch into a [`DeviceSliceMut`], with a [`BatchReport`] saying which samples failed or
+//!   took the CPU decoder;
+//! - [`device`]: [`GpuDevice`], one opened GPU ([`GpuDevice::open`], [`open_all`]), made once
+//!   by the daemon at start: context, libraries, VMM export support checked, the augment
+//!   kernel compiled once for all of its [`GpuDevice::batch_pipeline`]s;
+//! - [`export`]: [`ExportedMemory`], device memory (the device ring) another process maps
+//!   through a POSIX file descriptor, and [`ImportedMemory`], the importer's side;
+//! - [`mod@slice`]: [`DeviceSliceMut`], a mutable view of device memory (a [`DeviceBuffer`] or a
+//!   ring slot), the output of a batch.
 //!
 //! Crops, output layouts and normalization are `loaderd-image`'s types (re-exported here), the
 //! same the CPU pipeline uses, so a GPU batch and a CPU batch are described alike.
@@ -33,13 +41,16 @@
 pub mod augment;
 pub mod batch;
 pub mod detect;
+pub mod device;
 mod error;
+pub mod export;
 pub mod jpeg;
 mod libsearch;
 pub mod nvjpeg;
 pub mod nvrtc;
 pub mod pinned;
 pub mod reference;
+pub mod slice;
 #[cfg(test)]
 mod testdata;
 
@@ -49,10 +60,13 @@ pub use batch::{
     RgbImage, SampleError, SampleOutcome, SampleSource,
 };
 pub use detect::{GpuAvailability, GpuInfo, detect};
+pub use device::{GpuDevice, open_all};
 pub use error::GpuError;
+pub use export::{ExportedMemory, ImportedMemory, round_up_to_granularity};
 pub use loaderd_image::{CropBox, Layout, Normalize};
 pub use nvjpeg::{DecodedBatch, DecodedImage, ImageError, JpegDecoder, NvJpeg};
 pub use nvrtc::Nvrtc;
 pub use pinned::{
     CopyEvent, DeviceBuffer, GpuContext, H2dStream, HostMemory, PageBuffer, PinnedRegion,
 };
+pub use slice::DeviceSliceMut;

@@ -8,6 +8,7 @@
 //! wheel's `nvidia/cuda_nvrtc/lib/libnvrtc.so.12`).
 
 use std::ffi::{CString, c_char, c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libloading::Library;
 
@@ -52,6 +53,8 @@ pub struct Nvrtc {
     /// `nvrtcGetCUBINSize` / `nvrtcGetCUBIN` (NVRTC ≥ 11.1); `None` in older libraries.
     cubin: Option<(GetSize, GetText)>,
     destroy: Destroy,
+    /// Programs compiled so far (successfully or not) with this library.
+    compilations: AtomicUsize,
     // Keeps the function pointers above valid; never dropped before them (same struct).
     _lib: Library,
 }
@@ -98,6 +101,7 @@ impl Nvrtc {
                 .and_then(|size| Ok((size, symbol(&lib, &path, "nvrtcGetCUBIN")?)))
                 .ok(),
             destroy: symbol(&lib, &path, "nvrtcDestroyProgram")?,
+            compilations: AtomicUsize::new(0),
             version: (major, minor),
             path,
             _lib: lib,
@@ -114,6 +118,12 @@ impl Nvrtc {
     /// NVRTC's (major, minor) version, e.g. (12, 9).
     pub fn version(&self) -> (i32, i32) {
         self.version
+    }
+
+    /// How many programs this library has compiled (a [`crate::GpuDevice`] compiles the augment
+    /// kernel once, however many batch pipelines it makes).
+    pub fn compilations(&self) -> usize {
+        self.compilations.load(Ordering::Relaxed)
     }
 
     /// Compiles CUDA C `source` to PTX text; [`GpuError::Compile`] carries the compiler log.
@@ -191,6 +201,7 @@ impl Nvrtc {
             prog,
             destroy: self.destroy,
         };
+        self.compilations.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `prog` is a live program; `opt_ptrs` holds `len` NUL-terminated strings
         // (owned by `opts`) for the duration of the call.
         let status =

@@ -218,6 +218,22 @@ impl Drop for PinnedRegion {
 #[derive(Debug)]
 pub struct DeviceBuffer {
     pub(crate) slice: CudaSlice<u8>,
+    /// A raw view ([`DeviceBuffer::as_slice_mut`]) was handed out: work queued through it is
+    /// invisible to cudarc's per-buffer events, so the drop waits for the context first.
+    pub(crate) raw_views: bool,
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // cudarc frees the memory in order on the buffer's own stream; work queued through a
+        // raw view on another stream might still be running then. Waiting for the context
+        // covers every stream (only buffers that lent a view pay for it).
+        if self.raw_views
+            && let Err(e) = self.slice.stream().context().synchronize()
+        {
+            tracing::error!(error = %e, "waiting for work on a device buffer before freeing it failed");
+        }
+    }
 }
 
 impl DeviceBuffer {
@@ -316,7 +332,10 @@ impl H2dStream {
             .stream
             .alloc_zeros::<u8>(len)
             .map_err(GpuError::driver("cuMemAlloc"))?;
-        Ok(DeviceBuffer { slice })
+        Ok(DeviceBuffer {
+            slice,
+            raw_views: false,
+        })
     }
 
     /// Device memory whose contents are undefined until written, allocated in stream order:
@@ -327,7 +346,10 @@ impl H2dStream {
         // through a Rust reference, and what copies back to the host is plain bytes.
         let slice =
             unsafe { self.stream.alloc::<u8>(len) }.map_err(GpuError::driver("cuMemAlloc"))?;
-        Ok(DeviceBuffer { slice })
+        Ok(DeviceBuffer {
+            slice,
+            raw_views: false,
+        })
     }
 
     /// Queues a copy of `src[range]` to `dst[dst_offset..]`. Returns at once; the host bytes

@@ -24,6 +24,9 @@ use testdata::noise;
 mod support;
 use support::{Chroma, tj_decode, tj_encode};
 
+mod child;
+use child::run_test;
+
 /// The first device; `None` (skip) or a failure under `LOADERD_REQUIRE_GPU=1` without one.
 fn gpu_or_skip() -> Option<GpuInfo> {
     let first = match detect() {
@@ -170,7 +173,16 @@ fn gpu_augment_matches_reference() {
         let per = layout.sample_bytes(ow, oh);
         let mut out = stream.alloc(per * samples.len()).unwrap();
         kernel
-            .launch(&stream, &src, &samples, ow, oh, layout, &norm, &mut out)
+            .launch(
+                &stream,
+                &src,
+                &samples,
+                ow,
+                oh,
+                layout,
+                &norm,
+                out.as_slice_mut(),
+            )
             .unwrap();
         let got = stream.to_host(&out).unwrap();
         for (i, s) in samples.iter().enumerate() {
@@ -215,7 +227,16 @@ fn gpu_augment_matches_reference() {
     let per = Layout::NhwcU8.sample_bytes(1, 2);
     let mut out = stream.alloc(per * wide.len()).unwrap();
     kernel
-        .launch(&stream, &src, &wide, 1, 2, Layout::NhwcU8, &norm, &mut out)
+        .launch(
+            &stream,
+            &src,
+            &wide,
+            1,
+            2,
+            Layout::NhwcU8,
+            &norm,
+            out.as_slice_mut(),
+        )
         .unwrap();
     let got = stream.to_host(&out).unwrap();
     for (i, s) in wide.iter().enumerate() {
@@ -571,7 +592,7 @@ fn decode_and_augment_matches_reference() {
         },
     ];
     let mut out = pipe.stream().alloc(pipe.output_bytes(items.len())).unwrap();
-    let report = pipe.run(&items, &mut out).unwrap();
+    let report = pipe.run(&items, out.as_slice_mut()).unwrap();
     println!("{report:?}");
     assert_eq!(report.delivered(), 4);
     assert_eq!(report.failed().map(|(i, _)| i).collect::<Vec<_>>(), [1]);
@@ -651,12 +672,12 @@ fn batch_throughput() {
         })
         .collect();
     let mut out = pipe.stream().alloc(pipe.output_bytes(256)).unwrap();
-    pipe.run(&items, &mut out).unwrap(); // warm-up: buffers, nvJPEG state
+    pipe.run(&items, out.as_slice_mut()).unwrap(); // warm-up: buffers, nvJPEG state
     pipe.stream().synchronize().unwrap();
     let reps = 5;
     let started = std::time::Instant::now();
     for _ in 0..reps {
-        let r = pipe.run(&items, &mut out).unwrap();
+        let r = pipe.run(&items, out.as_slice_mut()).unwrap();
         assert_eq!(r.delivered(), 256);
     }
     pipe.stream().synchronize().unwrap();
@@ -678,25 +699,6 @@ fn present(need: &str) -> bool {
     }
 }
 
-/// Runs one test of this binary in a child process; (passed, its output).
-fn run_child(test: &str, require: bool) -> (bool, String) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
-    if require {
-        cmd.env(REQUIRE_GPU_ENV, "1");
-    } else {
-        cmd.env_remove(REQUIRE_GPU_ENV);
-    }
-    let out = cmd.output().expect("run the test binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// Runs on any machine: under `LOADERD_REQUIRE_GPU=1` a GPU test passes only where everything
 /// it needs is present, and fails naming the variable and what is missing where it is not;
 /// without the variable it skips instead.
@@ -712,7 +714,7 @@ fn require_gpu_turns_a_skip_into_a_failure() {
     ];
     for (test, needs) in cases {
         let missing = needs.iter().find(|n| !present(n));
-        let (ok, text) = run_child(test, true);
+        let (ok, text) = run_test(test, true);
         match missing {
             None => assert!(ok, "{test} has what it needs here but failed:\n{text}"),
             Some(need) => {
@@ -725,7 +727,7 @@ fn require_gpu_turns_a_skip_into_a_failure() {
                     "{test}: no reason given:\n{text}"
                 );
                 assert!(!text.contains("skipping:"), "{text}");
-                let (ok, text) = run_child(test, false);
+                let (ok, text) = run_test(test, false);
                 assert!(
                     ok && text.contains("skipping:"),
                     "{test} without the variable:\n{text}"

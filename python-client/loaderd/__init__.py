@@ -8,11 +8,15 @@
         for images, labels in loader:  # uint8 NHWC views of shared memory
             ...
 
+With ``Loader(..., device="cuda")`` the daemon decodes on the GPU into device memory and the
+loader yields zero-copy torch CUDA tensors, valid until the next batch like the views.
+
 See :class:`Loader` for the arguments, and ``Loader.torch()`` for torch tensors.
 """
 
 from ._conn import default_socket, shm_socket_path
 from .errors import (
+    CudaError,
     DaemonError,
     DaemonTimeout,
     DaemonUnavailable,
@@ -29,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch",
+    "CudaError",
     "DaemonError",
     "DaemonTimeout",
     "DaemonUnavailable",

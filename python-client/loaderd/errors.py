@@ -7,7 +7,7 @@ by message text.
 
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Dict, Optional, Type
 
 # gRPC status codes (tonic::Code) the daemon answers with.
 OK = 0
@@ -46,6 +46,15 @@ class DaemonTimeout(DaemonUnavailable):
 
 class ProtocolError(LoaderError):
     """The daemon answered something this client does not understand."""
+
+
+class CudaError(LoaderError):
+    """A CUDA path of the client cannot run: torch without CUDA, no driver, or a driver call
+    that failed (``result`` is its ``CUresult``, ``None`` when no call was made)."""
+
+    def __init__(self, message: str, result: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class DaemonError(LoaderError):

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import mmap
-import os
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from . import _torch
 from ._conn import Connection, PathLike, shm_socket_path
 from ._proto import loaderd_pb2 as pb
+from ._session import Session
 from .errors import (
     INVALID_ARGUMENT,
     UNAVAILABLE,
@@ -33,8 +33,6 @@ from .errors import (
     DaemonUnavailable,
     InvalidArgument,
     LoaderError,
-    ProtocolError,
-    daemon_error,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,12 +57,8 @@ ON_ERROR: Mapping[str, int] = {
     "fail": pb.ON_SAMPLE_ERROR_FAIL,
 }
 
-#: The daemon's ``Dtype`` of a batch's samples → numpy's.
-DTYPES: Mapping[int, "np.dtype[Any]"] = {
-    pb.DTYPE_UINT8: np.dtype(np.uint8),
-    pb.DTYPE_FLOAT32: np.dtype(np.float32),
-    pb.DTYPE_FLOAT16: np.dtype(np.float16),
-}
+#: What turns a session's batches into CUDA tensors.
+_Converter = Union[_torch.DeviceRingTensors, _torch.HostRingTensors]
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
@@ -76,128 +70,19 @@ class Batch:
 
     ``images`` is a read-only view of the shared-memory slot, shape ``(n, *sample_shape)``;
     it is valid only until the loader's next batch is requested or the loader is closed.
-    Copy it (``images.copy()``) to keep it longer.
+    Copy it (``images.copy()``) to keep it longer. For a loader with a CUDA ``device``,
+    ``images`` and ``labels`` are torch CUDA tensors, ``images`` over the device ring's slot
+    under the same rule.
     """
 
-    images: np.ndarray
-    labels: np.ndarray
+    images: Any
+    labels: Any
     #: The samples' keys (path below the dataset root, or WebDataset key), in batch order.
     keys: List[str]
     #: Samples left out because they could not be read or decoded (``on_error="skip"``).
     skipped: List[str]
     #: The batch's number in this rank's epoch (restarts at 0 after a resume or reconnect).
     seq: int
-
-
-class _Session:
-    """One epoch's pipeline in the daemon: a connection and the mapped batch ring."""
-
-    def __init__(self, conn: Connection, req: pb.OpenLoader) -> None:
-        self.conn = conn
-        self.epoch = req.epoch
-        self.consumed = req.consumed
-        opened, fds = conn.request(pb.ShmRequest(open_loader=req), pb.LoaderOpened)
-        try:
-            if opened.code != 0:
-                raise daemon_error(opened.code, opened.error)
-            if not fds:
-                raise ProtocolError("the daemon opened the loader but sent no batch ring")
-            dtype = DTYPES.get(opened.dtype)
-            if dtype is None:
-                raise ProtocolError(
-                    f"unknown sample dtype {_enum_name(pb.Dtype, opened.dtype)} "
-                    "(upgrade the loaderd Python package)"
-                )
-            shape = tuple(opened.sample_shape)
-            if int(np.prod(shape)) * dtype.itemsize != opened.sample_bytes:
-                raise ProtocolError(
-                    f"sample shape {shape} of {dtype} is not {opened.sample_bytes} bytes"
-                )
-            size = os.fstat(fds[0]).st_size
-            if size < opened.slot_bytes * opened.depth:
-                raise ProtocolError(f"the batch ring has {size} bytes, less than its slots")
-            # The mapping keeps the ring's memory alive after the descriptor is closed, and
-            # for as long as a view of it lives, even past this session.
-            self.ring = mmap.mmap(fds[0], size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            # The same ring copy-on-write, for tensors (torch has no read-only ones): reading
-            # it reads the daemon's pages, and a write copies the page it touches into this
-            # process, never reaching the daemon. Mapping costs address space only.
-            self.private = mmap.mmap(
-                fds[0], size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
-            )
-        finally:
-            for fd in fds:
-                os.close(fd)
-        self.opened = opened
-        self.dtype = dtype
-        self.shape = shape
-        self.held: Optional[int] = None
-        self.used = False
-
-    def next(self, writable: bool = False) -> Optional[Tuple[pb.BatchReady, np.ndarray]]:
-        """The next batch and its view, releasing the previous slot; ``None`` at the end.
-
-        The view is read-only, or with ``writable`` a copy-on-write view whose writes stay in
-        this process.
-        """
-        self.used = True
-        release = -1 if self.held is None else self.held
-        self.held = None
-        ready, fds = self.conn.request(
-            pb.ShmRequest(next_batch=pb.NextBatch(release_slot=release)), pb.BatchReady
-        )
-        for fd in fds:
-            os.close(fd)
-        if ready.code != 0:
-            raise daemon_error(ready.code, ready.error)
-        if ready.end:
-            return None
-        if (
-            ready.slot >= self.opened.depth
-            or ready.samples * self.opened.sample_bytes > self.opened.slot_bytes
-        ):
-            raise ProtocolError(f"batch {ready.seq} lies outside the ring (slot {ready.slot})")
-        if len(ready.labels) != ready.samples or len(ready.keys) != ready.samples:
-            raise ProtocolError(
-                f"batch {ready.seq} has {ready.samples} samples but {len(ready.labels)} labels"
-            )
-        self.held = ready.slot
-        offset = ready.slot * self.opened.slot_bytes
-        ring = self.ring
-        if writable:
-            ring = self.private
-            self._drop_copies(offset, self.opened.slot_bytes)
-        images = np.frombuffer(
-            ring,
-            dtype=self.dtype,
-            count=ready.samples * int(np.prod(self.shape)),
-            offset=offset,
-        ).reshape((ready.samples, *self.shape))
-        return ready, images
-
-    def _drop_copies(self, offset: int, length: int) -> None:
-        """Drops this process's copies of the slot's pages (written through an earlier
-        batch's tensor), so the copy-on-write view shows the daemon's new batch again.
-
-        Whole pages around the slot: a neighbour's part of a shared page belongs to a
-        released slot, whose views are no longer valid anyway.
-        """
-        start = offset - offset % mmap.PAGESIZE
-        end = min(len(self.private), -(-(offset + length) // mmap.PAGESIZE) * mmap.PAGESIZE)
-        self.private.madvise(mmap.MADV_DONTNEED, start, end - start)
-
-    def interrupt(self) -> None:
-        """Ends the pipeline from any thread; a ``next`` waiting elsewhere fails at once."""
-        self.conn.shutdown()
-
-    def close(self) -> None:
-        """Ends the pipeline (the daemon frees the ring); live views keep their mapping."""
-        self.conn.close()
-        for ring in (self.ring, self.private):
-            try:
-                ring.close()
-            except BufferError:
-                pass  # views still exported: unmapped when the last one goes
 
 
 class Loader:
@@ -223,6 +108,13 @@ class Loader:
     before each epoch; after a complete epoch the loader moves on to the next one by itself,
     so ``set_epoch(e)`` with the epoch it already stands on changes nothing, and
     :meth:`state_dict` taken at an epoch's end resumes at the start of the next.
+
+    With a CUDA ``device`` the loader yields torch CUDA tensors: the daemon decodes on that
+    GPU into a ring in device memory, and each batch is a zero-copy tensor over its slot
+    (labels a small copy), valid until the next batch like a host view; the slot goes back to
+    the daemon one batch later, once the kernels that read it are done. A daemon without a
+    usable GPU serves a host ring instead (:attr:`gpu_reason` says why, with one warning) and
+    the batches are copied to the device as by ``torch("cuda")``.
 
     Args:
         dataset: logical path of the dataset in the daemon's namespace (an ImageFolder
@@ -251,6 +143,9 @@ class Loader:
         timeout: seconds to wait for any one answer of the daemon (opening the loader,
             which may list the dataset, or the next batch) before raising
             :class:`~loaderd.DaemonTimeout`; ``None`` waits forever.
+        device: ``None`` for host memory (numpy views), or ``"cuda"`` (torch's current
+            device), ``"cuda:N"`` or a CUDA ``torch.device`` for batches in that GPU's
+            memory. The daemon numbers its devices by its own ``CUDA_VISIBLE_DEVICES``.
 
     Raises:
         DaemonUnavailable: the daemon is not running (or not on that socket).
@@ -258,6 +153,8 @@ class Loader:
         DatasetNotFound: the dataset is not in the daemon's namespace.
         InvalidArgument: an argument the client or the daemon refuses.
         ResourceExhausted: the daemon cannot hold the batch ring.
+        CudaError: a CUDA ``device`` torch cannot use (no torch, no CUDA), or a device ring
+            that cannot be mapped.
 
     A loader runs one iteration at a time; apart from :meth:`close`, call it from one thread.
     """
@@ -284,11 +181,15 @@ class Loader:
         reconnect: bool = True,
         reconnect_timeout: float = 30.0,
         timeout: Optional[float] = 600.0,
+        device: Optional[Any] = None,
     ) -> None:
-        self._session: Optional[_Session] = None
+        self._session: Optional[Session] = None
         # The session of the running iteration, for close() from another thread.
-        self._running: Optional[_Session] = None
+        self._running: Optional[Session] = None
         self._closed = False
+        self._last: Optional[pb.LoaderOpened] = None
+        # Warnings given once per loader (host ring for a CUDA device, no page-locking).
+        self._warned: Dict[str, bool] = {}
         wire_layout = LAYOUTS.get(layout.lower()) if isinstance(layout, str) else None
         if wire_layout is None:
             raise _invalid(f"unknown layout {layout!r}; use NHWC, NCHW or NCHW16")
@@ -320,6 +221,8 @@ class Loader:
         if timeout is not None and not timeout > 0:
             raise _invalid(f"timeout must be positive seconds or None, not {timeout!r}")
         self.timeout = timeout
+        # Checked before the daemon is asked: torch must be able to use the device.
+        self._cuda = _torch.resolve_device(device)
         # Everything but the position (seed, epoch, consumed), filled in per open.
         self._request = pb.OpenLoader(
             dataset=dataset,
@@ -336,6 +239,7 @@ class Loader:
             workers=workers,
             on_error=wire_on_error,
             name=name or "",
+            cuda_device=self._cuda,
         )
         self._seed = seed
         self._epoch = epoch
@@ -355,6 +259,27 @@ class Loader:
     def epoch(self) -> int:
         """The epoch the current or next iteration reads."""
         return self._epoch
+
+    @property
+    def device(self) -> Optional[Any]:
+        """The CUDA device (a ``torch.device``) the batches are delivered on, or ``None``."""
+        if self._cuda is None:
+            return None
+        return _torch.import_torch("device").device("cuda", self._cuda)
+
+    @property
+    def memory(self) -> str:
+        """Where the daemon put the latest session's batch ring: ``"cuda"`` (device memory,
+        batches decoded on the GPU) or ``"host"``."""
+        if self._last is not None and self._last.memory == pb.BATCH_MEMORY_CUDA:
+            return "cuda"
+        return "host"
+
+    @property
+    def gpu_reason(self) -> str:
+        """Why the daemon served a CUDA ``device`` from host memory (``""`` when it did
+        not, or when no device was asked for)."""
+        return "" if self._last is None else self._last.gpu_reason
 
     @property
     def dataset_len(self) -> int:
@@ -393,27 +318,32 @@ class Loader:
 
     # Iteration ----------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[Tuple[Any, Any]]:
         for batch in self.batches():
             yield batch.images, batch.labels
 
     def batches(self) -> Iterator[Batch]:
         """Like iterating the loader, with each batch's keys and skipped keys."""
-        return self._batches(writable=False)
+        return self._batches(self._cuda)
 
-    def _batches(self, writable: bool) -> Iterator[Batch]:
+    def _batches(self, target: Union[None, str, int]) -> Iterator[Batch]:
+        """The iteration: numpy views (``target`` None), copy-on-write numpy views ("cpu"),
+        or torch tensors on CUDA device ``target``."""
         self._not_iterating("iterate")
         session = self._pending()
         self._session = None
         self._running = session
         self._iteration_len = session.opened.batches
         step = self.batch_size * self.world_size
+        convert: Optional[_Converter] = None
         try:
             while True:
                 if self._closed:
                     return  # closed inside the loop or by another thread
+                if isinstance(target, int) and session.converter is None:
+                    convert = self._attach(session, target)
                 try:
-                    got = session.next(writable)
+                    got = session.next(writable=target == "cpu")
                 except DaemonUnavailable as e:
                     if self._closed:
                         return  # close() ended the wait
@@ -428,22 +358,51 @@ class Loader:
                     continue
                 if got is None:
                     break
-                ready, images = got
+                ready, view = got
                 self._consumed = min(self._consumed + step, session.opened.dataset_len)
                 keys, skipped = list(ready.keys), list(ready.skipped)
                 self.last_keys, self.last_skipped = keys, skipped
-                yield Batch(
-                    images=images,
-                    labels=np.array(ready.labels, dtype=np.int64),
-                    keys=keys,
-                    skipped=skipped,
-                    seq=ready.seq,
-                )
+                images: Any
+                labels: Any
+                if isinstance(convert, _torch.DeviceRingTensors):
+                    shape = (ready.samples, *session.shape)
+                    images, labels = convert.convert(ready.slot, shape, session.dtype, ready.labels)
+                elif isinstance(convert, _torch.HostRingTensors):
+                    assert view is not None
+                    images, labels = convert.convert(view, ready.labels)
+                else:
+                    images, labels = view, np.array(ready.labels, dtype=np.int64)
+                yield Batch(images=images, labels=labels, keys=keys, skipped=skipped, seq=ready.seq)
             self._epoch, self._consumed = self._epoch + 1, 0
         finally:
             self._running = None
             self._iteration_len = None
             session.close()
+
+    def _attach(self, session: Session, index: int) -> "_Converter":
+        """Tensors on CUDA device ``index`` for ``session``'s batches: over its device ring, or
+        copied out of its host ring (the daemon's reason said once, when it was asked for a
+        device ring)."""
+        torch = _torch.import_torch("CUDA tensors")
+        convert: _Converter
+        if session.mapping is not None:
+            convert = _torch.DeviceRingTensors(
+                torch, session.mapping, session.opened.slot_bytes, index
+            )
+        else:
+            if self._cuda is not None and not self._warned.get("host"):
+                self._warned["host"] = True
+                warnings.warn(
+                    f"loaderd served cuda:{index} from host memory, decoded on the CPU: "
+                    f"{session.opened.gpu_reason or 'the daemon gave no reason'}; batches are "
+                    "copied to the GPU",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            assert session.ring is not None
+            convert = _torch.HostRingTensors(torch, session.ring, index, self._warned)
+        session.attach(convert)
+        return convert
 
     def torch(
         self, device: Optional[Any] = "cuda", non_blocking: bool = True
@@ -454,19 +413,42 @@ class Loader:
         copy-on-write mapping of the slot, valid until the next batch: reading costs nothing
         extra, and in-place ops (``x.add_(1)``, ``x.div_(255)``) work, copying each page they
         write into this process (the daemon's batch is never changed). On a GPU each batch is
-        copied into pinned memory, which frees the slot at once, and then to ``device``
-        (asynchronously with ``non_blocking``).
+        copied asynchronously into a new device tensor from the host ring, page-locked once
+        for the session (or, where that fails, through ``pin_memory()``, with one warning);
+        the slot goes back to the daemon once the copy is done. With ``non_blocking=False``
+        each batch's copy is complete when it is yielded.
+
+        A loader opened with a CUDA ``device`` yields its own device's tensors (zero-copy over
+        the device ring); ``device`` must then be ``"cuda"`` or that device.
         """
+        if self._cuda is not None:
+            index = _torch.resolve_device(device)
+            bare = isinstance(device, str) and device == "cuda"
+            if index != self._cuda and not bare:
+                raise _invalid(
+                    f"this loader's batches are on cuda:{self._cuda}; torch({device!r}) "
+                    "cannot move them"
+                )
+            yield from self._tensors(self._cuda, non_blocking)
+            return
         import torch
 
         dev = torch.device("cpu" if device is None else device)
-        for batch in self._batches(writable=dev.type == "cpu"):
-            images, labels = batch.images, batch.labels
-            x, y = _readonly_tensor(torch, images), torch.from_numpy(labels)
-            if dev.type != "cpu":
-                x = x.pin_memory().to(dev, non_blocking=non_blocking)
-                y = y.pin_memory().to(dev, non_blocking=non_blocking)
-            yield x, y
+        if dev.type != "cpu":
+            index = _torch.resolve_device(dev)
+            assert index is not None
+            yield from self._tensors(index, non_blocking)
+            return
+        for batch in self._batches("cpu"):
+            yield torch.from_numpy(batch.images), torch.from_numpy(batch.labels)
+
+    def _tensors(self, index: int, non_blocking: bool) -> Iterator[Tuple[Any, Any]]:
+        import torch
+
+        for batch in self._batches(index):
+            if not non_blocking:
+                torch.cuda.current_stream(index).synchronize()
+            yield batch.images, batch.labels
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -501,12 +483,14 @@ class Loader:
         return (
             f"Loader({r.dataset!r}, batch_size={r.batch_size}, rank={r.rank}, "
             f"world_size={r.world_size}, epoch={self._epoch}, consumed={self._consumed}, "
-            f"layout={self._layout!r}, socket={str(self.socket_path)!r})"
+            f"layout={self._layout!r}, socket={str(self.socket_path)!r}"
+            + ("" if self._cuda is None else f", device='cuda:{self._cuda}'")
+            + ")"
         )
 
     # Internals ----------------------------------------------------------------------------
 
-    def _pending(self) -> _Session:
+    def _pending(self) -> Session:
         """The session the next iteration reads, opened at the current position if needed."""
         if self._closed:
             raise LoaderError("the loader is closed")
@@ -520,7 +504,7 @@ class Loader:
             self._session.close()
             self._session = None
 
-    def _open(self, retry: bool) -> _Session:
+    def _open(self, retry: bool) -> Session:
         """Opens a session at the current position, waiting for the daemon when ``retry``."""
         req = pb.OpenLoader()
         req.CopyFrom(self._request)
@@ -529,7 +513,7 @@ class Loader:
         pause = 0.05
         while True:
             try:
-                session = _Session(Connection(self.socket_path, self.timeout), req)
+                session = Session(Connection(self.socket_path, self.timeout), req, self._cuda)
                 break
             except (DaemonUnavailable, DaemonError) as e:
                 lost = isinstance(e, DaemonUnavailable) and e.retryable
@@ -546,20 +530,15 @@ class Loader:
                 pause = min(pause * 2, 1.0)
         self._ever_connected = True
         self._dataset_len = session.opened.dataset_len
+        self._last = session.opened
+        if self._cuda is not None:
+            where = "device memory" if self.memory == "cuda" else f"host memory: {self.gpu_reason}"
+            log.info("loader %s: cuda:%d asked, %s", self._request.name, self._cuda, where)
         return session
 
     def _not_iterating(self, what: str) -> None:
         if self._iteration_len is not None:
             raise LoaderError(f"cannot {what} while an iteration of this loader is running")
-
-
-def _enum_name(enum: Any, value: int) -> str:
-    """``value``'s name in the generated ``enum``, or the bare number for one this client
-    does not know (a newer daemon's)."""
-    try:
-        return str(enum.Name(value))
-    except ValueError:
-        return str(value)
 
 
 def _invalid(message: str) -> InvalidArgument:
@@ -569,16 +548,3 @@ def _invalid(message: str) -> InvalidArgument:
 def _check_int(name: str, value: object, top: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= top:
         raise _invalid(f"{name} must be an integer in 0..{top}, not {value!r}")
-
-
-def _readonly_tensor(torch: Any, array: np.ndarray) -> "torch.Tensor":
-    """``torch.from_numpy`` of a read-only view, without the warning it gives for one.
-
-    torch has no read-only tensors and warns; only the GPU path takes one of the read-only
-    slot, and copies it into pinned memory at once, before anything could write it.
-    """
-    if array.flags.writeable:
-        return torch.from_numpy(array)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)

@@ -160,3 +160,25 @@ def wait_stopped(pid: int) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"loaderd (pid {pid}) did not stop")
+
+
+#: Set to 1 on a GPU machine: a missing CUDA device or library then fails instead of skipping.
+REQUIRE_GPU_ENV = "LOADERD_REQUIRE_GPU"
+
+
+def require_cuda(what: str = "a CUDA device for torch") -> Any:
+    """torch, where it has a CUDA device; else the test skips with the reason printed
+    (``skipping: ... unavailable: ...``), or fails under ``LOADERD_REQUIRE_GPU=1``, as the
+    Rust GPU tests do (``loaderd_gpu::detect::require_or_skip``)."""
+    try:
+        import torch
+    except ImportError:
+        reason = "torch is not installed"
+    else:
+        if torch.cuda.is_available():
+            return torch
+        reason = f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device"
+    if os.environ.get(REQUIRE_GPU_ENV) == "1":
+        pytest.fail(f"{REQUIRE_GPU_ENV}=1 but {what} is unavailable: {reason}")
+    print(f"skipping: {what} unavailable: {reason}")
+    pytest.skip(f"skipping: {what} unavailable: {reason}")

@@ -18,7 +18,8 @@ import google.protobuf
 from _support import CLIENT_ROOT, REPO_ROOT
 from loaderd import LAYOUTS
 from loaderd._proto import loaderd_pb2 as pb
-from loaderd.loader import DTYPES, ON_ERROR
+from loaderd._session import DTYPES
+from loaderd.loader import ON_ERROR
 
 PROTO_DIR = REPO_ROOT / "proto" / "proto"
 GENERATED = CLIENT_ROOT / "loaderd" / "_proto" / "loaderd_pb2.py"

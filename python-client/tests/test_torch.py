@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from _support import CLIENT_ROOT, Daemon, open_loader
+from _support import CLIENT_ROOT, Daemon, open_loader, require_cuda
 
 torch = pytest.importorskip("torch", reason="torch is not installed: Loader.torch() untested")
 
@@ -35,8 +35,8 @@ def test_layouts_map_to_torch_dtypes(daemon: Daemon) -> None:
             assert images.dtype == dtype and images.shape == (8, 3, 64, 64)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_copies_match_the_slot(daemon: Daemon) -> None:
+    require_cuda()
     with open_loader(daemon, batch_size=8, seed=3) as loader:
         host = [(b.images.copy(), b.labels.copy()) for b in loader.batches()]
     with open_loader(daemon, batch_size=8, seed=3) as loader:
@@ -77,4 +77,3 @@ print("ok", n)
     )
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
     assert proc.stdout.split() == ["ok", "6"], proc.stdout
-
