@@ -88,15 +88,15 @@ def loaderd_gpu(torch: Any, a: argparse.Namespace) -> Tuple[float, int, Dict[str
         def epoch(e: int) -> Iterator[Tuple[Any, Any]]:
             loader.set_epoch(e)
             for x, y in loader:
-                if not x.is_cuda:
+                if getattr(loader, "memory", "cuda") != "cuda" or not x.is_cuda:
                     raise RuntimeError(
-                        "device='cuda' loader yielded host tensors "
-                        f"(gpu_reason: {getattr(loader, 'gpu_reason', '?')})"
+                        f"the daemon served the device='cuda' loader from {loader.memory} "
+                        f"memory: {getattr(loader, 'gpu_reason', '?')}"
                     )
                 yield x, y
 
         secs, n, _ = timed_epochs(torch, a.epochs, epoch, nhwc=True)
-        return secs, n, {"gpu_reason": getattr(loader, "gpu_reason", None)}
+        return secs, n, {"memory": getattr(loader, "memory", None)}
     finally:
         loader.close()
 
@@ -247,7 +247,6 @@ def smoke(a: argparse.Namespace) -> int:
     gpu = open_loader(a, "cuda", "gpu_bench smoke cuda")
     cpu = open_loader(a, None, "gpu_bench smoke cpu")
     try:
-        print(f"smoke: gpu_reason={getattr(gpu, 'gpu_reason', None)!r}")
         first = None
         batches = images = 0
         for x, y in gpu:
@@ -257,6 +256,8 @@ def smoke(a: argparse.Namespace) -> int:
                 tuple(x.shape),
             )
             if first is None:
+                print(f"smoke: memory={gpu.memory!r} gpu_reason={gpu.gpu_reason!r}")
+                assert gpu.memory == "cuda", f"served from host memory: {gpu.gpu_reason}"
                 first = (x.cpu().numpy().copy(), y.cpu().numpy().copy())
             batches, images = batches + 1, images + x.shape[0]
         torch.cuda.synchronize()

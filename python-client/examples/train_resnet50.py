@@ -114,13 +114,14 @@ def batches(args: argparse.Namespace, torch: Any, device: Any) -> Iterator[Tuple
     if on_device:
         kwargs["device"] = device
     loader = Loader(args.dataset, args.batch_size, **kwargs)
-    reason = getattr(loader, "gpu_reason", None)
-    if on_device and reason:
-        print(f"train_resnet50: the daemon serves this loader from the CPU: {reason}")
-    epoch = 0
+    epoch, told = 0, False
     while True:
         loader.set_epoch(epoch)
         for images, labels in loader if on_device else loader.torch(device):
+            if on_device and not told:
+                # Known once the daemon answered: device memory, or a host ring and why.
+                told = True
+                print(f"train_resnet50: batches in {loader.memory} memory {loader.gpu_reason}")
             # uint8 NHWC is already channels_last once permuted to NCHW: no copy.
             x = images.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
             yield x.contiguous(memory_format=layout), labels.long()
