@@ -170,20 +170,34 @@ impl Default for FuseConfig {
     }
 }
 
-/// Whether the daemon looks for GPUs.
+/// Whether the daemon uses GPUs for the loaders that ask for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuMode {
-    /// Use GPUs when a driver and devices are found, else the CPU path (logged).
+    /// Open every GPU at start when a driver and devices are found; else (logged, and in
+    /// status) serve every loader from the CPU.
     #[default]
     Auto,
+    /// Like `auto`, but a daemon that cannot open a GPU exits at start, naming the reason.
+    On,
     /// Never touch CUDA.
     Off,
 }
 
-/// A `--gpu` value other than `auto` or `off`.
+impl GpuMode {
+    /// The mode as the config file and status spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuMode::Auto => "auto",
+            GpuMode::On => "on",
+            GpuMode::Off => "off",
+        }
+    }
+}
+
+/// A `--gpu` value other than `auto`, `on` or `off`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("gpu mode must be \"auto\" or \"off\", not {0:?}")]
+#[error("gpu mode must be \"auto\", \"on\" or \"off\", not {0:?}")]
 pub struct UnknownGpuMode(pub String);
 
 impl std::str::FromStr for GpuMode {
@@ -191,6 +205,7 @@ impl std::str::FromStr for GpuMode {
     fn from_str(s: &str) -> Result<Self, UnknownGpuMode> {
         match s {
             "auto" => Ok(GpuMode::Auto),
+            "on" => Ok(GpuMode::On),
             "off" => Ok(GpuMode::Off),
             other => Err(UnknownGpuMode(other.into())),
         }
@@ -201,7 +216,7 @@ impl std::str::FromStr for GpuMode {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GpuConfig {
-    /// `auto` (the default) or `off`.
+    /// `auto` (the default), `on` or `off`.
     pub mode: GpuMode,
 }
 

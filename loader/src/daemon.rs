@@ -14,7 +14,7 @@ use anyhow::Context;
 use loaderd_cache::Cache;
 use loaderd_cache::cluster::Cluster;
 use loaderd_cache::cluster::service::PeerService;
-use loaderd_pipeline::Pipelines;
+use loaderd_pipeline::{Gpus, Pipelines};
 use loaderd_proto::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_GRPC_MESSAGE, STREAM_WINDOW};
 use loaderd_proto::v1 as pb;
 use loaderd_proto::v1::loader_server::LoaderServer;
@@ -64,9 +64,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     if let (Some(addr), Some(handle)) = (cfg.server.metrics_addr, recorder) {
         serve_metrics(&cfg.server, addr, handle, nofile, &mut tasks).await?;
     }
-    let pipelines = Pipelines::new(cfg.pipeline.clone());
+    let mode = cfg.gpu.mode;
+    let gpus = tokio::task::spawn_blocking(move || open_gpus(mode)).await??;
+    let gpu = gpu_status(mode, &gpus);
+    let pipelines = Pipelines::with_gpus(cfg.pipeline.clone(), gpus);
     let shm_clients = ShmClients::new(ClientLimits::new(&cfg.server, cfg.cache.memory.capacity.0));
-    let grpc = Grpc::new(&cfg, &cache, &pipelines, &shm_clients, nofile).await?;
+    let grpc = Grpc::new(&cfg, &cache, &pipelines, &shm_clients, gpu, nofile)?;
 
     let socket = cfg.server.socket.clone();
     let unix = bind_socket(&socket, cfg.server.socket_group.as_deref())?;
@@ -277,18 +280,14 @@ struct Grpc {
 }
 
 impl Grpc {
-    async fn new(
+    fn new(
         cfg: &DaemonConfig,
         cache: &Arc<Cache>,
         pipelines: &Arc<Pipelines>,
         shm_clients: &Arc<ShmClients>,
+        gpu: pb::GpuStatus,
         nofile: u64,
     ) -> anyhow::Result<Self> {
-        let gpu = tokio::task::spawn_blocking({
-            let mode = cfg.gpu.mode;
-            move || gpu_status(mode)
-        })
-        .await?;
         let s = &cfg.server;
         let access = Access::from_config(s)?;
         let service = LoaderService::new(
@@ -413,42 +412,54 @@ pub fn tune_allocator() {
     }
 }
 
-/// Looks for GPUs (unless `mode` is off) and says which path serves.
-fn gpu_status(mode: GpuMode) -> pb::GpuStatus {
-    let mut st = pb::GpuStatus {
-        mode: match mode {
-            GpuMode::Auto => "auto",
-            GpuMode::Off => "off",
-        }
-        .into(),
-        ..Default::default()
-    };
+/// Opens every GPU unless `mode` is off. Without one, `auto` serves every loader from the
+/// CPU (logged, and the reason is in status and in the reply to a loader asking for CUDA);
+/// `on` refuses to start, naming the reason.
+fn open_gpus(mode: GpuMode) -> anyhow::Result<Gpus> {
     if mode == GpuMode::Off {
-        st.reason = "gpu.mode is off".into();
         info!("GPU off (gpu.mode = off): decoding on the CPU");
-        return st;
+        return Ok(Gpus::none("gpu.mode is off"));
     }
-    match loaderd_gpu::detect() {
-        loaderd_gpu::GpuAvailability::Available(devices) => {
-            st.available = true;
-            for d in devices {
-                info!(ordinal = d.ordinal, name = %d.name, memory = d.total_memory, "GPU found");
-                st.devices.push(pb::GpuDevice {
+    match loaderd_gpu::open_all() {
+        Ok(devices) => {
+            for d in &devices {
+                let i = d.info();
+                info!(ordinal = i.ordinal, name = %i.name, memory = i.total_memory, "GPU open for CUDA loaders");
+            }
+            Ok(Gpus::opened(devices))
+        }
+        Err(e) if mode == GpuMode::On => {
+            anyhow::bail!("gpu.mode = on, but no GPU can be used: {e}")
+        }
+        Err(e) => {
+            info!(reason = %e, "no GPU: decoding on the CPU");
+            Ok(Gpus::none(e.to_string()))
+        }
+    }
+}
+
+/// The GPU part of status: the mode, the open devices, or why there are none.
+fn gpu_status(mode: GpuMode, gpus: &Gpus) -> pb::GpuStatus {
+    pb::GpuStatus {
+        mode: mode.name().into(),
+        available: !gpus.devices().is_empty(),
+        reason: gpus.reason().unwrap_or_default().into(),
+        devices: gpus
+            .devices()
+            .iter()
+            .map(|d| {
+                let d = d.info();
+                pb::GpuDevice {
                     ordinal: d.ordinal,
-                    name: d.name,
+                    name: d.name.clone(),
                     total_memory: d.total_memory,
                     compute_major: d.compute_capability.0,
                     compute_minor: d.compute_capability.1,
                     driver_version: d.driver_version,
-                });
-            }
-        }
-        loaderd_gpu::GpuAvailability::Unavailable { reason } => {
-            info!(%reason, "no GPU: decoding on the CPU");
-            st.reason = reason;
-        }
+                }
+            })
+            .collect(),
     }
-    st
 }
 
 /// Serves `router` on the bounded connections of a TCP listener until the tasks stop.

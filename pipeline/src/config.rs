@@ -57,6 +57,10 @@ pub struct PipelineConfig {
     pub max_total_workers: usize,
     /// Largest output `size` and `resize` (pixels per side) a client may ask for.
     pub max_image_size: u32,
+    /// Device memory all GPU loaders' device rings and decode buffers may take on one GPU
+    /// (default 4 GiB: a few loaders of 256 × 224² f32 batches, a small share of a
+    /// training GPU's memory, which the model needs).
+    pub max_device_bytes: ByteSize,
 }
 
 impl Default for PipelineConfig {
@@ -74,6 +78,7 @@ impl Default for PipelineConfig {
             max_workers: 64,
             max_total_workers: 256,
             max_image_size: 2048,
+            max_device_bytes: ByteSize(4 << 30),
         }
     }
 }

@@ -202,6 +202,15 @@ impl Decoder {
         }
     }
 
+    /// Decodes the whole image at full size (the GPU path's CPU decoder: PNGs, and JPEGs
+    /// nvJPEG does not take).
+    pub fn decode_full(&mut self, data: &[u8]) -> Result<RgbImage, DecodeError> {
+        let info = self.header(data)?;
+        let (w, h) = (info.width, info.height);
+        let region = Rect { x: 0, y: 0, w, h };
+        Ok(self.decode_region(data, region, (w, h))?.image)
+    }
+
     fn jpeg(&mut self) -> Result<&mut JpegDecoder, DecodeError> {
         if self.jpeg.is_none() {
             self.jpeg = Some(JpegDecoder::new(self.limits)?);

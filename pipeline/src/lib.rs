@@ -9,6 +9,11 @@
 //! into a slot). [`Session::next`] releases the client's previous slot and hands out the next
 //! batch, in order.
 //!
+//! A loader that asks for a CUDA device the daemon opened ([`Gpus`]) is served by [`gpu`]'s
+//! batch workers instead: nvJPEG and the fused augment kernel of `loaderd-gpu` decode each
+//! batch straight into a slot of a device ring, an exported CUDA allocation the client maps;
+//! its crops are the CPU path's. Without that device it is served from the CPU, saying why.
+//!
 //! The sampler's order is a pure function of (seed, epoch, dataset length), so every node
 //! computes the same global order without talking to the others, and any rank's future reads
 //! are known in advance. Crops and layouts are `loaderd-image`'s types ([`CropBox`], [`Rect`],
@@ -22,6 +27,7 @@ pub mod augment;
 pub mod config;
 pub mod dataset;
 pub mod decode;
+pub mod gpu;
 pub mod limits;
 pub mod registry;
 pub mod resize;
@@ -32,6 +38,7 @@ pub mod spec;
 mod worker;
 
 pub use config::{OnError, PipelineConfig};
+pub use gpu::Gpus;
 pub use loaderd_image::{CropBox, DType, Layout, Normalize, Rect};
 pub use registry::Pipelines;
 pub use session::{Session, SessionError};

@@ -15,6 +15,7 @@
 //! | `name` | at most [`MAX_NAME_BYTES`] |
 //! | `dataset` | parsed; a bad path is refused |
 //! | batch × sample bytes × depth, plus per-slot and index state | `pipeline.max_client_bytes`, `pipeline.max_total_bytes` (at admission) |
+//! | `cuda_device`: the device ring (rounded up to the granularity) and the decode buffers | the ring also `pipeline.max_client_bytes`; both `pipeline.max_device_bytes` of the GPU (at admission) |
 //!
 //! Over-limit values are refused with `INVALID_ARGUMENT` naming the field, the value and the
 //! config key; budgets shared with other loaders answer `RESOURCE_EXHAUSTED`.
@@ -45,6 +46,9 @@ pub struct Plan {
     /// Memory the loader takes whatever the dataset: the ring's arena, its per-slot state and
     /// the metadata of the batches it holds.
     pub fixed_bytes: u64,
+    /// Of that, the host memory any ring takes: the per-slot state and batch metadata (a
+    /// device ring's slots are on its GPU).
+    pub slot_state_bytes: u64,
 }
 
 fn over(field: &'static str, value: u64, limit: u64, key: &'static str) -> SessionError {
@@ -146,8 +150,9 @@ pub fn plan(req: &LoaderSpec, config: &PipelineConfig) -> Result<Plan, SessionEr
     let slot_bytes = sample_bytes
         .checked_mul(batch)
         .ok_or_else(|| invalid("batch_size x sample size overflows".into()))?;
-    let fixed_bytes = BatchRing::footprint(depth, slot_bytes)
-        .saturating_add((depth as u64).saturating_mul(batch_meta_bytes(batch)));
+    let meta_bytes = (depth as u64).saturating_mul(batch_meta_bytes(batch));
+    let fixed_bytes = BatchRing::footprint(depth, slot_bytes).saturating_add(meta_bytes);
+    let slot_state_bytes = BatchRing::footprint(depth, 0).saturating_add(meta_bytes);
     Ok(Plan {
         batch,
         depth,
@@ -157,6 +162,7 @@ pub fn plan(req: &LoaderSpec, config: &PipelineConfig) -> Result<Plan, SessionEr
         sample_bytes,
         slot_bytes,
         fixed_bytes,
+        slot_state_bytes,
     })
 }
 
@@ -204,6 +210,12 @@ mod tests {
     fn the_cost_counts_per_slot_state() {
         let p = plan(&req(|r| r.depth = 64), &PipelineConfig::default()).unwrap();
         assert!(p.fixed_bytes > (p.slot_bytes * p.depth) as u64, "{p:?}");
+        assert!(p.slot_state_bytes > 0, "{p:?}");
+        assert_eq!(
+            p.fixed_bytes - p.slot_state_bytes,
+            (p.slot_bytes * p.depth).div_ceil(4096) as u64 * 4096,
+            "{p:?}"
+        );
         let defaults = plan(&req(|_| {}), &PipelineConfig::default()).unwrap();
         assert_eq!(defaults.depth, PipelineConfig::default().depth);
         assert!(defaults.workers >= 1 && defaults.workers <= 64);

@@ -9,6 +9,10 @@
 //! over-budget request costs nothing), grown by the dataset index once it is known, and turned
 //! into the [`Registration`] the running loader holds; dropping either gives everything back,
 //! so a start that fails midway leaves no budget behind.
+//!
+//! A GPU loader's ring is device memory: it is not shared memory (`max_total_bytes`), but it
+//! counts against the client's `max_client_bytes` like a host ring, and with the decode
+//! buffers of its workers against `pipeline.max_device_bytes` of its GPU ([`DeviceCost`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge};
 
 use crate::config::PipelineConfig;
+use crate::gpu::Gpus;
 use crate::spec::LoaderStatus;
 use loaderd_cache::sync::lock;
 
@@ -45,6 +50,47 @@ pub enum BudgetError {
         free: usize,
         limit: usize,
     },
+    #[error(
+        "the loader needs {need} bytes of memory on CUDA device {device} (ring and decode \
+         buffers) but only {free} of the {limit} loaders may use there are free \
+         (pipeline.max_device_bytes); use a smaller batch or depth"
+    )]
+    Device {
+        device: u32,
+        need: u64,
+        free: u64,
+        limit: u64,
+    },
+}
+
+/// What a GPU loader takes on its device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCost {
+    /// The CUDA device (the daemon's numbering).
+    pub device: u32,
+    /// The device ring (as allocated: rounded up to the allocation granularity); it also
+    /// counts against `max_client_bytes`.
+    pub ring_bytes: u64,
+    /// The workers' decode buffer caps together.
+    pub decode_bytes: u64,
+}
+
+impl DeviceCost {
+    /// Everything the loader may take on its device.
+    pub fn total(&self) -> u64 {
+        self.ring_bytes.saturating_add(self.decode_bytes)
+    }
+}
+
+/// What a loader about to start asks of the budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Host memory: a host ring's arena and the per-slot and batch metadata.
+    pub host_bytes: u64,
+    /// Decode threads.
+    pub workers: usize,
+    /// Device memory, for a GPU loader.
+    pub device: Option<DeviceCost>,
 }
 
 /// A pipeline stage, for busy-time accounting.
@@ -80,6 +126,12 @@ pub struct LoaderInfo {
     pub depth: u32,
     pub ring_bytes: u64,
     pub workers: u32,
+    /// "cpu", or "cuda:N" (set by the session; empty means "cpu").
+    pub device: String,
+    /// Why a loader that asked for a CUDA device is served from the CPU.
+    pub gpu_reason: String,
+    /// Device memory held (set from the reservation).
+    pub device_bytes: u64,
 }
 
 /// One loader's live counters, shared by its decode threads and its connection thread.
@@ -93,6 +145,9 @@ pub struct LoaderStats {
     ready: AtomicU64,
     wait_ns: AtomicU64,
     stage_ns: [AtomicU64; 3],
+    gpu_samples: AtomicU64,
+    cpu_fallback_samples: AtomicU64,
+    gpu_ns: AtomicU64,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -110,6 +165,9 @@ impl LoaderStats {
             ready: AtomicU64::new(0),
             wait_ns: AtomicU64::new(0),
             stage_ns: Default::default(),
+            gpu_samples: AtomicU64::new(0),
+            cpu_fallback_samples: AtomicU64::new(0),
+            gpu_ns: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +193,19 @@ impl LoaderStats {
         counter!("loaderd_pipeline_samples_total").increment(samples as u64);
         counter!("loaderd_pipeline_skipped_total").increment(skipped as u64);
         counter!("loaderd_pipeline_batches_total").increment(1);
+    }
+
+    /// A GPU worker's batch: `gpu` samples nvJPEG decoded, `cpu` decoded on the CPU and
+    /// uploaded, and the stream time the batch took.
+    pub fn gpu_batch(&self, gpu: usize, cpu: usize, stream_time: Duration) {
+        self.gpu_samples.fetch_add(gpu as u64, Ordering::Relaxed);
+        self.cpu_fallback_samples
+            .fetch_add(cpu as u64, Ordering::Relaxed);
+        self.gpu_ns.fetch_add(nanos(stream_time), Ordering::Relaxed);
+        counter!("loaderd_pipeline_gpu_samples_total").increment(gpu as u64);
+        counter!("loaderd_pipeline_gpu_cpu_fallback_samples_total").increment(cpu as u64);
+        counter!("loaderd_pipeline_gpu_stream_micros_total")
+            .increment(u64::try_from(stream_time.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// The client asked for a batch (the trainer's clock starts at its first request).
@@ -193,8 +264,16 @@ impl LoaderStats {
             depth: info.depth,
             ring_bytes: info.ring_bytes,
             workers: info.workers,
-            device: "cpu".into(),
-            ..LoaderStatus::default()
+            device: if info.device.is_empty() {
+                "cpu".into()
+            } else {
+                info.device.clone()
+            },
+            gpu_samples: self.gpu_samples.load(Ordering::Relaxed),
+            cpu_fallback_samples: self.cpu_fallback_samples.load(Ordering::Relaxed),
+            gpu_secs: secs(&self.gpu_ns),
+            gpu_reason: info.gpu_reason.clone(),
+            device_bytes: info.device_bytes,
         }
     }
 }
@@ -207,24 +286,39 @@ struct Open {
     workers: usize,
     /// Reservations not yet registered (they count as clients).
     pending: usize,
+    /// Device memory held by loaders and reservations, by CUDA device.
+    device_bytes: BTreeMap<u32, u64>,
     loaders: BTreeMap<u64, Arc<LoaderStats>>,
     next_id: u64,
 }
 
-/// The daemon's loaders.
+/// The daemon's loaders, and the GPUs they may use.
 #[derive(Debug)]
 pub struct Pipelines {
     config: PipelineConfig,
+    gpus: Gpus,
     open: Mutex<Open>,
 }
 
 impl Pipelines {
-    /// An empty registry enforcing `config`'s budgets.
+    /// An empty registry enforcing `config`'s budgets, with no GPU (every loader decodes on
+    /// the CPU).
     pub fn new(config: PipelineConfig) -> Arc<Self> {
+        Self::with_gpus(config, Gpus::none("this daemon opened no GPU"))
+    }
+
+    /// An empty registry enforcing `config`'s budgets, serving CUDA loaders on `gpus`.
+    pub fn with_gpus(config: PipelineConfig, gpus: Gpus) -> Arc<Self> {
         Arc::new(Pipelines {
             config,
+            gpus,
             open: Mutex::new(Open::default()),
         })
+    }
+
+    /// The GPUs loaders may ask for.
+    pub fn gpus(&self) -> &Gpus {
+        &self.gpus
     }
 
     /// The pipeline settings in force.
@@ -239,6 +333,20 @@ impl Pipelines {
         bytes: u64,
         workers: usize,
     ) -> Result<Reservation, BudgetError> {
+        self.reserve_cost(Cost {
+            host_bytes: bytes,
+            workers,
+            device: None,
+        })
+    }
+
+    /// Reserves everything `cost` asks for, or says which budget it exceeds.
+    pub fn reserve_cost(self: &Arc<Self>, cost: Cost) -> Result<Reservation, BudgetError> {
+        let Cost {
+            host_bytes: bytes,
+            workers,
+            device,
+        } = cost;
         let mut open = lock(&self.open);
         if open.loaders.len() + open.pending >= self.config.max_clients {
             return Err(refused(BudgetError::Clients {
@@ -253,7 +361,13 @@ impl Pipelines {
                 limit: self.config.max_total_workers,
             }));
         }
+        let device_ring = device.map_or(0, |d| d.ring_bytes);
+        self.check_client(bytes.saturating_add(device_ring))?;
         self.check_bytes(&open, bytes)?;
+        if let Some(d) = device {
+            self.check_device(&open, d)?;
+            *open.device_bytes.entry(d.device).or_default() += d.total();
+        }
         open.ring_bytes += bytes;
         open.workers += workers;
         open.pending += 1;
@@ -262,22 +376,49 @@ impl Pipelines {
             pipelines: self.clone(),
             bytes,
             workers,
+            device,
             pending: true,
         })
     }
 
-    /// Whether `more` bytes fit beside what `open` holds.
-    fn check_bytes(&self, open: &Open, more: u64) -> Result<(), BudgetError> {
-        let (client_limit, total_limit) = (
-            self.config.max_client_bytes.0,
-            self.config.max_total_bytes.0,
-        );
-        if more > client_limit {
-            return Err(refused(BudgetError::Client {
-                need: more,
-                limit: client_limit,
+    /// Whether one client may hold `need` bytes (host and device ring together).
+    fn check_client(&self, need: u64) -> Result<(), BudgetError> {
+        let limit = self.config.max_client_bytes.0;
+        if need > limit {
+            return Err(refused(BudgetError::Client { need, limit }));
+        }
+        Ok(())
+    }
+
+    /// Whether `cost` fits beside what the loaders hold on its device.
+    fn check_device(&self, open: &Open, cost: DeviceCost) -> Result<(), BudgetError> {
+        let limit = self.config.max_device_bytes.0;
+        let used = open.device_bytes.get(&cost.device).copied().unwrap_or(0);
+        let free = limit.saturating_sub(used);
+        if cost.total() > free {
+            return Err(refused(BudgetError::Device {
+                device: cost.device,
+                need: cost.total(),
+                free,
+                limit,
             }));
         }
+        Ok(())
+    }
+
+    /// Device memory the loaders hold on CUDA device `device`.
+    pub fn device_bytes(&self, device: u32) -> u64 {
+        lock(&self.open)
+            .device_bytes
+            .get(&device)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether `more` bytes of host memory fit beside what `open` holds.
+    fn check_bytes(&self, open: &Open, more: u64) -> Result<(), BudgetError> {
+        let total_limit = self.config.max_total_bytes.0;
+        self.check_client(more)?;
         let free = total_limit.saturating_sub(open.ring_bytes);
         if more > free {
             return Err(refused(BudgetError::Total {
@@ -301,6 +442,7 @@ impl Pipelines {
 
 fn publish_gauges(open: &Open) {
     gauge!("loaderd_pipeline_clients").set(open.loaders.len() as f64);
+    gauge!("loaderd_pipeline_device_bytes").set(open.device_bytes.values().sum::<u64>() as f64);
     gauge!("loaderd_pipeline_ring_bytes").set(open.ring_bytes as f64);
     gauge!("loaderd_pipeline_workers").set(open.workers as f64);
 }
@@ -311,6 +453,7 @@ fn refused(e: BudgetError) -> BudgetError {
         BudgetError::Total { .. } => "max_total_bytes",
         BudgetError::Clients { .. } => "max_clients",
         BudgetError::Workers { .. } => "max_total_workers",
+        BudgetError::Device { .. } => "max_device_bytes",
     };
     counter!("loaderd_pipeline_open_refusals_total", "reason" => reason).increment(1);
     e
@@ -323,6 +466,7 @@ pub struct Reservation {
     pipelines: Arc<Pipelines>,
     bytes: u64,
     workers: usize,
+    device: Option<DeviceCost>,
     pending: bool,
 }
 
@@ -332,12 +476,9 @@ impl Reservation {
     pub fn grow(&mut self, more: u64) -> Result<(), BudgetError> {
         let mut open = lock(&self.pipelines.open);
         let need = self.bytes.saturating_add(more);
-        if need > self.pipelines.config.max_client_bytes.0 {
-            return Err(refused(BudgetError::Client {
-                need,
-                limit: self.pipelines.config.max_client_bytes.0,
-            }));
-        }
+        let device_ring = self.device.map_or(0, |d| d.ring_bytes);
+        self.pipelines
+            .check_client(need.saturating_add(device_ring))?;
         self.pipelines.check_bytes(&open, more)?;
         open.ring_bytes += more;
         self.bytes = need;
@@ -350,11 +491,17 @@ impl Reservation {
         self.bytes
     }
 
-    /// The loader started: `info` (its `ring_bytes` and `workers` set from this reservation)
-    /// is shown in status until the registration drops.
+    /// The device memory held, for a GPU loader.
+    pub fn device(&self) -> Option<DeviceCost> {
+        self.device
+    }
+
+    /// The loader started: `info` (its `ring_bytes`, `workers` and `device_bytes` set from
+    /// this reservation) is shown in status until the registration drops.
     pub fn register(mut self, mut info: LoaderInfo) -> Registration {
         info.ring_bytes = self.bytes;
         info.workers = self.workers as u32;
+        info.device_bytes = self.device.map_or(0, |d| d.total());
         let pipelines = self.pipelines.clone();
         let mut open = lock(&pipelines.open);
         self.pending = false;
@@ -365,13 +512,15 @@ impl Reservation {
         open.loaders.insert(id, stats.clone());
         publish_gauges(&open);
         drop(open);
-        // The registration gives the bytes and threads back from now on.
+        // The registration gives the bytes, threads and device memory back from now on.
         self.bytes = 0;
         self.workers = 0;
+        let device = self.device.take();
         Registration {
             pipelines,
             id,
             stats,
+            device,
         }
     }
 }
@@ -381,6 +530,9 @@ impl Drop for Reservation {
         let mut open = lock(&self.pipelines.open);
         open.ring_bytes = open.ring_bytes.saturating_sub(self.bytes);
         open.workers = open.workers.saturating_sub(self.workers);
+        if let Some(d) = self.device {
+            give_back_device(&mut open, d);
+        }
         if self.pending {
             open.pending -= 1;
         }
@@ -394,6 +546,7 @@ pub struct Registration {
     pipelines: Arc<Pipelines>,
     id: u64,
     stats: Arc<LoaderStats>,
+    device: Option<DeviceCost>,
 }
 
 impl Registration {
@@ -410,8 +563,20 @@ impl Drop for Registration {
             let info = &self.stats.info;
             open.ring_bytes = open.ring_bytes.saturating_sub(info.ring_bytes);
             open.workers = open.workers.saturating_sub(info.workers as usize);
+            if let Some(d) = self.device {
+                give_back_device(&mut open, d);
+            }
         }
         publish_gauges(&open);
+    }
+}
+
+fn give_back_device(open: &mut Open, d: DeviceCost) {
+    if let Some(used) = open.device_bytes.get_mut(&d.device) {
+        *used = used.saturating_sub(d.total());
+        if *used == 0 {
+            open.device_bytes.remove(&d.device);
+        }
     }
 }
 
@@ -490,6 +655,84 @@ mod tests {
         let _c = p.admit(ring(60)).unwrap();
         drop(b);
         assert_eq!(p.status().0.len(), 1);
+    }
+
+    fn gpu_cost(device: u32, ring_bytes: u64, decode_bytes: u64) -> Cost {
+        Cost {
+            host_bytes: 1,
+            workers: 1,
+            device: Some(DeviceCost {
+                device,
+                ring_bytes,
+                decode_bytes,
+            }),
+        }
+    }
+
+    #[test]
+    fn device_memory_is_budgeted_per_gpu_and_given_back() {
+        let p = Pipelines::new(PipelineConfig {
+            max_client_bytes: ByteSize(100),
+            max_total_bytes: ByteSize(150),
+            max_device_bytes: ByteSize(200),
+            max_total_workers: 8,
+            ..PipelineConfig::default()
+        });
+        // The device ring counts against the client's budget, the decode buffers do not.
+        assert!(matches!(
+            p.reserve_cost(gpu_cost(0, 100, 0)),
+            Err(BudgetError::Client { need: 101, .. })
+        ));
+        let a = p.reserve_cost(gpu_cost(0, 90, 60)).unwrap();
+        assert_eq!(p.device_bytes(0), 150);
+        // Device memory is not shared memory: the host budget only sees the host bytes.
+        assert_eq!(p.status().1, 1);
+        let err = p.reserve_cost(gpu_cost(0, 40, 20)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BudgetError::Device {
+                    device: 0,
+                    need: 60,
+                    free: 50,
+                    limit: 200
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("pipeline.max_device_bytes"),
+            "{err}"
+        );
+        // Another GPU has its own budget.
+        let b = p.reserve_cost(gpu_cost(1, 40, 20)).unwrap();
+        assert_eq!((p.device_bytes(0), p.device_bytes(1)), (150, 60));
+        drop(b);
+        assert_eq!(p.device_bytes(1), 0, "a dropped reservation gives it back");
+        let r = a.register(LoaderInfo::default());
+        assert_eq!(r.stats().status().device_bytes, 150);
+        assert_eq!(p.device_bytes(0), 150, "the registration holds it");
+        drop(r);
+        assert_eq!(p.device_bytes(0), 0, "a closed loader gives it back");
+        assert!(p.reserve_cost(gpu_cost(0, 90, 110)).is_ok());
+    }
+
+    #[test]
+    fn gpu_counters_reach_status() {
+        let p = pipelines(10, 100, 2);
+        let r = p.reserve(1, 1).unwrap().register(LoaderInfo {
+            device: "cuda:0".into(),
+            ..LoaderInfo::default()
+        });
+        let s = r.stats();
+        s.gpu_batch(6, 2, Duration::from_millis(250));
+        s.gpu_batch(3, 0, Duration::from_millis(250));
+        let st = s.status();
+        assert_eq!(st.device, "cuda:0");
+        assert_eq!((st.gpu_samples, st.cpu_fallback_samples), (9, 2));
+        assert!((st.gpu_secs - 0.5).abs() < 1e-9, "{}", st.gpu_secs);
+        let cpu = p.admit(ring(1)).unwrap();
+        assert_eq!(cpu.stats().status().device, "cpu");
     }
 
     #[test]

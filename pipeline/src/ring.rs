@@ -1,4 +1,5 @@
-//! A client's batch ring: `depth` fixed-size slots in one memfd arena.
+//! A client's batch ring: `depth` fixed-size slots in one block of memory, a memfd arena
+//! (host rings) or an exportable CUDA allocation (device rings, [`crate::gpu`]).
 //!
 //! Workers fill slots in place (decode and augment write straight into the arena), publish
 //! them with the batch's sequence number, and the sender hands them to the client strictly in
@@ -6,7 +7,14 @@
 //! Delivered → Free; the client's release of a delivered slot is what frees it, so the ring's
 //! depth is the prefetch bound and a slow trainer applies backpressure to the workers. The
 //! client maps the arena read-only, so only the daemon ever writes it.
+//!
+//! The state machine is the same whatever the memory: [`BatchRing`] is generic over its
+//! [`SlotMemory`], which says how long the memory is and gives the client's descriptor; how
+//! a worker writes a slot is the memory's own (host bytes here, a device slice for a CUDA
+//! ring). The client's side, delivery and release, is the object-safe [`Delivery`], so a
+//! session holds either kind of ring alike.
 
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -26,8 +34,49 @@ pub enum RingError {
     Empty,
     #[error("a batch ring of {depth} slots of {slot_bytes} bytes is too large")]
     TooLarge { depth: usize, slot_bytes: usize },
+    #[error("ring memory of {len} bytes is smaller than {depth} slots of {slot_bytes} bytes")]
+    TooSmall {
+        len: usize,
+        depth: usize,
+        slot_bytes: usize,
+    },
     #[error(transparent)]
     Arena(#[from] loaderd_cache::Error),
+    #[error(transparent)]
+    Gpu(#[from] loaderd_gpu::GpuError),
+}
+
+/// The memory under a ring's slots.
+pub trait SlotMemory: Send + Sync {
+    /// Bytes of memory (at least `depth × slot_bytes`).
+    fn len(&self) -> usize;
+    /// True when there is no memory at all (a ring refuses it).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A new descriptor of the memory for the client (read-only where the memory allows it).
+    fn descriptor(&self) -> Result<OwnedFd, RingError>;
+}
+
+impl SlotMemory for Arena {
+    fn len(&self) -> usize {
+        Arena::len(self)
+    }
+
+    fn descriptor(&self) -> Result<OwnedFd, RingError> {
+        Ok(self.read_only_fd()?)
+    }
+}
+
+/// What a session does with its ring, whatever its memory: hand batches to the client in
+/// order, take its releases back, and give the descriptor the client maps.
+pub trait Delivery: Send + Sync {
+    /// See [`BatchRing::deliver`].
+    fn deliver(&self, seq: u64, timeout: Duration) -> Option<usize>;
+    /// See [`BatchRing::release`].
+    fn release(&self, index: usize) -> Result<(), RingError>;
+    /// A new descriptor of the ring's memory for the client.
+    fn descriptor(&self) -> Result<OwnedFd, RingError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,30 +87,34 @@ enum State {
     Delivered,
 }
 
-/// The slots of one client.
-pub struct BatchRing {
-    arena: Arena,
+/// Bytes `depth` slots of `slot_bytes` take, or why such a ring cannot be made.
+pub fn ring_len(depth: usize, slot_bytes: usize) -> Result<usize, RingError> {
+    if depth == 0 || slot_bytes == 0 {
+        return Err(RingError::Empty);
+    }
+    depth
+        .checked_mul(slot_bytes)
+        .ok_or(RingError::TooLarge { depth, slot_bytes })
+}
+
+/// The slots of one client, in memory `M`.
+pub struct BatchRing<M = Arena> {
+    memory: M,
     slot_bytes: usize,
     states: Mutex<Vec<State>>,
     changed: Condvar,
 }
 
-impl BatchRing {
-    /// A ring of `depth` slots of `slot_bytes` each.
+impl BatchRing<Arena> {
+    /// A host ring of `depth` slots of `slot_bytes` each, in a new memfd arena.
     pub fn new(name: &str, depth: usize, slot_bytes: usize) -> Result<Self, RingError> {
-        if depth == 0 || slot_bytes == 0 {
-            return Err(RingError::Empty);
-        }
-        let len = depth
-            .checked_mul(slot_bytes)
-            .ok_or(RingError::TooLarge { depth, slot_bytes })?;
-        let arena = Arena::new(name, len)?;
-        Ok(BatchRing {
-            arena,
-            slot_bytes,
-            states: Mutex::new(vec![State::Free; depth]),
-            changed: Condvar::new(),
-        })
+        let arena = Arena::new(name, ring_len(depth, slot_bytes)?)?;
+        Self::with_memory(arena, depth, slot_bytes)
+    }
+
+    /// A read-only descriptor of the arena for the client.
+    pub fn read_only_fd(&self) -> Result<OwnedFd, loaderd_cache::Error> {
+        self.memory.read_only_fd()
     }
 
     /// Memory a ring of `depth` slots of `slot_bytes` takes: its arena in whole pages and
@@ -75,6 +128,32 @@ impl BatchRing {
             .saturating_mul(PAGE)
             .saturating_add(state)
     }
+}
+
+impl<M: SlotMemory> BatchRing<M> {
+    /// A ring of `depth` slots of `slot_bytes` each in `memory`, which must hold them all
+    /// (slot `k` at `k × slot_bytes`).
+    pub fn with_memory(memory: M, depth: usize, slot_bytes: usize) -> Result<Self, RingError> {
+        let len = ring_len(depth, slot_bytes)?;
+        if memory.len() < len {
+            return Err(RingError::TooSmall {
+                len: memory.len(),
+                depth,
+                slot_bytes,
+            });
+        }
+        Ok(BatchRing {
+            memory,
+            slot_bytes,
+            states: Mutex::new(vec![State::Free; depth]),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// The memory under the slots.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
 
     /// Bytes per slot.
     pub fn slot_bytes(&self) -> usize {
@@ -86,13 +165,8 @@ impl BatchRing {
         lock(&self.states).len()
     }
 
-    /// A read-only descriptor of the arena for the client.
-    pub fn read_only_fd(&self) -> Result<OwnedFd, loaderd_cache::Error> {
-        self.arena.read_only_fd()
-    }
-
     /// Waits up to `timeout` for a free slot to fill.
-    pub fn acquire(&self, timeout: Duration) -> Option<SlotWriter<'_>> {
+    pub fn acquire(&self, timeout: Duration) -> Option<SlotWriter<'_, M>> {
         let mut states = wait_timeout_while(&self.changed, lock(&self.states), timeout, |s| {
             !s.contains(&State::Free)
         });
@@ -131,26 +205,43 @@ impl BatchRing {
     }
 }
 
+impl<M: SlotMemory> Delivery for BatchRing<M> {
+    fn deliver(&self, seq: u64, timeout: Duration) -> Option<usize> {
+        BatchRing::deliver(self, seq, timeout)
+    }
+
+    fn release(&self, index: usize) -> Result<(), RingError> {
+        BatchRing::release(self, index)
+    }
+
+    fn descriptor(&self) -> Result<OwnedFd, RingError> {
+        self.memory.descriptor()
+    }
+}
+
 /// Exclusive access to one slot being filled; dropping it unpublished frees the slot.
-pub struct SlotWriter<'a> {
-    ring: &'a BatchRing,
+pub struct SlotWriter<'a, M: SlotMemory = Arena> {
+    ring: &'a BatchRing<M>,
     index: usize,
     published: bool,
 }
 
-impl SlotWriter<'_> {
+impl<M: SlotMemory> SlotWriter<'_, M> {
     /// The slot's index in the ring.
     pub fn index(&self) -> usize {
         self.index
     }
 
-    /// The slot's bytes.
-    pub fn bytes(&mut self) -> &mut [u8] {
-        let (off, len) = (self.index * self.ring.slot_bytes, self.ring.slot_bytes);
-        // SAFETY: the slot is in state Filling, which only this writer holds: no other writer
-        // gets it and the client is not given it before `publish`; `&mut self` keeps the
-        // slice unique within this process.
-        unsafe { self.ring.arena.slice_mut(off, len) }
+    /// The slot's bytes in the ring's memory. Only this writer has the slot (state Filling)
+    /// until it publishes, which is what makes a mutable view of this range sound.
+    pub fn range(&self) -> Range<usize> {
+        let off = self.index * self.ring.slot_bytes;
+        off..off + self.ring.slot_bytes
+    }
+
+    /// The ring's memory (the slot is [`Self::range`] of it).
+    pub fn memory(&self) -> &M {
+        &self.ring.memory
     }
 
     /// Marks the slot ready as batch `seq`.
@@ -162,7 +253,18 @@ impl SlotWriter<'_> {
     }
 }
 
-impl Drop for SlotWriter<'_> {
+impl SlotWriter<'_, Arena> {
+    /// The slot's bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        let range = self.range();
+        // SAFETY: the slot is in state Filling, which only this writer holds: no other writer
+        // gets it and the client is not given it before `publish`; `&mut self` keeps the
+        // slice unique within this process.
+        unsafe { self.ring.memory.slice_mut(range.start, range.len()) }
+    }
+}
+
+impl<M: SlotMemory> Drop for SlotWriter<'_, M> {
     fn drop(&mut self) {
         if !self.published {
             let mut states = lock(&self.ring.states);
@@ -226,5 +328,36 @@ mod tests {
     #[test]
     fn empty_rings_are_refused() {
         assert!(matches!(BatchRing::new("x", 0, 8), Err(RingError::Empty)));
+    }
+
+    /// Memory that is only a length: the state machine does not care what it is.
+    struct Opaque(usize);
+
+    impl SlotMemory for Opaque {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn descriptor(&self) -> Result<OwnedFd, RingError> {
+            Err(RingError::Empty)
+        }
+    }
+
+    #[test]
+    fn any_memory_large_enough_carries_the_same_slots() {
+        assert!(matches!(
+            BatchRing::with_memory(Opaque(47), 3, 16),
+            Err(RingError::TooSmall { len: 47, .. })
+        ));
+        // Rounded up (a device allocation's granularity): the slots are still k × slot_bytes.
+        let ring = BatchRing::with_memory(Opaque(1 << 21), 3, 16).unwrap();
+        let a = ring.acquire(T).unwrap();
+        let b = ring.acquire(T).unwrap();
+        assert_eq!((a.range(), b.range()), (0..16, 16..32));
+        b.publish(0);
+        drop(a);
+        let ring: &dyn Delivery = &ring;
+        assert_eq!(ring.deliver(0, T), Some(1));
+        ring.release(1).unwrap();
+        assert!(matches!(ring.release(1), Err(RingError::NotDelivered(1))));
     }
 }

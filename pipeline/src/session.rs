@@ -5,20 +5,20 @@
 //! batch and the loader. Dropping the session stops the workers and gives its shared memory
 //! back to the budget.
 
-use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use loaderd_cache::{Cache, LogicalPath};
 use tokio::runtime::Handle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::dataset::{Dataset, DatasetError};
 use crate::decode::DecodeLimits;
 use crate::limits::{self, Plan};
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
-use crate::ring::{BatchRing, RingError};
+use crate::ring::{BatchRing, Delivery, RingError, SlotMemory};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};
@@ -58,7 +58,10 @@ pub enum SessionError {
 
 /// A running pipeline for one client.
 pub struct Session {
-    shared: Arc<Shared>,
+    /// The ring's client side (host or device memory).
+    ring: Arc<dyn Delivery>,
+    metas: Arc<Metas>,
+    stop: Arc<AtomicBool>,
     workers: Workers,
     batches: u64,
     next: u64,
@@ -69,11 +72,50 @@ pub struct Session {
 }
 
 /// The dataset indexed and this rank's order drawn, counted in the loader's reservation.
-struct Indexed {
-    root: LogicalPath,
-    dataset: Arc<Dataset>,
-    indices: Arc<Vec<u64>>,
-    world: u32,
+pub(crate) struct Indexed {
+    pub root: LogicalPath,
+    pub dataset: Arc<Dataset>,
+    pub indices: Arc<Vec<u64>>,
+    pub world: u32,
+}
+
+/// A loader admitted and indexed, before its ring and workers exist.
+pub(crate) struct Admitted {
+    pub indexed: Indexed,
+    pub batches: u64,
+    pub registration: Registration,
+}
+
+impl Admitted {
+    /// What its workers share, filling `ring`.
+    pub fn shared<M: SlotMemory>(
+        &self,
+        cache: &Arc<Cache>,
+        rt: &Handle,
+        ring: Arc<BatchRing<M>>,
+    ) -> Arc<Shared<M>> {
+        Shared::new(
+            (cache, rt),
+            &self.indexed.dataset,
+            &self.indexed.indices,
+            ring,
+            self.registration.stats(),
+        )
+    }
+}
+
+/// How the workers make every sample of `req` as `plan` checked it, in an epoch of `batches`.
+pub(crate) fn recipe(plan: &Plan, req: &LoaderSpec, limits: DecodeLimits, batches: u64) -> Recipe {
+    Recipe {
+        spec: plan.spec,
+        limits,
+        on_error: plan.on_error,
+        predecoded: req.predecoded,
+        batch: plan.batch,
+        batches,
+        seed: req.seed,
+        epoch: req.epoch,
+    }
 }
 
 impl Session {
@@ -81,90 +123,112 @@ impl Session {
     /// dataset, builds the ring and starts the workers. Nothing is indexed or allocated before
     /// the limits and budgets pass, and a start that fails midway stops every worker it
     /// started and gives the reservation back.
+    ///
+    /// A request for a CUDA device is served by GPU workers into a device ring when the
+    /// daemon has that device open; otherwise (gpu.mode = off, no driver, no such device, or
+    /// the device could not take the loader) from the CPU into a host ring, saying why in
+    /// [`Opened::gpu_reason`] and status.
     pub fn open(
         cache: &Arc<Cache>,
         pipelines: &Arc<Pipelines>,
         rt: &Handle,
         req: &LoaderSpec,
     ) -> Result<Self, SessionError> {
-        let config = pipelines.config();
-        let plan = limits::plan(req, config)?;
-        // Before indexing (which may LIST a whole bucket): an over-budget request costs nothing.
-        let mut reservation = pipelines.reserve(plan.fixed_bytes, plan.workers)?;
-        let indexed = index(cache, rt, req, &mut reservation)?;
-        let batches = indexed.indices.len().div_ceil(plan.batch) as u64;
-        let registration = reservation.register(LoaderInfo {
-            name: if req.name.is_empty() {
-                format!("rank {}/{}", req.rank, indexed.world)
-            } else {
-                req.name.clone()
-            },
-            dataset: indexed.root.to_string(),
-            rank: req.rank,
-            world_size: indexed.world,
-            epoch: req.epoch,
-            batches,
-            depth: plan.depth as u32,
-            ..LoaderInfo::default()
-        });
-        let shared = Arc::new(Shared {
-            cache: cache.clone(),
-            rt: rt.clone(),
-            dataset: indexed.dataset.clone(),
-            indices: indexed.indices.clone(),
-            ring: Arc::new(BatchRing::new(
-                "loaderd-batches",
-                plan.depth,
-                plan.slot_bytes,
-            )?),
-            metas: Arc::new(Metas::new(HashMap::new())),
-            stop: Arc::new(AtomicBool::new(false)),
-            next_batch: AtomicU64::new(0),
-            stats: registration.stats().clone(),
-        });
-        let recipe = Recipe {
-            spec: plan.spec,
-            limits: DecodeLimits {
-                max_pixels: config.max_pixels,
-            },
-            on_error: plan.on_error,
-            predecoded: req.predecoded,
-            batch: plan.batch,
-            batches,
-            seed: req.seed,
-            epoch: req.epoch,
-        };
-        // On failure the registration drops too, giving the memory and threads back.
-        let workers =
-            Workers::start(&shared, recipe, plan.workers).map_err(|(started, source)| {
-                metrics::counter!("loaderd_pipeline_open_refusals_total", "reason" => "threads")
-                    .increment(1);
-                SessionError::Threads {
-                    started,
-                    want: plan.workers,
-                    source,
+        let plan = limits::plan(req, pipelines.config())?;
+        let gpu_reason = match req.cuda_device {
+            None => None,
+            Some(n) => match crate::gpu::open(cache, pipelines, rt, req, &plan, n)? {
+                Ok(session) => return Ok(session),
+                Err(reason) => {
+                    warn!(device = n, %reason, "CUDA loader served from the CPU");
+                    metrics::counter!("loaderd_pipeline_gpu_fallback_loaders_total").increment(1);
+                    Some(reason)
                 }
-            })?;
+            },
+        };
+        Self::open_cpu(cache, pipelines, rt, req, &plan, gpu_reason)
+    }
+
+    /// The CPU path: decode threads into a host ring.
+    fn open_cpu(
+        cache: &Arc<Cache>,
+        pipelines: &Arc<Pipelines>,
+        rt: &Handle,
+        req: &LoaderSpec,
+        plan: &Plan,
+        gpu_reason: Option<String>,
+    ) -> Result<Self, SessionError> {
+        let config = pipelines.config();
+        // Before indexing (which may LIST a whole bucket): an over-budget request costs nothing.
+        let reservation = pipelines.reserve(plan.fixed_bytes, plan.workers)?;
+        let info = LoaderInfo {
+            device: "cpu".into(),
+            gpu_reason: gpu_reason.clone().unwrap_or_default(),
+            ..LoaderInfo::default()
+        };
+        let admitted = admit(cache, rt, req, plan, reservation, info)?;
+        let ring = Arc::new(BatchRing::new(
+            "loaderd-batches",
+            plan.depth,
+            plan.slot_bytes,
+        )?);
+        let shared = admitted.shared(cache, rt, ring.clone());
+        let limits = DecodeLimits {
+            max_pixels: config.max_pixels,
+        };
+        let recipe = recipe(plan, req, limits, admitted.batches);
+        // On failure the registration drops too, giving the memory and threads back.
+        let workers = Workers::start(&shared, recipe, plan.workers)
+            .map_err(|(started, source)| threads_error(started, plan.workers, source))?;
+        let mut opened = opened(plan, &admitted);
+        opened.gpu_reason = gpu_reason;
+        Ok(Self::running(
+            ring,
+            &shared.metas,
+            &shared.stop,
+            workers,
+            opened,
+            admitted,
+        ))
+    }
+
+    /// A started loader: its ring's client side, the metadata and stop flag its workers
+    /// share, and the workers.
+    pub(crate) fn running(
+        ring: Arc<dyn Delivery>,
+        metas: &Arc<Metas>,
+        stop: &Arc<AtomicBool>,
+        workers: Workers,
+        opened: Opened,
+        admitted: Admitted,
+    ) -> Self {
+        let Admitted {
+            indexed,
+            batches,
+            registration,
+        } = admitted;
         info!(
             dataset = %indexed.root,
             name = %registration.stats().info().name,
+            device = %registration.stats().info().device,
             samples = indexed.indices.len(),
             batches,
-            batch = plan.batch,
-            depth = plan.depth,
+            batch_bytes = opened.slot_bytes,
+            depth = opened.depth,
             workers = workers.len(),
             "loader opened"
         );
-        let opened = opened(&plan, batches, &indexed);
-        Ok(Session {
-            shared,
+        Session {
+            ring,
+            metas: metas.clone(),
+            stop: stop.clone(),
             workers,
             batches,
             next: 0,
             opened,
             failed: None,
             registration,
-        })
+        }
     }
 
     /// What the client needs to map and interpret the ring.
@@ -172,9 +236,10 @@ impl Session {
         &self.opened
     }
 
-    /// The ring (its descriptor goes to the client).
-    pub fn ring(&self) -> &BatchRing {
-        &self.shared.ring
+    /// A new descriptor of the ring's memory for the client: the memfd of a host ring (read
+    /// only), the POSIX fd of a device ring's CUDA allocation.
+    pub fn descriptor(&self) -> Result<OwnedFd, RingError> {
+        self.ring.descriptor()
     }
 
     /// Releases `release` (if any) and waits for the next batch in order; `None` once the
@@ -182,7 +247,7 @@ impl Session {
     pub fn next(&mut self, release: Option<usize>) -> Result<Option<Batch>, BatchError> {
         let stats = self.registration.stats().clone();
         stats.requested();
-        let ring = &self.shared.ring;
+        let ring = &self.ring;
         if let Some(slot) = release {
             ring.release(slot)?;
         }
@@ -204,11 +269,11 @@ impl Session {
         };
         stats.delivered(asked.elapsed());
         self.next += 1;
-        let meta = lock(&self.shared.metas).remove(&seq).unwrap_or_default();
+        let meta = lock(&self.metas).remove(&seq).unwrap_or_default();
         if let Some(failed) = meta.failed {
             // The client never sees this slot: free it, stop decoding, fail from now on.
             let _ = ring.release(slot);
-            self.shared.stop.store(true, Ordering::SeqCst);
+            self.stop.store(true, Ordering::SeqCst);
             self.failed = Some(failed.clone());
             return Err(BatchError::Failed(failed));
         }
@@ -219,6 +284,51 @@ impl Session {
             keys: meta.keys,
             skipped: meta.skipped,
         }))
+    }
+}
+
+/// Indexes the dataset and draws this rank's order under `reservation` (grown by what both
+/// hold), then registers the loader with `info` (its name, dataset, rank and sizes filled in
+/// here).
+pub(crate) fn admit(
+    cache: &Arc<Cache>,
+    rt: &Handle,
+    req: &LoaderSpec,
+    plan: &Plan,
+    mut reservation: Reservation,
+    info: LoaderInfo,
+) -> Result<Admitted, SessionError> {
+    let indexed = index(cache, rt, req, &mut reservation)?;
+    let batches = indexed.indices.len().div_ceil(plan.batch) as u64;
+    let registration = reservation.register(LoaderInfo {
+        name: if req.name.is_empty() {
+            format!("rank {}/{}", req.rank, indexed.world)
+        } else {
+            req.name.clone()
+        },
+        dataset: indexed.root.to_string(),
+        rank: req.rank,
+        world_size: indexed.world,
+        epoch: req.epoch,
+        batches,
+        depth: plan.depth as u32,
+        ..info
+    });
+    Ok(Admitted {
+        indexed,
+        batches,
+        registration,
+    })
+}
+
+/// The error of a decode thread that did not start (the threads started before it were
+/// stopped).
+pub(crate) fn threads_error(started: usize, want: usize, source: std::io::Error) -> SessionError {
+    metrics::counter!("loaderd_pipeline_open_refusals_total", "reason" => "threads").increment(1);
+    SessionError::Threads {
+        started,
+        want,
+        source,
     }
 }
 
@@ -260,7 +370,9 @@ fn index(
     })
 }
 
-fn opened(plan: &Plan, batches: u64, indexed: &Indexed) -> Opened {
+/// What a host ring's client needs (a device ring's session sets `memory` and `ring_bytes`).
+pub(crate) fn opened(plan: &Plan, admitted: &Admitted) -> Opened {
+    let (indexed, batches) = (&admitted.indexed, admitted.batches);
     Opened {
         slot_bytes: plan.slot_bytes as u64,
         depth: plan.depth as u32,

@@ -31,16 +31,19 @@ pub struct LoaderSpec {
     pub depth: u32,
     pub drop_last: bool,
     pub shuffle: bool,
-    /// Decode threads; 0 = `pipeline.workers` (or one per core).
+    /// Decode threads; 0 = `pipeline.workers` (or one per core). A GPU loader runs
+    /// [`crate::gpu::GPU_WORKERS`] batch workers whatever this says.
     pub workers: u32,
     /// `None`: `pipeline.on_error`.
     pub on_error: Option<OnError>,
     /// A label for status and logs.
     pub name: String,
-    /// Benchmark of the handoff alone: every sample is a copy of one image decoded once.
+    /// Benchmark of the handoff alone: every sample is a copy of one image decoded once (CPU
+    /// loaders only: a GPU loader always decodes).
     pub predecoded: bool,
     /// `Some(n)`: batches decoded on and delivered into CUDA device `n` (the daemon's
-    /// numbering); `None`: a host ring decoded on the CPU.
+    /// numbering) when the daemon has it open, else from the CPU into a host ring with
+    /// [`Opened::gpu_reason`]; `None`: a host ring decoded on the CPU.
     pub cuda_device: Option<u32>,
 }
 

@@ -12,15 +12,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use loaderd_cache::Cache;
+use loaderd_cache::arena::Arena;
 use tokio::runtime::Handle;
 use tracing::{error, warn};
 
 use crate::augment::{TransformSpec, process};
 use crate::config::OnError;
-use crate::dataset::{Dataset, Source, fetch};
+use crate::dataset::{Dataset, Sample, Source, fetch};
 use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
-use crate::ring::BatchRing;
+use crate::ring::{BatchRing, SlotMemory, SlotWriter};
 use crate::sampler::sample_rng;
 use loaderd_cache::sync::lock;
 
@@ -32,6 +33,36 @@ pub(crate) struct BatchMeta {
     pub skipped: Vec<String>,
     /// With `on_error = fail`: the sample that failed the batch, and why.
     pub failed: Option<String>,
+}
+
+impl BatchMeta {
+    /// Records how `sample` went: in the batch, skipped, or (with `on_error = fail`) failing
+    /// the batch. False when the batch failed: fill no more of it.
+    pub fn record(
+        &mut self,
+        sample: &Sample,
+        result: Result<(), impl std::fmt::Display>,
+        on_error: OnError,
+    ) -> bool {
+        match result {
+            Ok(()) => {
+                self.labels.push(sample.label);
+                self.keys.push(sample.key.clone());
+                true
+            }
+            Err(e) if on_error == OnError::Fail => {
+                error!(key = %sample.key, error = %e, "sample failed its batch (on_error = fail)");
+                self.failed = Some(format!("sample {}: {e}", sample.key));
+                self.skipped.push(sample.key.clone());
+                false
+            }
+            Err(e) => {
+                warn!(key = %sample.key, error = %e, "sample skipped");
+                self.skipped.push(sample.key.clone());
+                true
+            }
+        }
+    }
 }
 
 /// Batch metadata between decode and delivery, by batch number.
@@ -46,19 +77,72 @@ pub(crate) fn batch_meta_bytes(batch: usize) -> u64 {
     (std::mem::size_of::<(u64, BatchMeta)>() as u64).saturating_add(per_sample * batch as u64)
 }
 
-/// What every worker of one loader shares: where samples come from and where batches go.
-pub(crate) struct Shared {
+/// What every worker of one loader shares: where samples come from and where batches go (a
+/// ring in host memory, or on a GPU for [`crate::gpu`]'s workers).
+pub(crate) struct Shared<M: SlotMemory = Arena> {
     pub cache: Arc<Cache>,
     pub rt: Handle,
     pub dataset: Arc<Dataset>,
     /// This rank's sample order for the epoch.
     pub indices: Arc<Vec<u64>>,
-    pub ring: Arc<BatchRing>,
+    pub ring: Arc<BatchRing<M>>,
     pub metas: Arc<Metas>,
     pub stop: Arc<AtomicBool>,
     /// The next batch number a worker takes.
     pub next_batch: AtomicU64,
     pub stats: Arc<LoaderStats>,
+}
+
+impl<M: SlotMemory> Shared<M> {
+    /// What the workers of a loader share: samples `indices` of `dataset`, filling `ring`,
+    /// counted in `stats`.
+    pub fn new(
+        (cache, rt): (&Arc<Cache>, &Handle),
+        dataset: &Arc<Dataset>,
+        indices: &Arc<Vec<u64>>,
+        ring: Arc<BatchRing<M>>,
+        stats: &Arc<LoaderStats>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            cache: cache.clone(),
+            rt: rt.clone(),
+            dataset: dataset.clone(),
+            indices: indices.clone(),
+            ring,
+            metas: Arc::new(Metas::new(HashMap::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            next_batch: AtomicU64::new(0),
+            stats: stats.clone(),
+        })
+    }
+
+    /// A worker's loop: until the loader stops or the epoch's `batches` are all taken, takes
+    /// a free slot *then* the next batch number (so the oldest pending batch always has a
+    /// slot), has `fill` write the batch of `batch` samples (their dataset indices) into it,
+    /// and publishes it with the metadata `fill` returns.
+    pub fn serve(
+        &self,
+        batches: u64,
+        batch: usize,
+        mut fill: impl FnMut(&mut SlotWriter<'_, M>, &[u64]) -> BatchMeta,
+    ) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let Some(mut slot) = self.ring.acquire(Duration::from_millis(100)) else {
+                continue;
+            };
+            let seq = self.next_batch.fetch_add(1, Ordering::SeqCst);
+            if seq >= batches {
+                return;
+            }
+            let start = seq as usize * batch;
+            let end = (start + batch).min(self.indices.len());
+            let meta = fill(&mut slot, &self.indices[start..end]);
+            self.stats
+                .batch_ready(meta.labels.len(), meta.skipped.len());
+            lock(&self.metas).insert(seq, meta);
+            slot.publish(seq);
+        }
+    }
 }
 
 /// How every sample of one loader is made.
@@ -83,25 +167,38 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` workers; on a failed spawn the ones started are stopped and joined, and the
-    /// error says how many had started.
+    /// Starts `n` CPU decode workers; on a failed spawn the ones started are stopped and
+    /// joined, and the error says how many had started.
     pub fn start(
         shared: &Arc<Shared>,
         recipe: Recipe,
         n: usize,
     ) -> Result<Self, (usize, std::io::Error)> {
-        let mut workers = Workers {
-            stop: shared.stop.clone(),
-            handles: Vec::with_capacity(n),
-        };
-        for i in 0..n {
+        Self::spawn(&shared.stop, n, "loaderd-decode", |_| {
             let w = Worker {
                 shared: shared.clone(),
                 recipe,
             };
+            move || w.run()
+        })
+    }
+
+    /// Starts `n` threads named `name-i` running `body(i)`, which must return once `stop` is
+    /// set; on a failed spawn the ones started are stopped and joined.
+    pub fn spawn<F: FnOnce() + Send + 'static>(
+        stop: &Arc<AtomicBool>,
+        n: usize,
+        name: &str,
+        mut body: impl FnMut(usize) -> F,
+    ) -> Result<Self, (usize, std::io::Error)> {
+        let mut workers = Workers {
+            stop: stop.clone(),
+            handles: Vec::with_capacity(n),
+        };
+        for i in 0..n {
             let spawned = std::thread::Builder::new()
-                .name(format!("loaderd-decode-{i}"))
-                .spawn(move || w.run());
+                .name(format!("{name}-{i}"))
+                .spawn(body(i));
             match spawned {
                 Ok(h) => workers.handles.push(h),
                 // Dropping `workers` stops and joins the ones started.
@@ -141,20 +238,10 @@ impl Worker {
         // With `predecoded`, the first good sample's output, copied into every later one.
         let mut template: Option<Vec<u8>> = None;
         let sample_bytes = r.spec.sample_bytes();
-        while !s.stop.load(Ordering::SeqCst) {
-            // A slot first, then the batch number: the oldest pending batch always has a slot.
-            let Some(mut slot) = s.ring.acquire(Duration::from_millis(100)) else {
-                continue;
-            };
-            let seq = s.next_batch.fetch_add(1, Ordering::SeqCst);
-            if seq >= r.batches {
-                return;
-            }
-            let start = seq as usize * r.batch;
-            let end = (start + r.batch).min(s.indices.len());
+        s.serve(r.batches, r.batch, |slot, indices| {
             let mut meta = BatchMeta::default();
             let bytes = slot.bytes();
-            for &index in &s.indices[start..end] {
+            for &index in indices {
                 let sample = &s.dataset.samples[index as usize];
                 let at = meta.labels.len() * sample_bytes;
                 let out = &mut bytes[at..at + sample_bytes];
@@ -165,30 +252,15 @@ impl Worker {
                     }
                     None => self.sample(&mut decoder, index, &sample.source, out),
                 };
-                match res {
-                    Ok(()) => {
-                        if r.predecoded && template.is_none() {
-                            template = Some(out.to_vec());
-                        }
-                        meta.labels.push(sample.label);
-                        meta.keys.push(sample.key.clone());
-                    }
-                    Err(e) if r.on_error == OnError::Fail => {
-                        error!(key = %sample.key, error = %e, "sample failed its batch (on_error = fail)");
-                        meta.failed = Some(format!("sample {}: {e}", sample.key));
-                        meta.skipped.push(sample.key.clone());
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(key = %sample.key, error = %e, "sample skipped");
-                        meta.skipped.push(sample.key.clone());
-                    }
+                if res.is_ok() && r.predecoded && template.is_none() {
+                    template = Some(out.to_vec());
+                }
+                if !meta.record(sample, res, r.on_error) {
+                    break;
                 }
             }
-            s.stats.batch_ready(meta.labels.len(), meta.skipped.len());
-            lock(&s.metas).insert(seq, meta);
-            slot.publish(seq);
-        }
+            meta
+        });
     }
 
     /// Fetches, decodes and augments one sample into `out`, timing each stage.

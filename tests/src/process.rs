@@ -120,12 +120,16 @@ pub fn tail(text: &str, max: usize) -> &str {
     &text[start..]
 }
 
+/// `LOADERD_*` variables a test's processes keep: where the binaries are, and where the CUDA
+/// libraries are (a GPU machine's check names them; they are not daemon settings).
+const KEPT_ENV: [&str; 3] = ["LOADERD_BIN_DIR", "LOADERD_NVRTC_LIB", "LOADERD_NVJPEG_LIB"];
+
 /// Removes `LOADERD_*` variables (they would override the flags the tests
-/// pass) from a command's environment, keeping `LOADERD_BIN_DIR`.
+/// pass) from a command's environment, keeping those in [`KEPT_ENV`].
 pub fn clean_env(cmd: &mut Command) -> &mut Command {
     for (key, _) in std::env::vars_os() {
         let name = key.to_string_lossy();
-        if name.starts_with("LOADERD_") && name != "LOADERD_BIN_DIR" {
+        if name.starts_with("LOADERD_") && !KEPT_ENV.contains(&name.as_ref()) {
             cmd.env_remove(&key);
         }
     }

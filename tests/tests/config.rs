@@ -174,7 +174,8 @@ fn status_says_which_gpus_serve_or_why_the_cpu_does() {
         }
         loaderd_gpu::GpuAvailability::Unavailable { reason } => {
             assert_eq!(gpu["available"], false, "{gpu}");
-            assert_eq!(gpu["reason"], reason.as_str(), "{gpu}");
+            let shown = gpu["reason"].as_str().unwrap_or_default();
+            assert!(shown.contains(reason.as_str()), "{gpu}");
             assert!(d.log().contains("decoding on the CPU"), "{}", d.log());
         }
     }

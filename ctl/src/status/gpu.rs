@@ -1,4 +1,4 @@
-//! The GPUs the daemon found, or why it uses none.
+//! The GPU mode, the GPUs the daemon opened, or why it uses none.
 
 use std::fmt::{self, Write};
 
@@ -29,6 +29,10 @@ pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
     let Some(g) = &s.gpu else { return Ok(()) };
     if g.devices.is_empty() {
         writeln!(out, "  gpu {}: none used ({})", g.mode, g.reason)?;
+    } else {
+        let n = g.devices.len();
+        let s = if n == 1 { "" } else { "s" };
+        writeln!(out, "  gpu {}: {n} device{s} for CUDA loaders", g.mode)?;
     }
     for d in &g.devices {
         writeln!(

@@ -1,5 +1,7 @@
 //! The training loaders: how many are open and the rings they hold, then one line each
-//! with its progress, rate, starvation and time per stage.
+//! with its progress, rate, starvation and time per stage; for a GPU loader its device, the
+//! share of samples nvJPEG decoded and the CPU fallbacks, and for a loader that asked for a
+//! CUDA device but is served from the CPU, why.
 
 use std::fmt::{self, Write};
 
@@ -15,7 +17,8 @@ pub(super) fn json(s: &pb::StatusResponse, out: &mut Map<String, Value>) {
         Value::Object(
             fields!(l; name, dataset, rank, world_size, epoch, batches_delivered,
             batches_total, samples, skipped, elapsed_secs, samples_per_sec, starved_percent,
-            fetch_secs, decode_secs, augment_secs, ready_batches, depth, ring_bytes, workers),
+            fetch_secs, decode_secs, augment_secs, ready_batches, depth, ring_bytes, workers,
+            device, gpu_samples, cpu_fallback_samples, gpu_secs, gpu_reason, device_bytes),
         )
     });
     out.insert("loaders".into(), Value::Array(loaders.collect()));
@@ -37,7 +40,7 @@ pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
     for l in &s.loaders {
         // Busy seconds per sample, per stage, summed over the loader's decode threads.
         let per = |secs: f64| 1e3 * secs / (l.samples + l.skipped).max(1) as f64;
-        writeln!(
+        write!(
             out,
             "  loader {:?} {} rank {}/{} epoch {}: batch {}/{}, {:.0} img/s, starved {:.1}%, \
              {} skipped, ready {}/{}, {} workers; ms/sample fetch {:.2} decode {:.2} augment {:.2}",
@@ -58,6 +61,31 @@ pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
             per(l.decode_secs),
             per(l.augment_secs)
         )?;
+        device_text(l, out)?;
+        writeln!(out)?;
     }
     Ok(())
+}
+
+/// The end of a loader's line: where it decodes, when that is not simply the CPU.
+fn device_text(l: &pb::LoaderStatus, out: &mut String) -> fmt::Result {
+    if l.device.starts_with("cuda") {
+        let share = 100.0 * l.gpu_samples as f64 / l.samples.max(1) as f64;
+        write!(
+            out,
+            "; {}: GPU share {:.1}% ({} of {} samples by nvJPEG, {} CPU fallbacks), GPU {:.2}s, \
+             device memory {}",
+            l.device,
+            share,
+            l.gpu_samples,
+            l.samples,
+            l.cpu_fallback_samples,
+            l.gpu_secs,
+            human(l.device_bytes)
+        )
+    } else if !l.gpu_reason.is_empty() {
+        write!(out, "; cpu, not CUDA: {}", l.gpu_reason)
+    } else {
+        Ok(())
+    }
 }

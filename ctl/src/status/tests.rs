@@ -25,6 +25,23 @@ fn member(id: &str, local: bool, reachable: bool, suspect: bool, error: &str) ->
     }
 }
 
+/// GPU mode `mode` with one H200 open, under a driver of CUDA `driver_version`.
+fn one_h200(mode: &str, driver_version: u32) -> pb::GpuStatus {
+    pb::GpuStatus {
+        mode: mode.into(),
+        available: true,
+        reason: String::new(),
+        devices: vec![pb::GpuDevice {
+            ordinal: 0,
+            name: "H200".into(),
+            total_memory: 140 * GIB,
+            compute_major: 9,
+            compute_minor: 0,
+            driver_version,
+        }],
+    }
+}
+
 /// A status with two tiers (the SSD one lowered to fit its file system), two mounts, a GPU,
 /// an unhealthy cluster with a member in each state, and a loader.
 fn full() -> pb::StatusResponse {
@@ -128,19 +145,7 @@ fn full() -> pb::StatusResponse {
             peer_read_failures: 1,
             peer_requests_refused: 2,
         }),
-        gpu: Some(pb::GpuStatus {
-            mode: "auto".into(),
-            available: true,
-            reason: String::new(),
-            devices: vec![pb::GpuDevice {
-                ordinal: 0,
-                name: "H200".into(),
-                total_memory: 140 * GIB,
-                compute_major: 9,
-                compute_minor: 0,
-                driver_version: 12040,
-            }],
-        }),
+        gpu: Some(one_h200("auto", 12040)),
         shm_leased_bytes: 4 * MIB,
         shm_leased_capacity_bytes: 512 * MIB,
         shm_connections: 3,
@@ -160,6 +165,67 @@ fn bare() -> pb::StatusResponse {
         }),
         ..Default::default()
     }
+}
+
+/// Three loaders: one on GPU 0 (some samples by the CPU fallback), one that asked for a CUDA
+/// device on a daemon without one, and a plain CPU one.
+fn gpu_loaders() -> pb::StatusResponse {
+    let loader = |name: &str, device: &str| pb::LoaderStatus {
+        name: name.into(),
+        dataset: "/ds/train".into(),
+        world_size: 1,
+        batches_delivered: 5,
+        batches_total: 10,
+        samples: 320,
+        elapsed_secs: 1.0,
+        samples_per_sec: 320.0,
+        fetch_secs: 0.32,
+        decode_secs: 0.64,
+        ready_batches: 1,
+        depth: 4,
+        ring_bytes: MIB,
+        workers: 2,
+        device: device.into(),
+        ..Default::default()
+    };
+    pb::StatusResponse {
+        version: "9.8.7".into(),
+        block_size: 4 * MIB,
+        gpu: Some(one_h200("on", 13000)),
+        loaders: vec![
+            pb::LoaderStatus {
+                gpu_samples: 300,
+                cpu_fallback_samples: 20,
+                gpu_secs: 0.75,
+                device_bytes: 96 * MIB,
+                ..loader("gpu", "cuda:0")
+            },
+            pb::LoaderStatus {
+                gpu_reason: "CUDA device 3 is not open: this daemon has devices 0..=0".into(),
+                ..loader("asked", "cpu")
+            },
+            loader("plain", "cpu"),
+        ],
+        ring_bytes: 3 * MIB,
+        ring_capacity_bytes: 16 * GIB,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn text_of_gpu_loaders() {
+    assert_eq!(
+        text(&gpu_loaders()).unwrap(),
+        include_str!("testdata/gpu.txt")
+    );
+}
+
+#[test]
+fn json_of_gpu_loaders() {
+    assert_eq!(
+        format!("{}\n", json(&gpu_loaders())),
+        include_str!("testdata/gpu.json")
+    );
 }
 
 #[test]

@@ -34,7 +34,8 @@ struct Args {
     fuse: FuseArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// GPU use: `auto` (when a driver and devices are found) or `off`.
+    /// GPU use: `auto` (when a driver and devices are found), `on` (exit at start without a
+    /// usable GPU) or `off`.
     #[arg(long, env = "LOADERD_GPU", help_heading = "GPU")]
     gpu: Option<loaderd::config::GpuMode>,
 }
@@ -511,7 +512,7 @@ mod tests {
             assert!(format!("{err:#}").contains(want), "{flags:?}: {err:#}");
         }
         let err = applied(&["--gpu=sometimes"]).expect_err("--gpu=sometimes");
-        let want = "gpu mode must be \"auto\" or \"off\", not \"sometimes\"";
+        let want = "gpu mode must be \"auto\", \"on\" or \"off\", not \"sometimes\"";
         assert!(err.to_string().contains(want), "{err}");
     }
 }

@@ -244,7 +244,7 @@ impl Connection {
     ) -> std::io::Result<()> {
         let (reply, fd) = match loader::open(&self.session, &self.client, shared, r) {
             Ok(s) => {
-                let fd = s.ring().read_only_fd().map_err(std::io::Error::other)?;
+                let fd = s.descriptor().map_err(std::io::Error::other)?;
                 let reply = loader::opened(s.opened());
                 self.session = Some(s);
                 (reply, Some(fd))

@@ -269,6 +269,7 @@ max_batch_size = {{ include "loaderd.toml.int" $c.pipeline.max_batch_size }}
 max_workers = {{ include "loaderd.toml.int" $c.pipeline.max_workers }}
 max_total_workers = {{ include "loaderd.toml.int" $c.pipeline.max_total_workers }}
 max_image_size = {{ include "loaderd.toml.int" $c.pipeline.max_image_size }}
+max_device_bytes = {{ include "loaderd.toml.quantity" $c.pipeline.max_device_bytes }}
 
 [gpu]
 mode = {{ include "loaderd.toml.str" $c.gpu.mode }}
