@@ -6,6 +6,9 @@
 //! batch needs), in-order delivery and the client's wake-up. Its rate from the first batch
 //! on is compared with `memcpy` of the same samples into a buffer the size of the ring,
 //! measured in this process in the same run.
+//!
+//! With `--gpu` the same epoch then runs through a loader on a CUDA device ([`super::gpu`]
+//! reports where it was served and compares the two runs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -326,9 +329,11 @@ pub fn run(
         }
         println!("{report}");
     } else {
-        print!("{}", epoch_text(&cpu, memcpy_mb_s));
+        // With --gpu, each run's line says which one it is.
+        let tag = |t: &'static str| if gpu.is_some() { t } else { "" };
+        print!("{}{}", tag("cpu: "), epoch_text(&cpu, memcpy_mb_s));
         if let Some((served, g)) = &gpu {
-            print!("{}", epoch_text(g, None));
+            print!("{}{}", tag("gpu: "), epoch_text(g, None));
             print!("{}", gpu::text(served, g, &cpu));
         }
     }
