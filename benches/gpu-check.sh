@@ -7,7 +7,7 @@
 #                                    and lays it all out in ONE folder, .gpubin/ (git-ignored),
 #                                    under $MAX_BUNDLE_MIB MiB; then verifies it.
 #   benches/gpu-check.sh verify [DIR]  checks a bundle's layout, archives and size (prepare
-#                                    ends with it).
+#                                    ends with it); `layout` prints the files it requires.
 #   bash .gpubin/gpu-check.sh run    on the GPU machine (CUDA 13 driver, python3 with torch,
 #                                    no Rust, no internet): every GPU test in its own process
 #                                    under LOADERD_REQUIRE_GPU=1, compute-sanitizer memcheck
@@ -488,6 +488,7 @@ run_steps() {
 case ${1:-} in
 prepare) prepare ;;
 verify) verify "${2:-.gpubin}" ;;
+layout) printf '%s\n' "${REQUIRED[@]}" ;;
 run) run; exit $? ;;
-*) die "usage: benches/gpu-check.sh prepare | verify [DIR] | run" ;;
+*) die "usage: benches/gpu-check.sh prepare | verify [DIR] | layout | run" ;;
 esac

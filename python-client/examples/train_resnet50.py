@@ -26,6 +26,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def on_off(p: argparse.ArgumentParser, name: str, default: Any, help: str) -> None:
+    """``--NAME`` and ``--no-NAME`` (argparse.BooleanOptionalAction is Python 3.9+)."""
+    dest = name.replace("-", "_")
+    p.add_argument(f"--{name}", dest=dest, action="store_true", default=default, help=help)
+    p.add_argument(f"--no-{name}", dest=dest, action="store_false")
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,22 +67,8 @@ def parse_args() -> argparse.Namespace:
         help="device: batches decoded by the daemon into --device's memory (a CUDA device; "
         "on the CPU this is the host path); host: a host ring copied with .torch(device)",
     )
-    p.add_argument(
-        "--bf16",
-        dest="bf16",
-        action="store_true",
-        default=None,
-        help="bf16 autocast (default on CUDA)",
-    )
-    p.add_argument("--no-bf16", dest="bf16", action="store_false")
-    p.add_argument(
-        "--channels-last",
-        dest="channels_last",
-        action="store_true",
-        default=True,
-        help="channels_last model and inputs (default)",
-    )
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    on_off(p, "bf16", None, "bf16 autocast (default on CUDA)")
+    on_off(p, "channels-last", True, "channels_last model and inputs (default)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args()
     if not args.synthetic and not args.dataset:
