@@ -124,7 +124,7 @@ pub(crate) enum BenchCmd {
     /// Read the same files through the FUSE view, the daemon's API and the page cache.
     Fuse(bench::fuse::FuseArgs),
     /// One epoch of training batches from the daemon's pipeline (decode + augment into
-    /// shared memory): img/s and MB/s.
+    /// shared memory): img/s and MB/s; with `--gpu`, also through a loader on a GPU.
     Pipeline(bench::pipeline::PipelineArgs),
 }
 

@@ -199,7 +199,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Fuse(args)) => bench::fuse::fuse(&mut c, shm, args).await,
         Command::Bench(BenchCmd::Pipeline(args)) => {
             let socket = cli.socket.clone().unwrap_or_else(default_socket);
-            tokio::task::block_in_place(|| bench::pipeline::run(default_shm_socket(&socket), args))
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::block_in_place(|| {
+                // `--gpu` reads its loaders' lines of the daemon's status.
+                let mut status_of = |name: &str| -> anyhow::Result<Option<pb::LoaderStatus>> {
+                    let s = rt
+                        .block_on(c.status(pb::StatusRequest {}))
+                        .map_err(rpc_err)?
+                        .into_inner();
+                    Ok(s.loaders.into_iter().find(|l| l.name == name))
+                };
+                bench::pipeline::run(default_shm_socket(&socket), args, &mut status_of)
+            })
         }
         Command::Dataset(_) => unreachable!("handled before connecting"),
     }

@@ -1,11 +1,13 @@
 //! `loaderctl bench`: throughput of reads (gRPC, shared memory, against the store read
 //! directly), of the FUSE view, of the training pipeline, and across nodes.
 //!
+//! `bench pipeline --gpu` adds [`gpu`]'s comparison with a loader on a CUDA device.
 //! [`common`] holds what the benches share and imports none of them; `bench read` goes to
 //! [`read`] or, with `--remote`, to [`remote`] from [`run_read`] here alone.
 
 mod common;
 pub mod fuse;
+mod gpu;
 pub mod pipeline;
 pub mod read;
 mod remote;

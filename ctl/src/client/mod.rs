@@ -5,4 +5,4 @@ pub mod grpc;
 pub mod shm;
 
 pub use grpc::{BearerToken, Client, ConnectError, connect_tcp, connect_unix, list_all};
-pub use shm::{Piece, ShmClient, ShmError};
+pub use shm::{DeviceSlot, Piece, ShmClient, ShmError};

@@ -1,6 +1,6 @@
 //! The client side of local zero-copy reads (blocking; one connection per thread).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use loaderd_proto::transport::{
@@ -204,21 +204,88 @@ pub struct Batch<'a> {
     pub keys: Vec<String>,
     /// Samples that could not be read or decoded (not in `data`).
     pub skipped: Vec<String>,
-    /// `labels.len()` samples of `sample_bytes` each.
+    /// `labels.len()` samples of `sample_bytes` each, in a host ring; empty when the batch is
+    /// in device memory (`device` is set).
     pub data: &'a [u8],
+    /// Where the batch lies in a CUDA ring: this process has no host view of it.
+    pub device: Option<DeviceSlot>,
+}
+
+impl Batch<'_> {
+    /// The batch's bytes, wherever they are.
+    pub fn len(&self) -> u64 {
+        self.device.map_or(self.data.len() as u64, |d| d.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A batch in the device ring: `len` bytes at `offset` of the exported allocation of CUDA
+/// device `device` (complete on the device when the batch is delivered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSlot {
+    pub device: u32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The loader's ring as this client holds it.
+enum Ring {
+    /// A memfd, mapped read-only.
+    Host(ReadOnlyMap),
+    /// An exported CUDA allocation's POSIX descriptor, kept but not mapped: it is no memfd
+    /// (mmap of it is meaningless); a CUDA importer maps it with
+    /// cuMemImportFromShareableHandle.
+    Cuda(OwnedFd),
+}
+
+/// Where a loader's ring is, from its `LoaderOpened` (an older daemon sets no memory: host).
+pub fn ring_memory(opened: &pb::LoaderOpened) -> pb::BatchMemory {
+    match pb::BatchMemory::try_from(opened.memory) {
+        Ok(pb::BatchMemory::Cuda) => pb::BatchMemory::Cuda,
+        _ => pb::BatchMemory::Host,
+    }
+}
+
+/// Bytes of `slot_bytes × depth`, the least a ring must hold (None on overflow).
+fn ring_len(opened: &pb::LoaderOpened) -> Option<u64> {
+    opened.slot_bytes.checked_mul(u64::from(opened.depth))
+}
+
+/// Where batch `slot` of `samples` samples lies in a ring of `ring_bytes` (None when it
+/// does not fit: a protocol error).
+fn slot_range(
+    opened: &pb::LoaderOpened,
+    ring_bytes: u64,
+    slot: u32,
+    samples: u32,
+) -> Option<(u64, u64)> {
+    if slot >= opened.depth {
+        return None;
+    }
+    let off = u64::from(slot).checked_mul(opened.slot_bytes)?;
+    let len = u64::from(samples).checked_mul(opened.sample_bytes)?;
+    (len <= opened.slot_bytes && off.checked_add(len)? <= ring_bytes).then_some((off, len))
 }
 
 /// A connection that receives training batches from the daemon's pipeline.
 pub struct BatchClient {
     conn: OwnedFd,
-    ring: ReadOnlyMap,
+    ring: Ring,
+    /// The ring's length: what was mapped (host) or the exported allocation's (CUDA).
+    ring_bytes: u64,
     opened: pb::LoaderOpened,
     held: Option<u32>,
     buf: Vec<u8>,
 }
 
 impl BatchClient {
-    /// Starts a loader in the daemon and maps its batch ring.
+    /// Starts a loader in the daemon and takes its batch ring: a host ring is mapped; with
+    /// `req.cuda_device = Some(n)` the daemon may answer a CUDA ring (memory = CUDA), whose
+    /// descriptor is kept unmapped ([`BatchClient::cuda_ring_fd`]), or a host ring with
+    /// `gpu_reason` saying why not.
     pub fn open(path: &Path, req: pb::OpenLoader) -> Result<Self, ShmError> {
         Self::open_on(ShmConnection::connect(path)?, req)
     }
@@ -232,10 +299,24 @@ impl BatchClient {
         let opened = decode::<pb::LoaderOpened>(&buf)?;
         status(opened.code, opened.error.clone())?;
         let fd = fd.ok_or_else(|| ShmError::Protocol("no ring descriptor".into()))?;
-        let ring = ReadOnlyMap::new(&fd, (opened.slot_bytes * u64::from(opened.depth)) as usize)?;
+        let least =
+            ring_len(&opened).ok_or_else(|| ShmError::Protocol("ring size overflows".into()))?;
+        let (ring, ring_bytes) = match ring_memory(&opened) {
+            pb::BatchMemory::Cuda => {
+                if opened.ring_bytes < least {
+                    return Err(ShmError::Protocol(format!(
+                        "CUDA ring of {} bytes holds less than {} slots of {}",
+                        opened.ring_bytes, opened.depth, opened.slot_bytes
+                    )));
+                }
+                (Ring::Cuda(fd), opened.ring_bytes)
+            }
+            _ => (Ring::Host(ReadOnlyMap::new(&fd, least as usize)?), least),
+        };
         Ok(BatchClient {
             conn: conn.conn,
             ring,
+            ring_bytes,
             opened,
             held: None,
             buf: conn.buf,
@@ -245,6 +326,29 @@ impl BatchClient {
     /// Shapes, sizes and counts of this loader.
     pub fn opened(&self) -> &pb::LoaderOpened {
         &self.opened
+    }
+
+    /// Host or CUDA.
+    pub fn memory(&self) -> pb::BatchMemory {
+        ring_memory(&self.opened)
+    }
+
+    /// The ring's length in bytes.
+    pub fn ring_bytes(&self) -> u64 {
+        self.ring_bytes
+    }
+
+    /// Why a loader that asked for a CUDA device got a host ring (None otherwise).
+    pub fn gpu_reason(&self) -> Option<&str> {
+        Some(self.opened.gpu_reason.as_str()).filter(|r| !r.is_empty())
+    }
+
+    /// The CUDA ring's POSIX descriptor, for a CUDA importer (None for a host ring).
+    pub fn cuda_ring_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.ring {
+            Ring::Cuda(fd) => Some(fd.as_fd()),
+            Ring::Host(_) => None,
+        }
     }
 
     /// The next batch in order, releasing the previous one; `None` after the last.
@@ -262,18 +366,83 @@ impl BatchClient {
             return Ok(None);
         }
         self.held = Some(ready.slot);
-        let off = u64::from(ready.slot) * self.opened.slot_bytes;
-        let len = u64::from(ready.samples) * self.opened.sample_bytes;
-        // SAFETY: the daemon delivered this slot to us and does not write it until we release
-        // it with the next request, which needs `&mut self` and so ends this borrow first.
-        let data = unsafe { self.ring.slice(off, len) }
+        let (off, len) = slot_range(&self.opened, self.ring_bytes, ready.slot, ready.samples)
             .ok_or_else(|| ShmError::Protocol("batch outside the ring".into()))?;
+        let (data, device) = match &self.ring {
+            // SAFETY: the daemon delivered this slot to us and does not write it until we
+            // release it with the next request, which needs `&mut self` and so ends this
+            // borrow first.
+            Ring::Host(map) => (
+                unsafe { map.slice(off, len) }
+                    .ok_or_else(|| ShmError::Protocol("batch outside the ring".into()))?,
+                None,
+            ),
+            Ring::Cuda(_) => (
+                &[][..],
+                Some(DeviceSlot {
+                    device: self.opened.cuda_device,
+                    offset: off,
+                    len,
+                }),
+            ),
+        };
         Ok(Some(Batch {
             seq: ready.seq,
             labels: ready.labels,
             keys: ready.keys,
             skipped: ready.skipped,
             data,
+            device,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(memory: pb::BatchMemory) -> pb::LoaderOpened {
+        pb::LoaderOpened {
+            slot_bytes: 1000,
+            depth: 3,
+            sample_bytes: 300,
+            memory: memory as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_older_daemons_ring_is_host_memory() {
+        assert_eq!(
+            ring_memory(&opened(pb::BatchMemory::Unspecified)),
+            pb::BatchMemory::Host
+        );
+        assert_eq!(
+            ring_memory(&opened(pb::BatchMemory::Cuda)),
+            pb::BatchMemory::Cuda
+        );
+        let mut unknown = opened(pb::BatchMemory::Host);
+        unknown.memory = 99;
+        assert_eq!(ring_memory(&unknown), pb::BatchMemory::Host);
+    }
+
+    #[test]
+    fn slots_must_lie_inside_the_ring() {
+        let o = opened(pb::BatchMemory::Cuda);
+        assert_eq!(ring_len(&o), Some(3000));
+        assert_eq!(slot_range(&o, 3000, 0, 3), Some((0, 900)));
+        assert_eq!(slot_range(&o, 3000, 2, 3), Some((2000, 900)));
+        // A slot past the depth, a batch larger than its slot, a ring shorter than the slots.
+        assert_eq!(slot_range(&o, 4096, 3, 1), None);
+        assert_eq!(slot_range(&o, 3000, 0, 4), None);
+        assert_eq!(slot_range(&o, 2500, 2, 3), None);
+        let huge = pb::LoaderOpened {
+            slot_bytes: u64::MAX,
+            depth: 2,
+            sample_bytes: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(ring_len(&huge), None);
+        assert_eq!(slot_range(&huge, u64::MAX, 1, 2), None);
     }
 }
