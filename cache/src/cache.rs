@@ -538,4 +538,6 @@ impl Cache {
 }
 
 #[cfg(test)]
+mod eviction_tests;
+#[cfg(test)]
 mod tests;

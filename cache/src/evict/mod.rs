@@ -209,7 +209,7 @@ impl Occupancy {
 }
 
 #[cfg(test)]
-mod traces;
+pub(crate) mod traces;
 
 #[cfg(test)]
 mod tests {

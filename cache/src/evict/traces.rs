@@ -10,7 +10,7 @@ use super::*;
 
 /// A recorded trace as a schedule: block `trace[i]` is read at tick `i`. The driver moves
 /// the position past each read before the tier sees it, as a loader would.
-struct TraceSource {
+pub(crate) struct TraceSource {
     at: HashMap<BlockId, Vec<u64>>,
     pos: AtomicU64,
     /// Answers only reads before `pos + window`.
@@ -21,9 +21,15 @@ struct TraceSource {
 
 impl TraceSource {
     fn new(trace: &[u64], only: impl Fn(usize) -> bool) -> Arc<Self> {
+        let ids: Vec<BlockId> = trace.iter().map(|b| BlockId(*b as u128)).collect();
+        Self::reading(&ids, only)
+    }
+
+    /// Reads of `ids` in order, the ones at positions `only` accepts.
+    pub(crate) fn reading(ids: &[BlockId], only: impl Fn(usize) -> bool) -> Arc<Self> {
         let mut at: HashMap<BlockId, Vec<u64>> = HashMap::new();
-        for (i, b) in trace.iter().enumerate().filter(|(i, _)| only(*i)) {
-            at.entry(BlockId(*b as u128)).or_default().push(i as u64);
+        for (i, id) in ids.iter().enumerate().filter(|(i, _)| only(*i)) {
+            at.entry(*id).or_default().push(i as u64);
         }
         Arc::new(TraceSource {
             at,
@@ -34,7 +40,7 @@ impl TraceSource {
         })
     }
 
-    fn advance(&self, to: u64) {
+    pub(crate) fn advance(&self, to: u64) {
         self.pos.store(to, Ordering::Relaxed);
     }
 }
@@ -383,9 +389,15 @@ fn a_block_entering_the_window_is_no_longer_evicted_first() {
     let oracle = NextUseOracle::new();
     let _reg = oracle.register(src.clone());
     let mut p = Clairvoyant::new(oracle.clone());
-    p.admitted(BlockId(5));
-    p.admitted(BlockId(6));
+    for b in [9, 5, 6] {
+        p.admitted(BlockId(b));
+    }
     assert_eq!(oracle.next_use(BlockId(5)), None);
+    assert_eq!(
+        p.pop_victim(),
+        Some(BlockId(9)),
+        "never read: the oldest unneeded"
+    );
     // Tick 5: 6 has been read (elsewhere) and is needed by nobody; 5 entered the window.
     src.advance(5);
     assert_eq!(p.pop_victim(), Some(BlockId(6)));
