@@ -68,7 +68,10 @@ fn print_config_shows_the_eviction_policy() {
     }
     let file = dir.path().join("stable.toml");
     fs::write(&file, "[cache]\neviction = \"stable\"\n").expect("write config");
-    assert_eq!(eviction(&["--config", file.to_str().expect("utf-8")]), "stable");
+    assert_eq!(
+        eviction(&["--config", file.to_str().expect("utf-8")]),
+        "stable"
+    );
     let out = loaderd(dir.path(), &["--print-config", "--eviction", "fifo"]);
     assert!(!out.status.success(), "an unknown policy is refused");
     let err = String::from_utf8_lossy(&out.stderr);

@@ -26,7 +26,8 @@ use crate::sync::{read, write};
 /// stands alone (a recorded trace) may use positions directly.
 pub type Tick = u64;
 
-/// The future reads of one schedule.
+/// The future reads of one schedule. Asked under a tier's lock, on every admission that needs
+/// room and every read: answers must be quick and must not call back into the cache.
 pub trait NextUse: Send + Sync {
     /// The tick of block `id`'s next read at or after [`NextUse::now`], or `None` if this
     /// schedule does not read it within its window.
