@@ -22,11 +22,6 @@ impl Lru {
         self.by_tick.insert(self.tick, id);
         self.ticks.insert(id, self.tick);
     }
-
-    /// The block `pop_victim` would return, left in place.
-    pub fn peek_victim(&self) -> Option<BlockId> {
-        self.by_tick.first_key_value().map(|(_, id)| *id)
-    }
 }
 
 impl EvictionPolicy for Lru {

@@ -177,9 +177,22 @@ impl Occupancy {
     }
 
     /// Changes the capacity (a disk tier whose file system has less room than configured);
-    /// the next admission evicts down to the new watermarks.
+    /// [`Occupancy::shrink`] or the next admission that the policy lets in evicts down to it.
     pub fn set_capacity(&mut self, capacity: u64) {
         self.capacity = capacity;
+    }
+
+    /// Evicts down to the high watermark if usage is above it (the capacity was lowered),
+    /// whatever the policy would admit; the victims, whose storage the caller deletes.
+    pub fn shrink(&mut self) -> Vec<BlockId> {
+        let mut victims = Vec::new();
+        while self.used > self.high() {
+            match self.evict_one() {
+                Some(v) => victims.push(v),
+                None => break,
+            }
+        }
+        victims
     }
 
     /// Bytes of capacity.
@@ -243,6 +256,24 @@ mod tests {
         }
         assert!(o.contains(BlockId(0)), "touched block survives");
         assert_eq!(o.evictions(), 5);
+    }
+
+    #[test]
+    fn a_lowered_capacity_shrinks_even_when_the_policy_admits_nothing() {
+        let w = Watermarks {
+            high: 1.0,
+            low: 0.5,
+        };
+        let mut o = Occupancy::new(100, w, Box::new(Stable::default()));
+        for i in 0..10 {
+            o.admit(BlockId(i), 10).unwrap();
+        }
+        o.set_capacity(60);
+        assert_eq!(o.admit(BlockId(99), 10), Err(Refused::NotAdmitted));
+        assert_eq!(o.used(), 100, "a refused admission evicts nothing");
+        assert_eq!(o.shrink(), (0..4).map(BlockId).collect::<Vec<_>>());
+        assert_eq!(o.used(), 60);
+        assert!(o.shrink().is_empty());
     }
 
     #[test]

@@ -231,17 +231,20 @@ impl Tier for SsdTier {
     }
 
     fn put(&self, id: BlockId, data: &Bytes) -> bool {
-        let admitted = {
+        let (admitted, shrunk) = {
             let mut occ = lock(&self.occ);
             self.fit_capacity(&mut occ);
+            let shrunk = occ.shrink();
             let res = occ.admit(id, data.len() as u64 + HEADER as u64);
             match res {
                 Err(Refused::NotAdmitted) => stats::passthrough("ssd_not_admitted"),
                 Err(_) if occ.capacity() < self.configured => stats::passthrough("ssd_fs_full"),
                 _ => {}
             }
-            res
+            (res, shrunk)
         };
+        stats::eviction("ssd", shrunk.len() as u64);
+        shrunk.into_iter().for_each(|v| self.delete(v));
         let Ok(victims) = admitted else {
             return false;
         };
@@ -347,7 +350,7 @@ fn scan(path: &Path) -> Result<(BlockId, u64, std::time::SystemTime), Dropped> {
 mod tests {
     use super::*;
     use crate::config::{ByteSize, Watermarks};
-    use crate::evict::Lru;
+    use crate::evict::{Lru, Stable};
 
     fn open(cfg: &SsdTierConfig) -> SsdTier {
         SsdTier::open(cfg, Box::new(Lru::default())).unwrap()
@@ -429,6 +432,59 @@ mod tests {
         for p in [path(0), path(1), moved, partial] {
             assert!(!p.exists(), "{} kept", p.display());
         }
+    }
+
+    /// Unmounts a test's tmpfs on drop.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        /// A tmpfs of `size` at `dir`, or `None` where mounting needs privileges we lack.
+        fn mount(dir: &Path, size: &str) -> Option<Self> {
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+                other => {
+                    eprintln!("skipping: cannot mount a tmpfs (needs root): {other:?}");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_disk_filled_by_others_makes_a_stable_tier_give_room_back() {
+        let d = tempfile::tempdir().unwrap();
+        let Some(_fs) = Tmpfs::mount(d.path(), "1m") else {
+            return;
+        };
+        let t = SsdTier::open(&cfg(d.path(), 64 << 20), Box::new(Stable::default())).unwrap();
+        let block = Bytes::from(vec![3u8; 60 << 10]);
+        for i in 0..6 {
+            assert!(t.put(BlockId(i), &block));
+        }
+        assert_eq!((t.status().blocks, t.status().evictions), (6, 0));
+        // Another writer takes the rest of the disk.
+        let mut filler = fs::File::create(d.path().join("filler")).unwrap();
+        while filler.write_all(&[0u8; 16 << 10]).is_ok() {}
+        drop(filler);
+        // A stable tier admits almost nothing once full, but the room the file system lost
+        // is given back on the next write all the same.
+        t.put(BlockId(100), &block);
+        let st = t.status();
+        assert!(st.evictions > 0, "{st:?}");
+        assert!(
+            st.used as f64 <= st.capacity as f64 * st.watermarks.high,
+            "{st:?}"
+        );
     }
 
     #[test]
