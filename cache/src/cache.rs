@@ -23,6 +23,7 @@ use crate::budget::{BudgetPermit, InflightBudget};
 use crate::cluster::Cluster;
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
+use crate::evict::NextUseOracle;
 use crate::inflight::{EndOnDrop, InFlight, Ticket};
 use crate::meta::{DirEntry, Metadata, Stat};
 use crate::mount::{Mount, MountSpec, MountTable, Resolved};
@@ -104,13 +105,16 @@ pub struct Cache {
     started: Instant,
     /// Set when this node is part of a cluster: blocks it does not own come from peers.
     cluster: OnceLock<Arc<Cluster>>,
+    /// The schedules that tell the clairvoyant policy when each block is next read.
+    oracle: Arc<NextUseOracle>,
 }
 
 impl Cache {
     /// Builds the tiers (rebuilding the SSD index) and the mounts of `specs`.
     pub fn open(cfg: CacheConfig, specs: Vec<MountSpec>) -> Result<Arc<Self>> {
         cfg.validate()?;
-        let tiers = Arc::new(TierStack::open(&cfg)?);
+        let oracle = NextUseOracle::new();
+        let tiers = Arc::new(TierStack::open(&cfg, &oracle)?);
         let mounts = MountTable::default();
         let budget =
             InflightBudget::new(cfg.ufs.max_inflight_bytes.0, cfg.ufs.mount_reserved_bytes.0);
@@ -128,6 +132,7 @@ impl Cache {
             budget,
             started: Instant::now(),
             cluster: OnceLock::new(),
+            oracle,
             cfg,
         }))
     }
@@ -153,6 +158,12 @@ impl Cache {
     /// The mount table.
     pub fn mounts(&self) -> &MountTable {
         &self.mounts
+    }
+
+    /// The next-use oracle of both tiers: register a schedule's [`crate::evict::NextUse`]
+    /// here for the clairvoyant policy to evict by it (it stays while the registration lives).
+    pub fn next_use(&self) -> &Arc<NextUseOracle> {
+        &self.oracle
     }
 
     /// The memory tier (its arena can be shared with other processes).
@@ -526,5 +537,7 @@ impl Cache {
     }
 }
 
+#[cfg(test)]
+mod eviction_tests;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 pub struct CacheConfig {
     /// Fixed block size; files are split into blocks of this size (small files are one block).
     pub block_size: ByteSize,
+    /// Which block leaves a full tier, in both tiers (`clairvoyant`, `stable` or `lru`).
+    pub eviction: Eviction,
     /// The memory tier (a shared-memory arena).
     pub memory: MemoryTierConfig,
     /// The SSD tier; absent means memory only (no persistence across restarts).
@@ -33,11 +35,48 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             block_size: ByteSize(4 << 20),
+            eviction: Eviction::default(),
             memory: MemoryTierConfig::default(),
             ssd: None,
             metadata: MetadataConfig::default(),
             ufs: UfsConfig::default(),
         }
+    }
+}
+
+/// The eviction policy of the tiers (`cache.eviction`; see [`crate::evict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eviction {
+    /// Belady's MIN over the schedules loaders register: the block needed farthest in the
+    /// future leaves first; blocks no schedule needs are kept as `stable` keeps them.
+    #[default]
+    Clairvoyant,
+    /// A fixed resident set: once full, new blocks rarely replace resident ones, so a
+    /// shuffled epoch over a dataset larger than the cache hits on the resident fraction.
+    Stable,
+    /// Least recently used.
+    Lru,
+}
+
+impl Eviction {
+    /// Parses `clairvoyant`, `stable` or `lru`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "clairvoyant" => Ok(Eviction::Clairvoyant),
+            "stable" => Ok(Eviction::Stable),
+            "lru" => Ok(Eviction::Lru),
+            other => Err(format!(
+                "unknown eviction policy {other:?} (clairvoyant, stable or lru)"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Eviction::parse(s)
     }
 }
 
@@ -459,6 +498,22 @@ mod tests {
         assert_eq!(Secs::parse("250ms").unwrap().0, Duration::from_millis(250));
         assert_eq!(Secs(Duration::from_secs(86400)).to_string(), "24h");
         assert_eq!(Secs(Duration::from_millis(100)).to_string(), "100ms");
+    }
+
+    #[test]
+    fn eviction_parses_and_defaults_to_clairvoyant() {
+        assert_eq!(CacheConfig::default().eviction, Eviction::Clairvoyant);
+        for (text, want) in [
+            ("clairvoyant", Eviction::Clairvoyant),
+            ("stable", Eviction::Stable),
+            ("lru", Eviction::Lru),
+        ] {
+            assert_eq!(text.parse::<Eviction>(), Ok(want));
+            let json = serde_json::to_string(&want).unwrap();
+            assert_eq!(json, format!("{text:?}"));
+            assert_eq!(serde_json::from_str::<Eviction>(&json).unwrap(), want);
+        }
+        assert!("belady".parse::<Eviction>().unwrap_err().contains("belady"));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub mod tier;
 pub mod ufs;
 
 pub use cache::{Cache, CacheStatus, FileHandle, LoadProgress, ReadType};
-pub use config::{ByteSize, CacheConfig, ClusterConfig, MemberConfig, Secs};
+pub use config::{ByteSize, CacheConfig, ClusterConfig, Eviction, MemberConfig, Secs};
 pub use error::{Error, ErrorKind, Result};
 pub use meta::Stat;
 pub use mount::MountSpec;

@@ -432,6 +432,7 @@ mod tests {
             socket = "/tmp/x.sock"
             [cache]
             block_size = "1MiB"
+            eviction = "stable"
             memory = { capacity = "64MiB", watermarks = { high = 0.9, low = 0.6 } }
             ssd = { dir = "/tmp/ssd", capacity = "10GiB" }
             metadata = { ttl = "10m" }
@@ -444,6 +445,7 @@ mod tests {
         .unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.cache.block_size.0, 1 << 20);
+        assert_eq!(cfg.cache.eviction, loaderd_cache::Eviction::Stable);
         assert_eq!(cfg.cache.memory.watermarks.low, 0.6);
         assert_eq!(cfg.cache.ssd.as_ref().unwrap().watermarks.high, 0.95);
         let shown = cfg.to_redacted_toml();
@@ -506,5 +508,7 @@ mod tests {
             toml::from_str::<DaemonConfig>("[cache.ssd]\ndir = \"/x\"\ncapacity = 1\nhigh = 0.5")
                 .unwrap_err();
         assert!(err.to_string().contains("high"), "{err}");
+        let err = toml::from_str::<DaemonConfig>("[cache]\neviction = \"mru\"").unwrap_err();
+        assert!(err.to_string().contains("mru"), "{err}");
     }
 }

@@ -41,6 +41,9 @@ fn memory_eviction_stays_within_watermarks() {
         &[
             "--block-size",
             "64KiB",
+            // Only LRU frees down to the low watermark (the others evict per admission).
+            "--eviction",
+            "lru",
             "--memory-capacity",
             "1MiB",
             "--memory-high",

@@ -48,6 +48,37 @@ fn print_config_shows_block_size() {
 }
 
 #[test]
+fn print_config_shows_the_eviction_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eviction = |args: &[&str]| -> String {
+        let printed = print_config(dir.path(), args);
+        let cache = printed
+            .split("\n[")
+            .find(|section| section.starts_with("cache]"))
+            .unwrap_or_else(|| panic!("no [cache] in:\n{printed}"));
+        let line = cache
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("eviction = "))
+            .unwrap_or_else(|| panic!("no cache.eviction in:\n{printed}"));
+        line.trim_matches('"').to_string()
+    };
+    assert_eq!(eviction(&[]), "clairvoyant", "the default");
+    for policy in ["stable", "lru", "clairvoyant"] {
+        assert_eq!(eviction(&["--eviction", policy]), policy);
+    }
+    let file = dir.path().join("stable.toml");
+    fs::write(&file, "[cache]\neviction = \"stable\"\n").expect("write config");
+    assert_eq!(
+        eviction(&["--config", file.to_str().expect("utf-8")]),
+        "stable"
+    );
+    let out = loaderd(dir.path(), &["--print-config", "--eviction", "fifo"]);
+    assert!(!out.status.success(), "an unknown policy is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fifo"), "the error names the value: {err}");
+}
+
+#[test]
 fn printed_config_is_a_valid_config_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let printed = print_config(

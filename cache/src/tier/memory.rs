@@ -15,7 +15,7 @@ use crate::arena::Arena;
 use crate::block::BlockId;
 use crate::config::MemoryTierConfig;
 use crate::error::Result;
-use crate::evict::{Lru, Occupancy};
+use crate::evict::{EvictionPolicy, Occupancy, Refused};
 use crate::stats;
 use crate::sync::lock;
 
@@ -56,9 +56,10 @@ pub struct MemoryTier {
 }
 
 impl MemoryTier {
-    /// An arena of `cfg.capacity` bytes (0: a tier that holds nothing). Blocks larger than
-    /// the high watermark allows pass through uncached.
-    pub fn new(cfg: &MemoryTierConfig) -> Result<Self> {
+    /// An arena of `cfg.capacity` bytes (0: a tier that holds nothing) evicting by `policy`.
+    /// Blocks larger than the high watermark allows, or that the policy does not admit, pass
+    /// through uncached.
+    pub fn new(cfg: &MemoryTierConfig, policy: Box<dyn EvictionPolicy>) -> Result<Self> {
         let slots = SlotAllocator::new(cfg.capacity.0);
         let arena = if slots.is_empty() {
             None
@@ -68,7 +69,7 @@ impl MemoryTier {
                 slots.len() as usize,
             )?))
         };
-        let occ = Occupancy::new(slots.len(), cfg.watermarks, Box::new(Lru::default()));
+        let occ = Occupancy::new(slots.len(), cfg.watermarks, policy);
         Ok(MemoryTier {
             arena,
             alloc: Arc::new(Mutex::new(slots)),
@@ -143,7 +144,14 @@ impl MemoryTier {
     fn reserve(&self, id: BlockId, len: usize, arena: &Arc<Arena>) -> Option<Region> {
         let mut idx = lock(&self.index);
         let charged = SlotAllocator::slot_size(len as u64);
-        let victims = idx.occ.admit(id, charged).ok()?;
+        let victims = match idx.occ.admit(id, charged) {
+            Ok(victims) => victims,
+            Err(Refused::NotAdmitted) => {
+                stats::passthrough("memory_not_admitted");
+                return None;
+            }
+            Err(Refused::Disabled | Refused::TooLarge) => return None,
+        };
         let evicted = victims.len() as u64;
         for v in victims {
             idx.blocks.remove(&v);
@@ -274,6 +282,7 @@ impl AsRef<[u8]> for ArcRegion {
 mod tests {
     use super::*;
     use crate::config::{ByteSize, Watermarks};
+    use crate::evict::Lru;
 
     fn tier(cap: u64) -> MemoryTier {
         let cfg = MemoryTierConfig {
@@ -283,7 +292,7 @@ mod tests {
                 low: 0.7,
             },
         };
-        MemoryTier::new(&cfg).unwrap()
+        MemoryTier::new(&cfg, Box::new(Lru::default())).unwrap()
     }
 
     #[test]

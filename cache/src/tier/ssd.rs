@@ -27,7 +27,7 @@ use super::{FsSpace, Tier, TierStatus};
 use crate::block::BlockId;
 use crate::config::SsdTierConfig;
 use crate::error::{Error, Result};
-use crate::evict::{Lru, Occupancy};
+use crate::evict::{EvictionPolicy, Occupancy, Refused};
 use crate::stats;
 use crate::sync::lock;
 
@@ -74,8 +74,9 @@ impl Dropped {
 }
 
 impl SsdTier {
-    /// Opens (creating) the tier and rebuilds its index from the files present.
-    pub fn open(cfg: &SsdTierConfig) -> Result<Self> {
+    /// Opens (creating) the tier, evicting by `policy`, and rebuilds its index from the
+    /// files present.
+    pub fn open(cfg: &SsdTierConfig, policy: Box<dyn EvictionPolicy>) -> Result<Self> {
         let root = cfg.dir.join("blocks");
         fs::create_dir_all(&root).map_err(|e| Error::io("creating SSD tier", &root, e))?;
         let mut found = Vec::new();
@@ -99,7 +100,7 @@ impl SsdTier {
             }
         }
         found.sort();
-        let mut occ = Occupancy::new(cfg.capacity.0, cfg.watermarks, Box::new(Lru::default()));
+        let mut occ = Occupancy::new(cfg.capacity.0, cfg.watermarks, policy);
         let mut unwanted = Vec::new();
         for (_, id, len) in found {
             match occ.admit(id, len + HEADER as u64) {
@@ -230,15 +231,20 @@ impl Tier for SsdTier {
     }
 
     fn put(&self, id: BlockId, data: &Bytes) -> bool {
-        let admitted = {
+        let (admitted, shrunk) = {
             let mut occ = lock(&self.occ);
             self.fit_capacity(&mut occ);
+            let shrunk = occ.shrink();
             let res = occ.admit(id, data.len() as u64 + HEADER as u64);
-            if res.is_err() && occ.capacity() < self.configured {
-                stats::passthrough("ssd_fs_full");
+            match res {
+                Err(Refused::NotAdmitted) => stats::passthrough("ssd_not_admitted"),
+                Err(_) if occ.capacity() < self.configured => stats::passthrough("ssd_fs_full"),
+                _ => {}
             }
-            res
+            (res, shrunk)
         };
+        stats::eviction("ssd", shrunk.len() as u64);
+        shrunk.into_iter().for_each(|v| self.delete(v));
         let Ok(victims) = admitted else {
             return false;
         };
@@ -344,6 +350,11 @@ fn scan(path: &Path) -> Result<(BlockId, u64, std::time::SystemTime), Dropped> {
 mod tests {
     use super::*;
     use crate::config::{ByteSize, Watermarks};
+    use crate::evict::{Lru, Stable};
+
+    fn open(cfg: &SsdTierConfig) -> SsdTier {
+        SsdTier::open(cfg, Box::new(Lru::default())).unwrap()
+    }
 
     fn cfg(dir: &Path, cap: u64) -> SsdTierConfig {
         SsdTierConfig {
@@ -359,7 +370,7 @@ mod tests {
     #[test]
     fn conformance() {
         let d = tempfile::tempdir().unwrap();
-        super::super::conformance::run(&SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap());
+        super::super::conformance::run(&open(&cfg(d.path(), 1 << 20)));
     }
 
     #[test]
@@ -367,18 +378,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let data: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 5000])).collect();
         {
-            let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+            let t = open(&cfg(d.path(), 1 << 20));
             for (i, b) in data.iter().enumerate() {
                 assert!(t.put(BlockId(i as u128), b));
             }
         }
         // Truncate one file: a torn write must not survive the restart.
-        let torn = SsdTier::open(&cfg(d.path(), 1 << 20))
-            .unwrap()
-            .path_of(BlockId(3));
+        let torn = open(&cfg(d.path(), 1 << 20)).path_of(BlockId(3));
         let f = fs::OpenOptions::new().write(true).open(&torn).unwrap();
         f.set_len(100).unwrap();
-        let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        let t = open(&cfg(d.path(), 1 << 20));
         assert_eq!(t.status().blocks, 9);
         for (i, b) in data.iter().enumerate() {
             let got = t.get(BlockId(i as u128));
@@ -393,7 +402,7 @@ mod tests {
     #[test]
     fn broken_files_at_open_are_dropped_by_reason() {
         let d = tempfile::tempdir().unwrap();
-        let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        let t = open(&cfg(d.path(), 1 << 20));
         for i in 0..4u128 {
             assert!(t.put(BlockId(i), &Bytes::from(vec![7u8; 3000])));
         }
@@ -416,7 +425,7 @@ mod tests {
         assert_eq!(scan(&partial), Err(Dropped::Partial));
         assert!(scan(&path(3)).is_ok());
         let before = stats::snapshot().corrupt_blocks;
-        let reopened = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        let reopened = open(&cfg(d.path(), 1 << 20));
         assert_eq!(reopened.status().blocks, 1);
         // The three broken files count; the partial write does not (other tests may add).
         assert!(stats::snapshot().corrupt_blocks >= before + 3);
@@ -425,10 +434,63 @@ mod tests {
         }
     }
 
+    /// Unmounts a test's tmpfs on drop.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        /// A tmpfs of `size` at `dir`, or `None` where mounting needs privileges we lack.
+        fn mount(dir: &Path, size: &str) -> Option<Self> {
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+                other => {
+                    eprintln!("skipping: cannot mount a tmpfs (needs root): {other:?}");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_disk_filled_by_others_makes_a_stable_tier_give_room_back() {
+        let d = tempfile::tempdir().unwrap();
+        let Some(_fs) = Tmpfs::mount(d.path(), "1m") else {
+            return;
+        };
+        let t = SsdTier::open(&cfg(d.path(), 64 << 20), Box::new(Stable::default())).unwrap();
+        let block = Bytes::from(vec![3u8; 60 << 10]);
+        for i in 0..6 {
+            assert!(t.put(BlockId(i), &block));
+        }
+        assert_eq!((t.status().blocks, t.status().evictions), (6, 0));
+        // Another writer takes the rest of the disk.
+        let mut filler = fs::File::create(d.path().join("filler")).unwrap();
+        while filler.write_all(&[0u8; 16 << 10]).is_ok() {}
+        drop(filler);
+        // A stable tier admits almost nothing once full, but the room the file system lost
+        // is given back on the next write all the same.
+        t.put(BlockId(100), &block);
+        let st = t.status();
+        assert!(st.evictions > 0, "{st:?}");
+        assert!(
+            st.used as f64 <= st.capacity as f64 * st.watermarks.high,
+            "{st:?}"
+        );
+    }
+
     #[test]
     fn corrupt_block_is_a_miss_and_counted() {
         let d = tempfile::tempdir().unwrap();
-        let t = SsdTier::open(&cfg(d.path(), 1 << 20)).unwrap();
+        let t = open(&cfg(d.path(), 1 << 20));
         assert!(t.put(BlockId(9), &Bytes::from(vec![1u8; 4096])));
         let p = t.path_of(BlockId(9));
         let mut raw = fs::read(&p).unwrap();

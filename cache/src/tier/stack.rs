@@ -17,6 +17,7 @@ use super::{MemoryTier, SsdTier, Tier, TierStatus};
 use crate::block::{BlockId, BlockRef};
 use crate::config::CacheConfig;
 use crate::error::Result;
+use crate::evict::{self, NextUseOracle};
 use crate::stats;
 
 /// Memory on top, then every lower tier in order.
@@ -26,12 +27,19 @@ pub struct TierStack {
 }
 
 impl TierStack {
-    /// The tiers `cfg` configures (rebuilding the SSD index).
-    pub fn open(cfg: &CacheConfig) -> Result<Self> {
-        let memory = Arc::new(MemoryTier::new(&cfg.memory)?);
+    /// The tiers `cfg` configures (rebuilding the SSD index), each evicting by
+    /// `cfg.eviction`; a clairvoyant policy asks `oracle`.
+    pub fn open(cfg: &CacheConfig, oracle: &Arc<NextUseOracle>) -> Result<Self> {
+        let memory = Arc::new(MemoryTier::new(
+            &cfg.memory,
+            evict::policy(cfg.eviction, oracle),
+        )?);
         let mut lower: Vec<Arc<dyn Tier>> = Vec::new();
         if let Some(s) = &cfg.ssd {
-            lower.push(Arc::new(SsdTier::open(s)?));
+            lower.push(Arc::new(SsdTier::open(
+                s,
+                evict::policy(cfg.eviction, oracle),
+            )?));
         }
         let stack = TierStack { memory, lower };
         if stack.status().iter().all(|t| t.capacity == 0) {
@@ -136,7 +144,7 @@ mod tests {
             }),
             ..CacheConfig::default()
         };
-        let stack = TierStack::open(&cfg).unwrap();
+        let stack = TierStack::open(&cfg, &NextUseOracle::new()).unwrap();
         let (b, data) = (block(1, 5), Bytes::from_static(b"hello"));
         assert!(stack.get(&b).await.is_none());
         stack.put_lower(b.id, &data).await;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use loaderd::config::{DaemonConfig, FuseConfig, ServerConfig};
 use loaderd_cache::config::{CacheConfig, ClusterConfig, SsdTierConfig, Watermarks};
-use loaderd_cache::{ByteSize, MemberConfig, MountSpec, Secs};
+use loaderd_cache::{ByteSize, Eviction, MemberConfig, MountSpec, Secs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -95,6 +95,9 @@ struct CacheArgs {
     /// Block size, e.g. 4MiB.
     #[arg(long, env = "LOADERD_BLOCK_SIZE")]
     block_size: Option<ByteSize>,
+    /// Which block leaves a full tier: clairvoyant (by the loaders' schedules), stable or lru.
+    #[arg(long, env = "LOADERD_EVICTION", value_name = "POLICY")]
+    eviction: Option<Eviction>,
     /// Memory tier capacity, e.g. 8GiB (0 disables it).
     #[arg(long, env = "LOADERD_MEMORY_CAPACITY")]
     memory_capacity: Option<ByteSize>,
@@ -224,6 +227,7 @@ fn apply_server(args: &ServerArgs, s: &mut ServerConfig) -> anyhow::Result<()> {
 
 fn apply_cache(args: &CacheArgs, c: &mut CacheConfig) -> anyhow::Result<()> {
     set(&mut c.block_size, &args.block_size);
+    set(&mut c.eviction, &args.eviction);
     set(&mut c.memory.capacity, &args.memory_capacity);
     set(&mut c.memory.watermarks.high, &args.memory_high);
     set(&mut c.memory.watermarks.low, &args.memory_low);
@@ -373,6 +377,7 @@ mod tests {
             "--allowed-root=/srv",
             "--allowed-endpoint=http://127.0.0.1:9000",
             "--block-size=1MiB",
+            "--eviction=lru",
             "--memory-capacity=2GiB",
             "--memory-high=0.9",
             "--memory-low=0.5",
@@ -424,6 +429,7 @@ mod tests {
 
         let c = &cfg.cache;
         assert_eq!(c.block_size, ByteSize(1 << 20));
+        assert_eq!(c.eviction, Eviction::Lru);
         assert_eq!(c.memory.capacity, ByteSize(2 << 30));
         assert_eq!(
             (c.memory.watermarks.high, c.memory.watermarks.low),

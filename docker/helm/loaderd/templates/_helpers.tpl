@@ -216,6 +216,7 @@ shm_max_connections_per_process = {{ include "loaderd.toml.int" $c.server.shm_ma
 
 [cache]
 block_size = {{ include "loaderd.toml.quantity" $c.cache.block_size }}
+eviction = {{ include "loaderd.toml.str" $c.cache.eviction }}
 
 [cache.memory]
 capacity = {{ include "loaderd.toml.quantity" (ternary $v.fuse.memoryCapacity $c.cache.memory.capacity $fuse) }}

@@ -1,17 +1,33 @@
 //! Occupancy accounting and eviction, shared by every tier.
 //!
 //! [`Occupancy`] owns a tier's capacity, usage and watermarks and asks a pluggable
-//! [`EvictionPolicy`] for victims. Eviction starts only when an admission would cross the high
-//! watermark and then frees down to the low one, so a steady stream of misses finds reserved
-//! free space instead of evicting one block per miss.
+//! [`EvictionPolicy`] for victims, and whether a block may replace residents at all. Three
+//! policies (`cache.eviction`): [`Lru`]; [`Stable`], a fixed resident set for readers
+//! without a schedule; and [`Clairvoyant`], Belady's MIN over the [`NextUseOracle`] that
+//! loaders' schedules feed. With LRU, eviction starts only when an admission would cross the
+//! high watermark and then frees down to the low one, so a steady stream of misses finds
+//! reserved free space instead of evicting one block per miss. The other two decide on every
+//! admission that needs room (each eviction is a choice), so they free only what the
+//! admitted block needs.
 
-use std::collections::{BTreeMap, HashMap};
+mod clairvoyant;
+mod lru;
+pub mod oracle;
+mod stable;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use clairvoyant::{Clairvoyant, RECHECKS};
+pub use lru::Lru;
+pub use oracle::{NextUse, NextUseOracle, Registration, Tick};
+pub use stable::{Stable, TURNOVER, Turnover};
 
 use crate::block::BlockId;
-use crate::config::Watermarks;
+use crate::config::{Eviction, Watermarks};
 
-/// Chooses which block leaves a full tier. Implementations see every admission, access and
-/// removal; a later policy can use the sampler's future order (Belady) behind the same trait.
+/// Chooses which block leaves a full tier, and whether a new block may take a resident's
+/// place. Implementations see every admission, access and removal.
 pub trait EvictionPolicy: Send + Sync + std::fmt::Debug {
     /// A block entered the tier.
     fn admitted(&mut self, id: BlockId);
@@ -21,48 +37,24 @@ pub trait EvictionPolicy: Send + Sync + std::fmt::Debug {
     fn removed(&mut self, id: BlockId);
     /// The next block to evict, removed from the policy's bookkeeping.
     fn pop_victim(&mut self) -> Option<BlockId>;
-}
-
-/// Least recently used.
-#[derive(Debug, Default)]
-pub struct Lru {
-    tick: u64,
-    by_tick: BTreeMap<u64, BlockId>,
-    ticks: HashMap<BlockId, u64>,
-}
-
-impl Lru {
-    fn bump(&mut self, id: BlockId) {
-        if let Some(old) = self.ticks.get(&id) {
-            self.by_tick.remove(old);
-        }
-        self.tick += 1;
-        self.by_tick.insert(self.tick, id);
-        self.ticks.insert(id, self.tick);
+    /// Whether `candidate` may replace resident blocks; asked only when admitting it needs
+    /// an eviction. `false`: the tier does not keep it, and the reader still gets its bytes.
+    fn admits(&mut self, _candidate: BlockId) -> bool {
+        true
+    }
+    /// Whether an eviction frees down to the low watermark (space reserved for the next
+    /// misses) or only what the admitted block needs.
+    fn frees_to_low_watermark(&self) -> bool {
+        true
     }
 }
 
-impl EvictionPolicy for Lru {
-    fn admitted(&mut self, id: BlockId) {
-        self.bump(id);
-    }
-
-    fn touched(&mut self, id: BlockId) {
-        if self.ticks.contains_key(&id) {
-            self.bump(id);
-        }
-    }
-
-    fn removed(&mut self, id: BlockId) {
-        if let Some(t) = self.ticks.remove(&id) {
-            self.by_tick.remove(&t);
-        }
-    }
-
-    fn pop_victim(&mut self) -> Option<BlockId> {
-        let (_, id) = self.by_tick.pop_first()?;
-        self.ticks.remove(&id);
-        Some(id)
+/// The policy `kind` names; the clairvoyant one asks `oracle`.
+pub fn policy(kind: Eviction, oracle: &Arc<NextUseOracle>) -> Box<dyn EvictionPolicy> {
+    match kind {
+        Eviction::Lru => Box::new(Lru::default()),
+        Eviction::Stable => Box::new(Stable::default()),
+        Eviction::Clairvoyant => Box::new(Clairvoyant::new(oracle.clone())),
     }
 }
 
@@ -73,6 +65,8 @@ pub enum Refused {
     Disabled,
     /// The block alone is larger than the high watermark allows.
     TooLarge,
+    /// The policy keeps the residents instead (see [`EvictionPolicy::admits`]).
+    NotAdmitted,
 }
 
 /// Capacity, usage and the eviction policy of one tier.
@@ -84,6 +78,7 @@ pub struct Occupancy {
     sizes: HashMap<BlockId, u64>,
     policy: Box<dyn EvictionPolicy>,
     evictions: u64,
+    refusals: u64,
 }
 
 impl Occupancy {
@@ -96,6 +91,7 @@ impl Occupancy {
             sizes: HashMap::new(),
             policy,
             evictions: 0,
+            refusals: 0,
         }
     }
 
@@ -122,7 +118,16 @@ impl Occupancy {
         }
         let mut victims = Vec::new();
         if self.used + size > self.high() {
-            let target = self.low().saturating_sub(size);
+            if !self.policy.admits(id) {
+                self.refusals += 1;
+                return Err(Refused::NotAdmitted);
+            }
+            let target = if self.policy.frees_to_low_watermark() {
+                self.low()
+            } else {
+                self.high()
+            }
+            .saturating_sub(size);
             while self.used > target {
                 match self.evict_one() {
                     Some(v) => victims.push(v),
@@ -172,9 +177,22 @@ impl Occupancy {
     }
 
     /// Changes the capacity (a disk tier whose file system has less room than configured);
-    /// the next admission evicts down to the new watermarks.
+    /// [`Occupancy::shrink`] or the next admission that the policy lets in evicts down to it.
     pub fn set_capacity(&mut self, capacity: u64) {
         self.capacity = capacity;
+    }
+
+    /// Evicts down to the high watermark if usage is above it (the capacity was lowered),
+    /// whatever the policy would admit; the victims, whose storage the caller deletes.
+    pub fn shrink(&mut self) -> Vec<BlockId> {
+        let mut victims = Vec::new();
+        while self.used > self.high() {
+            match self.evict_one() {
+                Some(v) => victims.push(v),
+                None => break,
+            }
+        }
+        victims
     }
 
     /// Bytes of capacity.
@@ -192,11 +210,19 @@ impl Occupancy {
         self.evictions
     }
 
+    /// Blocks the policy did not admit since start.
+    pub fn refusals(&self) -> u64 {
+        self.refusals
+    }
+
     /// The watermarks.
     pub fn watermarks(&self) -> Watermarks {
         self.watermarks
     }
 }
+
+#[cfg(test)]
+pub(crate) mod traces;
 
 #[cfg(test)]
 mod tests {
@@ -230,6 +256,24 @@ mod tests {
         }
         assert!(o.contains(BlockId(0)), "touched block survives");
         assert_eq!(o.evictions(), 5);
+    }
+
+    #[test]
+    fn a_lowered_capacity_shrinks_even_when_the_policy_admits_nothing() {
+        let w = Watermarks {
+            high: 1.0,
+            low: 0.5,
+        };
+        let mut o = Occupancy::new(100, w, Box::new(Stable::default()));
+        for i in 0..10 {
+            o.admit(BlockId(i), 10).unwrap();
+        }
+        o.set_capacity(60);
+        assert_eq!(o.admit(BlockId(99), 10), Err(Refused::NotAdmitted));
+        assert_eq!(o.used(), 100, "a refused admission evicts nothing");
+        assert_eq!(o.shrink(), (0..4).map(BlockId).collect::<Vec<_>>());
+        assert_eq!(o.used(), 60);
+        assert!(o.shrink().is_empty());
     }
 
     #[test]
