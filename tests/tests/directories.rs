@@ -77,7 +77,12 @@ fn fs_tree(root: &Path) -> Tree {
     while let Some(dir) = stack.pop() {
         for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
             let e = e.expect("dir entry");
-            let rel = e.path().strip_prefix(root).expect("below root").display().to_string();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .expect("below root")
+                .display()
+                .to_string();
             let ft = e.file_type().expect("file type");
             // The entry's type as readdir gave it must agree with a stat (lookup) of it.
             let md = fs::metadata(e.path()).expect("stat entry");
@@ -156,7 +161,12 @@ fn python_tree(root: &Path, dirs: &[&str]) -> (Tree, Vec<Vec<String>>) {
         dirs: strings(&v["dirs"]).into_iter().collect(),
         files: strings(&v["files"]).into_iter().collect(),
     };
-    let lists = v["lists"].as_array().expect("lists").iter().map(strings).collect();
+    let lists = v["lists"]
+        .as_array()
+        .expect("lists")
+        .iter()
+        .map(strings)
+        .collect();
     (tree, lists)
 }
 
@@ -212,8 +222,17 @@ fn file_mounts_show_empty_and_nested_empty_directories() {
         assert_tree(&s, "/data", &want, &["valid", "deep/er/est"], &what);
         assert_bytes_eq(&s.daemon().cat("/data/train/a/x.bin"), &bytes, "cat");
         if let Some(root) = s.mounted("/data") {
-            assert_bytes_eq(&fs::read(root.join("train/a/x.bin")).unwrap(), &bytes, "read");
-            assert_eq!(fs::metadata(root.join("deep/side/empty.bin")).unwrap().len(), 0);
+            assert_bytes_eq(
+                &fs::read(root.join("train/a/x.bin")).unwrap(),
+                &bytes,
+                "read",
+            );
+            assert_eq!(
+                fs::metadata(root.join("deep/side/empty.bin"))
+                    .unwrap()
+                    .len(),
+                0
+            );
         }
 
         // A directory removed from the source leaves the view after an invalidate (and the
@@ -224,9 +243,18 @@ fn file_mounts_show_empty_and_nested_empty_directories() {
         thread::sleep(Duration::from_millis(1500));
         let want = fs_tree(src.path());
         assert!(!want.dirs.contains("valid") && want.dirs.contains("test"));
-        assert_tree(&s, "/data", &want, &["test"], &format!("{what} after invalidate"));
+        assert_tree(
+            &s,
+            "/data",
+            &want,
+            &["test"],
+            &format!("{what} after invalidate"),
+        );
         let err = s.daemon().ctl_err(&["stat", "/data/valid"]);
-        assert!(err.contains("not found") || err.contains("NotFound"), "{err}");
+        assert!(
+            err.contains("not found") || err.contains("NotFound"),
+            "{err}"
+        );
         if let Some(root) = s.mounted("/data") {
             let e = fs::metadata(root.join("valid")).expect_err("valid is gone");
             assert_eq!(e.raw_os_error(), Some(2), "{e}");
@@ -236,7 +264,13 @@ fn file_mounts_show_empty_and_nested_empty_directories() {
         fs::create_dir(src.path().join("later")).expect("mkdir");
         thread::sleep(Duration::from_millis(4500));
         let want = fs_tree(src.path());
-        assert_tree(&s, "/data", &want, &["later", "test"], &format!("{what} after the TTL"));
+        assert_tree(
+            &s,
+            "/data",
+            &want,
+            &["later", "test"],
+            &format!("{what} after the TTL"),
+        );
     }
 }
 
@@ -248,7 +282,13 @@ fn s3_directory_markers_are_directories_and_never_files() {
     let s3 = S3Sandbox::start(&[(data.path(), "ds")]);
     // Markers as the S3 console writes them: the mount's own root, one above objects, an
     // empty one, and a nested one whose parent is nothing but a marker.
-    for key in ["ds/", "ds/train/", "ds/valid/", "ds/marked/", "ds/marked/inner/"] {
+    for key in [
+        "ds/",
+        "ds/train/",
+        "ds/valid/",
+        "ds/marked/",
+        "ds/marked/inner/",
+    ] {
         s3.put_object(key, b"");
     }
     // A zero-byte file stays a file; a file next to a directory of the same name is hidden.
@@ -264,21 +304,37 @@ fn s3_directory_markers_are_directories_and_never_files() {
         // exist on S3; `valid/` has one.
         want.dirs.remove("deep/er/est");
         want.dirs.remove("deep/er");
-        want.dirs.extend(["marked", "marked/inner", "both"].map(String::from));
-        want.files.extend(["zero.txt", "both/in.bin"].map(String::from));
+        want.dirs
+            .extend(["marked", "marked/inner", "both"].map(String::from));
+        want.files
+            .extend(["zero.txt", "both/in.bin"].map(String::from));
         assert!(want.dirs.contains("valid"));
         assert_tree(&s, "/data", &want, &["valid", "marked/inner"], &what);
 
         let d = s.daemon();
         let zero = d.stat_json("/data/zero.txt");
-        assert_eq!((zero["is_dir"].clone(), zero["size"].as_u64()), (false.into(), Some(0)));
-        assert_eq!(d.stat_json("/data/both")["is_dir"], true, "{what}: the directory wins");
+        assert_eq!(
+            (zero["is_dir"].clone(), zero["size"].as_u64()),
+            (false.into(), Some(0))
+        );
+        assert_eq!(
+            d.stat_json("/data/both")["is_dir"],
+            true,
+            "{what}: the directory wins"
+        );
         assert_bytes_eq(&d.cat("/data/both/in.bin"), b"inside", "cat both/in.bin");
         assert_bytes_eq(&d.cat("/data/train/a/x.bin"), &bytes, "cat train/a/x.bin");
         let err = d.ctl_err(&["cat", "/data/valid"]);
-        assert!(err.to_lowercase().contains("directory"), "{what}: cat of a marker: {err}");
+        assert!(
+            err.to_lowercase().contains("directory"),
+            "{what}: cat of a marker: {err}"
+        );
         if let Some(root) = s.mounted("/data") {
-            assert_bytes_eq(&fs::read(root.join("train/a/x.bin")).unwrap(), &bytes, "read");
+            assert_bytes_eq(
+                &fs::read(root.join("train/a/x.bin")).unwrap(),
+                &bytes,
+                "read",
+            );
             let e = fs::read(root.join("valid")).expect_err("read of a directory");
             assert_eq!(e.raw_os_error(), Some(21), "{what}: EISDIR: {e}");
         }
@@ -291,7 +347,10 @@ fn s3_directory_markers_are_directories_and_never_files() {
     s.daemon().ctl_ok(&["invalidate", "/data"]);
     thread::sleep(Duration::from_millis(1500));
     let tree = ls_tree(s.daemon(), "/data");
-    assert!(!tree.dirs.contains("valid") && tree.dirs.contains("marked"), "{tree:?}");
+    assert!(
+        !tree.dirs.contains("valid") && tree.dirs.contains("marked"),
+        "{tree:?}"
+    );
     if let Some(root) = s.mounted("/data") {
         let e = fs::metadata(root.join("valid")).expect_err("valid is gone");
         assert_eq!(e.raw_os_error(), Some(2), "{e}");

@@ -206,7 +206,8 @@ impl Ufs {
     /// Whether `rel` is a directory on disk (`file://` mounts, inside the confinement).
     fn is_local_dir(&self, rel: &str) -> bool {
         self.local_root.as_ref().is_some_and(|root| {
-            self.escapes(rel).is_none() && std::fs::metadata(root.join(rel)).is_ok_and(|m| m.is_dir())
+            self.escapes(rel).is_none()
+                && std::fs::metadata(root.join(rel)).is_ok_and(|m| m.is_dir())
         })
     }
 }
@@ -227,7 +228,10 @@ mod tests {
     fn parents_stop_below_the_listed_directory() {
         let mut dirs = BTreeSet::new();
         add_parents(&mut dirs, "a/b/c/f", "");
-        assert_eq!(dirs, BTreeSet::from(["a".into(), "a/b".into(), "a/b/c".into()]));
+        assert_eq!(
+            dirs,
+            BTreeSet::from(["a".into(), "a/b".into(), "a/b/c".into()])
+        );
         let mut dirs = BTreeSet::new();
         add_parents(&mut dirs, "a/b/c/f", "a");
         assert_eq!(dirs, BTreeSet::from(["a/b".into(), "a/b/c".into()]));
@@ -249,10 +253,21 @@ mod tests {
         let dirs: Vec<&str> = tree.dirs.iter().map(String::as_str).collect();
         assert_eq!(
             dirs,
-            ["deep", "deep/er", "deep/er/est", "deep/side", "train", "train/a", "valid"]
+            [
+                "deep",
+                "deep/er",
+                "deep/er/est",
+                "deep/side",
+                "train",
+                "train/a",
+                "valid"
+            ]
         );
-        let mut files: Vec<(&str, u64)> =
-            tree.files.iter().map(|f| (f.rel.as_str(), f.size)).collect();
+        let mut files: Vec<(&str, u64)> = tree
+            .files
+            .iter()
+            .map(|f| (f.rel.as_str(), f.size))
+            .collect();
         files.sort();
         assert_eq!(files, [("deep/side/empty", 0), ("train/a/x.bin", 3)]);
 
