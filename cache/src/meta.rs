@@ -9,8 +9,12 @@
 //!
 //! With manifests off, stat and one-level list answers are cached per path for the TTL.
 //! Either way, the estimated memory of all metadata stays under `metadata.max_bytes`.
+//!
+//! Directories are those the source has (see [`crate::ufs`]'s listing): a manifest keeps every
+//! directory, empty ones and directory markers included, not only those implied by a file;
+//! a name that is a directory is never also a file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,7 +28,8 @@ use crate::error::{Error, Result};
 use crate::inflight::InFlight;
 use crate::mount::Mount;
 use crate::sync::lock;
-use crate::ufs::FileMeta;
+use crate::ufs::list::add_parents;
+use crate::ufs::{DirListing, FileMeta};
 
 /// What a path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,16 +50,32 @@ pub struct DirEntry {
 struct Manifest {
     created: SystemTime,
     files: BTreeMap<String, FileMeta>,
+    /// Every directory below the root: those the source lists (empty ones too) and every
+    /// parent of a file. No file has the path of one.
+    dirs: BTreeSet<String>,
     bytes: u64,
 }
 
 impl Manifest {
-    fn new(created: SystemTime, files: impl IntoIterator<Item = FileMeta>) -> Self {
-        let files: BTreeMap<_, _> = files.into_iter().map(|f| (f.rel.clone(), f)).collect();
-        let bytes = files.values().map(entry_bytes).sum();
+    fn new(
+        created: SystemTime,
+        files: impl IntoIterator<Item = FileMeta>,
+        dirs: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut files: BTreeMap<_, _> = files.into_iter().map(|f| (f.rel.clone(), f)).collect();
+        let mut dirs: BTreeSet<String> = dirs.into_iter().collect();
+        let listed: Vec<String> = dirs.iter().cloned().collect();
+        for path in files.keys().chain(&listed) {
+            add_parents(&mut dirs, path, "");
+        }
+        // A directory wins over a file of the same name (the UFS listing already hid it).
+        files.retain(|rel, _| !dirs.contains(rel));
+        let bytes = files.values().map(entry_bytes).sum::<u64>()
+            + dirs.iter().map(|d| d.len() as u64 + 64).sum::<u64>();
         Manifest {
             created,
             files,
+            dirs,
             bytes,
         }
     }
@@ -64,18 +85,10 @@ impl Manifest {
     }
 
     fn stat(&self, rel: &str) -> Option<Stat> {
-        if rel.is_empty() {
+        if rel.is_empty() || self.dirs.contains(rel) {
             return Some(Stat::Dir);
         }
-        if let Some(f) = self.files.get(rel) {
-            return Some(Stat::File(f.clone()));
-        }
-        let dir = format!("{rel}/");
-        self.files
-            .range(dir.clone()..)
-            .next()
-            .filter(|(k, _)| k.starts_with(&dir))
-            .map(|_| Stat::Dir)
+        self.files.get(rel).map(|f| Stat::File(f.clone()))
     }
 
     fn list(&self, rel: &str) -> Vec<DirEntry> {
@@ -84,7 +97,16 @@ impl Manifest {
         } else {
             format!("{rel}/")
         };
-        let mut out = Vec::new();
+        let mut out: Vec<DirEntry> = self
+            .dirs
+            .range(prefix.clone()..)
+            .map_while(|d| d.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(|name| DirEntry {
+                name: name.to_string(),
+                stat: Stat::Dir,
+            })
+            .collect();
         let mut from = prefix.clone();
         while let Some((key, meta)) = self.files.range(from.clone()..).next() {
             let Some(rest) = key.strip_prefix(&prefix) else {
@@ -98,16 +120,12 @@ impl Manifest {
                     });
                     from = format!("{key}\0");
                 }
-                Some((child, _)) => {
-                    out.push(DirEntry {
-                        name: child.to_string(),
-                        stat: Stat::Dir,
-                    });
-                    // '0' follows '/': skip every key below this child in one step.
-                    from = format!("{prefix}{child}0");
-                }
+                // A sub-directory's files (the directory itself came from `dirs`): '0'
+                // follows '/', so this skips every key below it in one step.
+                Some((child, _)) => from = format!("{prefix}{child}0"),
             }
         }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
@@ -189,14 +207,27 @@ impl Metadata {
         }
         let stat = if rel.is_empty() {
             Some(Stat::Dir)
-        } else {
+        } else if mount.ufs.local_root().is_some() {
+            // On disk a name is a file or a directory, never both.
             match mount.ufs.head(rel).await {
                 Ok(f) => Some(Stat::File(f)),
                 Err(Error::NotFound { .. }) => {
-                    let (files, dirs) = mount.ufs.list_dir(rel).await?;
-                    (!files.is_empty() || !dirs.is_empty()).then_some(Stat::Dir)
+                    mount.ufs.list_dir(rel).await?.exists.then_some(Stat::Dir)
                 }
                 Err(e) => return Err(e),
+            }
+        } else {
+            // An object store may hold a file `rel` and objects below `rel/` (or a marker
+            // `rel/`): ask both at once; the directory wins, as in listings.
+            let (head, dir) = tokio::join!(mount.ufs.head(rel), mount.ufs.list_dir(rel));
+            if dir?.exists {
+                Some(Stat::Dir)
+            } else {
+                match head {
+                    Ok(f) => Some(Stat::File(f)),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                }
             }
         };
         self.remember(&mm.stats, rel, stat.clone());
@@ -214,7 +245,7 @@ impl Metadata {
         {
             return Ok(l.clone());
         }
-        let (files, dirs) = mount.ufs.list_dir(rel).await?;
+        let DirListing { files, dirs, .. } = mount.ufs.list_dir(rel).await?;
         let mut out: Vec<DirEntry> = dirs
             .into_iter()
             .map(|name| DirEntry {
@@ -239,7 +270,7 @@ impl Metadata {
         if let Stat::File(f) = self.stat(mount, rel).await? {
             return Ok(vec![f]);
         }
-        let mut files = mount.ufs.list_recursive(rel).await?;
+        let mut files = mount.ufs.list_tree(rel).await?.files;
         files.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(files)
     }
@@ -260,7 +291,11 @@ impl Metadata {
                 None => files.remove(rel),
             };
             *slot = Some((
-                Arc::new(Manifest::new(m.created, files.into_values())),
+                Arc::new(Manifest::new(
+                    m.created,
+                    files.into_values(),
+                    m.dirs.iter().cloned(),
+                )),
                 *used,
             ));
         }
@@ -279,7 +314,7 @@ impl Metadata {
         let mut dropped = 0u64;
         if let Some((m, _)) = lock(&mm.manifest).take() {
             // Any invalidation under a mount drops its manifest: it is one listing.
-            dropped += m.files.len() as u64;
+            dropped += (m.files.len() + m.dirs.len()) as u64;
         }
         if let Some(path) = self.manifest_path(mount) {
             let _ = std::fs::remove_file(path);
@@ -306,7 +341,7 @@ impl Metadata {
         let mut bytes = 0;
         for mm in mounts {
             if let Some((m, _)) = lock(&mm.manifest).as_ref() {
-                entries += m.files.len() as u64;
+                entries += (m.files.len() + m.dirs.len()) as u64;
                 bytes += m.bytes;
             }
             let s = lock(&mm.stats);
@@ -434,14 +469,14 @@ async fn load_manifest(mount: &Mount, path: Option<PathBuf>, ttl: Duration) -> R
             .flatten()
             .filter(|m| m.fresh(ttl));
         if let Some(m) = from_disk {
-            info!(mount = %mount.point, files = m.files.len(), "dataset manifest loaded from disk");
+            info!(mount = %mount.point, files = m.files.len(), dirs = m.dirs.len(), "dataset manifest loaded from disk");
             return Ok(m);
         }
     }
     let started = Instant::now();
-    let files = mount.ufs.list_recursive("").await?;
-    let m = Manifest::new(SystemTime::now(), files);
-    info!(mount = %mount.point, files = m.files.len(), secs = started.elapsed().as_secs_f64(), "dataset manifest listed from the UFS");
+    let tree = mount.ufs.list_tree("").await?;
+    let m = Manifest::new(SystemTime::now(), tree.files, tree.dirs);
+    info!(mount = %mount.point, files = m.files.len(), dirs = m.dirs.len(), secs = started.elapsed().as_secs_f64(), "dataset manifest listed from the UFS");
     if let Some(p) = &path
         && let Err(e) = write_manifest(p, mount.ufs.uri(), &m)
     {
@@ -450,11 +485,21 @@ async fn load_manifest(mount: &Mount, path: Option<PathBuf>, ttl: Duration) -> R
     Ok(m)
 }
 
+/// The on-disk manifest's format: 2 added directories (a manifest of format 1, which had
+/// none, is LISTed again once rather than trusted without its empty directories).
+const MANIFEST_FORMAT: u32 = 2;
+
+/// The first line of a manifest file; then `files` lines of [`FileMeta`] and `dirs` lines of
+/// directory paths, each one JSON value.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ManifestHeader {
+    #[serde(default)]
+    format: u32,
     uri: String,
     created_unix_ms: u64,
     files: u64,
+    #[serde(default)]
+    dirs: u64,
 }
 
 fn write_manifest(path: &std::path::Path, uri: &str, m: &Manifest) -> std::io::Result<()> {
@@ -464,6 +509,7 @@ fn write_manifest(path: &std::path::Path, uri: &str, m: &Manifest) -> std::io::R
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     let header = ManifestHeader {
+        format: MANIFEST_FORMAT,
         uri: uri.to_string(),
         created_unix_ms: m
             .created
@@ -471,11 +517,16 @@ fn write_manifest(path: &std::path::Path, uri: &str, m: &Manifest) -> std::io::R
             .unwrap_or_default()
             .as_millis() as u64,
         files: m.files.len() as u64,
+        dirs: m.dirs.len() as u64,
     };
     serde_json::to_writer(&mut w, &header)?;
     w.write_all(b"\n")?;
     for f in m.files.values() {
         serde_json::to_writer(&mut w, f)?;
+        w.write_all(b"\n")?;
+    }
+    for d in &m.dirs {
+        serde_json::to_writer(&mut w, d)?;
         w.write_all(b"\n")?;
     }
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -486,18 +537,24 @@ fn read_manifest(path: &std::path::Path, uri: &str) -> Option<Manifest> {
     let f = std::fs::File::open(path).ok()?;
     let mut lines = std::io::BufReader::new(f).lines();
     let header: ManifestHeader = serde_json::from_str(&lines.next()?.ok()?).ok()?;
-    if header.uri != uri {
+    if header.uri != uri || header.format != MANIFEST_FORMAT {
         return None;
     }
+    let mut lines = lines.map(|l| l.ok());
     let files: Vec<FileMeta> = lines
-        .map(|l| l.ok().and_then(|l| serde_json::from_str(&l).ok()))
+        .by_ref()
+        .take(usize::try_from(header.files).ok()?)
+        .map(|l| l.and_then(|l| serde_json::from_str(&l).ok()))
         .collect::<Option<_>>()?;
-    if files.len() as u64 != header.files {
+    let dirs: Vec<String> = lines
+        .map(|l| l.and_then(|l| serde_json::from_str(&l).ok()))
+        .collect::<Option<_>>()?;
+    if files.len() as u64 != header.files || dirs.len() as u64 != header.dirs {
         warn!(path = %path.display(), "truncated manifest ignored");
         return None;
     }
     let created = UNIX_EPOCH + Duration::from_millis(header.created_unix_ms);
-    Some(Manifest::new(created, files))
+    Some(Manifest::new(created, files, dirs))
 }
 
 #[cfg(test)]
@@ -518,6 +575,7 @@ mod tests {
         let m = Manifest::new(
             SystemTime::now(),
             ["a/x", "a/y", "b/c/d", "b/c/e", "b/f", "top", "a0"].map(f),
+            [],
         );
         let names = |v: Vec<DirEntry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
         assert_eq!(names(m.list("")), ["a", "a0", "b", "top"]);
@@ -536,10 +594,55 @@ mod tests {
     fn manifest_roundtrips_on_disk() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.manifest");
-        let m = Manifest::new(SystemTime::now(), ["a\nb", "c \"q\""].map(f));
+        let m = Manifest::new(
+            SystemTime::now(),
+            ["a\nb", "c \"q\"", "d/e"].map(f),
+            ["empty".to_string(), "x/y/z".to_string()],
+        );
         write_manifest(&p, "s3://x", &m).unwrap();
         let back = read_manifest(&p, "s3://x").unwrap();
         assert_eq!(back.files, m.files);
+        assert_eq!(back.dirs, m.dirs);
+        assert_eq!(back.dirs.len(), 5, "{:?}", back.dirs);
         assert!(read_manifest(&p, "s3://other").is_none());
+    }
+
+    #[test]
+    fn a_manifest_of_the_format_without_directories_is_not_trusted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.manifest");
+        let header = r#"{"uri":"s3://x","created_unix_ms":1,"files":1}"#;
+        let file = serde_json::to_string(&f("a/b")).unwrap();
+        std::fs::write(&p, format!("{header}\n{file}\n")).unwrap();
+        assert!(read_manifest(&p, "s3://x").is_none());
+    }
+
+    #[test]
+    fn manifest_keeps_empty_directories_and_a_directory_hides_a_file() {
+        let m = Manifest::new(
+            SystemTime::now(),
+            ["train/x", "c", "c/inner", "d"].map(f),
+            ["valid", "deep/er/est", "d"].map(String::from),
+        );
+        let names = |v: Vec<DirEntry>| {
+            v.into_iter()
+                .map(|e| (e.name, matches!(e.stat, Stat::Dir)))
+                .collect::<Vec<_>>()
+        };
+        let dir = |n: &str| (n.to_string(), true);
+        assert_eq!(
+            names(m.list("")),
+            [dir("c"), dir("d"), dir("deep"), dir("train"), dir("valid")]
+        );
+        assert_eq!(names(m.list("valid")), []);
+        assert_eq!(names(m.list("deep")), [dir("er")]);
+        assert_eq!(names(m.list("deep/er")), [dir("est")]);
+        assert_eq!(names(m.list("c")), [("inner".to_string(), false)]);
+        for d in ["valid", "deep", "deep/er", "deep/er/est", "c", "d"] {
+            assert_eq!(m.stat(d), Some(Stat::Dir), "{d}");
+        }
+        assert_eq!(m.stat("valid/x"), None);
+        assert_eq!(m.walk("").len(), 2, "c and d are directories, not files");
+        assert!(m.walk("valid").is_empty());
     }
 }

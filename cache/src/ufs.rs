@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -26,6 +25,10 @@ use tracing::{debug, warn};
 use crate::config::UfsConfig;
 use crate::error::{Error, Result};
 use crate::stats;
+
+pub(crate) mod list;
+
+pub use list::{DirListing, TreeListing};
 
 /// One file as the UFS describes it, relative to the mount's prefix.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -294,43 +297,6 @@ impl Ufs {
         })
     }
 
-    /// Every object below `rel` (recursive LIST, all pages).
-    pub async fn list_recursive(&self, rel: &str) -> Result<Vec<FileMeta>> {
-        let loc = self.location(rel)?;
-        let prefix = (!loc.as_ref().is_empty()).then_some(&loc);
-        let metas: Vec<ObjectMeta> = self
-            .retrying("list", rel, || self.store.list(prefix).try_collect())
-            .await?;
-        stats::ufs_list();
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| self.to_meta(m))
-            .filter(|m| self.escapes(&m.rel).is_none())
-            .collect())
-    }
-
-    /// One directory level below `rel`: (files, sub-directory names).
-    pub async fn list_dir(&self, rel: &str) -> Result<(Vec<FileMeta>, Vec<String>)> {
-        let loc = self.location(rel)?;
-        let prefix = (!loc.as_ref().is_empty()).then_some(&loc);
-        let res = self
-            .retrying("list", rel, || self.store.list_with_delimiter(prefix))
-            .await?;
-        stats::ufs_list();
-        let dirs = res
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect();
-        let files = res
-            .objects
-            .into_iter()
-            .filter_map(|m| self.to_meta(m))
-            .filter(|m| self.escapes(&m.rel).is_none())
-            .collect();
-        Ok((files, dirs))
-    }
-
     /// Bytes `range` of `file`, only if the object still has `file.version`.
     pub async fn get_range(&self, file: &FileMeta, range: Range<u64>) -> Result<Bytes> {
         self.refuse_escape(&file.rel)?;
@@ -470,7 +436,7 @@ mod tests {
         std::fs::write(dir.path().join("a/x.bin"), b"0123456789").unwrap();
         let uri = format!("file://{}", dir.path().display());
         let ufs = Ufs::open(&uri, &BTreeMap::new(), &UfsConfig::default()).unwrap();
-        let files = ufs.list_recursive("").await.unwrap();
+        let files = ufs.list_tree("").await.unwrap().files;
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].rel, "a/x.bin");
         let got = ufs.get_range(&files[0], 2..5).await.unwrap();

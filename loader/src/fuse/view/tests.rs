@@ -210,6 +210,55 @@ fn pages(f: &Fixture, fh: u64, page: usize, plus: bool) -> Vec<Vec<(String, u64,
 }
 
 #[test]
+fn empty_and_nested_empty_directories_are_listed_and_looked_up() {
+    let f = Fixture::new();
+    // Made before the first access: the manifest is listed then.
+    for d in ["empty", "nest/ed", "sub/in"] {
+        std::fs::create_dir_all(f.source(d)).expect("mkdir");
+    }
+    let data = f.walk("data").expect("data");
+    let fh = f.view.opendir(data.ino).expect("opendir");
+    let top: Vec<(String, Kind)> = pages(&f, fh, 100, true)
+        .concat()
+        .into_iter()
+        .map(|e| (e.0, e.3))
+        .collect();
+    f.view.releasedir(fh);
+    let dir = |n: &str| (n.to_string(), Kind::Dir);
+    assert_eq!(
+        top,
+        [
+            dir("."),
+            dir(".."),
+            ("a.bin".into(), Kind::File),
+            dir("empty"),
+            dir("many"),
+            dir("nest"),
+            dir("sub"),
+        ]
+    );
+    for (path, want) in [
+        ("data/empty", vec![".", ".."]),
+        ("data/nest", vec![".", "..", "ed"]),
+        ("data/nest/ed", vec![".", ".."]),
+        ("data/sub", vec![".", "..", "b.txt", "in"]),
+    ] {
+        let attr = f.walk(path).expect(path);
+        assert_eq!(
+            (attr.kind, attr.size, attr.nlink),
+            (Kind::Dir, 0, 2),
+            "{path}"
+        );
+        assert_eq!(f.view.getattr(attr.ino).map(|a| a.kind), Ok(Kind::Dir));
+        let fh = f.view.opendir(attr.ino).expect("opendir");
+        assert_eq!(pages_names(&f, fh), want, "{path}");
+        f.view.releasedir(fh);
+        assert_eq!(f.view.open(attr.ino, 0), Err(Errno::EISDIR), "{path}");
+    }
+    assert_eq!(f.walk("data/empty/x"), Err(Errno::ENOENT));
+}
+
+#[test]
 fn readdir_pages_through_one_listing() {
     let f = Fixture::new();
     let many = f.walk("data/many").expect("many");
