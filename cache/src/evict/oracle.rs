@@ -26,6 +26,16 @@ use crate::sync::{read, write};
 /// stands alone (a recorded trace) may use positions directly.
 pub type Tick = u64;
 
+/// The shared clock's reading now: nanoseconds since this process first asked. Sources that
+/// predict by position anchor their ticks here (position `p` is read at about
+/// `anchor + (p - anchor_position) * time per sample`), so schedules of different rates
+/// compare on one axis.
+pub fn clock() -> Tick {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(Tick::MAX)
+}
+
 /// The future reads of one schedule. Asked under a tier's lock, on every admission that needs
 /// room and every read: answers must be quick and must not call back into the cache.
 pub trait NextUse: Send + Sync {
