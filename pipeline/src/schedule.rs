@@ -126,12 +126,12 @@ impl Index {
         index
     }
 
-    /// The first position at or after `from` reading `id`.
-    fn next_at(&self, id: BlockId, from: u64) -> Option<u64> {
+    /// The first position at or after `from` reading `id` that is not `read` already.
+    fn next_at(&self, id: BlockId, from: u64, read: impl Fn(u64) -> bool) -> Option<u64> {
         let k = self.ids.binary_search(&id).ok()?;
         let ps = &self.positions[self.starts[k] as usize..self.starts[k + 1] as usize];
         let at = ps.partition_point(|&p| u64::from(p) < from);
-        ps.get(at).map(|&p| u64::from(p))
+        ps[at..].iter().map(|&p| u64::from(p)).find(|&p| !read(p))
     }
 
     /// Heap bytes of an index over `reads` block reads of which `unique` distinct blocks.
@@ -140,6 +140,32 @@ impl Index {
         unique
             .saturating_mul(id + 4)
             .saturating_add(reads.saturating_mul(4))
+    }
+}
+
+/// Positions whose read began, one bit each.
+#[derive(Debug)]
+struct Bits(Vec<AtomicU64>);
+
+impl Bits {
+    fn new(n: u64) -> Self {
+        Bits((0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn set(&self, i: u64) {
+        if let Some(w) = self.0.get((i / 64) as usize) {
+            w.fetch_or(1 << (i % 64), Ordering::AcqRel);
+        }
+    }
+
+    fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (i % 64)) != 0)
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.0.len() * 8) as u64
     }
 }
 
@@ -166,6 +192,10 @@ pub struct Schedule {
     /// Positions in the window: this epoch's `len`, then the next's.
     window: u64,
     position: AtomicU64,
+    /// Positions ahead of `position` whose read already began (decode workers run ahead of
+    /// delivery): a block's next use skips them, so a block being read is judged by its
+    /// following read, as MIN judges it.
+    read_begun: Bits,
     anchor: RwLock<Anchor>,
     generation: AtomicU64,
     /// When and where the rate is measured from.
@@ -178,10 +208,12 @@ impl Schedule {
     pub fn new(blocks: &SampleBlocks, this: &[u64], next: &[u64], position: u64) -> Self {
         let order = this.iter().chain(next).copied();
         let index = Index::build(blocks, order);
+        let window = (this.len() + next.len()) as u64;
         Schedule {
             index,
-            window: (this.len() + next.len()) as u64,
+            window,
             position: AtomicU64::new(position),
+            read_begun: Bits::new(window),
             anchor: RwLock::new(Anchor {
                 tick: clock(),
                 position,
@@ -196,7 +228,8 @@ impl Schedule {
     /// reads; known before it is built, so a loader's reservation can hold it first.
     pub fn bytes_for(blocks: &SampleBlocks, epochs: u64) -> u64 {
         let reads = blocks.reads().saturating_mul(epochs);
-        Index::bytes_for(reads, blocks.reads())
+        let bits = (blocks.len() as u64).saturating_mul(epochs).div_ceil(64) * 8;
+        Index::bytes_for(reads, blocks.reads()).saturating_add(bits)
     }
 
     /// Heap bytes this schedule holds.
@@ -205,6 +238,13 @@ impl Schedule {
             self.index.positions.len() as u64,
             self.index.ids.len() as u64,
         )
+        .saturating_add(self.read_begun.bytes())
+    }
+
+    /// The read of the sample at `position` begins: its blocks' next uses move on to their
+    /// following reads (the blocks are read right after, which re-asks them).
+    pub fn reading(&self, position: u64) {
+        self.read_begun.set(position);
     }
 
     /// Samples of the global order consumed so far.
@@ -258,7 +298,9 @@ impl Schedule {
 
 impl NextUse for Schedule {
     fn next_use(&self, id: BlockId) -> Option<Tick> {
-        let at = self.index.next_at(id, self.position())?;
+        let at = self
+            .index
+            .next_at(id, self.position(), |p| self.read_begun.get(p))?;
         Some(read(&self.anchor).tick(at))
     }
 
@@ -279,6 +321,9 @@ pub struct Registered {
     /// Global position of the loader's first batch, and positions per delivered batch.
     start: u64,
     step: u64,
+    /// This rank, of `world`: its `i`-th sample is at `start + i * world + rank`.
+    rank: u64,
+    world: u64,
 }
 
 impl Registered {
@@ -289,6 +334,16 @@ impl Registered {
             self.start
                 .saturating_add(delivered.saturating_mul(self.step)),
         );
+    }
+
+    /// This rank's samples `range` (indices into its order) are about to be read.
+    pub fn reading(&self, range: std::ops::Range<usize>) {
+        for i in range {
+            let at = (i as u64)
+                .saturating_mul(self.world)
+                .saturating_add(self.rank);
+            self.schedule.reading(self.start.saturating_add(at));
+        }
     }
 
     /// The schedule.
@@ -306,6 +361,7 @@ pub struct Plan {
     /// Global positions consumed before this loader's first batch.
     pub consumed: u64,
     pub batch: u64,
+    pub rank: u64,
     pub world: u64,
 }
 
@@ -318,7 +374,7 @@ pub(crate) fn register(
     dataset: &Dataset,
     plan: Plan,
     reservation: &mut Reservation,
-) -> Option<Registered> {
+) -> Option<Arc<Registered>> {
     if cache.config().eviction != Eviction::Clairvoyant {
         return None;
     }
@@ -338,12 +394,14 @@ pub(crate) fn register(
         "loader schedule registered"
     );
     let registration = cache.next_use().register(schedule.clone());
-    Some(Registered {
+    Some(Arc::new(Registered {
         schedule,
         _registration: registration,
         start: plan.consumed,
         step: plan.batch.saturating_mul(plan.world.max(1)),
-    })
+        rank: plan.rank,
+        world: plan.world.max(1),
+    }))
 }
 
 /// The blocks every sample of `dataset` reads. A sample whose file cannot be opened now reads

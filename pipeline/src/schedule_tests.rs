@@ -167,3 +167,45 @@ fn memory_is_known_before_building() {
     assert!(s.heap_bytes() <= Schedule::bytes_for(&blocks, 2));
     assert!(s.heap_bytes() > 0);
 }
+
+#[test]
+fn a_block_being_read_is_judged_by_its_following_read() {
+    // Sample i reads block i % 3: block 0 at positions 0, 3, then the next epoch.
+    let len: u64 = 6;
+    let blocks = SampleBlocks::new((0..len).map(|i| vec![id((i % 3).into())]));
+    let this: Vec<u64> = (0..len).collect();
+    let s = Schedule::new(&blocks, &this, &this, 0);
+    let at = |b| s.next_use(id(b)).map(|t| s.position_of(t));
+    assert_eq!(at(0), Some(0));
+    // Workers run ahead of delivery: positions 0..=3 being read, none delivered yet.
+    for p in 0..4 {
+        s.reading(p);
+    }
+    assert_eq!(
+        at(0),
+        Some(6),
+        "both reads of this epoch began: the next epoch's"
+    );
+    assert_eq!(at(1), Some(4));
+    assert_eq!(s.now(), s.next_use(id(0)).unwrap() - 6 * s.ns_per_sample());
+    // A rank's i-th sample is at start + i * world + rank.
+    let blocks = SampleBlocks::new((0..8u64).map(|i| vec![id(i.into())]));
+    let this: Vec<u64> = (0..8u64).collect();
+    let s = Arc::new(Schedule::new(&blocks, &this, &this, 2));
+    let r = Registered {
+        schedule: s.clone(),
+        _registration: loaderd_cache::evict::NextUseOracle::new().register(s.clone()),
+        start: 2,
+        step: 2 * 2,
+        rank: 1,
+        world: 2,
+    };
+    r.reading(0..2); // positions 3 and 5
+    let at = |b| s.next_use(id(b)).map(|t| s.position_of(t));
+    assert_eq!(
+        (at(2), at(3), at(4), at(5)),
+        (Some(2), Some(11), Some(4), Some(13))
+    );
+    r.delivered(1);
+    assert_eq!(s.position(), 6);
+}

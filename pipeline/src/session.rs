@@ -71,7 +71,7 @@ pub struct Session {
     failed: Option<String>,
     registration: Registration,
     /// This loader's future reads, registered with the cache while it is open.
-    schedule: Option<Registered>,
+    schedule: Option<Arc<Registered>>,
 }
 
 /// The dataset indexed and this rank's order drawn, counted in the loader's reservation.
@@ -87,7 +87,7 @@ pub(crate) struct Admitted {
     pub indexed: Indexed,
     pub batches: u64,
     pub registration: Registration,
-    pub schedule: Option<Registered>,
+    pub schedule: Option<Arc<Registered>>,
 }
 
 impl Admitted {
@@ -104,6 +104,7 @@ impl Admitted {
             &self.indexed.indices,
             ring,
             self.registration.stats(),
+            self.schedule.clone(),
         )
     }
 }
@@ -319,6 +320,7 @@ pub(crate) fn admit(
             shuffle: req.shuffle,
             consumed: req.consumed,
             batch: plan.batch as u64,
+            rank: u64::from(req.rank),
             world: u64::from(indexed.world),
         },
         &mut reservation,
