@@ -2,6 +2,11 @@
 //! off), three shuffled epochs of one loader read from the UFS, after the first epoch, what an
 //! offline MIN over the same block trace predicts, and well below the same run under LRU.
 //!
+//! Before the loader opens, another reader (`loaderctl cat` of a file outside the dataset)
+//! fills the memory tier with blocks no schedule needs. MIN evicts those first; without the
+//! schedule the clairvoyant policy is `stable`, which keeps that resident set and misses
+//! nearly every read, so the test fails if the loader's schedule is not registered or wrong.
+//!
 //! The trace is recomputed here from the sampler the daemon uses
 //! (`loaderd_pipeline::sampler::order`), and checked against the keys each epoch delivered.
 
@@ -10,7 +15,9 @@ use std::path::Path;
 use std::process::Command;
 
 use loaderd_pipeline::sampler::order;
-use loaderd_tests::{Daemon, bin, clean_env, config_file_args, file_mount_args, list_files};
+use loaderd_tests::{
+    Daemon, bin, clean_env, config_file_args, file_mount_args, list_files, write_random_file,
+};
 
 /// Block size, and what every block is charged in the memory tier (slots are rounded up to
 /// 4 KiB, and every image is one block): the tier holds exactly `MEMORY_BLOCKS` blocks.
@@ -45,8 +52,9 @@ fn dataset(dir: &Path) -> Vec<String> {
 }
 
 /// UFS GETs per epoch, and the keys each epoch delivered, of three epochs of one loader on a
-/// daemon evicting by `eviction`.
-fn run(data: &Path, eviction: &str) -> (Vec<u64>, Vec<Vec<String>>) {
+/// daemon evicting by `eviction`, its memory tier first filled by a read of `junk` (a file the
+/// size of the tier).
+fn run(data: &Path, junk: &Path, eviction: &str) -> (Vec<u64>, Vec<Vec<String>>) {
     let conf = tempfile::tempdir().expect("tempdir");
     let toml = format!(
         "[cache]\nblock_size = \"{BLOCK}\"\neviction = \"{eviction}\"\n\
@@ -55,8 +63,11 @@ fn run(data: &Path, eviction: &str) -> (Vec<u64>, Vec<Vec<String>>) {
     );
     let mut args = config_file_args(conf.path(), &toml);
     args.extend(file_mount_args("/ds", data));
+    args.extend(file_mount_args("/other", junk));
     let d = Daemon::start(&args);
     let gets = || d.metric("loaderd_ufs_requests_total{op=\"get\"}") as u64;
+    d.cat("/other/blob");
+    assert_eq!(gets(), MEMORY_BLOCKS as u64, "the other reader's blocks");
     let (mut per_epoch, mut keys) = (Vec::new(), Vec::new());
     for epoch in 0..EPOCHS {
         let out = d.dir().join(format!("keys-{epoch}"));
@@ -129,7 +140,10 @@ fn a_loaders_schedule_reads_what_min_predicts_and_far_less_than_lru() {
     let trace: Vec<usize> = orders.concat().into_iter().map(|i| i as usize).collect();
     let predicted = min_misses(&trace, files.len(), MEMORY_BLOCKS);
 
-    let (clairvoyant, keys) = run(data.path(), "clairvoyant");
+    let junk = tempfile::tempdir().expect("tempdir");
+    write_random_file(&junk.path().join("blob"), MEMORY_BLOCKS * BLOCK as usize, 5);
+
+    let (clairvoyant, keys) = run(data.path(), junk.path(), "clairvoyant");
     for (e, delivered) in keys.iter().enumerate() {
         let want: Vec<&String> = orders[e].iter().map(|&i| &files[i as usize]).collect();
         assert_eq!(
@@ -138,7 +152,7 @@ fn a_loaders_schedule_reads_what_min_predicts_and_far_less_than_lru() {
             "epoch {e}: the daemon read the order the test simulates"
         );
     }
-    let (lru, _) = run(data.path(), "lru");
+    let (lru, _) = run(data.path(), junk.path(), "lru");
     eprintln!("UFS GETs per epoch: MIN {predicted:?}, clairvoyant {clairvoyant:?}, lru {lru:?}");
 
     // The first epoch is cold: every block once.
