@@ -82,7 +82,7 @@ impl SampleBlocks {
     pub fn of(&self, i: u64) -> &[BlockId] {
         let i = i as usize;
         match (self.starts.get(i), self.starts.get(i + 1)) {
-            (Some(&a), Some(&b)) => &self.ids[a as usize..b as usize],
+            (Some(&a), Some(&b)) => self.ids.get(a as usize..b as usize).unwrap_or(&[]),
             _ => &[],
         }
     }
@@ -379,6 +379,15 @@ pub(crate) fn register(
         return None;
     }
     let blocks = rt.block_on(sample_blocks(cache, dataset));
+    // Positions and offsets are 32-bit: a window past that runs without a schedule.
+    let window = (dataset.len() as u64).saturating_mul(2);
+    if window.max(blocks.reads().saturating_mul(2)) > u64::from(u32::MAX) {
+        warn!(
+            window,
+            "loader runs without a schedule: its window is too large to index"
+        );
+        return None;
+    }
     let bytes = Schedule::bytes_for(&blocks, 2);
     if let Err(e) = reservation.grow(bytes) {
         warn!(bytes, error = %e, "loader runs without a schedule: it does not fit its budget");
