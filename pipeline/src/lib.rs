@@ -16,7 +16,8 @@
 //!
 //! The sampler's order is a pure function of (seed, epoch, dataset length), so every node
 //! computes the same global order without talking to the others, and any rank's future reads
-//! are known in advance. Crops and layouts are `loaderd-image`'s types ([`CropBox`], [`Rect`],
+//! are known in advance: an open loader registers its [`schedule`] (this epoch's rest and the
+//! next epoch) with the cache's next-use oracle, which the clairvoyant eviction asks. Crops and layouts are `loaderd-image`'s types ([`CropBox`], [`Rect`],
 //! [`Layout`], [`Normalize`]), re-exported here, the same the GPU path (`loaderd-gpu`) takes.
 //!
 //! This crate knows nothing of the wire: the daemon translates its protocol into
@@ -33,6 +34,7 @@ pub mod registry;
 pub mod resize;
 pub mod ring;
 pub mod sampler;
+pub mod schedule;
 pub mod session;
 pub mod spec;
 mod worker;

@@ -63,11 +63,7 @@ impl Sampler {
                 len,
             });
         }
-        let order = if shuffle {
-            permutation(len, state.seed, state.epoch)
-        } else {
-            (0..len).collect()
-        };
+        let order = order(len, state.seed, state.epoch, shuffle);
         let remaining = &order[state.consumed as usize..];
         let n = remaining.len() as u64;
         let per_rank = if drop_last {
@@ -98,6 +94,16 @@ impl Sampler {
     /// Whether this rank reads nothing.
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
+    }
+}
+
+/// The global order of `len` samples in `epoch`: [`permutation`] when shuffled, else the
+/// dataset's.
+pub fn order(len: u64, seed: u64, epoch: u64, shuffle: bool) -> Vec<u64> {
+    if shuffle {
+        permutation(len, seed, epoch)
+    } else {
+        (0..len).collect()
     }
 }
 

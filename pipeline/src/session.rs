@@ -20,6 +20,7 @@ use crate::limits::{self, Plan};
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
 use crate::ring::{BatchRing, Delivery, RingError, SlotMemory};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
+use crate::schedule::{self, Registered};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};
 use loaderd_cache::sync::lock;
@@ -69,6 +70,8 @@ pub struct Session {
     /// Set once a batch failed (`on_error = fail`): every later request gets this error.
     failed: Option<String>,
     registration: Registration,
+    /// This loader's future reads, registered with the cache while it is open.
+    schedule: Option<Arc<Registered>>,
 }
 
 /// The dataset indexed and this rank's order drawn, counted in the loader's reservation.
@@ -84,6 +87,7 @@ pub(crate) struct Admitted {
     pub indexed: Indexed,
     pub batches: u64,
     pub registration: Registration,
+    pub schedule: Option<Arc<Registered>>,
 }
 
 impl Admitted {
@@ -100,6 +104,7 @@ impl Admitted {
             &self.indexed.indices,
             ring,
             self.registration.stats(),
+            self.schedule.clone(),
         )
     }
 }
@@ -206,6 +211,7 @@ impl Session {
             indexed,
             batches,
             registration,
+            schedule,
         } = admitted;
         info!(
             dataset = %indexed.root,
@@ -228,6 +234,7 @@ impl Session {
             opened,
             failed: None,
             registration,
+            schedule,
         }
     }
 
@@ -269,6 +276,9 @@ impl Session {
         };
         stats.delivered(asked.elapsed());
         self.next += 1;
+        if let Some(s) = &self.schedule {
+            s.delivered(self.next);
+        }
         let meta = lock(&self.metas).remove(&seq).unwrap_or_default();
         if let Some(failed) = meta.failed {
             // The client never sees this slot: free it, stop decoding, fail from now on.
@@ -300,6 +310,21 @@ pub(crate) fn admit(
 ) -> Result<Admitted, SessionError> {
     let indexed = index(cache, rt, req, &mut reservation)?;
     let batches = indexed.indices.len().div_ceil(plan.batch) as u64;
+    let schedule = schedule::register(
+        cache,
+        rt,
+        &indexed.dataset,
+        schedule::Plan {
+            seed: req.seed,
+            epoch: req.epoch,
+            shuffle: req.shuffle,
+            consumed: req.consumed,
+            batch: plan.batch as u64,
+            rank: u64::from(req.rank),
+            world: u64::from(indexed.world),
+        },
+        &mut reservation,
+    );
     let registration = reservation.register(LoaderInfo {
         name: if req.name.is_empty() {
             format!("rank {}/{}", req.rank, indexed.world)
@@ -318,6 +343,7 @@ pub(crate) fn admit(
         indexed,
         batches,
         registration,
+        schedule,
     })
 }
 

@@ -23,6 +23,7 @@ use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
 use crate::ring::{BatchRing, SlotMemory, SlotWriter};
 use crate::sampler::sample_rng;
+use crate::schedule::Registered;
 use loaderd_cache::sync::lock;
 
 /// What a decoded batch carries besides its pixels, from its worker to its delivery.
@@ -91,6 +92,8 @@ pub(crate) struct Shared<M: SlotMemory = Arena> {
     /// The next batch number a worker takes.
     pub next_batch: AtomicU64,
     pub stats: Arc<LoaderStats>,
+    /// The loader's schedule, told which samples are being read.
+    pub schedule: Option<Arc<Registered>>,
 }
 
 impl<M: SlotMemory> Shared<M> {
@@ -102,6 +105,7 @@ impl<M: SlotMemory> Shared<M> {
         indices: &Arc<Vec<u64>>,
         ring: Arc<BatchRing<M>>,
         stats: &Arc<LoaderStats>,
+        schedule: Option<Arc<Registered>>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             cache: cache.clone(),
@@ -113,6 +117,7 @@ impl<M: SlotMemory> Shared<M> {
             stop: Arc::new(AtomicBool::new(false)),
             next_batch: AtomicU64::new(0),
             stats: stats.clone(),
+            schedule,
         })
     }
 
@@ -136,6 +141,9 @@ impl<M: SlotMemory> Shared<M> {
             }
             let start = seq as usize * batch;
             let end = (start + batch).min(self.indices.len());
+            if let Some(s) = &self.schedule {
+                s.reading(start..end);
+            }
             let meta = fill(&mut slot, &self.indices[start..end]);
             self.stats
                 .batch_ready(meta.labels.len(), meta.skipped.len());

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use clairvoyant::{Clairvoyant, RECHECKS};
 pub use lru::Lru;
-pub use oracle::{NextUse, NextUseOracle, Registration, Tick};
+pub use oracle::{NextUse, NextUseOracle, Registration, Tick, clock};
 pub use stable::{Stable, TURNOVER, Turnover};
 
 use crate::block::BlockId;

@@ -1,7 +1,8 @@
 //! The next-use oracle: when each block will next be read, by any registered schedule.
 //!
-//! A source ([`NextUse`]) answers for one schedule (later: a loader's seeded permutation of
-//! this epoch and the next, on this node and, through the cluster, on the others). The cache
+//! A source ([`NextUse`]) answers for one schedule (a loader's seeded permutation of
+//! this epoch and the next on this node, `loaderd_pipeline::schedule`; later, through the
+//! cluster, the other nodes'). The cache
 //! owns one [`NextUseOracle`]; sources register with it and stay registered while their
 //! [`Registration`] lives, so a loader that closes or dies takes its schedule with it. The
 //! oracle combines sources by the earliest next use.
@@ -25,6 +26,16 @@ use crate::sync::{read, write};
 /// to ticks with their consumption rate, so several jobs compare on one axis; a source that
 /// stands alone (a recorded trace) may use positions directly.
 pub type Tick = u64;
+
+/// The shared clock's reading now: nanoseconds since this process first asked. Sources that
+/// predict by position anchor their ticks here (position `p` is read at about
+/// `anchor + (p - anchor_position) * time per sample`), so schedules of different rates
+/// compare on one axis.
+pub fn clock() -> Tick {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(Tick::MAX)
+}
 
 /// The future reads of one schedule. Asked under a tier's lock, on every admission that needs
 /// room and every read: answers must be quick and must not call back into the cache.
