@@ -1,0 +1,1 @@
+//! loaderd's FUSE file system: the read-only POSIX view of the logical namespace.
