@@ -171,6 +171,9 @@ pub struct UfsConfig {
     /// block to be of use): fetches of other mounts never take it, so a hung store cannot
     /// block another mount's reads. 0 makes the budget one pool.
     pub mount_reserved_bytes: ByteSize,
+    /// Bytes per second all mounts together may read from their UFS; 0: no cap. A GET waits
+    /// for its share of the link before it is sent (outside its deadline).
+    pub max_bandwidth: ByteSize,
 }
 
 impl Default for UfsConfig {
@@ -182,6 +185,7 @@ impl Default for UfsConfig {
             max_backoff: Secs(Duration::from_secs(5)),
             max_inflight_bytes: ByteSize(256 << 20),
             mount_reserved_bytes: ByteSize(16 << 20),
+            max_bandwidth: ByteSize(0),
         }
     }
 }

@@ -5,14 +5,14 @@
 //! directories whose children are the next segments of the mount points below them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::UfsConfig;
 use crate::error::{Error, Result};
 use crate::path::LogicalPath;
-use crate::ufs::{CREDENTIALS_OPTION, Credentials, Ufs, is_secret_option};
+use crate::ufs::{CREDENTIALS_OPTION, Credentials, Throttle, Ufs, is_secret_option};
 
 /// A mount as written in the config file or sent by `loaderctl mount add`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +175,8 @@ pub enum Resolved {
 #[derive(Debug, Default)]
 pub struct MountTable {
     mounts: RwLock<BTreeMap<LogicalPath, Arc<Mount>>>,
+    /// The UFS bandwidth cap all mounts share, made at the first mount.
+    throttle: OnceLock<Option<Arc<Throttle>>>,
 }
 
 impl MountTable {
@@ -225,6 +227,12 @@ impl MountTable {
         let mut ufs = Ufs::open_with(&spec.uri, &spec.options, ufs_cfg, creds)?;
         if let Some(roots) = confine {
             ufs = ufs.confine_to(roots);
+        }
+        let throttle = self
+            .throttle
+            .get_or_init(|| Throttle::new(ufs_cfg.max_bandwidth.0).map(Arc::new));
+        if let Some(t) = throttle {
+            ufs = ufs.throttled(t.clone());
         }
         let mount = Arc::new(Mount {
             point: point.clone(),

@@ -27,8 +27,10 @@ use crate::error::{Error, Result};
 use crate::stats;
 
 pub(crate) mod list;
+mod throttle;
 
 pub use list::{DirListing, TreeListing};
+pub use throttle::Throttle;
 
 /// One file as the UFS describes it, relative to the mount's prefix.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -72,6 +74,8 @@ pub struct Ufs {
     /// Directories every file of a `file://` mount must resolve into (runtime mounts:
     /// `mounts.allowed_roots`), so a symlink inside cannot reach outside them.
     confine: Option<Arc<[std::path::PathBuf]>>,
+    /// The daemon's cap on UFS read bandwidth (`cache.ufs.max_bandwidth`), shared by mounts.
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl std::fmt::Debug for Ufs {
@@ -188,7 +192,14 @@ impl Ufs {
             cfg: cfg.clone(),
             local_root,
             confine: None,
+            throttle: None,
         })
+    }
+
+    /// Reads through `throttle`, the bandwidth cap shared by the daemon's mounts.
+    pub fn throttled(mut self, throttle: Arc<Throttle>) -> Self {
+        self.throttle = Some(throttle);
+        self
     }
 
     /// Confines a `file://` UFS to `roots` (canonical directories): files that resolve
@@ -231,6 +242,7 @@ impl Ufs {
             cfg: cfg.clone(),
             local_root: None,
             confine: None,
+            throttle: None,
         }
     }
 
@@ -304,6 +316,9 @@ impl Ufs {
         // Only ETags can be checked by the backend; `mtime-size` versions are checked below.
         let etag = (!is_synthetic_version(&file.version)).then(|| file.version.clone());
         let want = range.end - range.start;
+        if let Some(throttle) = &self.throttle {
+            throttle.pass(want).await;
+        }
         let res = self
             .retrying("get", &file.rel, || async {
                 let opts = GetOptions {

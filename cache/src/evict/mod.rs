@@ -12,6 +12,7 @@
 
 mod clairvoyant;
 mod lru;
+pub mod offline;
 pub mod oracle;
 mod stable;
 

@@ -113,36 +113,10 @@ fn by(kind: Eviction, trace: &[u64], cap: u64) -> usize {
     play(trace, cap, policy(kind, &NextUseOracle::new()), &[])
 }
 
-/// Belady's MIN computed offline, the straightforward way: on a miss with the cache full,
-/// the block (resident or incoming) whose next reference is farthest is not kept.
+/// Belady's MIN computed offline ([`offline::min_hits`]): its hit count.
 fn offline_min(trace: &[u64], cap: u64) -> usize {
-    let mut next = vec![usize::MAX; trace.len()];
-    let mut last: HashMap<u64, usize> = HashMap::new();
-    for i in (0..trace.len()).rev() {
-        if let Some(&j) = last.get(&trace[i]) {
-            next[i] = j;
-        }
-        last.insert(trace[i], i);
-    }
-    let mut resident: HashMap<u64, usize> = HashMap::new();
-    let mut hits = 0;
-    for (i, &b) in trace.iter().enumerate() {
-        if let Some(n) = resident.get_mut(&b) {
-            hits += 1;
-            *n = next[i];
-            continue;
-        }
-        if (resident.len() as u64) < cap {
-            resident.insert(b, next[i]);
-            continue;
-        }
-        let (&far, &far_next) = resident.iter().max_by_key(|(_, n)| **n).expect("cap > 0");
-        if far_next > next[i] {
-            resident.remove(&far);
-            resident.insert(b, next[i]);
-        }
-    }
-    hits
+    let cap = usize::try_from(cap).expect("a small cache");
+    offline::min_hits(trace, cap).iter().filter(|h| **h).count()
 }
 
 /// A seeded generator (splitmix64), so every run sees the same traces.

@@ -241,6 +241,7 @@ initial_backoff = {{ include "loaderd.toml.quantity" $c.cache.ufs.initial_backof
 max_backoff = {{ include "loaderd.toml.quantity" $c.cache.ufs.max_backoff }}
 max_inflight_bytes = {{ include "loaderd.toml.quantity" $c.cache.ufs.max_inflight_bytes }}
 mount_reserved_bytes = {{ include "loaderd.toml.quantity" $c.cache.ufs.mount_reserved_bytes }}
+max_bandwidth = {{ include "loaderd.toml.quantity" $c.cache.ufs.max_bandwidth }}
 
 [fuse]
 # mount_point: the FUSE daemon gets --fuse-mount.
