@@ -126,6 +126,9 @@ pub(crate) enum BenchCmd {
     /// One epoch of training batches from the daemon's pipeline (decode + augment into
     /// shared memory): img/s and MB/s; with `--gpu`, also through a loader on a GPU.
     Pipeline(bench::pipeline::PipelineArgs),
+    /// Shuffled epochs over a dataset larger than the memory tier, one daemon per eviction
+    /// policy, against the offline optimum: hit ratio, UFS bytes, img/s, starved share.
+    Epochs(bench::epochs::EpochsArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -86,8 +86,13 @@ pub(crate) fn rpc_err(s: tonic::Status) -> anyhow::Error {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Dataset(DatasetCmd::Gen(g)) = &cli.command {
-        return dataset::generate_cmd(g);
+    match cli.command {
+        Command::Dataset(DatasetCmd::Gen(g)) => return dataset::generate_cmd(&g),
+        // It starts daemons of its own.
+        Command::Bench(BenchCmd::Epochs(args)) => {
+            return tokio::task::block_in_place(|| bench::epochs::run(args));
+        }
+        _ => {}
     }
     let mut c = connect(&cli).await?;
     let shm = || connect_shm(cli.socket.as_ref(), cli.addr.is_some());
@@ -212,7 +217,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bench::pipeline::run(default_shm_socket(&socket), args, &mut status_of)
             })
         }
-        Command::Dataset(_) => unreachable!("handled before connecting"),
+        Command::Dataset(_) | Command::Bench(BenchCmd::Epochs(_)) => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 

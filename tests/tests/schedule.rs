@@ -10,10 +10,10 @@
 //! The trace is recomputed here from the sampler the daemon uses
 //! (`loaderd_pipeline::sampler::order`), and checked against the keys each epoch delivered.
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Command;
 
+use loaderd_cache::evict::offline::min_hits;
 use loaderd_pipeline::sampler::order;
 use loaderd_tests::{
     Daemon, bin, clean_env, config_file_args, file_mount_args, list_files, write_random_file,
@@ -103,30 +103,10 @@ fn run(data: &Path, junk: &Path, eviction: &str) -> (Vec<u64>, Vec<Vec<String>>)
 /// Misses per epoch of Belady's MIN (with bypass: a block needed later than every resident
 /// is not kept) over `trace`, `per_epoch` reads an epoch, in a cache of `capacity` blocks.
 fn min_misses(trace: &[usize], per_epoch: usize, capacity: usize) -> Vec<u64> {
-    let mut next = vec![usize::MAX; trace.len()];
-    let mut seen: HashMap<usize, usize> = HashMap::new();
-    for (i, b) in trace.iter().enumerate().rev() {
-        next[i] = seen.insert(*b, i).unwrap_or(usize::MAX);
-    }
-    let mut resident: BTreeSet<(usize, usize)> = BTreeSet::new();
-    let mut key: HashMap<usize, usize> = HashMap::new();
+    let ids: Vec<u64> = trace.iter().map(|b| *b as u64).collect();
     let mut misses = vec![0u64; trace.len().div_ceil(per_epoch)];
-    for (i, &b) in trace.iter().enumerate() {
-        if let Some(k) = key.remove(&b) {
-            resident.remove(&(k, b));
-        } else {
-            misses[i / per_epoch] += 1;
-            if resident.len() >= capacity {
-                let &(far, victim) = resident.last().expect("a full cache holds blocks");
-                if next[i] >= far {
-                    continue; // bypass: the incoming block is the farthest
-                }
-                resident.remove(&(far, victim));
-                key.remove(&victim);
-            }
-        }
-        resident.insert((next[i], b));
-        key.insert(b, next[i]);
+    for (i, hit) in min_hits(&ids, capacity).into_iter().enumerate() {
+        misses[i / per_epoch] += u64::from(!hit);
     }
     misses
 }

@@ -6,6 +6,7 @@
 //! [`read`] or, with `--remote`, to [`remote`] from [`run_read`] here alone.
 
 mod common;
+pub mod epochs;
 pub mod fuse;
 mod gpu;
 pub mod pipeline;

@@ -131,6 +131,9 @@ struct CacheArgs {
     /// Retries of a failed UFS request.
     #[arg(long, env = "LOADERD_UFS_RETRIES")]
     ufs_retries: Option<u32>,
+    /// Bytes per second all mounts together may read from their UFS, e.g. 500MiB (0: no cap).
+    #[arg(long, env = "LOADERD_UFS_MAX_BANDWIDTH")]
+    ufs_max_bandwidth: Option<ByteSize>,
 }
 
 /// The FUSE view (`[fuse]`).
@@ -255,6 +258,7 @@ fn apply_cache(args: &CacheArgs, c: &mut CacheConfig) -> anyhow::Result<()> {
     }
     set(&mut c.ufs.timeout, &args.ufs_timeout);
     set(&mut c.ufs.retries, &args.ufs_retries);
+    set(&mut c.ufs.max_bandwidth, &args.ufs_max_bandwidth);
     Ok(())
 }
 
