@@ -212,12 +212,7 @@ fn gpu_augment_matches_reference() {
         width: 3,
         height: 2,
         stride: 9,
-        crop: CropBox {
-            x0: bx[0],
-            y0: bx[1],
-            x1: bx[2],
-            y1: bx[3],
-        },
+        crop: CropBox::from(bx),
         flip,
     };
     let wide = [

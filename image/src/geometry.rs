@@ -29,6 +29,13 @@ pub struct CropBox {
     pub y1: f64,
 }
 
+impl From<[f64; 4]> for CropBox {
+    /// `[x0, y0, x1, y1]`.
+    fn from([x0, y0, x1, y1]: [f64; 4]) -> Self {
+        CropBox { x0, y0, x1, y1 }
+    }
+}
+
 impl CropBox {
     /// The box covering the whole of `r`.
     pub fn from_rect(r: Rect) -> Self {
@@ -93,22 +100,18 @@ mod tests {
         assert!(b.is_valid());
     }
 
-    fn cb([x0, y0, x1, y1]: [f64; 4]) -> CropBox {
-        CropBox { x0, y0, x1, y1 }
-    }
-
     fn rect([x, y, w, h]: [u32; 4]) -> Rect {
         Rect { x, y, w, h }
     }
 
     #[test]
     fn bounding_rect_widens_to_whole_pixels_and_stays_inside() {
-        let b = cb([2.5, 0.25, 7.1, 9.0]);
+        let b = CropBox::from([2.5, 0.25, 7.1, 9.0]);
         assert_eq!(b.bounding_rect(100, 100), rect([2, 0, 6, 9]));
         // Clipped to the image, never empty.
-        let past = cb([-3.0, 95.0, 200.0, 300.0]);
+        let past = CropBox::from([-3.0, 95.0, 200.0, 300.0]);
         assert_eq!(past.bounding_rect(100, 100), rect([0, 95, 100, 5]));
-        let outside = cb([150.0, 150.0, 160.0, 160.0]);
+        let outside = CropBox::from([150.0, 150.0, 160.0, 160.0]);
         let r = outside.bounding_rect(100, 100);
         assert!(
             r.w >= 1 && r.h >= 1 && r.x + r.w <= 100 && r.y + r.h <= 100,

@@ -8,12 +8,7 @@ fn sample(w: u32, h: u32, bx: [f64; 4], flip: bool) -> SampleParams {
         width: w,
         height: h,
         stride: w * 3,
-        crop: CropBox {
-            x0: bx[0],
-            y0: bx[1],
-            x1: bx[2],
-            y1: bx[3],
-        },
+        crop: CropBox::from(bx),
         flip,
     }
 }
