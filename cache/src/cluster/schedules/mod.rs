@@ -678,3 +678,6 @@ impl RemoteSchedules {
     }
 }
 
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -261,3 +261,6 @@ impl NextUse for RankSchedule {
     }
 }
 
+#[cfg(test)]
+#[path = "rank_tests.rs"]
+mod tests;
