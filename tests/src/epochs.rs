@@ -1,0 +1,92 @@
+//! Shuffled epochs over small datasets: one-block images, a loader's epoch through
+//! `loaderctl bench pipeline`, and the offline optimum (Belady's MIN) of a block trace.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::process::Command;
+
+use crate::daemon::Daemon;
+use crate::data::list_files;
+use crate::process::{bin, clean_env};
+
+/// `classes x per_class` small JPEGs (40x40) in ImageFolder layout, each at most `block`
+/// bytes (one block); their relative paths in ImageFolder's sample order (classes sorted,
+/// then paths sorted: the sorted relative paths).
+pub fn one_block_images(dir: &Path, classes: usize, per_class: usize, block: u64) -> Vec<String> {
+    let out = clean_env(&mut Command::new(bin("loaderctl")))
+        .args(["dataset", "gen", "--out"])
+        .arg(dir)
+        .args(["--classes", &classes.to_string()])
+        .args(["--per-class", &per_class.to_string()])
+        .args(["--width", "40", "--height", "40", "--seed", "3"])
+        .output()
+        .expect("run loaderctl dataset gen");
+    assert!(out.status.success(), "dataset gen: {out:?}");
+    let files = list_files(dir);
+    assert_eq!(files.len(), classes * per_class);
+    for (rel, path) in &files {
+        let size = std::fs::metadata(path).expect("stat image").len();
+        assert!(size <= block, "{rel} is {size} bytes: more than one block");
+    }
+    files.into_iter().map(|(rel, _)| rel).collect()
+}
+
+/// One epoch of one loader of `batch` on `d` over `dataset` (one decode worker, so blocks
+/// are read in the order delivered); the keys it delivered, in order.
+pub fn bench_epoch(d: &Daemon, dataset: &str, seed: u64, epoch: u64, batch: usize) -> Vec<String> {
+    let out = d.dir().join(format!("keys-{epoch}"));
+    d.ctl_ok(&[
+        "bench",
+        "pipeline",
+        "--dataset",
+        dataset,
+        "--batch-size",
+        &batch.to_string(),
+        "--size",
+        "16",
+        "--workers",
+        "1",
+        "--depth",
+        "2",
+        "--seed",
+        &seed.to_string(),
+        "--epoch",
+        &epoch.to_string(),
+        "--keys-out",
+        out.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    let delivered = std::fs::read_to_string(&out).expect("keys file");
+    delivered.lines().map(str::to_string).collect()
+}
+
+/// Misses per epoch of Belady's MIN (with bypass: a block needed later than every resident
+/// is not kept) over `trace`, `per_epoch` reads an epoch, in a cache of `capacity` blocks.
+pub fn min_misses(trace: &[usize], per_epoch: usize, capacity: usize) -> Vec<u64> {
+    let mut next = vec![usize::MAX; trace.len()];
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    for (i, b) in trace.iter().enumerate().rev() {
+        next[i] = seen.insert(*b, i).unwrap_or(usize::MAX);
+    }
+    let mut resident: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut key: HashMap<usize, usize> = HashMap::new();
+    let mut misses = vec![0u64; trace.len().div_ceil(per_epoch)];
+    for (i, &b) in trace.iter().enumerate() {
+        if let Some(k) = key.remove(&b) {
+            resident.remove(&(k, b));
+        } else {
+            misses[i / per_epoch] += 1;
+            if resident.len() >= capacity {
+                let &(far, victim) = resident.last().expect("a full cache holds blocks");
+                if next[i] >= far {
+                    continue; // bypass: the incoming block is the farthest
+                }
+                resident.remove(&(far, victim));
+                key.remove(&victim);
+            }
+        }
+        resident.insert((next[i], b));
+        key.insert(b, next[i]);
+    }
+    misses
+}
