@@ -203,3 +203,6 @@ async fn build(
     Ok(Arc::new(OwnedIndex::new(owned, &this, &next)))
 }
 
+#[cfg(test)]
+#[path = "remote_tests.rs"]
+mod tests;

@@ -197,6 +197,9 @@ fn a_loaders_schedule_reaches_the_owners_which_evict_by_it() {
     let predicted = min_misses(&trace, on_b, B_MEMORY_BLOCKS);
 
     let clairvoyant = epochs(&p, &files, &orders);
+    eprintln!(
+        "b's UFS GETs per epoch: MIN {predicted:?}, clairvoyant {clairvoyant:?} ({on_b} blocks owned, {B_MEMORY_BLOCKS} in memory)"
+    );
     let st = remote(&p.b);
     assert_eq!(st["refused"], 0, "{st}");
     assert_eq!(st["ignored"], 0, "{st}");
@@ -223,9 +226,6 @@ fn a_loaders_schedule_reaches_the_owners_which_evict_by_it() {
     drop(other.next_batch());
     drop(other);
 
-    eprintln!(
-        "b's UFS GETs per epoch: MIN {predicted:?}, clairvoyant {clairvoyant:?} ({on_b} blocks owned, {B_MEMORY_BLOCKS} in memory)"
-    );
 
     // Killing a: b drops the schedule once no refresh came within the expiry.
     let mut a = p.a;
