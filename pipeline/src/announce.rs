@@ -57,7 +57,12 @@ fn loader_id() -> u64 {
 fn job(a: &Announcement) -> String {
     let mut h = Xxh3::new();
     h.update(a.dataset.as_bytes());
-    for n in [a.seed, a.world, u64::from(a.shuffle), u64::from(a.drop_last)] {
+    for n in [
+        a.seed,
+        a.world,
+        u64::from(a.shuffle),
+        u64::from(a.drop_last),
+    ] {
         h.update(&n.to_le_bytes());
     }
     h.update(&a.listing.hash.to_le_bytes());
@@ -147,8 +152,7 @@ fn report(m: &Member, res: loaderd_cache::Result<Ack>, failing: &mut HashSet<Str
         Ok(Ack::Ignored(_)) => "ignored",
         Err(_) => "error",
     };
-    metrics::counter!("loaderd_schedule_announcements_sent_total", "result" => result)
-        .increment(1);
+    metrics::counter!("loaderd_schedule_announcements_sent_total", "result" => result).increment(1);
     let why = match res {
         Ok(Ack::Accepted) => {
             failing.remove(&m.id);

@@ -103,7 +103,7 @@ impl OwnedIndex {
 }
 
 impl PositionIndex for OwnedIndex {
-    fn len(&self) -> u64 {
+    fn epoch_len(&self) -> u64 {
         self.len
     }
 

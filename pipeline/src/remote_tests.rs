@@ -5,21 +5,30 @@ use crate::dataset::{Layout, Sample};
 
 /// Sample `i` of `len` reads blocks `i % 7` and `(i * 3) % 11 + 7`.
 fn blocks(len: u64) -> SampleBlocks {
-    SampleBlocks::new((0..len).map(|i| vec![BlockId(u128::from(i % 7)), BlockId(u128::from((i * 3) % 11 + 7))]))
+    SampleBlocks::new((0..len).map(|i| {
+        vec![
+            BlockId(u128::from(i % 7)),
+            BlockId(u128::from((i * 3) % 11 + 7)),
+        ]
+    }))
 }
 
 #[test]
 fn an_owned_index_holds_the_owned_blocks_at_every_position_that_reads_them() {
     let len = 40;
     let all = blocks(len);
-    let owns = |id: BlockId| id.0 % 2 == 0;
-    let owned = SampleBlocks::new(
-        (0..len).map(|i| all.of(i).iter().copied().filter(|b| owns(*b)).collect::<Vec<_>>()),
-    );
+    let owns = |id: BlockId| id.0.is_multiple_of(2);
+    let owned = SampleBlocks::new((0..len).map(|i| {
+        all.of(i)
+            .iter()
+            .copied()
+            .filter(|b| owns(*b))
+            .collect::<Vec<_>>()
+    }));
     let (this, next) = (order(len, 5, 0, true), order(len, 5, 1, true));
     let index = OwnedIndex::new(owned, &this, &next);
     let both: Vec<u64> = this.iter().chain(&next).copied().collect();
-    assert_eq!(index.len(), len);
+    assert_eq!(index.epoch_len(), len);
     for b in 0..18u128 {
         let id = BlockId(b);
         let want: Vec<u32> = (0..both.len())

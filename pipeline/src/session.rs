@@ -14,13 +14,13 @@ use loaderd_cache::{Cache, LogicalPath};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::announce::{self, Announcer};
 use crate::dataset::{Dataset, DatasetError};
 use crate::decode::DecodeLimits;
 use crate::limits::{self, Plan};
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
 use crate::ring::{BatchRing, Delivery, RingError, SlotMemory};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
-use crate::announce::{self, Announcer};
 use crate::schedule::{self, Registered};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};

@@ -125,14 +125,21 @@ fn epochs(p: &Pair, files: &[String], orders: &[Vec<u64>]) -> Vec<u64> {
         .unwrap_or(0);
     // Full (LRU frees down to its low watermark, 0.8).
     let capacity = B_MEMORY_BLOCKS as u64 * BLOCK;
-    assert!(used * 10 >= capacity * 8, "b's tier holds {used} of {capacity}");
+    assert!(
+        used * 10 >= capacity * 8,
+        "b's tier holds {used} of {capacity}"
+    );
     let mut per_epoch = Vec::new();
     for (e, want) in orders.iter().enumerate() {
         let before = gets(&p.b);
         let keys = bench_epoch(&p.a, "/ds", SEED, e as u64, BATCH);
         per_epoch.push(gets(&p.b) - before);
         let want: Vec<&String> = want.iter().map(|&i| &files[i as usize]).collect();
-        assert_eq!(keys.iter().collect::<Vec<_>>(), want, "epoch {e}: the order simulated");
+        assert_eq!(
+            keys.iter().collect::<Vec<_>>(),
+            want,
+            "epoch {e}: the order simulated"
+        );
     }
     per_epoch
 }
@@ -169,13 +176,21 @@ fn a_loaders_schedule_reaches_the_owners_which_evict_by_it() {
     let junk = tempfile::tempdir().expect("tempdir");
     write_random_file(&junk.path().join("blob"), JUNK_BLOCKS * BLOCK as usize, 5);
     // `/ds2` differs between the nodes: one image more on b.
-    let (ds2_a, ds2_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (ds2_a, ds2_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
     one_block_images(ds2_a.path(), 2, 8, BLOCK);
     one_block_images(ds2_b.path(), 2, 8, BLOCK);
     let class = ds2_b.path().join("class_000");
     std::fs::copy(class.join("img_00000.jpg"), class.join("zz-extra.jpg")).expect("extra image");
 
-    let p = Pair::start("clairvoyant", data.path(), junk.path(), (ds2_a.path(), ds2_b.path()));
+    let p = Pair::start(
+        "clairvoyant",
+        data.path(),
+        junk.path(),
+        (ds2_a.path(), ds2_b.path()),
+    );
     // b's owned subsequence of the trace, and MIN over it.
     let len = files.len() as u64;
     let owned: Vec<bool> = files
@@ -222,10 +237,13 @@ fn a_loaders_schedule_reaches_the_owners_which_evict_by_it() {
     wait_for(&p.b, "a differing listing is ignored", |r| {
         r["ignored"].as_u64().unwrap_or(0) >= 1 && r["held"] == 0
     });
-    assert!(p.b.log().contains("differs here"), "{}", tail(&p.b.log(), 3000));
+    assert!(
+        p.b.log().contains("differs here"),
+        "{}",
+        tail(&p.b.log(), 3000)
+    );
     drop(other.next_batch());
     drop(other);
-
 
     // Killing a: b drops the schedule once no refresh came within the expiry.
     let mut a = p.a;
@@ -241,10 +259,17 @@ fn a_loaders_schedule_reaches_the_owners_which_evict_by_it() {
     drop(p.b);
 
     let lru = {
-        let q = Pair::start("lru", data.path(), junk.path(), (ds2_a.path(), ds2_b.path()));
+        let q = Pair::start(
+            "lru",
+            data.path(),
+            junk.path(),
+            (ds2_a.path(), ds2_b.path()),
+        );
         epochs(&q, &files, &orders)
     };
-    eprintln!("b's UFS GETs per epoch: MIN {predicted:?}, clairvoyant {clairvoyant:?}, lru {lru:?}");
+    eprintln!(
+        "b's UFS GETs per epoch: MIN {predicted:?}, clairvoyant {clairvoyant:?}, lru {lru:?}"
+    );
 
     // The first epoch is cold: every owned block once.
     assert_eq!(clairvoyant[0], on_b as u64, "{clairvoyant:?}");

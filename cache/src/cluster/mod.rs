@@ -94,8 +94,12 @@ impl Cluster {
             source = lock(&health).source,
             "joined the cluster"
         );
-        let schedules =
-            RemoteSchedules::new(cfg.schedules.clone(), me.id.clone(), cfg.replication, view.clone());
+        let schedules = RemoteSchedules::new(
+            cfg.schedules.clone(),
+            me.id.clone(),
+            cfg.replication,
+            view.clone(),
+        );
         let reaper = schedules.spawn_reaper();
         Ok(Arc::new(Cluster {
             schedules,

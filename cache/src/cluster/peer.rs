@@ -194,9 +194,12 @@ impl PeerPool {
         m: &Member,
         timeout: Duration,
     ) -> Result<pb::NodeStatusResponse> {
-        self.unary(m, timeout, pb::NodeStatusRequest {}, |mut c, r| async move {
-            c.node_status(r).await
-        })
+        self.unary(
+            m,
+            timeout,
+            pb::NodeStatusRequest {},
+            |mut c, r| async move { c.node_status(r).await },
+        )
         .await
     }
 

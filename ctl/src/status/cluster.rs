@@ -48,9 +48,11 @@ pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
         k.peer_read_failures,
         k.peer_requests_refused
     )?;
-    if let Some(r) = k.remote_schedules.as_ref().filter(|r| {
-        r.held + r.refused + r.ignored + r.expired > 0
-    }) {
+    if let Some(r) = k
+        .remote_schedules
+        .as_ref()
+        .filter(|r| r.held + r.refused + r.ignored + r.expired > 0)
+    {
         let mut peers: Vec<_> = r.by_peer.iter().collect();
         peers.sort();
         let peers: Vec<String> = peers.iter().map(|(p, n)| format!("{p}: {n}")).collect();

@@ -34,7 +34,7 @@ pub const MAX_MARKS: usize = 1 << 16;
 /// pipeline from the announced dataset (the cache cannot index datasets).
 pub trait PositionIndex: Send + Sync {
     /// Samples of one epoch (`len`): the window is `0..2 * len`.
-    fn len(&self) -> u64;
+    fn epoch_len(&self) -> u64;
     /// The ascending positions at which `id` is read (empty: not owned here, or not read).
     fn positions(&self, id: BlockId) -> &[u32];
     /// The owned blocks the sample at `position` reads: what a prefetcher at the owner
@@ -100,8 +100,10 @@ pub struct Anchor {
 impl Anchor {
     /// The tick of own read `own` (earlier ones: the anchor's).
     pub fn tick(&self, own: u64) -> Tick {
-        self.tick
-            .saturating_add(own.saturating_sub(self.own).saturating_mul(self.ns_per_sample))
+        self.tick.saturating_add(
+            own.saturating_sub(self.own)
+                .saturating_mul(self.ns_per_sample),
+        )
     }
 
     /// The anchor after a refresh that says own read `own` is next at `now`, one every `ns`:

@@ -7,7 +7,7 @@ struct Fixed {
 }
 
 impl PositionIndex for Fixed {
-    fn len(&self) -> u64 {
+    fn epoch_len(&self) -> u64 {
         self.len
     }
     fn positions(&self, id: BlockId) -> &[u32] {
@@ -57,7 +57,18 @@ fn a_rank_reads_its_own_positions_in_this_epoch_and_the_next() {
     let own: Vec<Option<u64>> = (0..10).map(|p| solo.own_index(p)).collect();
     assert_eq!(
         own,
-        [None, None, Some(0), Some(1), Some(2), Some(3), Some(4), Some(5), Some(6), Some(7)]
+        [
+            None,
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(3),
+            Some(4),
+            Some(5),
+            Some(6),
+            Some(7)
+        ]
     );
 }
 

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 
 use super::*;
 use crate::config::{ByteSize, Secs};
@@ -14,14 +15,16 @@ struct Linear {
 }
 
 impl PositionIndex for Linear {
-    fn len(&self) -> u64 {
+    fn epoch_len(&self) -> u64 {
         self.len
     }
     fn positions(&self, id: BlockId) -> &[u32] {
         self.positions.get(id.0 as usize).map_or(&[], Vec::as_slice)
     }
     fn blocks_at(&self, p: u64) -> &[BlockId] {
-        self.ids.get((p % self.len) as usize).map_or(&[], std::slice::from_ref)
+        self.ids
+            .get((p % self.len) as usize)
+            .map_or(&[], std::slice::from_ref)
     }
     fn heap_bytes(&self) -> u64 {
         BYTES
@@ -55,7 +58,11 @@ impl IndexBuilder for Fake {
             let len = a.listing.count;
             let positions = (0..len as u32).map(|p| vec![p, p + len as u32]).collect();
             let ids = (0..len as u128).map(BlockId).collect();
-            Ok(Arc::new(Linear { len, positions, ids }) as Arc<dyn PositionIndex>)
+            Ok(Arc::new(Linear {
+                len,
+                positions,
+                ids,
+            }) as Arc<dyn PositionIndex>)
         }
         .boxed()
     }
@@ -124,7 +131,10 @@ async fn ranks_of_a_job_register_over_one_shared_index_and_withdraw() {
     // The second rank shares the index: no second build, its bytes counted once.
     assert_eq!(s.announce(announcement("a", 2, 1)).unwrap(), Ack::Accepted);
     registered(&s, 2).await;
-    assert!(oracle.next_use(BlockId(5)).is_some(), "rank 1 reads block 5");
+    assert!(
+        oracle.next_use(BlockId(5)).is_some(),
+        "rank 1 reads block 5"
+    );
     assert_eq!(fake.builds.load(Ordering::Relaxed), 1);
     let st = s.status();
     assert_eq!((st.held, st.bytes), (2, BYTES));
