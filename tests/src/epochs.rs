@@ -90,3 +90,35 @@ pub fn min_misses(trace: &[usize], per_epoch: usize, capacity: usize) -> Vec<u64
     }
     misses
 }
+
+/// Asserts UFS GETs per epoch of a clairvoyant run against MIN's `predicted` and an LRU run
+/// of the same trace, `reads` block reads an epoch: the first epoch is cold (every block
+/// once) for both; after it, each epoch is within `tolerance` of MIN and no better overall
+/// (MIN is optimal), with at least twice LRU's hits and under 0.9 of its GETs.
+#[track_caller]
+pub fn assert_min_and_below_lru(
+    clairvoyant: &[u64],
+    lru: &[u64],
+    predicted: &[u64],
+    reads: u64,
+    tolerance: u64,
+) {
+    assert_eq!(clairvoyant[0], reads, "{clairvoyant:?}");
+    assert_eq!(lru[0], reads, "{lru:?}");
+    for e in 1..clairvoyant.len() {
+        assert!(
+            clairvoyant[e].abs_diff(predicted[e]) <= tolerance,
+            "epoch {e}: {} GETs, MIN predicts {} (all: {clairvoyant:?} vs {predicted:?})",
+            clairvoyant[e],
+            predicted[e]
+        );
+    }
+    let after = |v: &[u64]| v[1..].iter().sum::<u64>();
+    assert!(after(clairvoyant) >= after(predicted), "{clairvoyant:?}");
+    let all = reads * (clairvoyant.len() as u64 - 1);
+    let (hits, lru_hits) = (all - after(clairvoyant), all - after(lru));
+    assert!(
+        hits >= 2 * lru_hits && after(clairvoyant) * 10 <= after(lru) * 9,
+        "clairvoyant {clairvoyant:?} ({hits} hits) vs lru {lru:?} ({lru_hits} hits)"
+    );
+}

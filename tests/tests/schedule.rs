@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use loaderd_pipeline::sampler::order;
-use loaderd_tests::epochs::{bench_epoch, min_misses, one_block_images};
+use loaderd_tests::epochs::{assert_min_and_below_lru, bench_epoch, min_misses, one_block_images};
 use loaderd_tests::{Daemon, config_file_args, file_mount_args, write_random_file};
 
 /// Block size, and what every block is charged in the memory tier (slots are rounded up to
@@ -76,32 +76,12 @@ fn a_loaders_schedule_reads_what_min_predicts_and_far_less_than_lru() {
     let (lru, _) = run(data.path(), junk.path(), "lru");
     eprintln!("UFS GETs per epoch: MIN {predicted:?}, clairvoyant {clairvoyant:?}, lru {lru:?}");
 
-    // The first epoch is cold: every block once.
-    assert_eq!(clairvoyant[0], len, "{clairvoyant:?}");
-    assert_eq!(lru[0], len, "{lru:?}");
-    // After it, MIN's count, within a few blocks. The trace is block-exact here (one block
-    // per image, one decode worker reading in order, every block charged one 4 KiB slot), so
-    // what remains is the rate estimate: when it re-anchors, every key is re-asked, and a
-    // block of the batch in flight (marked as being read, not yet read) may then be taken
-    // as a victim by its following read: at most BATCH - 1 misses per re-anchor, a few
-    // re-anchors per epoch.
-    let tolerance = 4 * BATCH as u64;
-    for e in 1..EPOCHS as usize {
-        assert!(
-            clairvoyant[e].abs_diff(predicted[e]) <= tolerance,
-            "epoch {e}: {} GETs, MIN predicts {} (all: {clairvoyant:?} vs {predicted:?})",
-            clairvoyant[e],
-            predicted[e]
-        );
-    }
-    // MIN is optimal: over the epochs after the first, no policy misses less.
-    let after = |v: &[u64]| v[1..].iter().sum::<u64>();
-    assert!(after(&clairvoyant) >= after(&predicted), "{clairvoyant:?}");
-    // And well below LRU, whose hits all but vanish on a shuffled order twice its size.
-    let reads = 2 * len;
-    let (hits, lru_hits) = (reads - after(&clairvoyant), reads - after(&lru));
-    assert!(
-        hits >= 2 * lru_hits && after(&clairvoyant) * 10 <= after(&lru) * 9,
-        "clairvoyant {clairvoyant:?} ({hits} hits) vs lru {lru:?} ({lru_hits} hits)"
-    );
+    // The first epoch is cold: every block once. After it, MIN's count, within a few
+    // blocks. The trace is block-exact here (one block per image, one decode worker reading
+    // in order, every block charged one 4 KiB slot), so what remains is the rate estimate:
+    // when it re-anchors, every key is re-asked, and a block of the batch in flight (marked
+    // as being read, not yet read) may then be taken as a victim by its following read: at
+    // most BATCH - 1 misses per re-anchor, a few re-anchors per epoch. And well below LRU,
+    // whose hits all but vanish on a shuffled order twice its size.
+    assert_min_and_below_lru(&clairvoyant, &lru, &predicted, len, 4 * BATCH as u64);
 }
