@@ -8,7 +8,9 @@
 //! when none answers. The owner serves from its tiers or fetches from the UFS once (its
 //! single-flight makes that once per cluster), and checksums the bytes it sends. Membership
 //! comes from the static list of the config or from etcd leases ([`membership`]); when etcd
-//! is unreachable the last known members stay in force and status says so.
+//! is unreachable the last known members stay in force and status says so. Loaders'
+//! schedules travel to the owners as a few numbers ([`schedules`]), so each owner evicts the
+//! blocks it owns by every rank's next reads.
 
 pub mod membership;
 pub mod peer;
