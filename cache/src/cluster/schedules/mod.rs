@@ -179,7 +179,10 @@ impl RemoteSchedules {
     /// A rank's schedule, new or refreshed.
     pub fn announce(self: &Arc<Self>, a: Announcement) -> Result<Ack, Refusal> {
         let (Some(_), Some(_)) = (self.oracle.get(), self.builder.get()) else {
-            return Ok(self.ignore(&a, "this node does not evict by schedule (cache.eviction)"));
+            // A configuration, not an event: answered, not counted or logged at every refresh.
+            return Ok(Ack::Ignored(
+                "this node does not evict by schedule (cache.eviction is not clairvoyant)".into(),
+            ));
         };
         let placement = self.view.borrow().clone();
         let mut inner = lock(&self.inner);

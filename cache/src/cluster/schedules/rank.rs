@@ -28,7 +28,7 @@ use crate::sync::{lock, read, write};
 pub const NS_PER_SAMPLE_BOUNDS: (u64, u64) = (1_000, 10_000_000_000);
 /// Positions marked as read ahead of the announced position, at most (a reader outside the
 /// job marks too; the cap bounds what that costs).
-pub const MAX_MARKS: usize = 1 << 16;
+pub const MAX_MARKS: usize = 1 << 14;
 
 /// Where the blocks this node owns are read, over a window of two epochs; built by the
 /// pipeline from the announced dataset (the cache cannot index datasets).
