@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use loaderd_cache::Cache;
-use loaderd_cache::cluster::Cluster;
 use loaderd_cache::cluster::schedules::{Ack, Announcement};
 use loaderd_cache::placement::Member;
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -32,10 +31,10 @@ const RATE_MIN_SAMPLES: u64 = 8;
 
 /// Sends a loader's schedule to the other members while it lives; withdraws it on drop.
 pub struct Announcer {
-    task: JoinHandle<()>,
-    cluster: Arc<Cluster>,
+    /// Dropped with the announcer: the task sends the withdrawal after any announcement in
+    /// flight (so a late refresh cannot bring the schedule back), then ends.
+    _stop: oneshot::Sender<()>,
     loader: u64,
-    rt: Handle,
 }
 
 impl std::fmt::Debug for Announcer {
@@ -120,8 +119,8 @@ pub(crate) fn start(
     let schedule = registered.schedule().clone();
     let refresh = cluster.schedules().config().refresh.0;
     let span = info_span!("announce", dataset = %template.dataset, rank = template.rank, loader);
-    let c = cluster.clone();
-    let task = rt.spawn(
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    rt.spawn(
         async move {
             let opened = Instant::now();
             // Members whose last announcement failed: warned once, until one goes through.
@@ -129,19 +128,21 @@ pub(crate) fn start(
             loop {
                 let mut a = template.clone();
                 (a.delivered, a.ns_per_sample) = progress(&schedule, &a, opened);
-                for (m, res) in c.announce(&a).await {
+                for (m, res) in cluster.announce(&a).await {
                     report(&m, res, &mut failing);
                 }
-                tokio::time::sleep(refresh).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(refresh) => {}
+                    _ = &mut stopped => break,
+                }
             }
+            cluster.withdraw(loader).await;
         }
         .instrument(span),
     );
     Some(Announcer {
-        task,
-        cluster,
+        _stop: stop,
         loader,
-        rt: rt.clone(),
     })
 }
 
@@ -165,13 +166,5 @@ fn report(m: &Member, res: loaderd_cache::Result<Ack>, failing: &mut HashSet<Str
         warn!(peer = %m.id, reason = %why, "schedule not held by peer");
     } else {
         debug!(peer = %m.id, reason = %why, "schedule still not held by peer");
-    }
-}
-
-impl Drop for Announcer {
-    fn drop(&mut self) {
-        self.task.abort();
-        let (cluster, loader) = (self.cluster.clone(), self.loader);
-        self.rt.spawn(async move { cluster.withdraw(loader).await });
     }
 }
