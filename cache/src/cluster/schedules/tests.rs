@@ -210,3 +210,29 @@ async fn a_schedule_not_refreshed_expires_and_a_differing_listing_is_ignored() {
     assert!(matches!(s.announce(bad).unwrap(), Ack::Ignored(_)));
     assert!(oracle.is_empty());
 }
+
+#[tokio::test]
+async fn a_new_epoch_is_served_by_the_old_window_until_its_own_index_is_built() {
+    let (s, _, fake) = store(RemoteScheduleConfig::default());
+    let mut a = announcement("a", 1, 0);
+    a.delivered = 10;
+    s.announce(a.clone()).unwrap();
+    registered(&s, 1).await;
+    assert_eq!(s.registered()[0].position(), 20);
+    // The next epoch: its position 4 is the old window's 104, until the rebuild lands.
+    a.epoch = 1;
+    a.delivered = 2;
+    s.announce(a).unwrap();
+    // (The build is spawned on this test's one thread: it has not run yet.)
+    assert_eq!(s.registered()[0].position(), 104);
+    for _ in 0..500 {
+        if fake.builds.load(Ordering::Relaxed) == 2 && s.registered()[0].position() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.builds.load(Ordering::Relaxed), 2);
+    let r = &s.registered()[0];
+    assert_eq!((r.position(), r.index().epoch_len()), (4, 100));
+    assert_eq!(s.status().bytes, BYTES, "the old index was given back");
+}
