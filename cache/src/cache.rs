@@ -140,6 +140,10 @@ impl Cache {
     /// Makes this cache a cluster node: from now on only blocks it owns are cached here, and
     /// others are read from their owners. Set once, at start.
     pub fn join_cluster(&self, cluster: Arc<Cluster>) -> Result<()> {
+        if self.cfg.eviction == crate::config::Eviction::Clairvoyant {
+            // Other nodes' loaders' schedules feed this node's eviction of the blocks it owns.
+            cluster.schedules().attach_oracle(self.oracle.clone());
+        }
         self.cluster
             .set(cluster)
             .map_err(|_| Error::Membership("this cache is already in a cluster".into()))

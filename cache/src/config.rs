@@ -233,6 +233,40 @@ pub struct ClusterConfig {
     pub peer_timeout: Secs,
     /// How long a peer that failed is skipped before it is tried again.
     pub suspect_time: Secs,
+    /// Loaders' schedules sent to the block owners (`[cluster.schedules]`).
+    pub schedules: RemoteScheduleConfig,
+}
+
+/// Schedules of loaders announced to the other members, and the caps on those this node
+/// holds for the blocks it owns (`[cluster.schedules]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteScheduleConfig {
+    /// How often an open loader's position and rate are sent to the other members.
+    pub refresh: Secs,
+    /// A schedule not refreshed for this long is dropped (its loader or node died, or it
+    /// stopped consuming).
+    pub expiry: Secs,
+    /// Schedules held for one announcing node, and for all of them.
+    pub max_per_peer: usize,
+    pub max_total: usize,
+    /// Memory all remote schedules' indexes may take (estimated before a build).
+    pub max_bytes: ByteSize,
+    /// Remote schedules built at once (each lists its dataset through the cache).
+    pub build_concurrency: usize,
+}
+
+impl Default for RemoteScheduleConfig {
+    fn default() -> Self {
+        RemoteScheduleConfig {
+            refresh: Secs(Duration::from_secs(1)),
+            expiry: Secs(Duration::from_secs(5)),
+            max_per_peer: 16,
+            max_total: 64,
+            max_bytes: ByteSize(256 << 20),
+            build_concurrency: 2,
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -250,6 +284,7 @@ impl Default for ClusterConfig {
             replication: 1,
             peer_timeout: Secs(Duration::from_secs(5)),
             suspect_time: Secs(Duration::from_secs(30)),
+            schedules: RemoteScheduleConfig::default(),
         }
     }
 }
@@ -284,6 +319,25 @@ impl ClusterConfig {
             return Err(Error::config(
                 "cluster.advertise_addr",
                 "is needed when listen_addr is a wildcard address",
+            ));
+        }
+        let s = &self.schedules;
+        if s.refresh.0 < Duration::from_millis(50) {
+            return Err(Error::config(
+                "cluster.schedules.refresh",
+                "must be at least 50ms",
+            ));
+        }
+        if s.expiry.0 < s.refresh.0 * 2 {
+            return Err(Error::config(
+                "cluster.schedules.expiry",
+                "must be at least twice cluster.schedules.refresh",
+            ));
+        }
+        if s.build_concurrency == 0 {
+            return Err(Error::config(
+                "cluster.schedules.build_concurrency",
+                "must be at least 1",
             ));
         }
         if self.token.is_some() && self.token_file.is_some() {

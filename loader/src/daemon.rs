@@ -120,7 +120,7 @@ async fn open_cache(cfg: &DaemonConfig) -> anyhow::Result<Arc<Cache>> {
 /// is bound before joining, so port 0 works: the cluster is told the port the kernel chose.
 async fn join_cluster(
     cfg: &DaemonConfig,
-    cache: &Cache,
+    cache: &Arc<Cache>,
 ) -> anyhow::Result<Option<(Arc<Cluster>, TcpListener)>> {
     let Some(addr) = cfg.cluster.listen_addr else {
         return Ok(None);
@@ -139,6 +139,9 @@ async fn join_cluster(
     }
     let c = Cluster::start(&ccfg).await?;
     cache.join_cluster(c.clone())?;
+    // Other nodes' loaders' schedules are indexed here by the pipeline (it lists datasets).
+    c.schedules()
+        .set_builder(loaderd_pipeline::remote::Builder::new(cache.clone()));
     Ok(Some((c, listener)))
 }
 

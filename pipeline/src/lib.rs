@@ -24,6 +24,7 @@
 //! [`LoaderSpec`], and the answers ([`Opened`], [`Batch`], [`LoaderStatus`], and the errors
 //! [`SessionError`] and [`BatchError`]) back.
 
+pub mod announce;
 pub mod augment;
 pub mod config;
 pub mod dataset;
@@ -31,6 +32,7 @@ pub mod decode;
 pub mod gpu;
 pub mod limits;
 pub mod registry;
+pub mod remote;
 pub mod resize;
 pub mod ring;
 pub mod sampler;

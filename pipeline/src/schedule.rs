@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use loaderd_cache::block::BlockId;
+use loaderd_cache::cluster::schedules::Listing;
 use loaderd_cache::evict::{NextUse, Registration, Tick, clock};
 use loaderd_cache::sync::{read, write};
 use loaderd_cache::{Cache, Eviction};
@@ -95,7 +96,7 @@ impl SampleBlocks {
 
 /// Block → sorted positions at which it is read.
 #[derive(Debug, Default)]
-struct Index {
+pub(crate) struct Index {
     /// Sorted, unique.
     ids: Vec<BlockId>,
     /// Block `ids[k]` is read at `positions[starts[k]..starts[k + 1]]`, ascending.
@@ -104,7 +105,7 @@ struct Index {
 }
 
 impl Index {
-    fn build(blocks: &SampleBlocks, order: impl Iterator<Item = u64>) -> Self {
+    pub(crate) fn build(blocks: &SampleBlocks, order: impl Iterator<Item = u64>) -> Self {
         let mut pairs: Vec<(BlockId, u32)> = order
             .enumerate()
             .flat_map(|(pos, sample)| {
@@ -126,16 +127,28 @@ impl Index {
         index
     }
 
+    /// The ascending positions at which `id` is read.
+    pub(crate) fn positions(&self, id: BlockId) -> &[u32] {
+        match self.ids.binary_search(&id) {
+            Ok(k) => &self.positions[self.starts[k] as usize..self.starts[k + 1] as usize],
+            Err(_) => &[],
+        }
+    }
+
+    /// Heap bytes held.
+    pub(crate) fn heap_bytes(&self) -> u64 {
+        Index::bytes_for(self.positions.len() as u64, self.ids.len() as u64)
+    }
+
     /// The first position at or after `from` reading `id` that is not `read` already.
     fn next_at(&self, id: BlockId, from: u64, read: impl Fn(u64) -> bool) -> Option<u64> {
-        let k = self.ids.binary_search(&id).ok()?;
-        let ps = &self.positions[self.starts[k] as usize..self.starts[k + 1] as usize];
+        let ps = self.positions(id);
         let at = ps.partition_point(|&p| u64::from(p) < from);
         ps[at..].iter().map(|&p| u64::from(p)).find(|&p| !read(p))
     }
 
     /// Heap bytes of an index over `reads` block reads of which `unique` distinct blocks.
-    fn bytes_for(reads: u64, unique: u64) -> u64 {
+    pub(crate) fn bytes_for(reads: u64, unique: u64) -> u64 {
         let id = std::mem::size_of::<BlockId>() as u64;
         unique
             .saturating_mul(id + 4)
@@ -234,11 +247,9 @@ impl Schedule {
 
     /// Heap bytes this schedule holds.
     pub fn heap_bytes(&self) -> u64 {
-        Index::bytes_for(
-            self.index.positions.len() as u64,
-            self.index.ids.len() as u64,
-        )
-        .saturating_add(self.read_begun.bytes())
+        self.index
+            .heap_bytes()
+            .saturating_add(self.read_begun.bytes())
     }
 
     /// The read of the sample at `position` begins: its blocks' next uses move on to their
@@ -324,6 +335,10 @@ pub struct Registered {
     /// This rank, of `world`: its `i`-th sample is at `start + i * world + rank`.
     rank: u64,
     world: u64,
+    /// The listing's fingerprint and block reads per pass, for the announcements to the
+    /// block owners ([`crate::announce`]).
+    listing: Listing,
+    reads: u64,
 }
 
 impl Registered {
@@ -349,6 +364,11 @@ impl Registered {
     /// The schedule.
     pub fn schedule(&self) -> &Arc<Schedule> {
         &self.schedule
+    }
+
+    /// The listing's fingerprint, and block reads of one pass over the dataset.
+    pub fn listing(&self) -> (Listing, u64) {
+        (self.listing, self.reads)
     }
 }
 
@@ -403,7 +423,10 @@ pub(crate) fn register(
         "loader schedule registered"
     );
     let registration = cache.next_use().register(schedule.clone());
+    let listing = crate::remote::listing(dataset, &blocks);
     Some(Arc::new(Registered {
+        listing,
+        reads: blocks.reads(),
         schedule,
         _registration: registration,
         start: plan.consumed,
@@ -415,7 +438,7 @@ pub(crate) fn register(
 
 /// The blocks every sample of `dataset` reads. A sample whose file cannot be opened now reads
 /// none here (its worker will find out and skip it).
-async fn sample_blocks(cache: &Arc<Cache>, dataset: &Dataset) -> SampleBlocks {
+pub(crate) async fn sample_blocks(cache: &Arc<Cache>, dataset: &Dataset) -> SampleBlocks {
     let mut shards = HashMap::new();
     for s in &dataset.samples {
         if let Source::TarMember { shard, version, .. } = &s.source

@@ -199,6 +199,8 @@ fn a_block_being_read_is_judged_by_its_following_read() {
         step: 2 * 2,
         rank: 1,
         world: 2,
+        listing: Listing::default(),
+        reads: blocks.reads(),
     };
     r.reading(0..2); // positions 3 and 5
     let at = |b| s.next_use(id(b)).map(|t| s.position_of(t));

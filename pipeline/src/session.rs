@@ -14,6 +14,7 @@ use loaderd_cache::{Cache, LogicalPath};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::announce::{self, Announcer};
 use crate::dataset::{Dataset, DatasetError};
 use crate::decode::DecodeLimits;
 use crate::limits::{self, Plan};
@@ -72,6 +73,8 @@ pub struct Session {
     registration: Registration,
     /// This loader's future reads, registered with the cache while it is open.
     schedule: Option<Arc<Registered>>,
+    /// Its announcements to the block owners (in a cluster); withdrawn on drop.
+    _announcer: Option<Announcer>,
 }
 
 /// The dataset indexed and this rank's order drawn, counted in the loader's reservation.
@@ -88,6 +91,7 @@ pub(crate) struct Admitted {
     pub batches: u64,
     pub registration: Registration,
     pub schedule: Option<Arc<Registered>>,
+    pub announcer: Option<Announcer>,
 }
 
 impl Admitted {
@@ -212,6 +216,7 @@ impl Session {
             batches,
             registration,
             schedule,
+            announcer,
         } = admitted;
         info!(
             dataset = %indexed.root,
@@ -235,6 +240,7 @@ impl Session {
             failed: None,
             registration,
             schedule,
+            _announcer: announcer,
         }
     }
 
@@ -310,21 +316,19 @@ pub(crate) fn admit(
 ) -> Result<Admitted, SessionError> {
     let indexed = index(cache, rt, req, &mut reservation)?;
     let batches = indexed.indices.len().div_ceil(plan.batch) as u64;
-    let schedule = schedule::register(
-        cache,
-        rt,
-        &indexed.dataset,
-        schedule::Plan {
-            seed: req.seed,
-            epoch: req.epoch,
-            shuffle: req.shuffle,
-            consumed: req.consumed,
-            batch: plan.batch as u64,
-            rank: u64::from(req.rank),
-            world: u64::from(indexed.world),
-        },
-        &mut reservation,
-    );
+    let splan = schedule::Plan {
+        seed: req.seed,
+        epoch: req.epoch,
+        shuffle: req.shuffle,
+        consumed: req.consumed,
+        batch: plan.batch as u64,
+        rank: u64::from(req.rank),
+        world: u64::from(indexed.world),
+    };
+    let schedule = schedule::register(cache, rt, &indexed.dataset, splan, &mut reservation);
+    let announcer = schedule
+        .as_ref()
+        .and_then(|s| announce::start(cache, rt, req, &splan, s));
     let registration = reservation.register(LoaderInfo {
         name: if req.name.is_empty() {
             format!("rank {}/{}", req.rank, indexed.world)
@@ -344,6 +348,7 @@ pub(crate) fn admit(
         batches,
         registration,
         schedule,
+        announcer,
     })
 }
 

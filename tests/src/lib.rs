@@ -14,11 +14,12 @@
 //! bounded waits), [`data`] (random bytes, datasets, digests), [`net`] (ports, a server
 //! that never answers, HTTP), [`metrics`] (Prometheus text), [`s3`] (the moto server),
 //! [`daemon`] (`loaderd` and `loaderctl`), [`fuse`] (the FUSE view), [`pipeline`]
-//! (`bench pipeline` runs) and [`cluster`] (etcd and multi-node fixtures).
+//! (`bench pipeline` runs), [`epochs`] (shuffled epochs and their offline optimum) and [`cluster`] (etcd and multi-node fixtures).
 
 pub mod cluster;
 pub mod daemon;
 pub mod data;
+pub mod epochs;
 pub mod fuse;
 pub mod metrics;
 pub mod net;

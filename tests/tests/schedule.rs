@@ -11,13 +11,10 @@
 //! (`loaderd_pipeline::sampler::order`), and checked against the keys each epoch delivered.
 
 use std::path::Path;
-use std::process::Command;
 
-use loaderd_cache::evict::offline::min_hits;
 use loaderd_pipeline::sampler::order;
-use loaderd_tests::{
-    Daemon, bin, clean_env, config_file_args, file_mount_args, list_files, write_random_file,
-};
+use loaderd_tests::epochs::{assert_min_and_below_lru, bench_epoch, min_misses, one_block_images};
+use loaderd_tests::{Daemon, config_file_args, file_mount_args, write_random_file};
 
 /// Block size, and what every block is charged in the memory tier (slots are rounded up to
 /// 4 KiB, and every image is one block): the tier holds exactly `MEMORY_BLOCKS` blocks.
@@ -28,28 +25,6 @@ const PER_CLASS: usize = 128;
 const SEED: u64 = 11;
 const EPOCHS: u64 = 3;
 const BATCH: usize = 4;
-
-/// `CLASSES x PER_CLASS` small JPEGs (40x40, under one block each): twice the memory tier.
-fn dataset(dir: &Path) -> Vec<String> {
-    let out = clean_env(&mut Command::new(bin("loaderctl")))
-        .args(["dataset", "gen", "--out"])
-        .arg(dir)
-        .args(["--classes", &CLASSES.to_string()])
-        .args(["--per-class", &PER_CLASS.to_string()])
-        .args(["--width", "40", "--height", "40", "--seed", "3"])
-        .output()
-        .expect("run loaderctl dataset gen");
-    assert!(out.status.success(), "dataset gen: {out:?}");
-    let files = list_files(dir);
-    assert_eq!(files.len(), CLASSES * PER_CLASS);
-    for (rel, path) in &files {
-        let size = std::fs::metadata(path).expect("stat image").len();
-        assert!(size <= BLOCK, "{rel} is {size} bytes: more than one block");
-    }
-    // ImageFolder's sample order: classes sorted, then paths sorted, which is the sorted
-    // relative paths here.
-    files.into_iter().map(|(rel, _)| rel).collect()
-}
 
 /// UFS GETs per epoch, and the keys each epoch delivered, of three epochs of one loader on a
 /// daemon evicting by `eviction`, its memory tier first filled by a read of `junk` (a file the
@@ -70,51 +45,17 @@ fn run(data: &Path, junk: &Path, eviction: &str) -> (Vec<u64>, Vec<Vec<String>>)
     assert_eq!(gets(), MEMORY_BLOCKS as u64, "the other reader's blocks");
     let (mut per_epoch, mut keys) = (Vec::new(), Vec::new());
     for epoch in 0..EPOCHS {
-        let out = d.dir().join(format!("keys-{epoch}"));
         let before = gets();
-        d.ctl_ok(&[
-            "bench",
-            "pipeline",
-            "--dataset",
-            "/ds",
-            "--batch-size",
-            &BATCH.to_string(),
-            "--size",
-            "16",
-            "--workers",
-            "1",
-            "--depth",
-            "2",
-            "--seed",
-            &SEED.to_string(),
-            "--epoch",
-            &epoch.to_string(),
-            "--keys-out",
-            out.to_str().expect("utf-8 path"),
-            "--json",
-        ]);
+        keys.push(bench_epoch(&d, "/ds", SEED, epoch, BATCH));
         per_epoch.push(gets() - before);
-        let delivered = std::fs::read_to_string(&out).expect("keys file");
-        keys.push(delivered.lines().map(str::to_string).collect());
     }
     (per_epoch, keys)
-}
-
-/// Misses per epoch of Belady's MIN (with bypass: a block needed later than every resident
-/// is not kept) over `trace`, `per_epoch` reads an epoch, in a cache of `capacity` blocks.
-fn min_misses(trace: &[usize], per_epoch: usize, capacity: usize) -> Vec<u64> {
-    let ids: Vec<u64> = trace.iter().map(|b| *b as u64).collect();
-    let mut misses = vec![0u64; trace.len().div_ceil(per_epoch)];
-    for (i, hit) in min_hits(&ids, capacity).into_iter().enumerate() {
-        misses[i / per_epoch] += u64::from(!hit);
-    }
-    misses
 }
 
 #[test]
 fn a_loaders_schedule_reads_what_min_predicts_and_far_less_than_lru() {
     let data = tempfile::tempdir().expect("tempdir");
-    let files = dataset(data.path());
+    let files = one_block_images(data.path(), CLASSES, PER_CLASS, BLOCK);
     let len = files.len() as u64;
     let orders: Vec<Vec<u64>> = (0..EPOCHS).map(|e| order(len, SEED, e, true)).collect();
     let trace: Vec<usize> = orders.concat().into_iter().map(|i| i as usize).collect();
@@ -135,32 +76,12 @@ fn a_loaders_schedule_reads_what_min_predicts_and_far_less_than_lru() {
     let (lru, _) = run(data.path(), junk.path(), "lru");
     eprintln!("UFS GETs per epoch: MIN {predicted:?}, clairvoyant {clairvoyant:?}, lru {lru:?}");
 
-    // The first epoch is cold: every block once.
-    assert_eq!(clairvoyant[0], len, "{clairvoyant:?}");
-    assert_eq!(lru[0], len, "{lru:?}");
-    // After it, MIN's count, within a few blocks. The trace is block-exact here (one block
-    // per image, one decode worker reading in order, every block charged one 4 KiB slot), so
-    // what remains is the rate estimate: when it re-anchors, every key is re-asked, and a
-    // block of the batch in flight (marked as being read, not yet read) may then be taken
-    // as a victim by its following read: at most BATCH - 1 misses per re-anchor, a few
-    // re-anchors per epoch.
-    let tolerance = 4 * BATCH as u64;
-    for e in 1..EPOCHS as usize {
-        assert!(
-            clairvoyant[e].abs_diff(predicted[e]) <= tolerance,
-            "epoch {e}: {} GETs, MIN predicts {} (all: {clairvoyant:?} vs {predicted:?})",
-            clairvoyant[e],
-            predicted[e]
-        );
-    }
-    // MIN is optimal: over the epochs after the first, no policy misses less.
-    let after = |v: &[u64]| v[1..].iter().sum::<u64>();
-    assert!(after(&clairvoyant) >= after(&predicted), "{clairvoyant:?}");
-    // And well below LRU, whose hits all but vanish on a shuffled order twice its size.
-    let reads = 2 * len;
-    let (hits, lru_hits) = (reads - after(&clairvoyant), reads - after(&lru));
-    assert!(
-        hits >= 2 * lru_hits && after(&clairvoyant) * 10 <= after(&lru) * 9,
-        "clairvoyant {clairvoyant:?} ({hits} hits) vs lru {lru:?} ({lru_hits} hits)"
-    );
+    // The first epoch is cold: every block once. After it, MIN's count, within a few
+    // blocks. The trace is block-exact here (one block per image, one decode worker reading
+    // in order, every block charged one 4 KiB slot), so what remains is the rate estimate:
+    // when it re-anchors, every key is re-asked, and a block of the batch in flight (marked
+    // as being read, not yet read) may then be taken as a victim by its following read: at
+    // most BATCH - 1 misses per re-anchor, a few re-anchors per epoch. And well below LRU,
+    // whose hits all but vanish on a shuffled order twice its size.
+    assert_min_and_below_lru(&clairvoyant, &lru, &predicted, len, 4 * BATCH as u64);
 }

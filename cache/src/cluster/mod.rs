@@ -8,10 +8,13 @@
 //! when none answers. The owner serves from its tiers or fetches from the UFS once (its
 //! single-flight makes that once per cluster), and checksums the bytes it sends. Membership
 //! comes from the static list of the config or from etcd leases ([`membership`]); when etcd
-//! is unreachable the last known members stay in force and status says so.
+//! is unreachable the last known members stay in force and status says so. Loaders'
+//! schedules travel to the owners as a few numbers ([`schedules`]), so each owner evicts the
+//! blocks it owns by every rank's next reads.
 
 pub mod membership;
 pub mod peer;
+pub mod schedules;
 pub mod service;
 pub mod wire;
 
@@ -32,6 +35,7 @@ use crate::sync::lock;
 
 pub use membership::MembershipHealth;
 pub use peer::PeerPool;
+pub use schedules::RemoteSchedules;
 
 /// Metadata key carrying the cluster token on peer requests.
 pub const TOKEN_HEADER: &str = "x-loaderd-token";
@@ -48,6 +52,8 @@ pub struct Cluster {
     served: AtomicU64,
     membership: Option<JoinHandle<()>>,
     leave: Option<membership::Leave>,
+    schedules: Arc<RemoteSchedules>,
+    reaper: JoinHandle<()>,
 }
 
 impl Cluster {
@@ -90,7 +96,16 @@ impl Cluster {
             source = lock(&health).source,
             "joined the cluster"
         );
+        let schedules = RemoteSchedules::new(
+            cfg.schedules.clone(),
+            me.id.clone(),
+            cfg.replication,
+            view.clone(),
+        );
+        let reaper = schedules.spawn_reaper();
         Ok(Arc::new(Cluster {
+            schedules,
+            reaper,
             peers: PeerPool::new(token.clone(), cfg.peer_timeout.0, cfg.suspect_time.0),
             me,
             replication: cfg.replication,
@@ -161,6 +176,11 @@ impl Cluster {
         &self.peers
     }
 
+    /// The schedules of other nodes' loaders held here, for the blocks this node owns.
+    pub fn schedules(&self) -> &Arc<RemoteSchedules> {
+        &self.schedules
+    }
+
     /// Checks the token of an incoming peer request (constant time); refusals are counted.
     pub fn authorize(&self, presented: Option<&[u8]>) -> bool {
         let ok = presented.is_some_and(|p| constant_time_eq(p, self.token.as_bytes()));
@@ -211,6 +231,7 @@ impl Cluster {
             peer_reads: reads,
             peer_read_failures: failures,
             peer_requests_refused: self.refused.load(Ordering::Relaxed),
+            remote_schedules: Some(self.schedules.status()),
         }
     }
 
@@ -227,6 +248,7 @@ impl Drop for Cluster {
         if let Some(t) = self.membership.take() {
             t.abort();
         }
+        self.reaper.abort();
     }
 }
 

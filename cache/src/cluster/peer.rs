@@ -194,14 +194,63 @@ impl PeerPool {
         m: &Member,
         timeout: Duration,
     ) -> Result<pb::NodeStatusResponse> {
+        self.unary(
+            m,
+            timeout,
+            pb::NodeStatusRequest {},
+            |mut c, r| async move { c.node_status(r).await },
+        )
+        .await
+    }
+
+    /// Sends a loader's schedule to `m`, within `timeout` (failures do not make it suspect:
+    /// the next refresh tries again).
+    pub async fn announce_schedule(
+        &self,
+        m: &Member,
+        timeout: Duration,
+        a: pb::ScheduleAnnouncement,
+    ) -> Result<pb::ScheduleAck> {
+        self.unary(m, timeout, a, |mut c, r| async move {
+            c.announce_schedule(r).await
+        })
+        .await
+    }
+
+    /// Withdraws a closed loader's schedule from `m`, within `timeout`.
+    pub async fn withdraw_schedule(
+        &self,
+        m: &Member,
+        timeout: Duration,
+        w: pb::ScheduleWithdrawal,
+    ) -> Result<pb::ScheduleAck> {
+        self.unary(m, timeout, w, |mut c, r| async move {
+            c.withdraw_schedule(r).await
+        })
+        .await
+    }
+
+    /// One tonic call `call` of `req` to `m` within `timeout`; errors name the peer and the
+    /// status.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        m: &Member,
+        timeout: Duration,
+        req: Req,
+        call: F,
+    ) -> Result<Resp>
+    where
+        F: FnOnce(PeerClient<TokenChannel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+    {
         let peer_err = |reason: String| Error::Peer {
             peer: m.id.clone(),
             reason,
         };
-        let mut client = PeerClient::new(self.channel(m, timeout)?);
-        let mut request = tonic::Request::new(pb::NodeStatusRequest {});
+        let client = PeerClient::new(self.channel(m, timeout)?);
+        let mut request = tonic::Request::new(req);
         request.set_timeout(timeout);
-        tokio::time::timeout(timeout, client.node_status(request))
+        tokio::time::timeout(timeout, call(client, request))
             .await
             .map_err(|_| peer_err(format!("no answer within {timeout:?}")))?
             .map(tonic::Response::into_inner)

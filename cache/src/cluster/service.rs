@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
 use super::peer::MAX_PEER_MESSAGE;
+use super::schedules::{Announcement, Refusal};
 use super::{Cluster, TOKEN_HEADER, wire};
 use crate::block::blocks_for;
 use crate::cache::{Cache, FileHandle};
@@ -63,6 +64,10 @@ impl PeerService {
     /// The reply to one block request.
     async fn serve_block(&self, r: pb::PeerBlockRequest) -> Result<pb::PeerBlock, Status> {
         let (fh, b) = self.resolve(&r)?;
+        if !r.discard {
+            // A remote loader reads it: its schedule moves on to the block's following read.
+            self.cluster.schedules().read(b.id);
+        }
         let span = info_span!("peer_block", path = %fh.path, block = b.index);
         let (data, crc, was_cached) = self
             .cache
@@ -157,6 +162,32 @@ impl Peer for PeerService {
         _: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         Ok(Response::new(node_status(&self.cache)))
+    }
+
+    async fn announce_schedule(
+        &self,
+        req: Request<pb::ScheduleAnnouncement>,
+    ) -> Result<Response<pb::ScheduleAck>, Status> {
+        let schedules = self.cluster.schedules();
+        let refused = |r: Refusal| match r {
+            Refusal::Invalid(_) => Status::invalid_argument(r.to_string()),
+            _ => Status::resource_exhausted(r.to_string()),
+        };
+        let a = Announcement::from_wire(req.into_inner()).map_err(refused)?;
+        let ack = schedules.announce(a).map_err(refused)?;
+        Ok(Response::new(ack.to_wire()))
+    }
+
+    async fn withdraw_schedule(
+        &self,
+        req: Request<pb::ScheduleWithdrawal>,
+    ) -> Result<Response<pb::ScheduleAck>, Status> {
+        let w = req.into_inner();
+        let held = self.cluster.schedules().withdraw(&w.node_id, w.loader_id);
+        Ok(Response::new(pb::ScheduleAck {
+            accepted: held,
+            reason: if held { "" } else { "not held here" }.into(),
+        }))
     }
 }
 

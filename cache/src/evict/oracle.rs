@@ -1,8 +1,9 @@
 //! The next-use oracle: when each block will next be read, by any registered schedule.
 //!
 //! A source ([`NextUse`]) answers for one schedule (a loader's seeded permutation of
-//! this epoch and the next on this node, `loaderd_pipeline::schedule`; later, through the
-//! cluster, the other nodes'). The cache
+//! this epoch and the next on this node, `loaderd_pipeline::schedule`; or one rank of
+//! another node's loader, over the blocks this node owns, `crate::cluster::schedules`). The
+//! cache
 //! owns one [`NextUseOracle`]; sources register with it and stay registered while their
 //! [`Registration`] lives, so a loader that closes or dies takes its schedule with it. The
 //! oracle combines sources by the earliest next use.

@@ -17,6 +17,11 @@ pub(super) fn json(s: &pb::StatusResponse, out: &mut Map<String, Value>) {
         let mut cluster = fields!(k; node_id, membership, membership_healthy, membership_error,
             replication, peer_reads, peer_read_failures, peer_requests_refused);
         cluster.insert("members".into(), Value::Array(members.collect()));
+        let r = k.remote_schedules.clone().unwrap_or_default();
+        let mut remote = fields!(r; held, bytes, refused, ignored, expired);
+        let by_peer = r.by_peer.iter().map(|(p, n)| (p.clone(), Value::from(*n)));
+        remote.insert("by_peer".into(), Value::Object(by_peer.collect()));
+        cluster.insert("remote_schedules".into(), Value::Object(remote));
         Value::Object(cluster)
     });
     out.insert("cluster".into(), cluster);
@@ -43,6 +48,25 @@ pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
         k.peer_read_failures,
         k.peer_requests_refused
     )?;
+    if let Some(r) = k
+        .remote_schedules
+        .as_ref()
+        .filter(|r| r.held + r.refused + r.ignored + r.expired > 0)
+    {
+        let mut peers: Vec<_> = r.by_peer.iter().collect();
+        peers.sort();
+        let peers: Vec<String> = peers.iter().map(|(p, n)| format!("{p}: {n}")).collect();
+        writeln!(
+            out,
+            "    remote schedules: {} held ({}), {}; refused {}, ignored {}, expired {}",
+            r.held,
+            peers.join(", "),
+            human(r.bytes),
+            r.refused,
+            r.ignored,
+            r.expired
+        )?;
+    }
     for m in &k.members {
         writeln!(
             out,

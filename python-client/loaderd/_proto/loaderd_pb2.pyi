@@ -46,7 +46,7 @@ class BatchReady(_message.Message):
     def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., seq: _Optional[int] = ..., slot: _Optional[int] = ..., samples: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ..., keys: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ..., end: bool = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ["enabled", "members", "membership", "membership_error", "membership_healthy", "node_id", "peer_read_failures", "peer_reads", "peer_requests_refused", "replication"]
+    __slots__ = ["enabled", "members", "membership", "membership_error", "membership_healthy", "node_id", "peer_read_failures", "peer_reads", "peer_requests_refused", "remote_schedules", "replication"]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_ERROR_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class ClusterStatus(_message.Message):
     PEER_READS_FIELD_NUMBER: _ClassVar[int]
     PEER_READ_FAILURES_FIELD_NUMBER: _ClassVar[int]
     PEER_REQUESTS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_SCHEDULES_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     members: _containers.RepeatedCompositeFieldContainer[MemberStatus]
@@ -66,8 +67,9 @@ class ClusterStatus(_message.Message):
     peer_read_failures: int
     peer_reads: int
     peer_requests_refused: int
+    remote_schedules: RemoteSchedulesStatus
     replication: int
-    def __init__(self, enabled: bool = ..., node_id: _Optional[str] = ..., membership: _Optional[str] = ..., membership_healthy: bool = ..., membership_error: _Optional[str] = ..., replication: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberStatus, _Mapping]]] = ..., peer_reads: _Optional[int] = ..., peer_read_failures: _Optional[int] = ..., peer_requests_refused: _Optional[int] = ...) -> None: ...
+    def __init__(self, enabled: bool = ..., node_id: _Optional[str] = ..., membership: _Optional[str] = ..., membership_healthy: bool = ..., membership_error: _Optional[str] = ..., replication: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberStatus, _Mapping]]] = ..., peer_reads: _Optional[int] = ..., peer_read_failures: _Optional[int] = ..., peer_requests_refused: _Optional[int] = ..., remote_schedules: _Optional[_Union[RemoteSchedulesStatus, _Mapping]] = ...) -> None: ...
 
 class FileInfo(_message.Message):
     __slots__ = ["cached_bytes", "is_dir", "mtime_unix_ms", "owners", "path", "size", "version"]
@@ -476,6 +478,83 @@ class ReadRequest(_message.Message):
     read_type: ReadType
     version: str
     def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., read_type: _Optional[_Union[ReadType, str]] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RemoteSchedulesStatus(_message.Message):
+    __slots__ = ["by_peer", "bytes", "expired", "held", "ignored", "refused"]
+    class ByPeerEntry(_message.Message):
+        __slots__ = ["key", "value"]
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    BY_PEER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    by_peer: _containers.ScalarMap[str, int]
+    bytes: int
+    expired: int
+    held: int
+    ignored: int
+    refused: int
+    def __init__(self, held: _Optional[int] = ..., by_peer: _Optional[_Mapping[str, int]] = ..., bytes: _Optional[int] = ..., refused: _Optional[int] = ..., ignored: _Optional[int] = ..., expired: _Optional[int] = ...) -> None: ...
+
+class ScheduleAck(_message.Message):
+    __slots__ = ["accepted", "reason"]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: bool = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ScheduleAnnouncement(_message.Message):
+    __slots__ = ["batch_size", "block_reads", "consumed", "dataset", "delivered", "drop_last", "epoch", "job", "listing_count", "listing_hash", "loader_id", "node_id", "ns_per_sample", "rank", "seed", "shuffle", "world_size"]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_READS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    DROP_LAST_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    LISTING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LISTING_HASH_FIELD_NUMBER: _ClassVar[int]
+    LOADER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NS_PER_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SHUFFLE_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    block_reads: int
+    consumed: int
+    dataset: str
+    delivered: int
+    drop_last: bool
+    epoch: int
+    job: str
+    listing_count: int
+    listing_hash: int
+    loader_id: int
+    node_id: str
+    ns_per_sample: int
+    rank: int
+    seed: int
+    shuffle: bool
+    world_size: int
+    def __init__(self, node_id: _Optional[str] = ..., loader_id: _Optional[int] = ..., job: _Optional[str] = ..., dataset: _Optional[str] = ..., shuffle: bool = ..., drop_last: bool = ..., listing_count: _Optional[int] = ..., listing_hash: _Optional[int] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., consumed: _Optional[int] = ..., delivered: _Optional[int] = ..., ns_per_sample: _Optional[int] = ..., block_reads: _Optional[int] = ...) -> None: ...
+
+class ScheduleWithdrawal(_message.Message):
+    __slots__ = ["loader_id", "node_id"]
+    LOADER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    loader_id: int
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ..., loader_id: _Optional[int] = ...) -> None: ...
 
 class ShmExtent(_message.Message):
     __slots__ = ["arena_offset", "file_offset", "in_arena", "length"]

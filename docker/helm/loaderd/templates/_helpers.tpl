@@ -289,6 +289,14 @@ lease_ttl = {{ include "loaderd.toml.quantity" $c.cluster.lease_ttl }}
 replication = {{ include "loaderd.toml.int" $c.cluster.replication }}
 peer_timeout = {{ include "loaderd.toml.quantity" $c.cluster.peer_timeout }}
 suspect_time = {{ include "loaderd.toml.quantity" $c.cluster.suspect_time }}
+
+[cluster.schedules]
+refresh = {{ include "loaderd.toml.quantity" $c.cluster.schedules.refresh }}
+expiry = {{ include "loaderd.toml.quantity" $c.cluster.schedules.expiry }}
+max_per_peer = {{ include "loaderd.toml.int" $c.cluster.schedules.max_per_peer }}
+max_total = {{ include "loaderd.toml.int" $c.cluster.schedules.max_total }}
+max_bytes = {{ include "loaderd.toml.quantity" $c.cluster.schedules.max_bytes }}
+build_concurrency = {{ include "loaderd.toml.int" $c.cluster.schedules.build_concurrency }}
 {{- range $i, $m := $c.mount }}
 {{- if not (and $m.path $m.uri) }}
 {{- fail (printf "config.mount[%d] needs path and uri" $i) }}
