@@ -78,6 +78,8 @@ pub use crate::session::BackgroundSession;
 use crate::session::MAX_WRITE_SIZE;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
+pub use crate::session::SessionInit;
+pub use crate::session::SessionStopper;
 pub use crate::session::SessionUnmounter;
 
 mod access_flags;

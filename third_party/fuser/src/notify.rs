@@ -57,6 +57,15 @@ impl Notifier {
         Self(cs)
     }
 
+    /// A notifier on a /dev/fuse descriptor of a mounted connection, without a session (to
+    /// send [`Notifier::resend`] before a session starts reading).
+    /// (loaderd patch, not in the published crate.)
+    pub fn from_device(fd: std::os::fd::OwnedFd) -> Self {
+        Self(ChannelSender(std::sync::Arc::new(crate::dev_fuse::DevFuse(
+            std::fs::File::from(fd),
+        ))))
+    }
+
     /// Notify poll clients of I/O readiness
     /// # Errors
     /// Returns an error if the kernel rejects the notification.
@@ -102,6 +111,18 @@ impl Notifier {
     pub fn delete(&self, parent: INodeNo, child: INodeNo, name: &OsStr) -> io::Result<()> {
         let notif = Notification::new_delete(parent, child, name).map_err(Self::too_big_err)?;
         self.send_inval(notify_code::FUSE_NOTIFY_DELETE, &notif)
+    }
+
+    /// Ask the kernel to queue again every request it has handed to a server of this
+    /// connection and not yet seen answered (FUSE_NOTIFY_RESEND, Linux >= 6.9). A server that
+    /// took over a live connection from a crashed one sends this before reading requests, so
+    /// the requests lost with the crashed process are served again; they arrive with bit 63
+    /// of their unique id set. Only sound for idempotent requests.
+    /// (loaderd patch, not in the published crate.)
+    /// # Errors
+    /// Returns an error if the kernel rejects the notification (EINVAL before Linux 6.9).
+    pub fn resend(&self) -> io::Result<()> {
+        self.send(notify_code::FUSE_NOTIFY_RESEND, &Notification::new_resend())
     }
 
     #[allow(unused)]

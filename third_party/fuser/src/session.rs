@@ -13,6 +13,8 @@ use std::os::fd::BorrowedFd;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::thread::{self};
 
@@ -20,6 +22,9 @@ use log::debug;
 use log::error;
 use log::info;
 use log::warn;
+use nix::poll::PollFd;
+use nix::poll::PollFlags;
+use nix::poll::PollTimeout;
 use nix::unistd::Uid;
 use nix::unistd::geteuid;
 use parking_lot::Mutex;
@@ -76,6 +81,66 @@ impl SessionACL {
             SessionACL::All | SessionACL::RootAndOwner => Some("allow_other"),
             SessionACL::Owner => None,
         }
+    }
+}
+
+/// What a FUSE_INIT handshake settled, saved so that another process can serve the same
+/// connection without a handshake of its own (the kernel sends FUSE_INIT once per mount).
+/// (loaderd patch, not in the published crate.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInit {
+    /// The kernel's FUSE ABI version, as it sent it in FUSE_INIT.
+    pub proto_version: Version,
+    /// The capabilities in force: those the kernel offered and the file system requested.
+    pub flags: InitFlags,
+    /// The readahead the INIT reply set.
+    pub max_readahead: u32,
+    /// The largest write the INIT reply allowed.
+    pub max_write: u32,
+}
+
+/// Shared by a session's event loops and its [`SessionStopper`]s. (loaderd patch.)
+#[derive(Debug, Default)]
+pub(crate) struct StopState {
+    stopped: AtomicBool,
+    /// One event loop at a time polls and reads, so that no loop sits in a blocking read
+    /// that a stop cannot reach (readers would otherwise race for a request the poll saw).
+    read_lock: Mutex<()>,
+}
+
+/// How often a stoppable event loop looks at its stop flag while no request comes.
+const STOP_POLL_MS: u16 = 50;
+
+impl StopState {
+    /// Reads the next request unless the session was stopped: `None` once stopped.
+    fn receive(&self, ch: &Channel, buf: &mut [u8]) -> Option<nix::Result<usize>> {
+        let _reading = self.read_lock.lock();
+        loop {
+            if self.stopped.load(Ordering::Acquire) {
+                return None;
+            }
+            let mut fds = [PollFd::new(ch.as_fd(), PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, PollTimeout::from(STOP_POLL_MS)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                // Readable, or an error the read reports (ENODEV once unmounted).
+                Ok(_) => return Some(ch.receive_retrying(buf)),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+    }
+}
+
+/// Stops a session's event loops: each finishes the request it is serving and reads no
+/// more, so [`Session::run`] returns with no request of this process left unanswered and
+/// the connection can be served by another process. (loaderd patch.)
+#[derive(Debug, Clone)]
+pub struct SessionStopper(Arc<StopState>);
+
+impl SessionStopper {
+    /// Stops reading requests; returns at once ([`Session::run`] returns when the requests
+    /// in flight are answered).
+    pub fn stop(&self) {
+        self.0.stopped.store(true, Ordering::Release);
     }
 }
 
@@ -139,6 +204,10 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// What INIT settled: set by the handshake, or given to [`Session::resume`].
+    init: Option<SessionInit>,
+    /// Set by [`Session::stopper`]: the event loops can then be stopped.
+    stop: Option<Arc<StopState>>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +255,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            init: None,
+            stop: None,
         };
 
         session.handshake()?;
@@ -214,11 +285,63 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            init: None,
+            stop: None,
         };
 
         session.handshake()?;
 
         Ok(session)
+    }
+
+    /// Wrap a /dev/fuse file descriptor whose connection is already initialised (another
+    /// process answered its FUSE_INIT), with what that handshake settled, as read from
+    /// [`Session::init_outcome`] of the session that did it. No handshake: requests are
+    /// served at once, and [`Filesystem::init`] is not called. Like [`Session::from_fd`],
+    /// it mounts nothing and unmounts nothing. (loaderd patch, not in the published crate.)
+    /// # Errors
+    /// Returns an error if `init` names an ABI version this crate cannot serve.
+    pub fn resume(
+        filesystem: FS,
+        fd: OwnedFd,
+        acl: SessionACL,
+        config: Config,
+        init: SessionInit,
+    ) -> io::Result<Self> {
+        if init.proto_version < Version(7, 6) || init.proto_version.0 > abi::FUSE_KERNEL_VERSION
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("Unsupported FUSE ABI version {}", init.proto_version),
+            ));
+        }
+        Ok(Session {
+            filesystem: FilesystemHolder {
+                fs: Some(filesystem),
+            },
+            ch: Channel::new(Arc::new(DevFuse(File::from(fd)))),
+            mount: UmountOnDrop {
+                mount: Arc::new(Mutex::new(None)),
+            },
+            allowed: acl,
+            session_owner: geteuid(),
+            proto_version: Some(init.proto_version),
+            config,
+            init: Some(init),
+            stop: None,
+        })
+    }
+
+    /// What the FUSE_INIT handshake of this session settled (or what [`Session::resume`]
+    /// was given); `None` before a handshake. (loaderd patch.)
+    pub fn init_outcome(&self) -> Option<SessionInit> {
+        self.init
+    }
+
+    /// A handle that stops the event loops of [`Session::run`]; calling it once makes the
+    /// loops poll the device and look at a stop flag before each read. (loaderd patch.)
+    pub fn stopper(&mut self) -> SessionStopper {
+        SessionStopper(self.stop.get_or_insert_with(Arc::default).clone())
     }
 
     /// Run the session loop in a background thread. If the returned handle is dropped,
@@ -252,6 +375,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            init: _,
+            stop,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -298,6 +423,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                stop: stop.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -431,6 +557,12 @@ impl<FS: Filesystem> Session<FS> {
 
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
+            self.init = Some(SessionInit {
+                proto_version: v,
+                flags: init.capabilities() & (config.requested | InitFlags::FUSE_INIT_EXT),
+                max_readahead: config.max_readahead,
+                max_write: config.max_write,
+            });
 
             // Log capability status for debugging
             for bit in 0..64 {
@@ -518,6 +650,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// Set when the session can be stopped ([`Session::stopper`]).
+    pub(crate) stop: Option<Arc<StopState>>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -529,7 +663,14 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         loop {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_retrying(buf) {
+            let received = match &self.stop {
+                None => self.ch.receive_retrying(buf),
+                Some(stop) => match stop.receive(&self.ch, buf) {
+                    Some(received) => received,
+                    None => return Ok(()),
+                },
+            };
+            match received {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
