@@ -54,7 +54,8 @@ struct Supervisor<'a> {
     state: OwnedFd,
     init: Option<SessionInit>,
     generation: u64,
-    serving: Option<OwnedFd>,
+    /// The serving server's connection and process id.
+    serving: Option<(OwnedFd, u32)>,
     waiting: VecDeque<(OwnedFd, u32)>,
     child: Option<Child>,
     restart_at: Option<Instant>,
@@ -78,6 +79,9 @@ pub fn supervise(cfg: &SupervisorConfig) -> Result<(), HandoverError> {
         std::fs::remove_file(&cfg.socket).map_err(HandoverError::Listen)?;
     }
     let listener = listen_at(&cfg.socket).map_err(HandoverError::Listen)?;
+    // Whoever connects is handed the mount: only this user may.
+    std::fs::set_permissions(&cfg.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(HandoverError::Listen)?;
     let fuse = mount_fuse(&cfg.mount_point, &cfg.mount)?;
     info!(socket = %cfg.socket.display(), "mounted; waiting for a server");
     let mut sup = Supervisor {
@@ -123,7 +127,7 @@ impl Supervisor<'_> {
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener, PollFlags::POLLIN),
             ];
-            if let Some(s) = &self.serving {
+            if let Some((s, _)) = &self.serving {
                 fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
             }
             match poll(&mut fds, PollTimeout::from(timeout)) {
@@ -177,10 +181,13 @@ impl Supervisor<'_> {
                     info!(signal = %sig, "stopping: the server is asked to release the mount");
                     self.stopping = true;
                     self.restart_at = None;
+                    // Waiting servers see their connection close and exit; the serving one
+                    // (ours or started by someone else) releases the mount.
                     self.waiting.clear();
-                    if let Some(child) = &self.child {
-                        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-                        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+                    if let Some((_, pid)) = &self.serving
+                        && let Ok(pid) = i32::try_from(*pid)
+                    {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
                     }
                 }
                 Err(_) => {}
@@ -194,6 +201,8 @@ impl Supervisor<'_> {
             Ok(Some(status)) => {
                 if status.success() {
                     info!(pid = child.id(), "the server exited after releasing the mount");
+                } else if self.stopping {
+                    info!(pid = child.id(), %status, "the server exited");
                 } else {
                     warn!(pid = child.id(), %status, "the server died; restarting it");
                 }
@@ -247,7 +256,7 @@ impl Supervisor<'_> {
                 Ok(()) => {
                     info!(pid, generation = self.generation, "granted the mount");
                     self.generation += 1;
-                    self.serving = Some(conn);
+                    self.serving = Some((conn, pid));
                 }
                 Err(e) => warn!(pid, error = %e, "a waiting server is gone"),
             }
@@ -255,7 +264,9 @@ impl Supervisor<'_> {
     }
 
     fn on_server_message(&mut self) {
-        let Some(conn) = &self.serving else { return };
+        let Some((conn, _)) = &self.serving else {
+            return;
+        };
         match wire::recv(conn.as_fd()) {
             Ok((Message::Initialised { init }, _)) => {
                 info!(abi = %init.proto_version, "the server answered FUSE_INIT");

@@ -42,6 +42,7 @@ impl PassFs {
     fn note(&self, req: &Request) {
         if req.unique().0 & RESENT != 0 {
             self.resent.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(unique = req.unique().0 & !RESENT, "serving a request the kernel resent");
         }
     }
 
