@@ -27,7 +27,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_loaderd-fuse-testfs");
 const WAIT: Duration = Duration::from_secs(60);
 
 fn fuse_unavailable() -> Option<String> {
-    match fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+    match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/fuse cannot be opened: {e}")),
     }
@@ -83,9 +87,10 @@ fn generate(root: &Path) -> Tree {
     Tree { files, dirs }
 }
 
-/// The test server's arguments: serve `dir/src`, write `dir/server.pid`.
-fn server_args(dir: &Path) -> Vec<String> {
-    vec![
+/// The test server's arguments: serve `dir/src`, write `dir/server.pid`; without `resend`,
+/// no FUSE_NOTIFY_RESEND after taking over (so only a clean drain keeps readers going).
+fn server_args(dir: &Path, resend: bool) -> Vec<String> {
+    let mut args = vec![
         "serve".into(),
         "--source".into(),
         dir.join("src").display().to_string(),
@@ -94,7 +99,11 @@ fn server_args(dir: &Path) -> Vec<String> {
         // A little latency per read, so a kill -9 lands with requests in flight.
         "--read-delay-ms".into(),
         "2".into(),
-    ]
+    ];
+    if !resend {
+        args.push("--no-resend".into());
+    }
+    args
 }
 
 /// The shared log of the supervisor and every server (appended to).
@@ -110,6 +119,7 @@ fn log_file(dir: &Path) -> Stdio {
 /// A supervisor holding the mount; dropping it stops everything and detaches the mount.
 struct Mounted {
     dir: TempDir,
+    resend: bool,
     supervisor: Child,
     tree: Arc<Tree>,
 }
@@ -128,9 +138,8 @@ impl Mounted {
         fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
-
     /// `Err` is a reason to skip.
-    fn start() -> Result<Mounted, String> {
+    fn start(resend: bool) -> Result<Mounted, String> {
         if let Some(reason) = fuse_unavailable() {
             return Err(reason);
         }
@@ -146,13 +155,14 @@ impl Mounted {
             .arg(dir.path().join("handover.sock"))
             .arg("--")
             .arg(BIN)
-            .args(server_args(dir.path()))
+            .args(server_args(dir.path(), resend))
             .stdout(log_file(dir.path()))
             .stderr(log_file(dir.path()))
             .spawn()
             .expect("start the supervisor");
         let mut m = Mounted {
             dir,
+            resend,
             supervisor,
             tree,
         };
@@ -168,13 +178,21 @@ impl Mounted {
             if m.pid_file().exists() && fs::read_dir(m.mnt()).is_ok_and(|d| d.count() == 4) {
                 return Ok(m);
             }
-            assert!(Instant::now() < deadline, "the mount never came up: {}", m.log());
+            assert!(
+                Instant::now() < deadline,
+                "the mount never came up: {}",
+                m.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn server_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
+        fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn signal_server(&self, sig: Signal) -> i32 {
@@ -192,12 +210,20 @@ impl Mounted {
             {
                 let seen = progress.load(Ordering::Relaxed);
                 while progress.load(Ordering::Relaxed) < seen + 20 {
-                    assert!(Instant::now() < deadline, "no reads after the replacement: {}", self.log());
+                    assert!(
+                        Instant::now() < deadline,
+                        "no reads after the replacement: {}",
+                        self.log()
+                    );
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 return pid;
             }
-            assert!(Instant::now() < deadline, "no new server after {old}: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no new server after {old}: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -258,7 +284,11 @@ fn readers(m: &Mounted, stop: &Arc<AtomicBool>, stats: &Arc<Stats>) -> Vec<JoinH
                         Ok(_) if sha(&got) == want[rel] => {}
                         Ok(_) => {
                             stats.wrong.fetch_add(1, Ordering::Relaxed);
-                            stats.error(format!("{rel}: {} bytes, want {}", got.len(), bytes.len()));
+                            stats.error(format!(
+                                "{rel}: {} bytes, want {}",
+                                got.len(),
+                                bytes.len()
+                            ));
                         }
                         Err(e) => stats.error(format!("read {rel}: {e}")),
                     }
@@ -323,13 +353,22 @@ fn readers(m: &Mounted, stop: &Arc<AtomicBool>, stats: &Arc<Stats>) -> Vec<JoinH
 }
 
 /// Runs readers while `replace` is done `times` times; asserts nothing failed.
-fn under_replacement(m: &Mounted, what: &str, times: usize, mut replace: impl FnMut(&Mounted, &AtomicU64)) {
+fn under_replacement(
+    m: &Mounted,
+    what: &str,
+    times: usize,
+    mut replace: impl FnMut(&Mounted, &AtomicU64),
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Stats::default());
     let threads = readers(m, &stop, &stats);
     let deadline = Instant::now() + WAIT;
     while stats.ops.load(Ordering::Relaxed) < 200 {
-        assert!(Instant::now() < deadline, "readers make no progress: {}", m.log());
+        assert!(
+            Instant::now() < deadline,
+            "readers make no progress: {}",
+            m.log()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     for _ in 0..times {
@@ -358,13 +397,21 @@ fn under_replacement(m: &Mounted, what: &str, times: usize, mut replace: impl Fn
         stats.wrong.load(Ordering::Relaxed),
         longest.as_secs_f64() * 1e3
     );
-    assert!(errors.is_empty(), "{} errors, first: {:?}\n{}", errors.len(), &errors[..errors.len().min(5)], m.log());
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}\n{}",
+        errors.len(),
+        &errors[..errors.len().min(5)],
+        m.log()
+    );
     assert_eq!(stats.wrong.load(Ordering::Relaxed), 0);
 }
 
+/// The SIGTERM path alone: servers never ask the kernel to resend, so a reader would hang on
+/// any request a server read and did not answer before exiting.
 #[test]
 fn sigterm_hands_the_mount_over_without_errors() {
-    let m = match Mounted::start() {
+    let m = match Mounted::start(false) {
         Ok(m) => m,
         Err(reason) => return eprintln!("skipped: {reason}"),
     };
@@ -375,7 +422,7 @@ fn sigterm_hands_the_mount_over_without_errors() {
             // Once: a successor started by hand waits on the socket and takes over at once.
             successor = Some(
                 Command::new(BIN)
-                    .args(server_args(m.dir.path()))
+                    .args(server_args(m.dir.path(), m.resend))
                     .arg("--socket")
                     .arg(m.socket())
                     .stdout(log_file(m.dir.path()))
@@ -393,8 +440,15 @@ fn sigterm_hands_the_mount_over_without_errors() {
         }
     });
     let log = m.log();
-    assert_eq!(log.matches("released the mount served_s").count(), 4, "{log}");
-    assert!(!log.contains("the server died"), "a server died instead of handing over:\n{log}");
+    assert_eq!(
+        log.matches("released the mount served_s").count(),
+        4,
+        "{log}"
+    );
+    assert!(
+        !log.contains("the server died"),
+        "a server died instead of handing over:\n{log}"
+    );
     drop(m);
     if let Some(mut c) = successor {
         let _ = c.kill();
@@ -404,7 +458,7 @@ fn sigterm_hands_the_mount_over_without_errors() {
 
 #[test]
 fn a_server_killed_9_is_restarted_and_the_kernel_resends_its_requests() {
-    let m = match Mounted::start() {
+    let m = match Mounted::start(true) {
         Ok(m) => m,
         Err(reason) => return eprintln!("skipped: {reason}"),
     };
@@ -416,5 +470,36 @@ fn a_server_killed_9_is_restarted_and_the_kernel_resends_its_requests() {
     assert_eq!(log.matches("the server died").count(), 4, "{log}");
     let resent = log.matches("serving a request the kernel resent").count();
     println!("requests the kernel resent after the kills: {resent}");
-    assert!(resent > 0, "no request was in flight at any of the kills, or none came back:\n{log}");
+    assert!(
+        resent > 0,
+        "no request was in flight at any of the kills, or none came back:\n{log}"
+    );
+}
+
+#[test]
+fn an_unmount_from_outside_ends_the_supervisor_instead_of_a_restart_loop() {
+    let mut m = match Mounted::start(true) {
+        Ok(m) => m,
+        Err(reason) => return eprintln!("skipped: {reason}"),
+    };
+    unmount(&m.mnt()).expect("umount");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Ok(Some(status)) = m.supervisor.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor outlived its mount:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = m.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("unmounted from outside"), "{log}");
+    assert!(
+        log.matches("started the server").count() <= 2,
+        "restart loop:\n{log}"
+    );
 }

@@ -116,13 +116,26 @@ impl StateLog {
         if word(0) != MAGIC {
             return Err(layout("bad magic"));
         }
-        let version = u32::from_le_bytes(head[OFF_LAYOUT..OFF_LAYOUT + 4].try_into().unwrap_or_default());
+        let version = u32::from_le_bytes(
+            head[OFF_LAYOUT..OFF_LAYOUT + 4]
+                .try_into()
+                .unwrap_or_default(),
+        );
         if version != LAYOUT {
-            return Err(layout(format!("layout {version}, this build reads {LAYOUT}")));
+            return Err(layout(format!(
+                "layout {version}, this build reads {LAYOUT}"
+            )));
         }
         let region_len = usize::try_from(word(OFF_REGION_LEN)).unwrap_or(usize::MAX);
-        if region_len < MIN_REGION_LEN || region_len.checked_mul(2).and_then(|r| r.checked_add(HEADER)) != Some(size) {
-            return Err(layout(format!("region length {region_len} does not fit a {size}-byte file")));
+        if region_len < MIN_REGION_LEN
+            || region_len
+                .checked_mul(2)
+                .and_then(|r| r.checked_add(HEADER))
+                != Some(size)
+        {
+            return Err(layout(format!(
+                "region length {region_len} does not fit a {size}-byte file"
+            )));
         }
         let log = StateLog {
             map,
@@ -190,7 +203,10 @@ impl StateLog {
             let mut crc = [0u8; 4];
             let mut payload = vec![0u8; payload_len];
             if self.map.read(base + at + 4, &mut crc).is_none()
-                || self.map.read(base + at + RECORD_HEAD, &mut payload).is_none()
+                || self
+                    .map
+                    .read(base + at + RECORD_HEAD, &mut payload)
+                    .is_none()
                 || crc32c::crc32c(&payload) != u32::from_le_bytes(crc)
             {
                 replay.torn = true;
@@ -227,11 +243,14 @@ impl StateLog {
         let out = || layout("record out of bounds");
         let high = self.high_water(region)?;
         high.fetch_max(end as u64, Ordering::AcqRel);
-        self.map.write(base + RECORD_HEAD, payload).ok_or_else(out)?;
+        self.map
+            .write(base + RECORD_HEAD, payload)
+            .ok_or_else(out)?;
         self.map
             .write(base + 4, &crc32c::crc32c(payload).to_le_bytes())
             .ok_or_else(out)?;
-        let len = u32::try_from(payload.len() + 1).map_err(|_| LogError::TooLarge(payload.len()))?;
+        let len =
+            u32::try_from(payload.len() + 1).map_err(|_| LogError::TooLarge(payload.len()))?;
         self.map
             .atomic_u32(base)
             .ok_or_else(out)?
@@ -286,12 +305,15 @@ mod tests {
     }
 
     fn records(n: usize) -> Vec<Vec<u8>> {
-        (0..n).map(|i| format!("record {i} {}", "x".repeat(i % 13)).into_bytes()).collect()
+        (0..n)
+            .map(|i| format!("record {i} {}", "x".repeat(i % 13)).into_bytes())
+            .collect()
     }
 
     #[test]
     fn appended_records_replay_in_order_across_processes_views() {
-        let (log, replay) = StateLog::open(StateLog::create(1 << 16).expect("create")).expect("open");
+        let (log, replay) =
+            StateLog::open(StateLog::create(1 << 16).expect("create")).expect("open");
         assert_eq!(replay, Replay::default());
         let want = records(100);
         for r in &want {
@@ -306,7 +328,10 @@ mod tests {
         // Appends continue after the replayed records.
         log.append(b"after").expect("append");
         let (_log, replay) = reopen(log);
-        assert_eq!(replay.records.last().map(Vec::as_slice), Some(&b"after"[..]));
+        assert_eq!(
+            replay.records.last().map(Vec::as_slice),
+            Some(&b"after"[..])
+        );
         assert_eq!(replay.records.len(), 102);
     }
 
@@ -318,9 +343,17 @@ mod tests {
         }
         let end = *log.tail.lock().expect("tail");
         // A crash mid-append: payload and checksum written, length word not yet.
-        pwrite(&log, HEADER + end + 4, &[0xde, 0xad, 0xbe, 0xef, b'g', b'a', b'r', b'b']);
+        pwrite(
+            &log,
+            HEADER + end + 4,
+            &[0xde, 0xad, 0xbe, 0xef, b'g', b'a', b'r', b'b'],
+        );
         let (log, replay) = reopen(log);
-        assert_eq!(replay.records, records(3), "the torn record is not replayed");
+        assert_eq!(
+            replay.records,
+            records(3),
+            "the torn record is not replayed"
+        );
         assert!(!replay.torn, "a zero length word is a clean end");
         // A corrupt record (bad checksum) stops replay and is reported.
         log.append(b"fourth").expect("append");
@@ -339,7 +372,8 @@ mod tests {
 
     #[test]
     fn lengths_out_of_bounds_are_torn_not_read() {
-        let (log, _) = StateLog::open(StateLog::create(MIN_REGION_LEN).expect("create")).expect("open");
+        let (log, _) =
+            StateLog::open(StateLog::create(MIN_REGION_LEN).expect("create")).expect("open");
         log.append(b"ok").expect("append");
         let at = *log.tail.lock().expect("tail");
         pwrite(&log, HEADER + at, &u32::MAX.to_le_bytes());
@@ -347,7 +381,10 @@ mod tests {
         assert!(replay.torn);
         assert_eq!(replay.records, vec![b"ok".to_vec()]);
         // A record larger than a region is refused, and a full region says so.
-        assert!(matches!(log.append(&vec![0; MIN_REGION_LEN]), Err(LogError::TooLarge(_))));
+        assert!(matches!(
+            log.append(&vec![0; MIN_REGION_LEN]),
+            Err(LogError::TooLarge(_))
+        ));
         let chunk = vec![7u8; 1000];
         let full = (0..10).map(|_| log.append(&chunk)).find_map(Result::err);
         assert!(matches!(full, Some(LogError::Full { .. })), "{full:?}");
@@ -355,7 +392,8 @@ mod tests {
 
     #[test]
     fn compaction_switches_regions_atomically() {
-        let (log, _) = StateLog::open(StateLog::create(MIN_REGION_LEN).expect("create")).expect("open");
+        let (log, _) =
+            StateLog::open(StateLog::create(MIN_REGION_LEN).expect("create")).expect("open");
         for r in records(20) {
             log.append(&r).expect("append");
         }
@@ -363,7 +401,10 @@ mod tests {
         log.compact(snapshot).expect("compact");
         log.append(b"after").expect("append");
         let (log, replay) = reopen(log);
-        assert_eq!(replay.records, vec![b"snap-1".to_vec(), b"snap-2".to_vec(), b"after".to_vec()]);
+        assert_eq!(
+            replay.records,
+            vec![b"snap-1".to_vec(), b"snap-2".to_vec(), b"after".to_vec()]
+        );
         // Compacting back into the first region clears what was there before.
         log.compact([b"only".as_slice()]).expect("compact");
         let (log, replay) = reopen(log);

@@ -74,8 +74,12 @@ impl Takeover {
                 fds.len()
             )));
         }
-        let state_fd = fds.pop().ok_or(HandoverError::Unexpected("no state".into()))?;
-        let fuse = fds.pop().ok_or(HandoverError::Unexpected("no fuse".into()))?;
+        let state_fd = fds
+            .pop()
+            .ok_or(HandoverError::Unexpected("no state".into()))?;
+        let fuse = fds
+            .pop()
+            .ok_or(HandoverError::Unexpected("no fuse".into()))?;
         let (log, replay) = StateLog::open(state_fd)?;
         let torn = replay.torn;
         if torn {
@@ -83,7 +87,13 @@ impl Takeover {
         }
         let state = Arc::new(FsState::new(log, replay)?);
         let (inodes, handles) = state.counts();
-        info!(generation, resumed = init.is_some(), inodes, handles, "mount granted");
+        info!(
+            generation,
+            resumed = init.is_some(),
+            inodes,
+            handles,
+            "mount granted"
+        );
         Ok(Takeover {
             fuse,
             state,
@@ -143,7 +153,10 @@ impl Takeover {
         let started = Instant::now();
         session.run().map_err(HandoverError::Session)?;
         wire::send(self.holder.as_fd(), &Message::Released, &[])?;
-        info!(served_s = started.elapsed().as_secs_f64(), "released the mount");
+        info!(
+            served_s = started.elapsed().as_secs_f64(),
+            "released the mount"
+        );
         Ok(Served {
             generation: self.generation,
         })

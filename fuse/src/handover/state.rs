@@ -36,7 +36,11 @@ enum Record {
     /// Handle `fh` was released.
     Release { fh: u64 },
     /// Snapshot: `ino` is `path` with `lookups` lookups.
-    Inode { ino: u64, lookups: u64, path: OsString },
+    Inode {
+        ino: u64,
+        lookups: u64,
+        path: OsString,
+    },
     /// Snapshot: the next inode and handle numbers (never reused).
     Counters { next_ino: u64, next_fh: u64 },
 }
@@ -87,7 +91,9 @@ impl Record {
     fn decode(bytes: &[u8]) -> Option<Record> {
         let (&tag, rest) = bytes.split_first()?;
         let word = |i: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(rest.get(8 * i..8 * i + 8)?.try_into().ok()?))
+            Some(u64::from_le_bytes(
+                rest.get(8 * i..8 * i + 8)?.try_into().ok()?,
+            ))
         };
         Some(match tag {
             TAG_LOOKUP => Record::Lookup {
@@ -362,7 +368,8 @@ mod tests {
     use crate::handover::log::MIN_REGION_LEN;
 
     fn fresh(region: usize) -> FsState {
-        let (log, replay) = StateLog::open(StateLog::create(region).expect("create")).expect("open");
+        let (log, replay) =
+            StateLog::open(StateLog::create(region).expect("create")).expect("open");
         FsState::new(log, replay).expect("state")
     }
 
@@ -377,12 +384,26 @@ mod tests {
     #[test]
     fn records_round_trip() {
         for r in [
-            Record::Lookup { ino: 7, path: "a/b".into() },
+            Record::Lookup {
+                ino: 7,
+                path: "a/b".into(),
+            },
             Record::Forget { ino: 7, n: 3 },
-            Record::Open { fh: 9, ino: 7, version: b"etag-1".to_vec() },
+            Record::Open {
+                fh: 9,
+                ino: 7,
+                version: b"etag-1".to_vec(),
+            },
             Record::Release { fh: 9 },
-            Record::Inode { ino: 8, lookups: 2, path: "".into() },
-            Record::Counters { next_ino: 10, next_fh: 11 },
+            Record::Inode {
+                ino: 8,
+                lookups: 2,
+                path: "".into(),
+            },
+            Record::Counters {
+                next_ino: 10,
+                next_fh: 11,
+            },
         ] {
             assert_eq!(Record::decode(&r.encode()), Some(r));
         }
@@ -395,7 +416,11 @@ mod tests {
     fn a_successor_sees_the_same_inodes_counts_and_handles() {
         let state = fresh(1 << 16);
         let a = state.lookup(OsStr::new("dir/a")).expect("lookup");
-        assert_eq!(state.lookup(OsStr::new("dir/a")).expect("lookup"), a, "stable ino");
+        assert_eq!(
+            state.lookup(OsStr::new("dir/a")).expect("lookup"),
+            a,
+            "stable ino"
+        );
         let b = state.lookup(OsStr::new("dir/b")).expect("lookup");
         assert_ne!(a, b);
         let fh = state.open(a, b"v1").expect("open");
@@ -404,15 +429,30 @@ mod tests {
         state.forget(b, 1).expect("forget");
         state.forget(a, 1).expect("forget");
         let state = successor(state);
-        assert_eq!(state.inode(a), Some(Inode { path: "dir/a".into(), lookups: 1 }));
+        assert_eq!(
+            state.inode(a),
+            Some(Inode {
+                path: "dir/a".into(),
+                lookups: 1
+            })
+        );
         assert_eq!(state.inode(b), None, "forgotten");
-        assert_eq!(state.handle(fh), Some(Handle { ino: a, version: b"v1".to_vec() }));
+        assert_eq!(
+            state.handle(fh),
+            Some(Handle {
+                ino: a,
+                version: b"v1".to_vec()
+            })
+        );
         assert_eq!(state.handle(gone), None);
         // Numbers are not reused after a handover.
         let c = state.lookup(OsStr::new("dir/c")).expect("lookup");
         assert!(c > b, "{c} reuses a number");
         assert!(state.open(c, b"v3").expect("open") > gone);
-        assert!(matches!(state.open(12345, b""), Err(StateError::NoInode(12345))));
+        assert!(matches!(
+            state.open(12345, b""),
+            Err(StateError::NoInode(12345))
+        ));
     }
 
     #[test]
@@ -423,26 +463,40 @@ mod tests {
         // Far more records than a 4 KiB region holds: churn on other paths.
         let mut last = 0;
         for i in 0..2000 {
-            let ino = state.lookup(OsStr::new(&format!("churn/{}", i % 50))).expect("lookup");
+            let ino = state
+                .lookup(OsStr::new(&format!("churn/{}", i % 50)))
+                .expect("lookup");
             state.forget(ino, 1).expect("forget");
             last = last.max(ino);
         }
         state.lookup(OsStr::new("kept")).expect("second lookup");
         let state = successor(state);
-        assert_eq!(state.inode(keep), Some(Inode { path: "kept".into(), lookups: 2 }));
-        assert_eq!(state.handle(fh).map(|h| h.version), Some(b"kept-version".to_vec()));
+        assert_eq!(
+            state.inode(keep),
+            Some(Inode {
+                path: "kept".into(),
+                lookups: 2
+            })
+        );
+        assert_eq!(
+            state.handle(fh).map(|h| h.version),
+            Some(b"kept-version".to_vec())
+        );
         assert_eq!(state.counts(), (2, 1), "root and kept; one handle");
         assert!(state.lookup(OsStr::new("new")).expect("lookup") > last);
     }
 
     #[test]
     fn a_log_of_another_layout_is_refused() {
-        let (log, _) = StateLog::open(StateLog::create(MIN_REGION_LEN).expect("create")).expect("open");
+        let (log, _) =
+            StateLog::open(StateLog::create(MIN_REGION_LEN).expect("create")).expect("open");
         log.append(&[42, 0, 0]).expect("append");
         let fd = log.fd().try_clone_to_owned().expect("dup");
         drop(log);
         let (log, replay) = StateLog::open(fd).expect("open");
-        assert!(matches!(FsState::new(log, replay), Err(StateError::Unknown { index: 0 })));
+        assert!(matches!(
+            FsState::new(log, replay),
+            Err(StateError::Unknown { index: 0 })
+        ));
     }
 }
-

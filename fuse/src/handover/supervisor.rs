@@ -80,8 +80,11 @@ pub fn supervise(cfg: &SupervisorConfig) -> Result<(), HandoverError> {
     }
     let listener = listen_at(&cfg.socket).map_err(HandoverError::Listen)?;
     // Whoever connects is handed the mount: only this user may.
-    std::fs::set_permissions(&cfg.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(HandoverError::Listen)?;
+    std::fs::set_permissions(
+        &cfg.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(HandoverError::Listen)?;
     let fuse = mount_fuse(&cfg.mount_point, &cfg.mount)?;
     info!(socket = %cfg.socket.display(), "mounted; waiting for a server");
     let mut sup = Supervisor {
@@ -168,7 +171,8 @@ impl Supervisor<'_> {
             }
             Err(e) => {
                 error!(error = %e, "starting the server; retrying");
-                self.restart_at = Some(Instant::now() + self.cfg.restart_delay.max(Duration::from_millis(100)));
+                self.restart_at =
+                    Some(Instant::now() + self.cfg.restart_delay.max(Duration::from_millis(100)));
             }
         }
     }
@@ -187,7 +191,10 @@ impl Supervisor<'_> {
                     if let Some((_, pid)) = &self.serving
                         && let Ok(pid) = i32::try_from(*pid)
                     {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            Signal::SIGTERM,
+                        );
                     }
                 }
                 Err(_) => {}
@@ -200,19 +207,39 @@ impl Supervisor<'_> {
         match child.try_wait() {
             Ok(Some(status)) => {
                 if status.success() {
-                    info!(pid = child.id(), "the server exited after releasing the mount");
+                    info!(
+                        pid = child.id(),
+                        "the server exited after releasing the mount"
+                    );
                 } else if self.stopping {
                     info!(pid = child.id(), %status, "the server exited");
                 } else {
                     warn!(pid = child.id(), %status, "the server died; restarting it");
                 }
                 self.child = None;
+                if !self.stopping && !self.connection_alive() {
+                    warn!("the mount was unmounted from outside; stopping");
+                    self.stopping = true;
+                    self.waiting.clear();
+                }
                 if !self.stopping {
                     self.restart_at = Some(Instant::now() + self.cfg.restart_delay);
                 }
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "waiting for the server"),
+        }
+    }
+
+    /// Whether the kernel still serves the mount: an unmounted (or aborted) connection polls
+    /// as an error, and a server would only exit again at once.
+    fn connection_alive(&self) -> bool {
+        let mut fds = [PollFd::new(self.fuse.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => !fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
+            Err(_) => true,
         }
     }
 
@@ -252,7 +279,11 @@ impl Supervisor<'_> {
                 generation: self.generation,
                 init: self.init,
             };
-            match wire::send(conn.as_fd(), &grant, &[self.fuse.as_fd(), self.state.as_fd()]) {
+            match wire::send(
+                conn.as_fd(),
+                &grant,
+                &[self.fuse.as_fd(), self.state.as_fd()],
+            ) {
                 Ok(()) => {
                     info!(pid, generation = self.generation, "granted the mount");
                     self.generation += 1;

@@ -189,21 +189,48 @@ mod tests {
         };
         for m in [
             Message::Hello { pid: 42 },
-            Message::Grant { generation: 3, init: None },
-            Message::Grant { generation: 4, init: Some(init) },
+            Message::Grant {
+                generation: 3,
+                init: None,
+            },
+            Message::Grant {
+                generation: 4,
+                init: Some(init),
+            },
             Message::Initialised { init },
             Message::Released,
-            Message::Refused { protocol: 1, reason: "busy".into() },
+            Message::Refused {
+                protocol: 1,
+                reason: "busy".into(),
+            },
         ] {
             assert_eq!(Message::decode(&m.encode()).expect("decode"), m);
         }
         let mut other = Message::Released.encode();
         other[4..8].copy_from_slice(&2u32.to_le_bytes());
-        assert!(matches!(Message::decode(&other), Err(WireError::Protocol(2))));
-        assert!(matches!(Message::decode(b"GET / HTTP/1.1"), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            Message::decode(&other),
+            Err(WireError::Protocol(2))
+        ));
+        assert!(matches!(
+            Message::decode(b"GET / HTTP/1.1"),
+            Err(WireError::Malformed(_))
+        ));
         let mut long = Message::Released.encode();
         long.push(0);
-        assert!(matches!(Message::decode(&long), Err(WireError::Malformed(_))));
-        assert!(Message::decode(&Message::Grant { generation: 1, init: Some(init) }.encode()[..20]).is_err());
+        assert!(matches!(
+            Message::decode(&long),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(
+            Message::decode(
+                &Message::Grant {
+                    generation: 1,
+                    init: Some(init)
+                }
+                .encode()[..20]
+            )
+            .is_err()
+        );
     }
 }

@@ -84,10 +84,7 @@ pub const MAX_PASSED_FDS: usize = 4;
 
 /// Receives one message into `buf`: its length (0 = peer gone) and the descriptors passed
 /// with it (at most [`MAX_PASSED_FDS`]), in the order they were sent.
-pub fn recv_msg_fds(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+pub fn recv_msg_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
     let mut cmsg = cmsg_space!([RawFd; MAX_PASSED_FDS]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle as Fh, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, Request,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    Request,
 };
 use loaderd_fuse::handover::{FsState, ROOT_INO, StateError};
 
@@ -42,15 +42,15 @@ impl PassFs {
     fn note(&self, req: &Request) {
         if req.unique().0 & RESENT != 0 {
             self.resent.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(unique = req.unique().0 & !RESENT, "serving a request the kernel resent");
+            tracing::info!(
+                unique = req.unique().0 & !RESENT,
+                "serving a request the kernel resent"
+            );
         }
     }
 
     fn path(&self, ino: INodeNo) -> Result<OsString, Errno> {
-        self.state
-            .inode(ino.0)
-            .map(|i| i.path)
-            .ok_or(Errno::ESTALE)
+        self.state.inode(ino.0).map(|i| i.path).ok_or(Errno::ESTALE)
     }
 
     fn local(&self, path: &OsStr) -> PathBuf {
@@ -119,7 +119,9 @@ fn listing_ino(path: &OsStr) -> u64 {
     let h = path
         .as_bytes()
         .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
     h | (1 << 62)
 }
 
@@ -265,12 +267,20 @@ impl Filesystem for PassFs {
             (OsString::from("."), FileType::Directory),
             (OsString::from(".."), FileType::Directory),
         ];
-        for (i, (name, kind)) in dots.into_iter().chain(names).enumerate().skip(offset as usize) {
+        for (i, (name, kind)) in dots
+            .into_iter()
+            .chain(names)
+            .enumerate()
+            .skip(offset as usize)
+        {
             let full = child(&path, &name);
             let entry_ino = match name.as_bytes() {
                 b"." => ino.0,
                 b".." => ROOT_INO,
-                _ => self.state.ino_of(&full).unwrap_or_else(|| listing_ino(&full)),
+                _ => self
+                    .state
+                    .ino_of(&full)
+                    .unwrap_or_else(|| listing_ino(&full)),
             };
             if reply.add(INodeNo(entry_ino), i as u64 + 1, kind, &name) {
                 break;
