@@ -26,6 +26,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_loaderd-fuse-testfs");
 /// Bounded waits, generous for a loaded machine.
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Polls `ready` every 10 ms until it gives a value; panics with `what()` after [`WAIT`].
+fn wait_for<T>(what: impl Fn() -> String, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = ready() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{}", what());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn fuse_unavailable() -> Option<String> {
     match fs::OpenOptions::new()
         .read(true)
@@ -116,6 +128,12 @@ fn log_file(dir: &Path) -> Stdio {
         .into()
 }
 
+/// Reads the log without borrowing the whole [`Mounted`] (whose supervisor is polled).
+fn dir_log(m: &Mounted) -> impl Fn() -> String + use<> {
+    let path = m.dir.path().join("log");
+    move || fs::read_to_string(&path).unwrap_or_default()
+}
+
 /// A supervisor holding the mount; dropping it stops everything and detaches the mount.
 struct Mounted {
     dir: TempDir,
@@ -166,24 +184,26 @@ impl Mounted {
             supervisor,
             tree,
         };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = m.supervisor.try_wait() {
-                let log = m.log();
-                if log.contains("mounting FUSE") {
-                    return Err(format!("mounting is not permitted here: {}", log.trim()));
+        let log = dir_log(&m);
+        let exited = wait_for(
+            || format!("the mount never came up: {}", log()),
+            || match m.supervisor.try_wait() {
+                Ok(Some(status)) => Some(Some(status)),
+                _ if m.pid_file().exists()
+                    && fs::read_dir(m.mnt()).is_ok_and(|d| d.count() == 4) =>
+                {
+                    Some(None)
                 }
-                panic!("the supervisor exited ({status}): {log}");
-            }
-            if m.pid_file().exists() && fs::read_dir(m.mnt()).is_ok_and(|d| d.count() == 4) {
-                return Ok(m);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the mount never came up: {}",
-                m.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+                _ => None,
+            },
+        );
+        match exited {
+            None => Ok(m),
+            Some(_) if m.log().contains("mounting FUSE") => Err(format!(
+                "mounting is not permitted here: {}",
+                m.log().trim()
+            )),
+            Some(status) => panic!("the supervisor exited ({status}): {}", m.log()),
         }
     }
 
@@ -203,29 +223,16 @@ impl Mounted {
 
     /// Waits until a server other than `old` serves and the readers made progress on it.
     fn wait_replaced(&self, old: i32, progress: &AtomicU64) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(pid) = self.server_pid()
-                && pid != old
-            {
-                let seen = progress.load(Ordering::Relaxed);
-                while progress.load(Ordering::Relaxed) < seen + 20 {
-                    assert!(
-                        Instant::now() < deadline,
-                        "no reads after the replacement: {}",
-                        self.log()
-                    );
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                return pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no new server after {old}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let pid = wait_for(
+            || format!("no new server after {old}: {}", self.log()),
+            || self.server_pid().filter(|&pid| pid != old),
+        );
+        let seen = progress.load(Ordering::Relaxed);
+        wait_for(
+            || format!("no reads after the replacement: {}", self.log()),
+            || (progress.load(Ordering::Relaxed) >= seen + 20).then_some(()),
+        );
+        pid
     }
 }
 
@@ -362,29 +369,19 @@ fn under_replacement(
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Stats::default());
     let threads = readers(m, &stop, &stats);
-    let deadline = Instant::now() + WAIT;
-    while stats.ops.load(Ordering::Relaxed) < 200 {
-        assert!(
-            Instant::now() < deadline,
-            "readers make no progress: {}",
-            m.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        || format!("readers make no progress: {}", m.log()),
+        || (stats.ops.load(Ordering::Relaxed) >= 200).then_some(()),
+    );
     for _ in 0..times {
         replace(m, &stats.ops);
         std::thread::sleep(Duration::from_millis(300));
     }
     stop.store(true, Ordering::Relaxed);
-    let deadline = Instant::now() + WAIT;
-    while threads.iter().any(|t| !t.is_finished()) {
-        assert!(
-            Instant::now() < deadline,
-            "a reader hangs: a request was never answered\n{}",
-            m.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        || format!("a reader hangs: a request was never answered\n{}", m.log()),
+        || threads.iter().all(|t| t.is_finished()).then_some(()),
+    );
     for t in threads {
         t.join().expect("reader panicked");
     }
@@ -483,18 +480,11 @@ fn an_unmount_from_outside_ends_the_supervisor_instead_of_a_restart_loop() {
         Err(reason) => return eprintln!("skipped: {reason}"),
     };
     unmount(&m.mnt()).expect("umount");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Ok(Some(status)) = m.supervisor.try_wait() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the supervisor outlived its mount:\n{}",
-            m.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let log = dir_log(&m);
+    let status = wait_for(
+        || format!("the supervisor outlived its mount:\n{}", log()),
+        || m.supervisor.try_wait().ok().flatten(),
+    );
     let log = m.log();
     assert!(status.success(), "{status}\n{log}");
     assert!(log.contains("unmounted from outside"), "{log}");
