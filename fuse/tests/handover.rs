@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsFd;
+
 use loaderd_fuse::handover::unmount;
+use loaderd_proto::transport::{connect_to, recv_msg, send_msg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
@@ -157,7 +160,8 @@ impl Mounted {
     }
 
     /// `Err` is a reason to skip.
-    fn start(resend: bool) -> Result<Mounted, String> {
+    /// `state_region`: bytes per region of the state log (small: compactions all the time).
+    fn start(resend: bool, state_region: usize) -> Result<Mounted, String> {
         if let Some(reason) = fuse_unavailable() {
             return Err(reason);
         }
@@ -167,6 +171,8 @@ impl Mounted {
         let mnt = dir.path().join("mnt");
         let supervisor = Command::new(BIN)
             .arg("supervise")
+            .arg("--state-region")
+            .arg(state_region.to_string())
             .arg("--mount")
             .arg(&mnt)
             .arg("--socket")
@@ -408,7 +414,7 @@ fn under_replacement(
 /// any request a server read and did not answer before exiting.
 #[test]
 fn sigterm_hands_the_mount_over_without_errors() {
-    let m = match Mounted::start(false) {
+    let m = match Mounted::start(false, 64 << 20) {
         Ok(m) => m,
         Err(reason) => return eprintln!("skipped: {reason}"),
     };
@@ -455,7 +461,8 @@ fn sigterm_hands_the_mount_over_without_errors() {
 
 #[test]
 fn a_server_killed_9_is_restarted_and_the_kernel_resends_its_requests() {
-    let m = match Mounted::start(true) {
+    // 8 KiB regions: the state log is compacted again and again, across the kills too.
+    let m = match Mounted::start(true, 8 << 10) {
         Ok(m) => m,
         Err(reason) => return eprintln!("skipped: {reason}"),
     };
@@ -465,8 +472,15 @@ fn a_server_killed_9_is_restarted_and_the_kernel_resends_its_requests() {
     });
     let log = m.log();
     assert_eq!(log.matches("the server died").count(), 4, "{log}");
+    assert!(
+        log.contains("compacted the state log"),
+        "8 KiB regions never filled:\n{log}"
+    );
     let resent = log.matches("serving a request the kernel resent").count();
-    println!("requests the kernel resent after the kills: {resent}");
+    let compactions = log.matches("compacted the state log").count();
+    println!(
+        "requests the kernel resent after the kills: {resent}; state log compactions: {compactions}"
+    );
     assert!(
         resent > 0,
         "no request was in flight at any of the kills, or none came back:\n{log}"
@@ -475,7 +489,7 @@ fn a_server_killed_9_is_restarted_and_the_kernel_resends_its_requests() {
 
 #[test]
 fn an_unmount_from_outside_ends_the_supervisor_instead_of_a_restart_loop() {
-    let mut m = match Mounted::start(true) {
+    let mut m = match Mounted::start(true, 64 << 20) {
         Ok(m) => m,
         Err(reason) => return eprintln!("skipped: {reason}"),
     };
@@ -492,4 +506,35 @@ fn an_unmount_from_outside_ends_the_supervisor_instead_of_a_restart_loop() {
         log.matches("started the server").count() <= 2,
         "restart loop:\n{log}"
     );
+}
+
+#[test]
+fn a_server_of_another_protocol_is_refused_and_serving_goes_on() {
+    let m = match Mounted::start(true, 64 << 20) {
+        Ok(m) => m,
+        Err(reason) => return eprintln!("skipped: {reason}"),
+    };
+    let serving = m.server_pid();
+    // A hello of protocol 2: magic, version, kind 1 (hello), pid.
+    let mut hello = b"LDFH".to_vec();
+    hello.extend_from_slice(&2u32.to_le_bytes());
+    hello.push(1);
+    hello.extend_from_slice(&7u32.to_le_bytes());
+    let sock = connect_to(&m.socket()).expect("connect");
+    send_msg(sock.as_fd(), &hello, None).expect("send");
+    let mut buf = [0u8; 256];
+    let (len, fds) = recv_msg(sock.as_fd(), &mut buf).expect("answer");
+    assert!(fds.is_none(), "descriptors passed to a foreign server");
+    assert_eq!(&buf[..4], b"LDFH");
+    assert_eq!(buf[8], 5, "a refusal: {:?}", &buf[..len]);
+    assert!(String::from_utf8_lossy(&buf[13..len]).contains("protocol 1"));
+    // Garbage is closed without an answer.
+    let junk = connect_to(&m.socket()).expect("connect");
+    send_msg(junk.as_fd(), b"GET / HTTP/1.1", None).expect("send");
+    let (len, fds) = recv_msg(junk.as_fd(), &mut buf).expect("closed");
+    assert_eq!((len, fds.is_none()), (0, true));
+    // The mount is still served by the same server.
+    let (rel, bytes) = m.tree.files.iter().next_back().expect("a file");
+    assert_eq!(&fs::read(m.mnt().join(rel)).expect("read"), bytes);
+    assert_eq!(m.server_pid(), serving);
 }

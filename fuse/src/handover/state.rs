@@ -277,6 +277,11 @@ impl FsState {
             Err(LogError::Full { .. }) => {
                 let snapshot = tables.snapshot();
                 self.log.compact(snapshot.iter().map(Vec::as_slice))?;
+                tracing::info!(
+                    records = snapshot.len(),
+                    region_len = self.log.region_len(),
+                    "compacted the state log"
+                );
                 self.log.append(&bytes)?;
             }
             Err(e) => return Err(e.into()),
