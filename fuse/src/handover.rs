@@ -33,7 +33,7 @@ pub mod wire;
 pub use fuser::SessionInit;
 pub use log::{LogError, MIN_REGION_LEN, Replay, StateLog};
 pub use mount::{MountConfig, MountError, mount_fuse, unmount};
-pub use server::{HANDOVER_SOCKET_ENV, Served, StopSignals, Takeover};
+pub use server::{HANDOVER_SOCKET_ENV, ServeOptions, Served, StopSignals, Takeover};
 pub use state::{FsState, Handle, Inode, ROOT_INO, StateError};
 pub use supervisor::{SupervisorConfig, supervise};
 

@@ -162,6 +162,16 @@ impl Mounted {
     /// `Err` is a reason to skip.
     /// `state_region`: bytes per region of the state log (small: compactions all the time).
     fn start(resend: bool, state_region: usize) -> Result<Mounted, String> {
+        Self::start_crashing(resend, state_region, None)
+    }
+
+    /// As [`Mounted::start`]; `crash_flag` makes the first server kill itself at that point
+    /// of its INIT handshake (`--crash-once-in-init`, `--crash-once-after-announce`).
+    fn start_crashing(
+        resend: bool,
+        state_region: usize,
+        crash_flag: Option<&str>,
+    ) -> Result<Mounted, String> {
         if let Some(reason) = fuse_unavailable() {
             return Err(reason);
         }
@@ -180,6 +190,17 @@ impl Mounted {
             .arg("--")
             .arg(BIN)
             .args(server_args(dir.path(), resend))
+            .args(
+                crash_flag
+                    .map(|f| {
+                        [
+                            f.to_string(),
+                            dir.path().join("crashed").display().to_string(),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(log_file(dir.path()))
             .stderr(log_file(dir.path()))
             .spawn()
@@ -537,4 +558,34 @@ fn a_server_of_another_protocol_is_refused_and_serving_goes_on() {
     let (rel, bytes) = m.tree.files.iter().next_back().expect("a file");
     assert_eq!(&fs::read(m.mnt().join(rel)).expect("read"), bytes);
     assert_eq!(m.server_pid(), serving);
+}
+
+/// The most fragile moment: a server dies inside the INIT handshake, before the INIT outcome
+/// is settled (the next server answers the INIT the kernel resends) or after the supervisor
+/// learnt it and before the reply (the next server resumes and answers the resent INIT with
+/// the saved reply). Either way the mount comes up.
+#[test]
+fn a_server_dying_in_the_init_handshake_is_replaced_and_the_mount_comes_up() {
+    for flag in ["--crash-once-in-init", "--crash-once-after-announce"] {
+        let m = match Mounted::start_crashing(true, 64 << 20, Some(flag)) {
+            Ok(m) => m,
+            Err(reason) => return eprintln!("skipped: {reason}"),
+        };
+        for (rel, bytes) in &m.tree.files {
+            assert_eq!(
+                &fs::read(m.mnt().join(rel)).expect("read"),
+                bytes,
+                "{flag}: {rel}"
+            );
+        }
+        let log = m.log();
+        assert!(log.contains("crashing here on purpose"), "{flag}:\n{log}");
+        assert_eq!(log.matches("the server died").count(), 1, "{flag}:\n{log}");
+        let resumed = log.contains("resumed=true");
+        assert_eq!(
+            resumed,
+            flag == "--crash-once-after-announce",
+            "{flag}:\n{log}"
+        );
+    }
 }

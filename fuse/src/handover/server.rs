@@ -104,15 +104,16 @@ impl Takeover {
         })
     }
 
-    /// Serves the mount with `fs` (built on [`Takeover::state`]) until `stop` is called, then
-    /// releases it: with `resend`, first asks the kernel to resend the requests a crashed
-    /// predecessor read and never answered. `config` must not set `clone_fd` (requests read
-    /// on a clone die with the process that holds it).
+    /// Serves the mount with `fs` (built on [`Takeover::state`]) until the [`SessionStopper`]
+    /// given to `on_stopper` is stopped, then releases it. A server after the first one
+    /// first asks the kernel to resend the requests a crashed predecessor read and never
+    /// answered. `config` must not set `clone_fd` (requests read on a clone die with the
+    /// process that holds it).
     pub fn serve<FS, F>(
         self,
         fs: FS,
         config: fuser::Config,
-        resend: bool,
+        options: ServeOptions,
         on_stopper: F,
     ) -> Result<Served, HandoverError>
     where
@@ -125,7 +126,7 @@ impl Takeover {
         }
         let acl = config.acl;
         let dup = || self.fuse.try_clone().map_err(HandoverError::Session);
-        if resend && self.generation > 0 {
+        if !options.no_resend && self.generation > 0 {
             // Before reading anything: requests a crashed predecessor read and never answered
             // (FUSE_INIT itself among them, if it died in the handshake) are queued again.
             // After a clean release there are none, and this does nothing.
@@ -137,18 +138,24 @@ impl Takeover {
                 ),
             }
         }
-        let mut session = match self.init {
+        let mut after_announce = options.after_announce;
+        let holder = self.holder.as_fd();
+        // The holder learns the INIT outcome before the kernel gets its reply: if this
+        // process dies in between, the successor resumes and answers the resent INIT.
+        let mut announce = |init: &SessionInit| -> std::io::Result<()> {
+            let msg = Message::Initialised { init: init.clone() };
+            wire::send(holder, &msg, &[]).map_err(std::io::Error::other)?;
+            info!(abi = %init.proto_version, "answering FUSE_INIT");
+            if let Some(f) = after_announce.take() {
+                f();
+            }
+            Ok(())
+        };
+        let mut session = match self.init.clone() {
             Some(init) => Session::resume(fs, dup()?, acl, config, init),
-            None => Session::from_fd(fs, dup()?, acl, config),
+            None => Session::from_fd_announcing(fs, dup()?, acl, config, &mut announce),
         }
         .map_err(HandoverError::Session)?;
-        if self.init.is_none() {
-            let init = session
-                .init_outcome()
-                .ok_or(HandoverError::Unexpected("no INIT outcome".into()))?;
-            wire::send(self.holder.as_fd(), &Message::Initialised { init }, &[])?;
-            info!(abi = %init.proto_version, "answered FUSE_INIT");
-        }
         on_stopper(session.stopper());
         let started = Instant::now();
         session.run().map_err(HandoverError::Session)?;
@@ -161,6 +168,16 @@ impl Takeover {
             generation: self.generation,
         })
     }
+}
+
+/// How [`Takeover::serve`] serves.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Do not send FUSE_NOTIFY_RESEND after taking over (tests: shows what it is for).
+    pub no_resend: bool,
+    /// Called once the INIT outcome reached the holder, before INIT is answered (a test
+    /// crashes the server there).
+    pub after_announce: Option<Box<dyn FnOnce()>>,
 }
 
 /// What a finished [`Takeover::serve`] reports.

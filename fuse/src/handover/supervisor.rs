@@ -277,7 +277,7 @@ impl Supervisor<'_> {
             };
             let grant = Message::Grant {
                 generation: self.generation,
-                init: self.init,
+                init: self.init.clone(),
             };
             match wire::send(
                 conn.as_fd(),

@@ -57,7 +57,14 @@ fn put_init(out: &mut Vec<u8>, init: &SessionInit) {
     out.extend_from_slice(&init.flags.bits().to_le_bytes());
     out.extend_from_slice(&init.max_readahead.to_le_bytes());
     out.extend_from_slice(&init.max_write.to_le_bytes());
+    // fuse_init_out is 64 bytes; anything longer is not an INIT reply.
+    let reply = &init.reply[..init.reply.len().min(MAX_INIT_REPLY)];
+    out.push(reply.len() as u8);
+    out.extend_from_slice(reply);
 }
+
+/// Longest INIT reply payload carried.
+const MAX_INIT_REPLY: usize = 128;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -80,11 +87,23 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(self.take()?))
     }
     fn init(&mut self) -> Result<SessionInit, WireError> {
+        let proto_version = Version(self.u32()?, self.u32()?);
+        let flags = InitFlags::from_bits_retain(self.u64()?);
+        let max_readahead = self.u32()?;
+        let max_write = self.u32()?;
+        let len = usize::from(self.u8()?);
+        let reply = self
+            .0
+            .get(..len)
+            .ok_or(WireError::Malformed("short INIT reply"))?
+            .to_vec();
+        self.0 = &self.0[len..];
         Ok(SessionInit {
-            proto_version: Version(self.u32()?, self.u32()?),
-            flags: InitFlags::from_bits_retain(self.u64()?),
-            max_readahead: self.u32()?,
-            max_write: self.u32()?,
+            proto_version,
+            flags,
+            max_readahead,
+            max_write,
+            reply,
         })
     }
 }
@@ -186,6 +205,7 @@ mod tests {
             flags: InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_DO_READDIRPLUS,
             max_readahead: 1 << 20,
             max_write: 1 << 24,
+            reply: (0..64).collect(),
         };
         for m in [
             Message::Hello { pid: 42 },
@@ -195,9 +215,9 @@ mod tests {
             },
             Message::Grant {
                 generation: 4,
-                init: Some(init),
+                init: Some(init.clone()),
             },
-            Message::Initialised { init },
+            Message::Initialised { init: init.clone() },
             Message::Released,
             Message::Refused {
                 protocol: 1,
@@ -226,7 +246,7 @@ mod tests {
             Message::decode(
                 &Message::Grant {
                     generation: 1,
-                    init: Some(init)
+                    init: Some(init.clone())
                 }
                 .encode()[..20]
             )

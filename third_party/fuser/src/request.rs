@@ -106,6 +106,13 @@ impl<'a> RequestWithSender<'a> {
         match op {
             // Filesystem initialization - should not happen after handshake completed
             ll::Operation::Init(_) => {
+                // loaderd patch: the kernel resent the FUSE_INIT a previous server of this
+                // connection died answering; answer it as that server did.
+                if let Some(reply) = &se.init_reply {
+                    if self.request.unique().0 & (1 << 63) != 0 {
+                        return Ok(Some(ResponseData::new_data(reply.to_vec())));
+                    }
+                }
                 error!("Unexpected FUSE_INIT after handshake completed");
                 return Err(Errno::EIO);
             }

@@ -87,7 +87,7 @@ impl SessionACL {
 /// What a FUSE_INIT handshake settled, saved so that another process can serve the same
 /// connection without a handshake of its own (the kernel sends FUSE_INIT once per mount).
 /// (loaderd patch, not in the published crate.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInit {
     /// The kernel's FUSE ABI version, as it sent it in FUSE_INIT.
     pub proto_version: Version,
@@ -97,6 +97,9 @@ pub struct SessionInit {
     pub max_readahead: u32,
     /// The largest write the INIT reply allowed.
     pub max_write: u32,
+    /// The INIT reply's payload (`fuse_init_out`) as sent: a resumed session answers a
+    /// FUSE_INIT the kernel resends (its first server died before answering) with it.
+    pub reply: Vec<u8>,
 }
 
 /// Shared by a session's event loops and its [`SessionStopper`]s. (loaderd patch.)
@@ -259,7 +262,7 @@ impl<FS: Filesystem> Session<FS> {
             stop: None,
         };
 
-        session.handshake()?;
+        session.handshake(&mut |_| Ok(()))?;
 
         Ok(session)
     }
@@ -272,12 +275,28 @@ impl<FS: Filesystem> Session<FS> {
         acl: SessionACL,
         config: Config,
     ) -> io::Result<Self> {
-        let ch = Channel::new(Arc::new(DevFuse(File::from(fd))));
+        Self::from_fd_announcing(filesystem, fd, acl, config, &mut |_| Ok(()))
+    }
+
+    /// Like [`Session::from_fd`], calling `announce` with the outcome of FUSE_INIT after it is
+    /// settled and *before* the reply is sent, so that whoever will hand the connection to a
+    /// successor learns it even if this process dies in between (the successor then answers
+    /// the INIT the kernel resends with [`SessionInit::reply`]). If `announce` fails, INIT is
+    /// left unanswered and the error returned. (loaderd patch, not in the published crate.)
+    /// # Errors
+    /// As [`Session::from_fd`], and the error of `announce`.
+    pub fn from_fd_announcing(
+        filesystem: FS,
+        fd: OwnedFd,
+        acl: SessionACL,
+        config: Config,
+        announce: &mut dyn FnMut(&SessionInit) -> io::Result<()>,
+    ) -> io::Result<Self> {
         let mut session = Session {
             filesystem: FilesystemHolder {
                 fs: Some(filesystem),
             },
-            ch,
+            ch: Channel::new(Arc::new(DevFuse(File::from(fd)))),
             mount: UmountOnDrop {
                 mount: Arc::new(Mutex::new(None)),
             },
@@ -288,9 +307,7 @@ impl<FS: Filesystem> Session<FS> {
             init: None,
             stop: None,
         };
-
-        session.handshake()?;
-
+        session.handshake(announce)?;
         Ok(session)
     }
 
@@ -335,7 +352,7 @@ impl<FS: Filesystem> Session<FS> {
     /// What the FUSE_INIT handshake of this session settled (or what [`Session::resume`]
     /// was given); `None` before a handshake. (loaderd patch.)
     pub fn init_outcome(&self) -> Option<SessionInit> {
-        self.init
+        self.init.clone()
     }
 
     /// A handle that stops the event loops of [`Session::run`]; calling it once makes the
@@ -375,9 +392,10 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
-            init: _,
+            init,
             stop,
         } = self;
+        let init_reply: Option<Arc<[u8]>> = init.map(|i| i.reply.into());
 
         let n_threads = config.n_threads.unwrap_or(1);
 
@@ -424,6 +442,7 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
                 stop: stop.clone(),
+                init_reply: init_reply.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -458,7 +477,10 @@ impl<FS: Filesystem> Session<FS> {
         reply
     }
 
-    fn handshake(&mut self) -> io::Result<()> {
+    fn handshake(
+        &mut self,
+        announce: &mut dyn FnMut(&SessionInit) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
 
@@ -557,12 +579,16 @@ impl<FS: Filesystem> Session<FS> {
 
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
-            self.init = Some(SessionInit {
+            let response = init.reply(&config);
+            let outcome = SessionInit {
                 proto_version: v,
                 flags: init.capabilities() & (config.requested | InitFlags::FUSE_INIT_EXT),
                 max_readahead: config.max_readahead,
                 max_write: config.max_write,
-            });
+                reply: response.bytes().to_vec(),
+            };
+            announce(&outcome)?;
+            self.init = Some(outcome);
 
             // Log capability status for debugging
             for bit in 0..64 {
@@ -601,7 +627,6 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
-            let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
 
@@ -652,6 +677,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) session_owner: Uid,
     /// Set when the session can be stopped ([`Session::stopper`]).
     pub(crate) stop: Option<Arc<StopState>>,
+    /// The INIT reply sent for this connection, to answer a resent FUSE_INIT. (loaderd patch.)
+    pub(crate) init_reply: Option<Arc<[u8]>>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle as Fh, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    Request,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, Request,
 };
 use loaderd_fuse::handover::{FsState, ROOT_INO, StateError};
 
@@ -27,15 +27,36 @@ pub struct PassFs {
     read_delay: Duration,
     /// Requests served that the kernel resent after a crash.
     pub resent: Arc<AtomicU64>,
+    crash_once_in_init: Option<PathBuf>,
+}
+
+/// Kills this process with SIGKILL unless `marker` exists, which it creates first: a crash
+/// at a chosen point, once per mount.
+pub fn crash_once(marker: &std::path::Path) {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok()
+    {
+        tracing::warn!(marker = %marker.display(), "crashing here on purpose");
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 impl PassFs {
-    pub fn new(source: PathBuf, state: Arc<FsState>, read_delay: Duration) -> Self {
+    pub fn new(
+        source: PathBuf,
+        state: Arc<FsState>,
+        read_delay: Duration,
+        crash_once_in_init: Option<PathBuf>,
+    ) -> Self {
         PassFs {
             source,
             state,
             read_delay,
             resent: Arc::default(),
+            crash_once_in_init,
         }
     }
 
@@ -126,6 +147,13 @@ fn listing_ino(path: &OsStr) -> u64 {
 }
 
 impl Filesystem for PassFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Some(marker) = &self.crash_once_in_init {
+            crash_once(marker);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.note(req);
         let path = match self.path(parent) {

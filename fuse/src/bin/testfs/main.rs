@@ -18,7 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use loaderd_fuse::handover::{
-    HANDOVER_SOCKET_ENV, MountConfig, StopSignals, SupervisorConfig, Takeover, supervise,
+    HANDOVER_SOCKET_ENV, MountConfig, ServeOptions, StopSignals, SupervisorConfig, Takeover,
+    supervise,
 };
 use tracing::info;
 
@@ -64,6 +65,14 @@ enum Command {
         /// Do not send FUSE_NOTIFY_RESEND after taking over (to see what it is for).
         #[arg(long)]
         no_resend: bool,
+        /// Kill this process (-9) in the file system's FUSE_INIT callback, before the INIT
+        /// outcome is settled, unless this file exists (which it then creates).
+        #[arg(long)]
+        crash_once_in_init: Option<PathBuf>,
+        /// Kill this process (-9) once the INIT outcome reached the supervisor and before
+        /// INIT is answered, unless this file exists (which it then creates).
+        #[arg(long)]
+        crash_once_after_announce: Option<PathBuf>,
     },
 }
 
@@ -105,6 +114,8 @@ fn main() -> Result<()> {
             read_delay_ms,
             threads,
             no_resend,
+            crash_once_in_init,
+            crash_once_after_announce,
         } => {
             // Before any thread: SIGTERM is taken by the waiting thread below.
             let signals = StopSignals::block().context("blocking SIGTERM")?;
@@ -114,13 +125,19 @@ fn main() -> Result<()> {
                 source,
                 takeover.state.clone(),
                 Duration::from_millis(read_delay_ms),
+                crash_once_in_init,
             );
             let resent = fs.resent.clone();
             let mut config = fuser::Config::default();
             config.n_threads = Some(threads);
             config.acl = fuser::SessionACL::All;
+            let options = ServeOptions {
+                no_resend,
+                after_announce: crash_once_after_announce
+                    .map(|marker| Box::new(move || fs::crash_once(&marker)) as Box<dyn FnOnce()>),
+            };
             let served = takeover
-                .serve(fs, config, !no_resend, |stopper| {
+                .serve(fs, config, options, |stopper| {
                     std::thread::spawn(move || {
                         if let Ok(sig) = signals.wait() {
                             info!(signal = %sig, "stopping: finishing the requests in flight");

@@ -289,6 +289,11 @@ impl Response for ResponseData {
 }
 
 impl ResponseData {
+    /// The payload. (loaderd patch: the INIT reply is saved for a successor.)
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     // Constructors
     pub(crate) fn new_data<T: AsRef<[u8]> + Into<Vec<u8>>>(data: T) -> Self {
         Self(if data.as_ref().len() <= INLINE_DATA_THRESHOLD {
