@@ -300,7 +300,7 @@ impl Supervisor<'_> {
         };
         match wire::recv(conn.as_fd()) {
             Ok((Message::Initialised { init }, _)) => {
-                info!(abi = %init.proto_version, "the server answered FUSE_INIT");
+                info!(abi = %init.proto_version, "the server settled FUSE_INIT (its reply follows)");
                 self.init = Some(init);
             }
             Ok((Message::Released, _)) => info!("the server released the mount"),
