@@ -13,7 +13,10 @@ mod seqpacket;
 use std::path::{Path, PathBuf};
 
 pub use map::ReadOnlyMap;
-pub use seqpacket::{accept_on, connect_to, listen_at, recv_msg, send_msg};
+pub use seqpacket::{
+    MAX_PASSED_FDS, accept_on, connect_to, listen_at, recv_msg, recv_msg_fds, send_msg,
+    send_msg_fds,
+};
 
 /// Version of the shared-memory protocol, sent in `ShmHello`; a client refuses another.
 pub const SHM_PROTOCOL_VERSION: u32 = 2;

@@ -53,6 +53,15 @@ pub fn send_msg(
     msg: &[u8],
     pass: Option<BorrowedFd<'_>>,
 ) -> std::io::Result<()> {
+    send_msg_fds(fd, msg, pass.as_slice())
+}
+
+/// Sends one message with every descriptor of `pass` attached as SCM_RIGHTS.
+pub fn send_msg_fds(
+    fd: BorrowedFd<'_>,
+    msg: &[u8],
+    pass: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
     let iov = [IoSlice::new(msg)];
     let fds: Vec<RawFd> = pass.iter().map(|f| f.as_raw_fd()).collect();
     let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
@@ -66,7 +75,17 @@ pub fn send_msg(
 
 /// Receives one message into `buf`: its length (0 = peer gone) and a passed descriptor.
 pub fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
-    let mut cmsg = cmsg_space!([RawFd; 1]);
+    let (len, fds) = recv_msg_fds(fd, buf)?;
+    Ok((len, fds.into_iter().next()))
+}
+
+/// Most descriptors [`recv_msg_fds`] takes from one message.
+pub const MAX_PASSED_FDS: usize = 4;
+
+/// Receives one message into `buf`: its length (0 = peer gone) and the descriptors passed
+/// with it (at most [`MAX_PASSED_FDS`]), in the order they were sent.
+pub fn recv_msg_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg = cmsg_space!([RawFd; MAX_PASSED_FDS]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         fd.as_raw_fd(),
@@ -75,20 +94,24 @@ pub fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, O
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .map_err(nix_io)?;
+    let mut passed = Vec::new();
+    for c in msg.cmsgs().map_err(nix_io)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: SCM_RIGHTS installed `raw` in this process for us alone.
+                passed.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
     if msg.flags.contains(MsgFlags::MSG_TRUNC) {
         return Err(std::io::Error::other(
             "message larger than the receive buffer",
         ));
     }
-    let mut passed = None;
-    for c in msg.cmsgs().map_err(nix_io)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for raw in fds {
-                // SAFETY: SCM_RIGHTS installed `raw` in this process for us alone.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                passed.get_or_insert(owned);
-            }
-        }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(std::io::Error::other(
+            "more descriptors passed than the receiver takes",
+        ));
     }
     Ok((msg.bytes, passed))
 }
