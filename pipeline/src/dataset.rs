@@ -41,6 +41,22 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// The file this source reads, the version it is pinned to (empty: whatever is current)
+    /// and the bytes of it it reads (a whole file by its listed size).
+    pub fn span(&self) -> (&LogicalPath, &str, std::ops::Range<u64>) {
+        match self {
+            Source::File { path, size } => (path, "", 0..*size),
+            Source::TarMember {
+                shard,
+                offset,
+                len,
+                version,
+            } => (shard, version, *offset..offset.saturating_add(*len)),
+        }
+    }
+}
+
 /// One sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {

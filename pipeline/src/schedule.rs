@@ -32,6 +32,7 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::dataset::{Dataset, Source};
+use crate::prefetch::Ahead;
 use crate::registry::Reservation;
 use crate::sampler::order;
 
@@ -318,6 +319,10 @@ impl NextUse for Schedule {
 pub struct Registered {
     schedule: Arc<Schedule>,
     _registration: Registration,
+    /// The global order of the window (this epoch's, then the next's), for the prefetcher.
+    order: Vec<u32>,
+    /// The first global position no worker of this loader has begun.
+    frontier: AtomicU64,
     /// Global position of the loader's first batch, and positions per delivered batch.
     start: u64,
     step: u64,
@@ -343,12 +348,44 @@ impl Registered {
                 .saturating_mul(self.world)
                 .saturating_add(self.rank);
             self.schedule.reading(self.start.saturating_add(at));
+            // Every rank reads in step: the job has begun this whole step of the order.
+            let step = self.step.max(1);
+            let step_end = (at / step + 1).saturating_mul(step);
+            self.frontier
+                .fetch_max(self.start.saturating_add(step_end), Ordering::AcqRel);
         }
     }
 
     /// The schedule.
     pub fn schedule(&self) -> &Arc<Schedule> {
         &self.schedule
+    }
+}
+
+impl Ahead for Registered {
+    fn position(&self) -> u64 {
+        self.schedule.position()
+    }
+
+    fn frontier(&self) -> u64 {
+        self.frontier.load(Ordering::Acquire).max(self.position())
+    }
+
+    fn end(&self) -> u64 {
+        self.order.len() as u64
+    }
+
+    fn ns_per_sample(&self) -> u64 {
+        self.schedule.ns_per_sample()
+    }
+
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn sample(&self, position: u64) -> Option<u64> {
+        let p = usize::try_from(position).ok()?;
+        self.order.get(p).map(|&i| u64::from(i))
     }
 }
 
@@ -388,7 +425,8 @@ pub(crate) fn register(
         );
         return None;
     }
-    let bytes = Schedule::bytes_for(&blocks, 2);
+    // The schedule, and the window's order for the prefetcher (4 bytes a position).
+    let bytes = Schedule::bytes_for(&blocks, 2).saturating_add(window.saturating_mul(4));
     if let Err(e) = reservation.grow(bytes) {
         warn!(bytes, error = %e, "loader runs without a schedule: it does not fit its budget");
         return None;
@@ -397,6 +435,12 @@ pub(crate) fn register(
     let this = order(len, plan.seed, plan.epoch, plan.shuffle);
     let next = order(len, plan.seed, plan.epoch.saturating_add(1), plan.shuffle);
     let schedule = Arc::new(Schedule::new(&blocks, &this, &next, plan.consumed));
+    // Dataset indices fit 32 bits: the window (twice the length) was checked above.
+    let order = this
+        .iter()
+        .chain(&next)
+        .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+        .collect();
     info!(
         blocks = schedule.index.ids.len(),
         bytes = schedule.heap_bytes(),
@@ -406,6 +450,8 @@ pub(crate) fn register(
     Some(Arc::new(Registered {
         schedule,
         _registration: registration,
+        order,
+        frontier: AtomicU64::new(plan.consumed),
         start: plan.consumed,
         step: plan.batch.saturating_mul(plan.world.max(1)),
         rank: plan.rank,

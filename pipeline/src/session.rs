@@ -20,6 +20,7 @@ use crate::limits::{self, Plan};
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
 use crate::ring::{BatchRing, Delivery, RingError, SlotMemory};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
+use crate::prefetch::Prefetcher;
 use crate::schedule::{self, Registered};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};
@@ -72,6 +73,8 @@ pub struct Session {
     registration: Registration,
     /// This loader's future reads, registered with the cache while it is open.
     schedule: Option<Arc<Registered>>,
+    /// Brings the blocks of its next samples in ahead of its workers; stops with the session.
+    _prefetcher: Option<Prefetcher>,
 }
 
 /// The dataset indexed and this rank's order drawn, counted in the loader's reservation.
@@ -88,6 +91,7 @@ pub(crate) struct Admitted {
     pub batches: u64,
     pub registration: Registration,
     pub schedule: Option<Arc<Registered>>,
+    pub prefetcher: Option<Prefetcher>,
 }
 
 impl Admitted {
@@ -212,6 +216,7 @@ impl Session {
             batches,
             registration,
             schedule,
+            prefetcher,
         } = admitted;
         info!(
             dataset = %indexed.root,
@@ -235,6 +240,7 @@ impl Session {
             failed: None,
             registration,
             schedule,
+            _prefetcher: prefetcher,
         }
     }
 
@@ -308,6 +314,7 @@ pub(crate) fn admit(
     mut reservation: Reservation,
     info: LoaderInfo,
 ) -> Result<Admitted, SessionError> {
+    let pipelines = reservation.pipelines().clone();
     let indexed = index(cache, rt, req, &mut reservation)?;
     let batches = indexed.indices.len().div_ceil(plan.batch) as u64;
     let schedule = schedule::register(
@@ -339,11 +346,26 @@ pub(crate) fn admit(
         depth: plan.depth as u32,
         ..info
     });
+    let prefetching = pipelines.prefetching();
+    let prefetcher = schedule
+        .as_ref()
+        .filter(|_| prefetching.config.enabled)
+        .map(|s| {
+            Prefetcher::start(
+                cache,
+                rt,
+                &indexed.dataset,
+                s.clone(),
+                prefetching,
+                registration.stats().prefetch().clone(),
+            )
+        });
     Ok(Admitted {
         indexed,
         batches,
         registration,
         schedule,
+        prefetcher,
     })
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use loaderd_cache::Cache;
 use loaderd_cache::arena::Arena;
+use loaderd_cache::prefetch::tallied;
 use tokio::runtime::Handle;
 use tracing::{error, warn};
 
@@ -281,7 +282,8 @@ impl Worker {
     ) -> Result<(), SampleError> {
         let (s, r) = (&*self.shared, &self.recipe);
         let started = Instant::now();
-        let data = s.rt.block_on(fetch(&s.cache, source));
+        let reads = s.stats.reads().clone();
+        let data = s.rt.block_on(tallied(reads, fetch(&s.cache, source)));
         s.stats.record(Stage::Fetch, started.elapsed());
         let data = data.map_err(SampleError::Fetch)?;
         let mut rng = sample_rng(r.seed, r.epoch, index);

@@ -12,6 +12,7 @@
 //! the next, which keeps the device busy without holding more decode buffers than that
 //! overlap needs (each worker's buffer counts in `pipeline.max_device_bytes`).
 
+use loaderd_cache::prefetch::tallied;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,7 +139,8 @@ impl GpuWorker {
             s.stats.record(Stage::Fetch, started.elapsed());
             data
         }));
-        s.rt.block_on(reads.buffered(FETCH_CONCURRENCY).collect())
+        let tally = s.stats.reads().clone();
+        s.rt.block_on(tallied(tally, reads.buffered(FETCH_CONCURRENCY).collect()))
     }
 
     /// Runs `items` into `out` and waits for the stream: the report and the stream time. On
