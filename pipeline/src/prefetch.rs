@@ -396,6 +396,10 @@ impl Walk {
 }
 
 #[cfg(test)]
+#[path = "prefetch_tests.rs"]
+mod walk_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -420,7 +424,11 @@ mod tests {
         assert_eq!(w, 20_000_000);
         let cfg = PrefetchConfig::default();
         assert_eq!(loader_cap(&cfg, 64 << 30), 256 << 20, "the configured cap");
-        assert_eq!(loader_cap(&cfg, 64 << 20), 16 << 20, "a quarter of the memory tier");
+        assert_eq!(
+            loader_cap(&cfg, 64 << 20),
+            16 << 20,
+            "a quarter of the memory tier"
+        );
         assert_eq!(loader_cap(&cfg, 0), 0, "no memory tier: nothing ahead");
     }
 

@@ -195,6 +195,8 @@ fn a_block_being_read_is_judged_by_its_following_read() {
     let r = Registered {
         schedule: s.clone(),
         _registration: loaderd_cache::evict::NextUseOracle::new().register(s.clone()),
+        order: (0..16u32).map(|p| p % 8).collect(),
+        frontier: AtomicU64::new(2),
         start: 2,
         step: 2 * 2,
         rank: 1,
@@ -206,6 +208,11 @@ fn a_block_being_read_is_judged_by_its_following_read() {
         (at(2), at(3), at(4), at(5)),
         (Some(2), Some(11), Some(4), Some(13))
     );
+    // Both ranks read in step: the step of positions 2..6 has begun.
+    assert_eq!(r.frontier(), 6);
+    assert_eq!((r.end(), r.step(), r.sample(9)), (16, 4, Some(1)));
     r.delivered(1);
     assert_eq!(s.position(), 6);
+    r.delivered(2);
+    assert_eq!(r.frontier(), 10, "never behind the position");
 }
