@@ -38,6 +38,7 @@ use loaderd_cache::tier::Tier;
 use loaderd_cache::{ByteSize, Cache, FileHandle};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span};
 
@@ -47,8 +48,8 @@ use crate::dataset::Dataset;
 pub const MARGIN: u64 = 2;
 /// A loader's prefetch never holds more than this share of the memory tier (1/4).
 pub const MEMORY_SHARE: u64 = 4;
-/// How often a prefetcher with nothing to start looks at its schedule again.
-const POLL: Duration = Duration::from_millis(2);
+/// How often a prefetcher looks at its schedule again when nothing told it to.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Prefetch settings (`[prefetch]` of the daemon's config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +92,9 @@ pub trait Ahead: Send + Sync {
     fn step(&self) -> u64;
     /// The dataset index of the sample at `position`.
     fn sample(&self, position: u64) -> Option<u64>;
+    /// Notified (`notify_one`, so a move while nobody waits is not lost) whenever the
+    /// position or the frontier moves.
+    fn moved(&self) -> &Notify;
 }
 
 /// Samples a window of time holds: `MARGIN` × fetch latency over the time per sample, at
@@ -282,8 +286,10 @@ impl Walk {
                     (q.block, res)
                 });
             }
+            let ahead = self.ahead.clone();
             tokio::select! {
                 Some((block, res)) = running.next() => self.finished(&block, res),
+                () = ahead.moved().notified() => {}
                 () = tokio::time::sleep(POLL) => {}
             }
         }

@@ -15,6 +15,22 @@ const FILES: u64 = 64;
 struct Manual {
     position: AtomicU64,
     step: u64,
+    moved: Notify,
+}
+
+impl Manual {
+    fn new(position: u64, step: u64) -> Arc<Self> {
+        Arc::new(Manual {
+            position: AtomicU64::new(position),
+            step,
+            moved: Notify::new(),
+        })
+    }
+
+    fn advance(&self, position: u64) {
+        self.position.store(position, Ordering::Release);
+        self.moved.notify_one();
+    }
 }
 
 impl Ahead for Manual {
@@ -36,6 +52,9 @@ impl Ahead for Manual {
     }
     fn sample(&self, position: u64) -> Option<u64> {
         (position < FILES).then_some(position)
+    }
+    fn moved(&self) -> &Notify {
+        &self.moved
     }
 }
 
@@ -112,10 +131,7 @@ fn resident(cache: &Cache, range: std::ops::Range<u64>) -> Vec<u64> {
 fn a_stuck_position_stops_the_prefetcher_at_its_window_and_a_moving_one_moves_it() {
     let dir = tempfile::tempdir().unwrap();
     let (cache, rt, dataset) = setup(dir.path());
-    let ahead = Arc::new(Manual {
-        position: AtomicU64::new(0),
-        step: 4,
-    });
+    let ahead = Manual::new(0, 4);
     let shared = Prefetching::new(PrefetchConfig::default());
     let stats = Arc::new(LoaderPrefetch::default());
     let p = Prefetcher::start(
@@ -138,7 +154,7 @@ fn a_stuck_position_stops_the_prefetcher_at_its_window_and_a_moving_one_moves_it
     );
     assert_eq!(resident(&cache, 0..FILES), [0, 1, 2, 3]);
     assert_eq!(stats.ahead_bytes.load(Ordering::Relaxed), 4 * BLOCK);
-    ahead.position.store(4, Ordering::Release);
+    ahead.advance(4);
     until("the next window", || {
         stats.blocks.load(Ordering::Relaxed) == 8
     });
@@ -158,10 +174,7 @@ fn the_byte_caps_hold_the_window_back() {
     let dir = tempfile::tempdir().unwrap();
     let (cache, rt, dataset) = setup(dir.path());
     // A step of 16 samples, but room for two blocks in total.
-    let ahead = Arc::new(Manual {
-        position: AtomicU64::new(0),
-        step: 16,
-    });
+    let ahead = Manual::new(0, 16);
     let cfg = PrefetchConfig {
         max_bytes: ByteSize(2 * BLOCK),
         max_bytes_per_loader: ByteSize(2 * BLOCK),
@@ -189,10 +202,7 @@ fn the_byte_caps_hold_the_window_back() {
     assert!(peak <= 2 * BLOCK, "in flight at most the cap: {peak}");
     // A second loader finds the total budget taken: it prefetches nothing.
     let other = Arc::new(LoaderPrefetch::default());
-    let behind = Arc::new(Manual {
-        position: AtomicU64::new(32),
-        step: 4,
-    });
+    let behind = Manual::new(32, 4);
     let _q = Prefetcher::start(
         &cache,
         rt.handle(),

@@ -29,6 +29,7 @@ use loaderd_cache::evict::{NextUse, Registration, Tick, clock};
 use loaderd_cache::sync::{read, write};
 use loaderd_cache::{Cache, Eviction};
 use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::dataset::{Dataset, Source};
@@ -323,6 +324,8 @@ pub struct Registered {
     order: Vec<u32>,
     /// The first global position no worker of this loader has begun.
     frontier: AtomicU64,
+    /// Told when the position or the frontier moves (the prefetcher waits on it).
+    moved: Notify,
     /// Global position of the loader's first batch, and positions per delivered batch.
     start: u64,
     step: u64,
@@ -339,6 +342,7 @@ impl Registered {
             self.start
                 .saturating_add(delivered.saturating_mul(self.step)),
         );
+        self.moved.notify_one();
     }
 
     /// This rank's samples `range` (indices into its order) are about to be read.
@@ -354,6 +358,7 @@ impl Registered {
             self.frontier
                 .fetch_max(self.start.saturating_add(step_end), Ordering::AcqRel);
         }
+        self.moved.notify_one();
     }
 
     /// The schedule.
@@ -386,6 +391,10 @@ impl Ahead for Registered {
     fn sample(&self, position: u64) -> Option<u64> {
         let p = usize::try_from(position).ok()?;
         self.order.get(p).map(|&i| u64::from(i))
+    }
+
+    fn moved(&self) -> &Notify {
+        &self.moved
     }
 }
 
@@ -452,6 +461,7 @@ pub(crate) fn register(
         _registration: registration,
         order,
         frontier: AtomicU64::new(plan.consumed),
+        moved: Notify::new(),
         start: plan.consumed,
         step: plan.batch.saturating_mul(plan.world.max(1)),
         rank: plan.rank,

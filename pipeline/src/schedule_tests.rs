@@ -197,6 +197,7 @@ fn a_block_being_read_is_judged_by_its_following_read() {
         _registration: loaderd_cache::evict::NextUseOracle::new().register(s.clone()),
         order: (0..16u32).map(|p| p % 8).collect(),
         frontier: AtomicU64::new(2),
+        moved: Notify::new(),
         start: 2,
         step: 2 * 2,
         rank: 1,

@@ -14,11 +14,13 @@
 //! bounded waits), [`data`] (random bytes, datasets, digests), [`net`] (ports, a server
 //! that never answers, HTTP), [`metrics`] (Prometheus text), [`s3`] (the moto server),
 //! [`daemon`] (`loaderd` and `loaderctl`), [`fuse`] (the FUSE view), [`pipeline`]
-//! (`bench pipeline` runs) and [`cluster`] (etcd and multi-node fixtures).
+//! (`bench pipeline` runs), [`epochs`] (shuffled epochs over a dataset larger than the
+//! memory tier, and what MIN predicts of them) and [`cluster`] (etcd and multi-node fixtures).
 
 pub mod cluster;
 pub mod daemon;
 pub mod data;
+pub mod epochs;
 pub mod fuse;
 pub mod metrics;
 pub mod net;

@@ -72,7 +72,9 @@ impl GpuWorker {
         let shared = self.shared.clone();
         let r = self.recipe;
         let mut decoder = Decoder::new(r.limits);
-        shared.serve(r.batches, r.batch, |slot, indices| {
+        shared.serve(r.batches, r.batch, |slot, start, indices| {
+            // The batch's samples are fetched together.
+            shared.reading(start..start + indices.len());
             self.batch(&mut decoder, slot, indices)
         });
     }
