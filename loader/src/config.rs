@@ -511,6 +511,22 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_caps_are_checked() {
+        let parse = |t: &str| toml::from_str::<DaemonConfig>(t).unwrap().validate();
+        assert!(
+            parse("[prefetch]\nmax_bytes = \"64MiB\"\nmax_bytes_per_loader = \"8MiB\"").is_ok()
+        );
+        let err = parse("[prefetch]\nconcurrency = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch.concurrency"), "{err}");
+        let err = parse("[prefetch]\nmax_bytes = \"1MiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch.max_bytes_per_loader"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = toml::from_str::<DaemonConfig>("[cache]\nblok_size = 4").unwrap_err();
         assert!(err.to_string().contains("blok_size"), "{err}");
