@@ -37,6 +37,7 @@ pub mod resize;
 pub mod ring;
 pub mod sampler;
 pub mod schedule;
+pub mod scheduled;
 pub mod session;
 pub mod spec;
 mod worker;

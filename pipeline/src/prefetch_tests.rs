@@ -84,6 +84,7 @@ fn setup(dir: &std::path::Path) -> (Arc<Cache>, tokio::runtime::Runtime, Arc<Dat
             source: Source::File {
                 path: LogicalPath::parse(&format!("/ds/{i:03}.bin")).unwrap(),
                 size: BLOCK,
+                version: String::new(),
             },
         })
         .collect();

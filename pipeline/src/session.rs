@@ -17,11 +17,11 @@ use tracing::{info, warn};
 use crate::dataset::{Dataset, DatasetError};
 use crate::decode::DecodeLimits;
 use crate::limits::{self, Plan};
-use crate::prefetch::Prefetcher;
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
 use crate::ring::{BatchRing, Delivery, RingError, SlotMemory};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
-use crate::schedule::{self, Registered};
+use crate::schedule;
+use crate::scheduled::{self, Slot, Then};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};
 use loaderd_cache::sync::lock;
@@ -71,10 +71,9 @@ pub struct Session {
     /// Set once a batch failed (`on_error = fail`): every later request gets this error.
     failed: Option<String>,
     registration: Registration,
-    /// This loader's future reads, registered with the cache while it is open.
-    schedule: Option<Arc<Registered>>,
-    /// Brings the blocks of its next samples in ahead of its workers; stops with the session.
-    _prefetcher: Option<Prefetcher>,
+    /// This loader's future reads, registered with the cache while it is open (once built),
+    /// and the prefetcher following them; both stop with the session.
+    schedule: Option<Arc<Slot>>,
 }
 
 /// The dataset indexed and this rank's order drawn, counted in the loader's reservation.
@@ -90,8 +89,7 @@ pub(crate) struct Admitted {
     pub indexed: Indexed,
     pub batches: u64,
     pub registration: Registration,
-    pub schedule: Option<Arc<Registered>>,
-    pub prefetcher: Option<Prefetcher>,
+    pub schedule: Option<Arc<Slot>>,
 }
 
 impl Admitted {
@@ -216,7 +214,6 @@ impl Session {
             batches,
             registration,
             schedule,
-            prefetcher,
         } = admitted;
         info!(
             dataset = %indexed.root,
@@ -240,7 +237,6 @@ impl Session {
             failed: None,
             registration,
             schedule,
-            _prefetcher: prefetcher,
         }
     }
 
@@ -282,7 +278,7 @@ impl Session {
         };
         stats.delivered(asked.elapsed());
         self.next += 1;
-        if let Some(s) = &self.schedule {
+        if let Some(s) = self.schedule.as_ref().and_then(|s| s.get()) {
             s.delivered(self.next);
         }
         let meta = lock(&self.metas).remove(&seq).unwrap_or_default();
@@ -317,21 +313,7 @@ pub(crate) fn admit(
     let pipelines = reservation.pipelines().clone();
     let indexed = index(cache, rt, req, &mut reservation)?;
     let batches = indexed.indices.len().div_ceil(plan.batch) as u64;
-    let schedule = schedule::register(
-        cache,
-        rt,
-        &indexed.dataset,
-        schedule::Plan {
-            seed: req.seed,
-            epoch: req.epoch,
-            shuffle: req.shuffle,
-            consumed: req.consumed,
-            batch: plan.batch as u64,
-            rank: u64::from(req.rank),
-            world: u64::from(indexed.world),
-        },
-        &mut reservation,
-    );
+    let schedule = scheduled::reserve(cache, &indexed.dataset, &mut reservation);
     let registration = reservation.register(LoaderInfo {
         name: if req.name.is_empty() {
             format!("rank {}/{}", req.rank, indexed.world)
@@ -346,26 +328,29 @@ pub(crate) fn admit(
         depth: plan.depth as u32,
         ..info
     });
-    let prefetching = pipelines.prefetching();
-    let prefetcher = schedule
-        .as_ref()
-        .filter(|_| prefetching.config.enabled)
-        .map(|s| {
-            Prefetcher::start(
-                cache,
-                rt,
-                &indexed.dataset,
-                s.clone(),
-                prefetching,
-                registration.stats().prefetch().clone(),
-            )
-        });
+    if let Some(slot) = &schedule {
+        let prefetching = pipelines.prefetching();
+        let then = Then {
+            prefetch: prefetching.config.enabled.then(|| prefetching.clone()),
+            stats: registration.stats().prefetch().clone(),
+        };
+        let sp = schedule::Plan {
+            seed: req.seed,
+            epoch: req.epoch,
+            shuffle: req.shuffle,
+            consumed: req.consumed,
+            batch: plan.batch as u64,
+            rank: u64::from(req.rank),
+            world: u64::from(indexed.world),
+        };
+        // Built after this returns, while the loader answers its client and runs.
+        scheduled::start(slot, cache, rt, &indexed.dataset, sp, then);
+    }
     Ok(Admitted {
         indexed,
         batches,
         registration,
         schedule,
-        prefetcher,
     })
 }
 

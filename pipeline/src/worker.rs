@@ -24,7 +24,7 @@ use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
 use crate::ring::{BatchRing, SlotMemory, SlotWriter};
 use crate::sampler::sample_rng;
-use crate::schedule::Registered;
+use crate::scheduled::Slot;
 use loaderd_cache::sync::lock;
 
 /// What a decoded batch carries besides its pixels, from its worker to its delivery.
@@ -93,8 +93,8 @@ pub(crate) struct Shared<M: SlotMemory = Arena> {
     /// The next batch number a worker takes.
     pub next_batch: AtomicU64,
     pub stats: Arc<LoaderStats>,
-    /// The loader's schedule, told which samples are being read.
-    pub schedule: Option<Arc<Registered>>,
+    /// The loader's schedule (once built), told which samples are being read.
+    pub schedule: Option<Arc<Slot>>,
 }
 
 impl<M: SlotMemory> Shared<M> {
@@ -106,7 +106,7 @@ impl<M: SlotMemory> Shared<M> {
         indices: &Arc<Vec<u64>>,
         ring: Arc<BatchRing<M>>,
         stats: &Arc<LoaderStats>,
-        schedule: Option<Arc<Registered>>,
+        schedule: Option<Arc<Slot>>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             cache: cache.clone(),
@@ -125,7 +125,7 @@ impl<M: SlotMemory> Shared<M> {
     /// Samples `range` of this rank's order are about to be read: the schedule judges their
     /// blocks by their following reads, and the prefetcher moves past them.
     pub fn reading(&self, range: std::ops::Range<usize>) {
-        if let Some(s) = &self.schedule {
+        if let Some(s) = self.schedule.as_ref().and_then(|s| s.get()) {
             s.reading(range);
         }
     }
