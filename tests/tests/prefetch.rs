@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use loaderd_pipeline::sampler::order;
 use loaderd_tests::epochs::{cache_toml, epoch, min_misses, one_block_images};
-use loaderd_tests::{Daemon, config_file_args, file_mount_args};
+use loaderd_tests::{Daemon, config_file_args, file_mount_args, tier};
 
 const BLOCK: u64 = 4096;
 const MEMORY_BLOCKS: usize = 256;
@@ -163,6 +163,20 @@ fn prefetch_raises_the_loaders_hit_ratio_at_the_gets_min_predicts() {
                 r.gets
             );
         }
+    }
+
+    // Evictions by reason: every dataset block is needed within the window, so the policy's
+    // victims are MIN's farthest; the reasons add up to the tier's evictions.
+    for r in [&on, &off] {
+        let memory = tier(&r.status, "memory");
+        let by = &memory["evictions_by_reason"];
+        let sum: u64 = ["lru", "stable", "unneeded", "farthest"]
+            .iter()
+            .map(|k| by[k].as_u64().unwrap_or_else(|| panic!("{k} in {by}")))
+            .sum();
+        assert_eq!(Some(sum), memory["evictions"].as_u64(), "{memory}");
+        assert!(by["farthest"].as_u64() > Some(0), "{memory}");
+        assert_eq!((by["lru"].as_u64(), by["stable"].as_u64()), (Some(0), Some(0)));
     }
 
     // The loader closed: its prefetch stopped and gave its budget back.
