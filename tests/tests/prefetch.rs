@@ -176,7 +176,10 @@ fn prefetch_raises_the_loaders_hit_ratio_at_the_gets_min_predicts() {
             .sum();
         assert_eq!(Some(sum), memory["evictions"].as_u64(), "{memory}");
         assert!(by["farthest"].as_u64() > Some(0), "{memory}");
-        assert_eq!((by["lru"].as_u64(), by["stable"].as_u64()), (Some(0), Some(0)));
+        assert_eq!(
+            (by["lru"].as_u64(), by["stable"].as_u64()),
+            (Some(0), Some(0))
+        );
     }
 
     // The loader closed: its prefetch stopped and gave its budget back.
@@ -196,7 +199,7 @@ fn prefetch_raises_the_loaders_hit_ratio_at_the_gets_min_predicts() {
 fn a_tiny_prefetch_budget_keeps_the_bytes_in_flight_under_it() {
     let data = tempfile::tempdir().expect("tempdir");
     one_block_images(data.path(), CLASSES, PER_CLASS, BLOCK);
-    let cap = 2 * BLOCK;
+    let cap = BLOCK;
     let extra = format!("[prefetch]\nmax_bytes = \"{cap}\"\nmax_bytes_per_loader = \"{cap}\"\n");
     let r = run(data.path(), &extra, 1);
     assert_eq!(prefetch(&r.status, "max_bytes"), cap);

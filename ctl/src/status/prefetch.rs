@@ -10,7 +10,7 @@ use super::fields;
 use crate::human;
 
 pub(super) fn json(s: &pb::StatusResponse, out: &mut Map<String, Value>) {
-    let p = s.prefetch.clone().unwrap_or_default();
+    let p = s.prefetch.unwrap_or_default();
     let fields = fields!(p; enabled, prefetched_blocks, prefetched_bytes, hits, late, failed,
         inflight_bytes, peak_inflight_bytes, ahead_bytes, max_bytes);
     out.insert("prefetch".into(), Value::Object(fields));
