@@ -10,6 +10,17 @@ use crate::daemon::Daemon;
 use crate::data::list_files;
 use crate::process::{bin, clean_env};
 
+/// The setup both epoch tests share. Block size, and what every block is charged in the
+/// memory tier (slots are rounded up to 4 KiB, and every image is one block): the tier holds
+/// exactly `MEMORY_BLOCKS` blocks, half of the `CLASSES x PER_CLASS` images; three epochs of
+/// batches of `BATCH`.
+pub const BLOCK: u64 = 4096;
+pub const MEMORY_BLOCKS: usize = 256;
+pub const CLASSES: usize = 4;
+pub const PER_CLASS: usize = 128;
+pub const EPOCHS: u64 = 3;
+pub const BATCH: usize = 4;
+
 /// `classes x per_class` small JPEGs (40x40, each at most `block` bytes, so one block each),
 /// by their relative paths in ImageFolder's sample order (sorted).
 pub fn one_block_images(dir: &Path, classes: usize, per_class: usize, block: u64) -> Vec<String> {

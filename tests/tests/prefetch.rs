@@ -12,16 +12,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use loaderd_pipeline::sampler::order;
-use loaderd_tests::epochs::{cache_toml, epoch, min_misses, one_block_images};
+use loaderd_tests::epochs::{
+    BATCH, BLOCK, CLASSES, EPOCHS, MEMORY_BLOCKS, PER_CLASS, cache_toml, epoch, min_misses,
+    one_block_images,
+};
 use loaderd_tests::{Daemon, config_file_args, file_mount_args, tier};
 
-const BLOCK: u64 = 4096;
-const MEMORY_BLOCKS: usize = 256;
-const CLASSES: usize = 4;
-const PER_CLASS: usize = 128;
 const SEED: u64 = 5;
-const EPOCHS: u64 = 3;
-const BATCH: usize = 4;
 
 /// What three epochs did.
 struct Run {

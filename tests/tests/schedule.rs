@@ -13,18 +13,13 @@
 use std::path::Path;
 
 use loaderd_pipeline::sampler::order;
-use loaderd_tests::epochs::{cache_toml, epoch as epoch_of, min_misses, one_block_images};
+use loaderd_tests::epochs::{
+    BATCH, BLOCK, CLASSES, EPOCHS, MEMORY_BLOCKS, PER_CLASS, cache_toml, epoch as epoch_of,
+    min_misses, one_block_images,
+};
 use loaderd_tests::{Daemon, config_file_args, file_mount_args, write_random_file};
 
-/// Block size, and what every block is charged in the memory tier (slots are rounded up to
-/// 4 KiB, and every image is one block): the tier holds exactly `MEMORY_BLOCKS` blocks.
-const BLOCK: u64 = 4096;
-const MEMORY_BLOCKS: usize = 256;
-const CLASSES: usize = 4;
-const PER_CLASS: usize = 128;
 const SEED: u64 = 11;
-const EPOCHS: u64 = 3;
-const BATCH: usize = 4;
 
 /// UFS GETs per epoch, and the keys each epoch delivered, of three epochs of one loader on a
 /// daemon evicting by `eviction`, its memory tier first filled by a read of `junk` (a file the
