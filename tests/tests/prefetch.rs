@@ -6,17 +6,20 @@
 //! by this node's tiers, from status) is far above the same run with `prefetch.enabled =
 //! false`, while the UFS GETs per epoch stay at what an offline MIN predicts (prefetch moves
 //! fetches earlier, it does not add any). A tiny `prefetch.max_bytes` keeps the bytes in
-//! flight under it, and a closed loader's prefetch stops and gives its budget back.
+//! flight under it, and a closed loader's prefetch stops and gives its budget back. In a
+//! two-node cluster the prefetcher warms the blocks the other node owns there, at one UFS
+//! read per block for the cluster.
 
 use std::path::Path;
 use std::time::Duration;
 
 use loaderd_pipeline::sampler::order;
+use loaderd_tests::cluster::{ClusterFixture, ufs_gets};
 use loaderd_tests::epochs::{
     BATCH, BLOCK, CLASSES, EPOCHS, MEMORY_BLOCKS, PER_CLASS, cache_toml, epoch, min_misses,
     one_block_images,
 };
-use loaderd_tests::{Daemon, config_file_args, file_mount_args, tier};
+use loaderd_tests::{Daemon, args, config_file_args, file_mount_args, free_port, tier};
 
 const SEED: u64 = 5;
 
@@ -205,5 +208,42 @@ fn a_tiny_prefetch_budget_keeps_the_bytes_in_flight_under_it() {
     assert!(
         peak > 0 && peak <= cap,
         "peak in flight {peak} over the cap {cap}"
+    );
+}
+
+/// In a cluster a loader's prefetcher warms the blocks another node owns on that owner
+/// (`GetBlock{discard}`): the owner fetches each once, and the cluster reads every block from
+/// the UFS exactly once, as without prefetch.
+#[test]
+fn prefetch_warms_peer_owned_blocks_on_their_owner_once() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let files = one_block_images(data.path(), 2, 64, BLOCK);
+    let fx = ClusterFixture::new();
+    let (pa, pb) = (free_port(), free_port());
+    let node = |id: &str, port: u16, peer: &str| {
+        Daemon::start(&fx.node_args(
+            id,
+            &format!("127.0.0.1:{port}"),
+            &args(&["--peer", peer]),
+            &file_mount_args("/ds", data.path()),
+        ))
+    };
+    let a = node("a", pa, &format!("b=127.0.0.1:{pb}"));
+    let b = node("b", pb, &format!("a=127.0.0.1:{pa}"));
+    let report = epoch(&a, SEED, 0, BATCH, None);
+    let warmed = a.metric("loaderd_prefetch_blocks_total{how=\"warmed\"}");
+    let fetched = a.metric("loaderd_prefetch_blocks_total{how=\"fetched\"}");
+    eprintln!(
+        "a warmed {warmed} blocks on b and fetched {fetched} it owns; UFS GETs a {} b {}; {report}",
+        ufs_gets(&a),
+        ufs_gets(&b)
+    );
+    assert!(warmed > 0.0, "a's prefetcher warmed blocks b owns");
+    assert!(fetched > 0.0, "and fetched those it owns");
+    assert!(ufs_gets(&b) > 0.0, "b fetched the blocks it owns");
+    assert_eq!(
+        (ufs_gets(&a) + ufs_gets(&b)) as usize,
+        files.len(),
+        "one copy of UFS egress for the cluster"
     );
 }
