@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::block::BlockId;
@@ -54,6 +54,8 @@ enum Mark {
 #[derive(Debug, Default)]
 pub struct Ledger {
     marks: Mutex<HashMap<BlockId, (u64, Mark)>>,
+    /// `marks.len()`, kept under its lock: a read with no prefetcher running takes no lock.
+    held: AtomicUsize,
     next_owner: AtomicU64,
 }
 
@@ -70,6 +72,7 @@ impl Ledger {
             return false;
         }
         m.insert(id, (owner, Mark::Planned));
+        self.held.store(m.len(), Ordering::Release);
         true
     }
 
@@ -99,17 +102,20 @@ impl Ledger {
         let mut m = lock(&self.marks);
         if m.get(&id).is_some_and(|(o, _)| *o == owner) {
             m.remove(&id);
+            self.held.store(m.len(), Ordering::Release);
         }
     }
 
     /// `owner` stops: every mark of its goes.
     pub fn forget_owner(&self, owner: u64) {
-        lock(&self.marks).retain(|_, (o, _)| *o != owner);
+        let mut m = lock(&self.marks);
+        m.retain(|_, (o, _)| *o != owner);
+        self.held.store(m.len(), Ordering::Release);
     }
 
     /// Marks held (for tests and status).
     pub fn len(&self) -> usize {
-        lock(&self.marks).len()
+        self.held.load(Ordering::Acquire)
     }
 
     /// Whether no mark is held.
@@ -119,12 +125,14 @@ impl Ledger {
 
     /// A reader read `id`, served as `served`: a prefetch hit, a late prefetch, or neither.
     pub fn read(&self, id: BlockId, served: Served) {
+        if self.is_empty() {
+            return;
+        }
         let mark = {
             let mut m = lock(&self.marks);
-            if m.is_empty() {
-                return;
-            }
-            m.remove(&id)
+            let mark = m.remove(&id);
+            self.held.store(m.len(), Ordering::Release);
+            mark
         };
         match (mark.map(|(_, k)| k), served) {
             // Started and already in a tier: it landed just before the prefetcher said so.
