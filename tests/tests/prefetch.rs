@@ -127,6 +127,11 @@ fn prefetch_raises_the_loaders_hit_ratio_at_the_gets_min_predicts() {
         on.status
     );
     assert!(prefetch(&on.status, "hits") > 0, "{}", on.status);
+    assert!(
+        prefetch(&on.status, "hits") <= prefetch(&on.status, "prefetched_blocks"),
+        "a prefetched block is a hit once at most: {}",
+        on.status
+    );
     assert_eq!(
         prefetch(&off.status, "prefetched_blocks"),
         0,
