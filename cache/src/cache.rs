@@ -28,13 +28,16 @@ use crate::inflight::{EndOnDrop, InFlight, Ticket};
 use crate::meta::{DirEntry, Metadata, Stat};
 use crate::mount::{Mount, MountSpec, MountTable, Resolved};
 use crate::path::LogicalPath;
+use crate::prefetch::{Ewma, Ledger, Served};
 use crate::stats;
 use crate::tier::{Lease, MemoryTier, TierStack, TierStatus};
 use crate::ufs::FileMeta;
 
 mod load;
+mod prefetch;
 mod remote;
 pub use load::LoadProgress;
+pub use prefetch::{PrefetchGauge, Prefetched};
 use remote::Keep;
 
 /// How a read treats the cache.
@@ -85,6 +88,8 @@ pub struct CacheStatus {
     pub metadata_bytes: u64,
     pub inflight_bytes: u64,
     pub inflight_capacity: u64,
+    /// Prefetch bytes in flight now, and the most at once since start.
+    pub prefetch_inflight: (u64, u64),
     pub uptime: Duration,
 }
 
@@ -107,6 +112,12 @@ pub struct Cache {
     cluster: OnceLock<Arc<Cluster>>,
     /// The schedules that tell the clairvoyant policy when each block is next read.
     oracle: Arc<NextUseOracle>,
+    /// Which blocks prefetchers planned, started or brought in (hits and late prefetches).
+    ledger: Arc<Ledger>,
+    /// This node's block fetches from the UFS and from peers: how long one takes.
+    latency: Arc<Ewma>,
+    /// Prefetch bytes in flight now, and the most at once since start.
+    prefetching: PrefetchGauge,
 }
 
 impl Cache {
@@ -133,6 +144,9 @@ impl Cache {
             started: Instant::now(),
             cluster: OnceLock::new(),
             oracle,
+            ledger: Arc::default(),
+            latency: Arc::default(),
+            prefetching: PrefetchGauge::default(),
             cfg,
         }))
     }
@@ -331,6 +345,10 @@ impl Cache {
         read_type: ReadType,
     ) -> Result<Bytes> {
         let res = self.fetch_block(fh, b, read_type).await;
+        let res = res.map(|(data, served)| {
+            self.served(b, served);
+            data
+        });
         self.refreshed(fh, res).await
     }
 
@@ -361,6 +379,7 @@ impl Cache {
         let memory = self.tiers.memory();
         if let Some(lease) = memory.lease(b.id) {
             stats::hit("memory", lease.len());
+            self.served(b, Served::Tier);
             return Ok(Some(lease));
         }
         let data = self.get_block(fh, b, ReadType::Cache).await?;
@@ -370,20 +389,22 @@ impl Cache {
         Ok(memory.transient(&data))
     }
 
+    /// Block `b` and where it came from (not yet counted as a read: see [`Cache::served`]).
     async fn fetch_block(
         &self,
         fh: &FileHandle,
         b: &BlockRef,
         read_type: ReadType,
-    ) -> Result<Bytes> {
+    ) -> Result<(Bytes, Served)> {
         if let Some(data) = self.tiers.get(b).await {
-            return Ok(data);
+            return Ok((data, Served::Tier));
         }
         match self.cluster() {
             Some(c) if !c.owns(b.id) => {
                 let keep = Keep::Nothing;
                 let data = self.fetch_remote(c, fh, b, read_type, keep).await?;
-                data.ok_or_else(|| Error::Membership("no data from a peer".into()))
+                let data = data.ok_or_else(|| Error::Membership("no data from a peer".into()))?;
+                Ok((data, Served::Peer))
             }
             _ => self.fetch_owned(fh, b, read_type).await,
         }
@@ -395,7 +416,7 @@ impl Cache {
         fh: &FileHandle,
         b: &BlockRef,
         read_type: ReadType,
-    ) -> Result<Bytes> {
+    ) -> Result<(Bytes, Served)> {
         let (mut hit, mut task) = (None, None);
         let flight = self.fetches.join_or_start(&b.id, |ticket| {
             if read_type == ReadType::NoCache {
@@ -417,17 +438,21 @@ impl Cache {
         }
         match (flight, hit) {
             (Some(flight), _) => {
-                if flight.joined {
+                let served = if flight.joined {
                     stats::singleflight_join();
-                }
-                flight.result.await.map_err(Error::Shared)
+                    Served::Joined
+                } else {
+                    Served::Fetched
+                };
+                let data = flight.result.await.map_err(Error::Shared)?;
+                Ok((data, served))
             }
-            (None, Some(data)) => Ok(data),
+            (None, Some(data)) => Ok((data, Served::Tier)),
             (None, None) => {
                 let _permit = self.reserve(fh, b.len()).await;
                 let data = fh.mount.ufs.get_range(&fh.meta, b.range.clone()).await?;
                 stats::miss(b.len());
-                Ok(data)
+                Ok((data, Served::Fetched))
             }
         }
     }
@@ -456,11 +481,14 @@ impl Cache {
         let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
         let span = info_span!("fetch_block", path = %fh.path, block = block.index);
         let flight = EndOnDrop::new(self.fetches.clone(), ticket);
+        let latency = self.latency.clone();
         let task = async move {
             let _flight = flight;
             let len = block.len();
             let _permit = budget.acquire(&mount, len.max(1)).await;
+            let started = Instant::now();
             let res = mount.ufs.get_range(&meta, block.range.clone()).await;
+            latency.record(started.elapsed());
             if let Ok(data) = &res {
                 stats::miss(len);
                 tiers.put_memory(block.id, data);
@@ -536,6 +564,7 @@ impl Cache {
             metadata_bytes: bytes,
             inflight_bytes,
             inflight_capacity,
+            prefetch_inflight: self.prefetching.get(),
             uptime: self.started.elapsed(),
         }
     }

@@ -8,6 +8,7 @@
 //! * [`placement`]: rendezvous hashing of blocks over cluster members.
 //! * [`budget`]: the in-flight fetch budget, with a reserve per mount.
 //! * [`inflight`]: single flight per key (block fetches, manifest LISTs).
+//! * [`prefetch`]: what prefetching needs of the cache (marks, fetch latency, read tallies).
 //! * [`cache`]: the read path tying them together, with single-flight misses.
 #![warn(missing_docs)]
 #![allow(missing_docs)] // Field-level docs live on the types; see each module header.
@@ -26,6 +27,7 @@ pub mod meta;
 pub mod mount;
 pub mod path;
 pub mod placement;
+pub mod prefetch;
 
 pub mod stats;
 pub mod sync;

@@ -2,12 +2,15 @@
 //! exactly, and `metrics` facade counters that the daemon exports to Prometheus.
 //!
 //! Metric names (all prefixed `loaderd_`): `cache_hits_total{tier}`, `cache_misses_total`,
-//! `cache_bytes_read_total{source=cache|peer|ufs}`, `cache_evictions_total{tier}`,
+//! `cache_bytes_read_total{source=cache|peer|ufs}`, `cache_evictions_total{tier,reason}`,
 //! `cache_corrupt_blocks_total`, `ssd_dropped_at_start_total{reason}`,
 //! `cache_passthrough_total{reason}`, `ufs_requests_total{op}`,
 //! `ufs_bytes_total`, `ufs_retries_total`, `ufs_errors_total`, `singleflight_joins_total`,
 //! `cache_transient_leases_total` and `cache_transient_lease_bytes_total` (blocks handed to a
-//! shared-memory client in a slot of their own because the memory tier does not hold them).
+//! shared-memory client in a slot of their own because the memory tier does not hold them),
+//! `prefetch_blocks_total{how=fetched|promoted|warmed}`, `prefetch_bytes_total`,
+//! `prefetch_hits_total`, `prefetch_late_total` and `prefetch_failed_total` (see
+//! [`crate::prefetch`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -29,6 +32,16 @@ pub struct Counters {
     /// Blocks this node read from the peers that own them, and their bytes.
     pub peer_reads: u64,
     pub bytes_from_peers: u64,
+    /// Blocks (and bytes) a prefetcher brought in: fetched into the tiers, promoted from SSD
+    /// to memory, or warmed on their owner.
+    pub prefetched: u64,
+    pub prefetched_bytes: u64,
+    /// Reads that found a block a prefetcher brought in (once per prefetched block).
+    pub prefetch_hits: u64,
+    /// Reads of a block a prefetcher had in its window but had not brought in yet.
+    pub prefetch_late: u64,
+    /// Prefetches that failed (the reader will fetch the block itself).
+    pub prefetch_failed: u64,
 }
 
 impl Counters {
@@ -55,6 +68,11 @@ static CORRUPT: AtomicU64 = AtomicU64::new(0);
 static JOINS: AtomicU64 = AtomicU64::new(0);
 static PEER_READS: AtomicU64 = AtomicU64::new(0);
 static BYTES_PEERS: AtomicU64 = AtomicU64::new(0);
+static PREFETCHED: AtomicU64 = AtomicU64::new(0);
+static PREFETCHED_BYTES: AtomicU64 = AtomicU64::new(0);
+static PREFETCH_HITS: AtomicU64 = AtomicU64::new(0);
+static PREFETCH_LATE: AtomicU64 = AtomicU64::new(0);
+static PREFETCH_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// Reads every counter.
 pub fn snapshot() -> Counters {
@@ -71,6 +89,11 @@ pub fn snapshot() -> Counters {
         singleflight_joins: JOINS.load(Relaxed),
         peer_reads: PEER_READS.load(Relaxed),
         bytes_from_peers: BYTES_PEERS.load(Relaxed),
+        prefetched: PREFETCHED.load(Relaxed),
+        prefetched_bytes: PREFETCHED_BYTES.load(Relaxed),
+        prefetch_hits: PREFETCH_HITS.load(Relaxed),
+        prefetch_late: PREFETCH_LATE.load(Relaxed),
+        prefetch_failed: PREFETCH_FAILED.load(Relaxed),
     }
 }
 
@@ -94,8 +117,31 @@ pub(crate) fn miss(bytes: u64) {
     counter!("loaderd_cache_bytes_read_total", "source" => "ufs").increment(bytes);
 }
 
-pub(crate) fn eviction(tier: &'static str, blocks: u64) {
-    counter!("loaderd_cache_evictions_total", "tier" => tier).increment(blocks);
+pub(crate) fn eviction(tier: &'static str, reason: &'static str) {
+    counter!("loaderd_cache_evictions_total", "tier" => tier, "reason" => reason).increment(1);
+}
+
+/// A prefetcher brought a block in; `how` is `fetched`, `promoted` or `warmed`.
+pub(crate) fn prefetched(how: &'static str, bytes: u64) {
+    PREFETCHED.fetch_add(1, Relaxed);
+    PREFETCHED_BYTES.fetch_add(bytes, Relaxed);
+    counter!("loaderd_prefetch_blocks_total", "how" => how).increment(1);
+    counter!("loaderd_prefetch_bytes_total").increment(bytes);
+}
+
+pub(crate) fn prefetch_hit() {
+    PREFETCH_HITS.fetch_add(1, Relaxed);
+    counter!("loaderd_prefetch_hits_total").increment(1);
+}
+
+pub(crate) fn prefetch_late() {
+    PREFETCH_LATE.fetch_add(1, Relaxed);
+    counter!("loaderd_prefetch_late_total").increment(1);
+}
+
+pub(crate) fn prefetch_failed() {
+    PREFETCH_FAILED.fetch_add(1, Relaxed);
+    counter!("loaderd_prefetch_failed_total").increment(1);
 }
 
 pub(crate) fn corrupt_block() {

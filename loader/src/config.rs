@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use loaderd_cache::mount::RuntimeMountPolicy;
 use loaderd_cache::{ByteSize, CacheConfig, ClusterConfig, MountSpec, Secs};
+pub use loaderd_pipeline::prefetch::PrefetchConfig;
 pub use loaderd_pipeline::{OnError, PipelineConfig};
 pub use loaderd_proto::transport::{default_shm_socket, default_socket};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,8 @@ pub struct DaemonConfig {
     pub fuse: FuseConfig,
     /// Training batches for local clients (`[pipeline]`).
     pub pipeline: PipelineConfig,
+    /// Prefetch driven by loaders' schedules (`[prefetch]`).
+    pub prefetch: PrefetchConfig,
     /// The distributed cache (`[cluster]`); off unless `cluster.listen_addr` is set.
     pub cluster: ClusterConfig,
     /// GPU use (`[gpu]`).
@@ -339,6 +342,15 @@ impl DaemonConfig {
             ));
         }
         self.cluster.validate()?;
+        if self.prefetch.concurrency == 0 {
+            return Err(invalid("prefetch.concurrency", "must be at least 1"));
+        }
+        if self.prefetch.max_bytes_per_loader > self.prefetch.max_bytes {
+            return Err(invalid(
+                "prefetch.max_bytes_per_loader",
+                "must not exceed prefetch.max_bytes",
+            ));
+        }
         if self.pipeline.depth == 0 {
             return Err(invalid("pipeline.depth", "must be at least 1"));
         }
@@ -496,6 +508,22 @@ mod tests {
                 "docs/loaderd.example.toml lacks `{k}`"
             );
         }
+    }
+
+    #[test]
+    fn prefetch_caps_are_checked() {
+        let parse = |t: &str| toml::from_str::<DaemonConfig>(t).unwrap().validate();
+        assert!(
+            parse("[prefetch]\nmax_bytes = \"64MiB\"\nmax_bytes_per_loader = \"8MiB\"").is_ok()
+        );
+        let err = parse("[prefetch]\nconcurrency = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch.concurrency"), "{err}");
+        let err = parse("[prefetch]\nmax_bytes = \"1MiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch.max_bytes_per_loader"), "{err}");
     }
 
     #[test]

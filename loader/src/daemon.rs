@@ -68,6 +68,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let gpus = tokio::task::spawn_blocking(move || open_gpus(mode)).await??;
     let gpu = gpu_status(mode, &gpus);
     let pipelines = Pipelines::with_gpus(cfg.pipeline.clone(), gpus);
+    pipelines.configure_prefetch(cfg.prefetch.clone());
     let shm_clients = ShmClients::new(ClientLimits::new(&cfg.server, cfg.cache.memory.capacity.0));
     let grpc = Grpc::new(&cfg, &cache, &pipelines, &shm_clients, gpu, nofile)?;
 

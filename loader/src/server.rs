@@ -351,6 +351,7 @@ impl Loader for LoaderService {
                 .shm_clients
                 .as_ref()
                 .map_or(0, |c| c.connections() as u64),
+            prefetch: Some(prefetch_status(&s, &self.pipelines)),
         }))
     }
 
@@ -397,5 +398,23 @@ impl Loader for LoaderService {
         Ok(Response::new(pb::MountListResponse {
             mounts: self.mount_infos(),
         }))
+    }
+}
+
+/// Prefetch on this node, for `Status`.
+fn prefetch_status(s: &loaderd_cache::CacheStatus, pipelines: &Pipelines) -> pb::PrefetchStatus {
+    let c = &s.counters;
+    let p = pipelines.prefetching();
+    pb::PrefetchStatus {
+        enabled: p.config.enabled,
+        prefetched_blocks: c.prefetched,
+        prefetched_bytes: c.prefetched_bytes,
+        hits: c.prefetch_hits,
+        late: c.prefetch_late,
+        failed: c.prefetch_failed,
+        inflight_bytes: s.prefetch_inflight.0,
+        peak_inflight_bytes: s.prefetch_inflight.1,
+        ahead_bytes: p.total.used(),
+        max_bytes: p.config.max_bytes.0,
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use loaderd_cache::ufs::FileMeta;
 use loaderd_cache::{Cache, LogicalPath, ReadType, Stat};
 
 /// Image extensions of torchvision's `ImageFolder`.
@@ -29,8 +30,13 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 /// Where a sample's encoded bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A whole file.
-    File { path: LogicalPath, size: u64 },
+    /// A whole file, of the size and version the listing found (the version is what its
+    /// block ids are derived from; a read takes whatever version is current).
+    File {
+        path: LogicalPath,
+        size: u64,
+        version: String,
+    },
     /// A member of a tar shard, at the offset the shard's index found in version `version`:
     /// read from that version only (a rewritten shard has other offsets).
     TarMember {
@@ -39,6 +45,22 @@ pub enum Source {
         len: u64,
         version: String,
     },
+}
+
+impl Source {
+    /// The file this source reads, the version it is pinned to (empty: whatever is current)
+    /// and the bytes of it it reads (a whole file by its listed size).
+    pub fn span(&self) -> (&LogicalPath, &str, std::ops::Range<u64>) {
+        match self {
+            Source::File { path, size, .. } => (path, "", 0..*size),
+            Source::TarMember {
+                shard,
+                offset,
+                len,
+                version,
+            } => (shard, version, *offset..offset.saturating_add(*len)),
+        }
+    }
 }
 
 /// One sample.
@@ -92,12 +114,12 @@ impl Dataset {
                 path: root.to_string(),
             });
         }
-        let files: Vec<(LogicalPath, u64)> = cache
+        let files: Vec<(LogicalPath, FileMeta)> = cache
             .list(root, true)
             .await?
             .into_iter()
             .filter_map(|(p, s)| match s {
-                Stat::File(f) => Some((p, f.size)),
+                Stat::File(f) => Some((p, f)),
                 Stat::Dir => None,
             })
             .filter(|(p, _)| !is_hidden(rel(root, p)))
@@ -149,8 +171,10 @@ impl Dataset {
             .map(|s| {
                 s.key.len()
                     + match &s.source {
-                        Source::File { path, .. } => path.as_str().len(),
-                        Source::TarMember { shard, .. } => shard.as_str().len(),
+                        Source::File { path, version, .. } => path.as_str().len() + version.len(),
+                        Source::TarMember { shard, version, .. } => {
+                            shard.as_str().len() + version.len()
+                        }
                     }
             })
             .chain(
@@ -182,16 +206,16 @@ fn extension(name: &str) -> Option<String> {
     Some(ext.to_ascii_lowercase())
 }
 
-fn image_folder(root: &LogicalPath, files: &[(LogicalPath, u64)]) -> Dataset {
+fn image_folder(root: &LogicalPath, files: &[(LogicalPath, FileMeta)]) -> Dataset {
     // Classes: first-level directories that hold at least one file, sorted (as torchvision).
-    let mut by_class: BTreeMap<&str, Vec<(&str, &LogicalPath, u64)>> = BTreeMap::new();
-    for (p, size) in files {
+    let mut by_class: BTreeMap<&str, Vec<(&str, &LogicalPath, &FileMeta)>> = BTreeMap::new();
+    for (p, meta) in files {
         let r = rel(root, p);
         let Some((class, _)) = r.split_once('/') else {
             continue; // files directly under the root belong to no class
         };
         if extension(r).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
-            by_class.entry(class).or_default().push((r, p, *size));
+            by_class.entry(class).or_default().push((r, p, meta));
         }
     }
     let classes: Vec<String> = by_class.keys().map(|c| c.to_string()).collect();
@@ -200,12 +224,13 @@ fn image_folder(root: &LogicalPath, files: &[(LogicalPath, u64)]) -> Dataset {
         .enumerate()
         .flat_map(|(label, mut members)| {
             members.sort_by(|a, b| a.0.cmp(b.0));
-            members.into_iter().map(move |(r, p, size)| Sample {
+            members.into_iter().map(move |(r, p, meta)| Sample {
                 key: r.to_string(),
                 label: label as i64,
                 source: Source::File {
                     path: p.clone(),
-                    size,
+                    size: meta.size,
+                    version: meta.version.clone(),
                 },
             })
         })
@@ -330,7 +355,7 @@ fn index_shard(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use loaderd_cache::{CacheConfig, MountSpec};
@@ -396,11 +421,12 @@ mod tests {
         );
         assert!(matches!(
             &ds.samples[0].source,
-            Source::File { path, size } if path.as_str() == "/d/train/ant/2.jpg" && *size == 15
+            Source::File { path, size, version } if path.as_str() == "/d/train/ant/2.jpg"
+                && *size == 15 && !version.is_empty()
         ));
     }
 
-    fn shard(members: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(crate) fn shard(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in members {
             let mut h = tar::Header::new_gnu();

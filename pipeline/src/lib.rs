@@ -17,7 +17,8 @@
 //! The sampler's order is a pure function of (seed, epoch, dataset length), so every node
 //! computes the same global order without talking to the others, and any rank's future reads
 //! are known in advance: an open loader registers its [`schedule`] (this epoch's rest and the
-//! next epoch) with the cache's next-use oracle, which the clairvoyant eviction asks. Crops and layouts are `loaderd-image`'s types ([`CropBox`], [`Rect`],
+//! next epoch) with the cache's next-use oracle, which the clairvoyant eviction asks, and a [`prefetch`]er brings the blocks of the samples
+//! about to be read into the memory tier ahead of their readers. Crops and layouts are `loaderd-image`'s types ([`CropBox`], [`Rect`],
 //! [`Layout`], [`Normalize`]), re-exported here, the same the GPU path (`loaderd-gpu`) takes.
 //!
 //! This crate knows nothing of the wire: the daemon translates its protocol into
@@ -31,12 +32,14 @@ pub mod dataset;
 pub mod decode;
 pub mod gpu;
 pub mod limits;
+pub mod prefetch;
 pub mod registry;
 pub mod remote;
 pub mod resize;
 pub mod ring;
 pub mod sampler;
 pub mod schedule;
+pub mod scheduled;
 pub mod session;
 pub mod spec;
 mod worker;

@@ -23,7 +23,9 @@ use metrics::{counter, gauge};
 
 use crate::config::PipelineConfig;
 use crate::gpu::Gpus;
+use crate::prefetch::{LoaderPrefetch, PrefetchConfig, Prefetching};
 use crate::spec::LoaderStatus;
+use loaderd_cache::prefetch::ReadTally;
 use loaderd_cache::sync::lock;
 
 /// Why a loader was not admitted.
@@ -148,6 +150,10 @@ pub struct LoaderStats {
     gpu_samples: AtomicU64,
     cpu_fallback_samples: AtomicU64,
     gpu_ns: AtomicU64,
+    /// Its block reads: served from this node's tiers or not.
+    reads: Arc<ReadTally>,
+    /// What its prefetcher brought in.
+    prefetch: Arc<LoaderPrefetch>,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -168,12 +174,24 @@ impl LoaderStats {
             gpu_samples: AtomicU64::new(0),
             cpu_fallback_samples: AtomicU64::new(0),
             gpu_ns: AtomicU64::new(0),
+            reads: Arc::default(),
+            prefetch: Arc::default(),
         }
     }
 
     /// What the loader was opened with.
     pub fn info(&self) -> &LoaderInfo {
         &self.info
+    }
+
+    /// The tally its block reads are counted in.
+    pub fn reads(&self) -> &Arc<ReadTally> {
+        &self.reads
+    }
+
+    /// Its prefetcher's counters.
+    pub fn prefetch(&self) -> &Arc<LoaderPrefetch> {
+        &self.prefetch
     }
 
     /// Busy time of one stage for one sample.
@@ -274,6 +292,12 @@ impl LoaderStats {
             gpu_secs: secs(&self.gpu_ns),
             gpu_reason: info.gpu_reason.clone(),
             device_bytes: info.device_bytes,
+            block_reads_cached: self.reads.get().0,
+            block_reads_uncached: self.reads.get().1,
+            hit_ratio: self.reads.hit_ratio(),
+            prefetched_blocks: self.prefetch.blocks.load(Ordering::Relaxed),
+            prefetched_bytes: self.prefetch.bytes.load(Ordering::Relaxed),
+            prefetch_ahead_bytes: self.prefetch.ahead_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -298,6 +322,8 @@ pub struct Pipelines {
     config: PipelineConfig,
     gpus: Gpus,
     open: Mutex<Open>,
+    /// Prefetch settings and the bytes all prefetchers hold (defaults until configured).
+    prefetching: OnceLock<Arc<Prefetching>>,
 }
 
 impl Pipelines {
@@ -313,7 +339,20 @@ impl Pipelines {
             config,
             gpus,
             open: Mutex::new(Open::default()),
+            prefetching: OnceLock::new(),
         })
+    }
+
+    /// Sets the prefetch settings, once, before the first loader opens; `false` if they were
+    /// set (or used) already.
+    pub fn configure_prefetch(&self, config: PrefetchConfig) -> bool {
+        self.prefetching.set(Prefetching::new(config)).is_ok()
+    }
+
+    /// The prefetch settings in force and the total prefetch budget.
+    pub fn prefetching(&self) -> &Arc<Prefetching> {
+        self.prefetching
+            .get_or_init(|| Prefetching::new(PrefetchConfig::default()))
     }
 
     /// The GPUs loaders may ask for.
@@ -489,6 +528,11 @@ impl Reservation {
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// The registry this reservation is in.
+    pub fn pipelines(&self) -> &Arc<Pipelines> {
+        &self.pipelines
     }
 
     /// The device memory held, for a GPU loader.

@@ -24,7 +24,7 @@ use crate::sampler::order;
 use crate::schedule::{Index, SampleBlocks, sample_blocks};
 
 /// The fingerprint of `dataset`'s listing: its samples, and a hash of each one's key, source
-/// (path, size; a tar member's shard, version, offset and length) and blocks (their ids
+/// (path, size and version; a tar member's shard, version, offset and length) and blocks (their ids
 /// derive from the object's path and version).
 pub fn listing(dataset: &Dataset, blocks: &SampleBlocks) -> Listing {
     let mut h = Xxh3::new();
@@ -35,9 +35,14 @@ pub fn listing(dataset: &Dataset, blocks: &SampleBlocks) -> Listing {
     for (i, s) in dataset.samples.iter().enumerate() {
         field(s.key.as_bytes());
         match &s.source {
-            Source::File { path, size } => {
+            Source::File {
+                path,
+                size,
+                version,
+            } => {
                 field(path.as_str().as_bytes());
                 field(&size.to_le_bytes());
+                field(version.as_bytes());
             }
             Source::TarMember {
                 shard,
@@ -174,7 +179,7 @@ async fn build(
     let dataset = Dataset::index(cache, &root)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let blocks = sample_blocks(cache, &dataset).await;
+    let blocks = sample_blocks(cache, &dataset);
     let here = listing(&dataset, &blocks);
     if here != a.listing {
         return Err(Ignored::Listing {

@@ -55,6 +55,7 @@ fn dataset(sizes: &[u64]) -> Dataset {
             source: Source::File {
                 path: LogicalPath::parse(&format!("/ds/c/{i}.jpg")).expect("path"),
                 size,
+                version: format!("v{size}"),
             },
         })
         .collect();

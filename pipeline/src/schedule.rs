@@ -9,7 +9,9 @@
 //! [`Schedule`] answers [`NextUse::next_use`]: the tick of the earliest position at or after
 //! the current one whose sample reads the block, within the window (the rest of this epoch,
 //! then the whole next one, at positions `len..2 * len`). An index block → sorted positions,
-//! built once when the loader opens, makes each answer a binary search, O(log n).
+//! built once after the loader opened ([`crate::scheduled`]), makes each answer a binary
+//! search, O(log n). The blocks each sample reads come from the dataset's index alone
+//! ([`sample_blocks`]): no file is opened.
 //!
 //! Ticks are the oracle's shared clock ([`clock`], nanoseconds): position `p` is predicted at
 //! `anchor_tick + (p - anchor_position) * ns_per_sample`. The time per sample starts at
@@ -18,21 +20,22 @@
 //! bumps its generation (every cached answer changes). Answers are otherwise absolute: a
 //! block's tick stays put while the position advances, as the oracle requires.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use futures::StreamExt;
-use loaderd_cache::block::BlockId;
+use loaderd_cache::block::{BlockId, blocks_for};
 use loaderd_cache::cluster::schedules::Listing;
 use loaderd_cache::evict::{NextUse, Registration, Tick, clock};
+use loaderd_cache::mount::Resolved;
 use loaderd_cache::sync::{read, write};
+use loaderd_cache::ufs::FileMeta;
 use loaderd_cache::{Cache, Eviction};
-use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::dataset::{Dataset, Source};
+use crate::prefetch::Ahead;
 use crate::registry::Reservation;
 use crate::sampler::order;
 
@@ -43,8 +46,6 @@ pub const DEFAULT_NS_PER_SAMPLE: u64 = 1_000_000;
 pub const NS_PER_SAMPLE_BOUNDS: (u64, u64) = (1_000, 10_000_000_000);
 /// Samples delivered before the rate is first measured.
 pub const RATE_MIN_SAMPLES: u64 = 32;
-/// Concurrent metadata look-ups while the blocks of a dataset's samples are listed.
-const OPEN_CONCURRENCY: usize = 32;
 
 /// The blocks each sample reads, by dataset index.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,12 +238,13 @@ impl Schedule {
         }
     }
 
-    /// Heap bytes of a schedule of `epochs` passes over `blocks`, bounded by what each pass
-    /// reads; known before it is built, so a loader's reservation can hold it first.
-    pub fn bytes_for(blocks: &SampleBlocks, epochs: u64) -> u64 {
-        let reads = blocks.reads().saturating_mul(epochs);
-        let bits = (blocks.len() as u64).saturating_mul(epochs).div_ceil(64) * 8;
-        Index::bytes_for(reads, blocks.reads()).saturating_add(bits)
+    /// Heap bytes of a schedule of `epochs` passes over `samples` samples reading `reads`
+    /// blocks a pass, bounded by what each pass reads; known before it is built, so a
+    /// loader's reservation can hold it first.
+    pub fn bytes_for(samples: u64, reads: u64, epochs: u64) -> u64 {
+        let all = reads.saturating_mul(epochs);
+        let bits = samples.saturating_mul(epochs).div_ceil(64) * 8;
+        Index::bytes_for(all, reads).saturating_add(bits)
     }
 
     /// Heap bytes this schedule holds.
@@ -329,6 +331,12 @@ impl NextUse for Schedule {
 pub struct Registered {
     schedule: Arc<Schedule>,
     _registration: Registration,
+    /// The global order of the window (this epoch's, then the next's), for the prefetcher.
+    order: Vec<u32>,
+    /// The first global position no worker of this loader has begun.
+    frontier: AtomicU64,
+    /// Told when the position or the frontier moves (the prefetcher waits on it).
+    moved: Notify,
     /// Global position of the loader's first batch, and positions per delivered batch.
     start: u64,
     step: u64,
@@ -349,6 +357,7 @@ impl Registered {
             self.start
                 .saturating_add(delivered.saturating_mul(self.step)),
         );
+        self.moved.notify_one();
     }
 
     /// This rank's samples `range` (indices into its order) are about to be read.
@@ -358,7 +367,13 @@ impl Registered {
                 .saturating_mul(self.world)
                 .saturating_add(self.rank);
             self.schedule.reading(self.start.saturating_add(at));
+            // Every rank reads in step: the job has begun this whole step of the order.
+            let step = self.step.max(1);
+            let step_end = (at / step + 1).saturating_mul(step);
+            self.frontier
+                .fetch_max(self.start.saturating_add(step_end), Ordering::AcqRel);
         }
+        self.moved.notify_one();
     }
 
     /// The schedule.
@@ -369,6 +384,37 @@ impl Registered {
     /// The listing's fingerprint, and block reads of one pass over the dataset.
     pub fn listing(&self) -> (Listing, u64) {
         (self.listing, self.reads)
+    }
+}
+
+impl Ahead for Registered {
+    fn position(&self) -> u64 {
+        self.schedule.position()
+    }
+
+    fn frontier(&self) -> u64 {
+        self.frontier.load(Ordering::Acquire).max(self.position())
+    }
+
+    fn end(&self) -> u64 {
+        self.order.len() as u64
+    }
+
+    fn ns_per_sample(&self) -> u64 {
+        self.schedule.ns_per_sample()
+    }
+
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn sample(&self, position: u64) -> Option<u64> {
+        let p = usize::try_from(position).ok()?;
+        self.order.get(p).map(|&i| u64::from(i))
+    }
+
+    fn moved(&self) -> &Notify {
+        &self.moved
     }
 }
 
@@ -385,38 +431,64 @@ pub struct Plan {
     pub world: u64,
 }
 
-/// Builds the loader's schedule and registers it with `cache`'s oracle, its memory held in
-/// `reservation`. `None` (and the loader runs without one) when the tiers do not evict by
-/// schedule, or when the schedule does not fit the loader's budget.
-pub(crate) fn register(
-    cache: &Arc<Cache>,
-    rt: &Handle,
-    dataset: &Dataset,
-    plan: Plan,
-    reservation: &mut Reservation,
-) -> Option<Arc<Registered>> {
+/// Holds the memory of `dataset`'s schedule in `reservation`, before it is built (see
+/// [`crate::scheduled`]); `false` (and the loader runs without one) when the tiers do not
+/// evict by schedule, when its window is too large to index, or when it does not fit the
+/// loader's budget. Counts blocks from the index alone (no hashing).
+pub(crate) fn reserve(cache: &Cache, dataset: &Dataset, reservation: &mut Reservation) -> bool {
     if cache.config().eviction != Eviction::Clairvoyant {
-        return None;
+        return false;
     }
-    let blocks = rt.block_on(sample_blocks(cache, dataset));
+    let reads = block_reads(cache, dataset);
     // Positions and offsets are 32-bit: a window past that runs without a schedule.
     let window = (dataset.len() as u64).saturating_mul(2);
-    if window.max(blocks.reads().saturating_mul(2)) > u64::from(u32::MAX) {
+    if window.max(reads.saturating_mul(2)) > u64::from(u32::MAX) {
         warn!(
             window,
             "loader runs without a schedule: its window is too large to index"
         );
-        return None;
+        return false;
     }
-    let bytes = Schedule::bytes_for(&blocks, 2);
+    // The schedule, and the window's order for the prefetcher (4 bytes a position).
+    let bytes = Schedule::bytes_for(dataset.len() as u64, reads, 2)
+        .saturating_add(window.saturating_mul(4));
     if let Err(e) = reservation.grow(bytes) {
         warn!(bytes, error = %e, "loader runs without a schedule: it does not fit its budget");
-        return None;
+        return false;
     }
+    true
+}
+
+/// Block reads of one pass over `dataset`, counted from its index (no hashing).
+pub fn block_reads(cache: &Cache, dataset: &Dataset) -> u64 {
+    let bs = cache.config().block_size.0.max(1);
+    dataset
+        .samples
+        .iter()
+        .map(|s| {
+            let (_, _, range) = s.source.span();
+            match range.end.checked_sub(1) {
+                Some(last) if range.end > range.start => last / bs - range.start / bs + 1,
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
+/// Builds the loader's schedule from `dataset`'s index and registers it with `cache`'s
+/// oracle (CPU work: sorting every block read of two epochs; run it off the async threads).
+pub(crate) fn build(cache: &Cache, dataset: &Dataset, plan: Plan) -> Arc<Registered> {
+    let blocks = sample_blocks(cache, dataset);
     let len = dataset.len() as u64;
     let this = order(len, plan.seed, plan.epoch, plan.shuffle);
     let next = order(len, plan.seed, plan.epoch.saturating_add(1), plan.shuffle);
     let schedule = Arc::new(Schedule::new(&blocks, &this, &next, plan.consumed));
+    // Dataset indices fit 32 bits: the window (twice the length) was checked by `reserve`.
+    let order = this
+        .iter()
+        .chain(&next)
+        .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+        .collect();
     info!(
         blocks = schedule.index.ids.len(),
         bytes = schedule.heap_bytes(),
@@ -424,46 +496,46 @@ pub(crate) fn register(
     );
     let registration = cache.next_use().register(schedule.clone());
     let listing = crate::remote::listing(dataset, &blocks);
-    Some(Arc::new(Registered {
+    Arc::new(Registered {
         listing,
         reads: blocks.reads(),
         schedule,
         _registration: registration,
+        order,
+        frontier: AtomicU64::new(plan.consumed),
+        moved: Notify::new(),
         start: plan.consumed,
         step: plan.batch.saturating_mul(plan.world.max(1)),
         rank: plan.rank,
         world: plan.world.max(1),
-    }))
+    })
 }
 
-/// The blocks every sample of `dataset` reads. A sample whose file cannot be opened now reads
-/// none here (its worker will find out and skip it).
-pub(crate) async fn sample_blocks(cache: &Arc<Cache>, dataset: &Dataset) -> SampleBlocks {
-    let mut shards = HashMap::new();
-    for s in &dataset.samples {
-        if let Source::TarMember { shard, version, .. } = &s.source
-            && !shards.contains_key(shard)
-        {
-            let fh = cache.open_file_at(shard, version).await.ok();
-            shards.insert(shard.clone(), fh);
-        }
-    }
-    let shards = &shards;
-    let lists: Vec<Vec<BlockId>> = futures::stream::iter(&dataset.samples)
-        .map(|s| async move {
-            let (fh, range) = match &s.source {
-                Source::File { path, size } => (cache.open_file(path).await.ok(), 0..*size),
-                Source::TarMember {
-                    shard, offset, len, ..
-                } => (shards.get(shard).cloned().flatten(), *offset..offset + len),
-            };
-            fh.map(|fh| cache.blocks(&fh, range).iter().map(|b| b.id).collect())
-                .unwrap_or_default()
-        })
-        .buffered(OPEN_CONCURRENCY)
-        .collect()
-        .await;
-    SampleBlocks::new(lists)
+/// The blocks every sample of `dataset` reads, from its index alone: the file's listed
+/// version and size (a plain file), the shard's version and the member's range (a tar
+/// member), and the mount the path resolves to. No file is opened. A sample whose path no
+/// longer resolves to a mount reads none here (its worker will find out and skip it).
+pub fn sample_blocks(cache: &Cache, dataset: &Dataset) -> SampleBlocks {
+    let bs = cache.config().block_size.0;
+    SampleBlocks::new(dataset.samples.iter().map(|s| {
+        let (path, _, range) = s.source.span();
+        let version = match &s.source {
+            Source::File { version, .. } | Source::TarMember { version, .. } => version,
+        };
+        let Ok(Resolved::InMount(mount, rel)) = cache.mounts().resolve(path) else {
+            return Vec::new();
+        };
+        let meta = FileMeta {
+            rel,
+            size: range.end,
+            version: version.clone(),
+            mtime_ms: 0,
+        };
+        blocks_for(mount.ufs.uri(), &meta, bs, range)
+            .into_iter()
+            .map(|b| b.id)
+            .collect()
+    }))
 }
 
 #[cfg(test)]

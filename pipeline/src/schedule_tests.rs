@@ -164,7 +164,7 @@ fn memory_is_known_before_building() {
     let this = order(200, 1, 0, true);
     let next = order(200, 1, 1, true);
     let s = Schedule::new(&blocks, &this, &next, 0);
-    assert!(s.heap_bytes() <= Schedule::bytes_for(&blocks, 2));
+    assert!(s.heap_bytes() <= Schedule::bytes_for(blocks.len() as u64, blocks.reads(), 2));
     assert!(s.heap_bytes() > 0);
 }
 
@@ -195,6 +195,9 @@ fn a_block_being_read_is_judged_by_its_following_read() {
     let r = Registered {
         schedule: s.clone(),
         _registration: loaderd_cache::evict::NextUseOracle::new().register(s.clone()),
+        order: (0..16u32).map(|p| p % 8).collect(),
+        frontier: AtomicU64::new(2),
+        moved: Notify::new(),
         start: 2,
         step: 2 * 2,
         rank: 1,
@@ -208,6 +211,70 @@ fn a_block_being_read_is_judged_by_its_following_read() {
         (at(2), at(3), at(4), at(5)),
         (Some(2), Some(11), Some(4), Some(13))
     );
+    // Both ranks read in step: the step of positions 2..6 has begun.
+    assert_eq!(r.frontier(), 6);
+    assert_eq!((r.end(), r.step(), r.sample(9)), (16, 4, Some(1)));
     r.delivered(1);
     assert_eq!(s.position(), 6);
+    r.delivered(2);
+    assert_eq!(r.frontier(), 10, "never behind the position");
+}
+
+/// The block lists built from the index alone are the ones the readers' open files give,
+/// for plain files of one and several blocks and for tar members (sharing and spanning
+/// blocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn block_lists_from_the_index_are_the_readers_blocks() {
+    use crate::dataset::tests::shard;
+    use loaderd_cache::{ByteSize, CacheConfig, LogicalPath, MountSpec};
+    let (files, tars) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (class, sizes) in [("a", [10usize, 5000, 20000]), ("b", [4096, 1, 8193])] {
+        std::fs::create_dir(files.path().join(class)).unwrap();
+        for (i, n) in sizes.iter().enumerate() {
+            std::fs::write(files.path().join(format!("{class}/{i}.jpg")), vec![1u8; *n]).unwrap();
+        }
+    }
+    let big = vec![2u8; 9000];
+    let s = shard(&[
+        ("x.jpg", b"tiny"),
+        ("x.cls", b"1"),
+        ("y.jpg", &big),
+        ("y.cls", b"2"),
+    ]);
+    std::fs::write(tars.path().join("s0.tar"), s).unwrap();
+    let mount = |path: &str, dir: &std::path::Path| MountSpec {
+        path: path.into(),
+        uri: format!("file://{}", dir.display()),
+        options: Default::default(),
+    };
+    let cfg = CacheConfig {
+        block_size: ByteSize(4096),
+        ..CacheConfig::default()
+    };
+    let specs = vec![mount("/f", files.path()), mount("/t", tars.path())];
+    let cache = Cache::open(cfg, specs).unwrap();
+    for root in ["/f", "/t"] {
+        let ds = Dataset::index(&cache, &LogicalPath::parse(root).unwrap())
+            .await
+            .unwrap();
+        let from_index = sample_blocks(&cache, &ds);
+        assert_eq!(from_index.len(), ds.len());
+        assert_eq!(
+            block_reads(&cache, &ds),
+            from_index.reads(),
+            "counted before building"
+        );
+        for (i, sample) in ds.samples.iter().enumerate() {
+            let (path, version, range) = sample.source.span();
+            let fh = cache.open_file_at(path, version).await.unwrap();
+            let want: Vec<BlockId> = cache.blocks(&fh, range).iter().map(|b| b.id).collect();
+            assert!(!want.is_empty());
+            assert_eq!(
+                from_index.of(i as u64),
+                &want[..],
+                "{root} sample {}",
+                sample.key
+            );
+        }
+    }
 }

@@ -14,14 +14,14 @@ use loaderd_cache::{Cache, LogicalPath};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::announce::{self, Announcer};
 use crate::dataset::{Dataset, DatasetError};
 use crate::decode::DecodeLimits;
 use crate::limits::{self, Plan};
 use crate::registry::{BudgetError, LoaderInfo, Pipelines, Registration, Reservation};
 use crate::ring::{BatchRing, Delivery, RingError, SlotMemory};
 use crate::sampler::{Sampler, SamplerError, SamplerState};
-use crate::schedule::{self, Registered};
+use crate::schedule;
+use crate::scheduled::{self, Slot, Then};
 use crate::spec::{Batch, BatchError, LoaderSpec, Opened, RingMemory};
 use crate::worker::{Metas, Recipe, Shared, Workers};
 use loaderd_cache::sync::lock;
@@ -71,10 +71,9 @@ pub struct Session {
     /// Set once a batch failed (`on_error = fail`): every later request gets this error.
     failed: Option<String>,
     registration: Registration,
-    /// This loader's future reads, registered with the cache while it is open.
-    schedule: Option<Arc<Registered>>,
-    /// Its announcements to the block owners (in a cluster); withdrawn on drop.
-    _announcer: Option<Announcer>,
+    /// This loader's future reads, registered with the cache while it is open (once built),
+    /// and the prefetcher following them; both stop with the session.
+    schedule: Option<Arc<Slot>>,
 }
 
 /// The dataset indexed and this rank's order drawn, counted in the loader's reservation.
@@ -90,8 +89,7 @@ pub(crate) struct Admitted {
     pub indexed: Indexed,
     pub batches: u64,
     pub registration: Registration,
-    pub schedule: Option<Arc<Registered>>,
-    pub announcer: Option<Announcer>,
+    pub schedule: Option<Arc<Slot>>,
 }
 
 impl Admitted {
@@ -216,7 +214,6 @@ impl Session {
             batches,
             registration,
             schedule,
-            announcer,
         } = admitted;
         info!(
             dataset = %indexed.root,
@@ -240,7 +237,6 @@ impl Session {
             failed: None,
             registration,
             schedule,
-            _announcer: announcer,
         }
     }
 
@@ -282,7 +278,7 @@ impl Session {
         };
         stats.delivered(asked.elapsed());
         self.next += 1;
-        if let Some(s) = &self.schedule {
+        if let Some(s) = self.schedule.as_ref().and_then(|s| s.get()) {
             s.delivered(self.next);
         }
         let meta = lock(&self.metas).remove(&seq).unwrap_or_default();
@@ -314,21 +310,10 @@ pub(crate) fn admit(
     mut reservation: Reservation,
     info: LoaderInfo,
 ) -> Result<Admitted, SessionError> {
+    let pipelines = reservation.pipelines().clone();
     let indexed = index(cache, rt, req, &mut reservation)?;
     let batches = indexed.indices.len().div_ceil(plan.batch) as u64;
-    let splan = schedule::Plan {
-        seed: req.seed,
-        epoch: req.epoch,
-        shuffle: req.shuffle,
-        consumed: req.consumed,
-        batch: plan.batch as u64,
-        rank: u64::from(req.rank),
-        world: u64::from(indexed.world),
-    };
-    let schedule = schedule::register(cache, rt, &indexed.dataset, splan, &mut reservation);
-    let announcer = schedule
-        .as_ref()
-        .and_then(|s| announce::start(cache, rt, req, &splan, s));
+    let schedule = scheduled::reserve(cache, &indexed.dataset, &mut reservation);
     let registration = reservation.register(LoaderInfo {
         name: if req.name.is_empty() {
             format!("rank {}/{}", req.rank, indexed.world)
@@ -343,12 +328,30 @@ pub(crate) fn admit(
         depth: plan.depth as u32,
         ..info
     });
+    if let Some(slot) = &schedule {
+        let prefetching = pipelines.prefetching();
+        let then = Then {
+            prefetch: prefetching.config.enabled.then(|| prefetching.clone()),
+            stats: registration.stats().prefetch().clone(),
+            announce: req.clone(),
+        };
+        let sp = schedule::Plan {
+            seed: req.seed,
+            epoch: req.epoch,
+            shuffle: req.shuffle,
+            consumed: req.consumed,
+            batch: plan.batch as u64,
+            rank: u64::from(req.rank),
+            world: u64::from(indexed.world),
+        };
+        // Built after this returns, while the loader answers its client and runs.
+        scheduled::start(slot, cache, rt, &indexed.dataset, sp, then);
+    }
     Ok(Admitted {
         indexed,
         batches,
         registration,
         schedule,
-        announcer,
     })
 }
 

@@ -137,6 +137,15 @@ pub struct LoaderStatus {
     pub cpu_fallback_samples: u64,
     /// Seconds of GPU stream time spent on this loader's batches.
     pub gpu_secs: f64,
+    /// Its block reads served from this node's tiers, and not (fetched, joined, a peer's),
+    /// and the first over both (0 before any read).
+    pub block_reads_cached: u64,
+    pub block_reads_uncached: u64,
+    pub hit_ratio: f64,
+    /// Blocks (and bytes) its prefetcher brought in, and bytes planned ahead of its position.
+    pub prefetched_blocks: u64,
+    pub prefetched_bytes: u64,
+    pub prefetch_ahead_bytes: u64,
     /// Why a loader that asked for a CUDA device is served from the CPU (empty otherwise).
     pub gpu_reason: String,
     /// Device memory the loader holds (ring and decode buffers).

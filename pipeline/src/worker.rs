@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use loaderd_cache::Cache;
 use loaderd_cache::arena::Arena;
+use loaderd_cache::prefetch::tallied;
 use tokio::runtime::Handle;
 use tracing::{error, warn};
 
@@ -23,7 +24,7 @@ use crate::decode::{DecodeLimits, Decoder};
 use crate::registry::{LoaderStats, Stage};
 use crate::ring::{BatchRing, SlotMemory, SlotWriter};
 use crate::sampler::sample_rng;
-use crate::schedule::Registered;
+use crate::scheduled::Slot;
 use loaderd_cache::sync::lock;
 
 /// What a decoded batch carries besides its pixels, from its worker to its delivery.
@@ -92,8 +93,8 @@ pub(crate) struct Shared<M: SlotMemory = Arena> {
     /// The next batch number a worker takes.
     pub next_batch: AtomicU64,
     pub stats: Arc<LoaderStats>,
-    /// The loader's schedule, told which samples are being read.
-    pub schedule: Option<Arc<Registered>>,
+    /// The loader's schedule (once built), told which samples are being read.
+    pub schedule: Option<Arc<Slot>>,
 }
 
 impl<M: SlotMemory> Shared<M> {
@@ -105,7 +106,7 @@ impl<M: SlotMemory> Shared<M> {
         indices: &Arc<Vec<u64>>,
         ring: Arc<BatchRing<M>>,
         stats: &Arc<LoaderStats>,
-        schedule: Option<Arc<Registered>>,
+        schedule: Option<Arc<Slot>>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             cache: cache.clone(),
@@ -121,15 +122,24 @@ impl<M: SlotMemory> Shared<M> {
         })
     }
 
+    /// Samples `range` of this rank's order are about to be read: the schedule judges their
+    /// blocks by their following reads, and the prefetcher moves past them.
+    pub fn reading(&self, range: std::ops::Range<usize>) {
+        if let Some(s) = self.schedule.as_ref().and_then(|s| s.get()) {
+            s.reading(range);
+        }
+    }
+
     /// A worker's loop: until the loader stops or the epoch's `batches` are all taken, takes
     /// a free slot *then* the next batch number (so the oldest pending batch always has a
-    /// slot), has `fill` write the batch of `batch` samples (their dataset indices) into it,
-    /// and publishes it with the metadata `fill` returns.
+    /// slot), has `fill` write the batch of `batch` samples (their dataset indices, from
+    /// position `start` of this rank's order, which `fill` marks [`Shared::reading`]) into
+    /// it, and publishes it with the metadata `fill` returns.
     pub fn serve(
         &self,
         batches: u64,
         batch: usize,
-        mut fill: impl FnMut(&mut SlotWriter<'_, M>, &[u64]) -> BatchMeta,
+        mut fill: impl FnMut(&mut SlotWriter<'_, M>, usize, &[u64]) -> BatchMeta,
     ) {
         while !self.stop.load(Ordering::SeqCst) {
             let Some(mut slot) = self.ring.acquire(Duration::from_millis(100)) else {
@@ -141,10 +151,7 @@ impl<M: SlotMemory> Shared<M> {
             }
             let start = seq as usize * batch;
             let end = (start + batch).min(self.indices.len());
-            if let Some(s) = &self.schedule {
-                s.reading(start..end);
-            }
-            let meta = fill(&mut slot, &self.indices[start..end]);
+            let meta = fill(&mut slot, start, &self.indices[start..end]);
             self.stats
                 .batch_ready(meta.labels.len(), meta.skipped.len());
             lock(&self.metas).insert(seq, meta);
@@ -246,10 +253,13 @@ impl Worker {
         // With `predecoded`, the first good sample's output, copied into every later one.
         let mut template: Option<Vec<u8>> = None;
         let sample_bytes = r.spec.sample_bytes();
-        s.serve(r.batches, r.batch, |slot, indices| {
+        s.serve(r.batches, r.batch, |slot, start, indices| {
             let mut meta = BatchMeta::default();
             let bytes = slot.bytes();
-            for &index in indices {
+            for (k, &index) in indices.iter().enumerate() {
+                // Marked one sample at a time, just before its read: a block of a sample not
+                // yet read keeps its near next use, so no admission evicts it meanwhile.
+                s.reading(start + k..start + k + 1);
                 let sample = &s.dataset.samples[index as usize];
                 let at = meta.labels.len() * sample_bytes;
                 let out = &mut bytes[at..at + sample_bytes];
@@ -281,7 +291,8 @@ impl Worker {
     ) -> Result<(), SampleError> {
         let (s, r) = (&*self.shared, &self.recipe);
         let started = Instant::now();
-        let data = s.rt.block_on(fetch(&s.cache, source));
+        let reads = s.stats.reads().clone();
+        let data = s.rt.block_on(tallied(reads, fetch(&s.cache, source)));
         s.stats.record(Stage::Fetch, started.elapsed());
         let data = data.map_err(SampleError::Fetch)?;
         let mut rng = sample_rng(r.seed, r.epoch, index);

@@ -1,5 +1,6 @@
-//! Shuffled epochs over small datasets: one-block images, a loader's epoch through
-//! `loaderctl bench pipeline`, and the offline optimum (Belady's MIN) of a block trace.
+//! Shuffled epochs over a dataset larger than the memory tier: the dataset (one-block
+//! images), the daemon's config for it, one epoch of a loader, the UFS GETs an offline MIN
+//! predicts for the same trace, and the check of a run against it and against LRU.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,9 +11,19 @@ use crate::daemon::Daemon;
 use crate::data::list_files;
 use crate::process::{bin, clean_env};
 
-/// `classes x per_class` small JPEGs (40x40) in ImageFolder layout, each at most `block`
-/// bytes (one block); their relative paths in ImageFolder's sample order (classes sorted,
-/// then paths sorted: the sorted relative paths).
+/// The setup both epoch tests share. Block size, and what every block is charged in the
+/// memory tier (slots are rounded up to 4 KiB, and every image is one block): the tier holds
+/// exactly `MEMORY_BLOCKS` blocks, half of the `CLASSES x PER_CLASS` images; three epochs of
+/// batches of `BATCH`.
+pub const BLOCK: u64 = 4096;
+pub const MEMORY_BLOCKS: usize = 256;
+pub const CLASSES: usize = 4;
+pub const PER_CLASS: usize = 128;
+pub const EPOCHS: u64 = 3;
+pub const BATCH: usize = 4;
+
+/// `classes x per_class` small JPEGs (40x40, each at most `block` bytes, so one block each),
+/// by their relative paths in ImageFolder's sample order (sorted).
 pub fn one_block_images(dir: &Path, classes: usize, per_class: usize, block: u64) -> Vec<String> {
     let out = clean_env(&mut Command::new(bin("loaderctl")))
         .args(["dataset", "gen", "--out"])
@@ -29,20 +40,39 @@ pub fn one_block_images(dir: &Path, classes: usize, per_class: usize, block: u64
         let size = std::fs::metadata(path).expect("stat image").len();
         assert!(size <= block, "{rel} is {size} bytes: more than one block");
     }
+    // ImageFolder's sample order: classes sorted, then paths sorted, which is the sorted
+    // relative paths here.
     files.into_iter().map(|(rel, _)| rel).collect()
 }
 
-/// One epoch of one loader of `batch` on `d` over `dataset` (one decode worker, so blocks
-/// are read in the order delivered); the keys it delivered, in order.
-pub fn bench_epoch(d: &Daemon, dataset: &str, seed: u64, epoch: u64, batch: usize) -> Vec<String> {
-    let out = d.dir().join(format!("keys-{epoch}"));
-    d.ctl_ok(&[
+/// The `[cache]` of a daemon with `block`-byte blocks, a memory tier of exactly `blocks`
+/// blocks (every image is charged one 4 KiB slot), no SSD tier, evicting by `eviction`.
+pub fn cache_toml(block: u64, blocks: usize, eviction: &str) -> String {
+    format!(
+        "[cache]\nblock_size = \"{block}\"\neviction = \"{eviction}\"\n\
+         memory = {{ capacity = \"{}\", watermarks = {{ high = 1.0, low = 0.8 }} }}\n",
+        blocks as u64 * block
+    )
+}
+
+/// One epoch of one loader over `dataset` (`bench pipeline --json`, one worker, batch
+/// `batch`): its report, with the keys it delivered written to `keys_out` when given.
+pub fn epoch(
+    d: &Daemon,
+    dataset: &str,
+    seed: u64,
+    epoch: u64,
+    batch: usize,
+    keys_out: Option<&Path>,
+) -> serde_json::Value {
+    let (seed, epoch, batch) = (seed.to_string(), epoch.to_string(), batch.to_string());
+    let mut args = vec![
         "bench",
         "pipeline",
         "--dataset",
         dataset,
         "--batch-size",
-        &batch.to_string(),
+        &batch,
         "--size",
         "16",
         "--workers",
@@ -50,13 +80,22 @@ pub fn bench_epoch(d: &Daemon, dataset: &str, seed: u64, epoch: u64, batch: usiz
         "--depth",
         "2",
         "--seed",
-        &seed.to_string(),
+        &seed,
         "--epoch",
-        &epoch.to_string(),
-        "--keys-out",
-        out.to_str().expect("utf-8 path"),
+        &epoch,
         "--json",
-    ]);
+    ];
+    let out = keys_out.map(|p| p.to_str().expect("utf-8 path").to_string());
+    if let Some(out) = &out {
+        args.extend(["--keys-out", out]);
+    }
+    serde_json::from_str(&d.ctl_ok(&args)).expect("bench pipeline --json")
+}
+
+/// [`epoch`], returning the keys it delivered, in order.
+pub fn bench_epoch(d: &Daemon, dataset: &str, seed: u64, n: u64, batch: usize) -> Vec<String> {
+    let out = d.dir().join(format!("keys-{n}"));
+    epoch(d, dataset, seed, n, batch, Some(&out));
     let delivered = std::fs::read_to_string(&out).expect("keys file");
     delivered.lines().map(str::to_string).collect()
 }

@@ -14,7 +14,8 @@
 //! bounded waits), [`data`] (random bytes, datasets, digests), [`net`] (ports, a server
 //! that never answers, HTTP), [`metrics`] (Prometheus text), [`s3`] (the moto server),
 //! [`daemon`] (`loaderd` and `loaderctl`), [`fuse`] (the FUSE view), [`pipeline`]
-//! (`bench pipeline` runs), [`epochs`] (shuffled epochs and their offline optimum) and [`cluster`] (etcd and multi-node fixtures).
+//! (`bench pipeline` runs), [`epochs`] (shuffled epochs over a dataset larger than the
+//! memory tier, and what MIN predicts of them) and [`cluster`] (etcd and multi-node fixtures).
 
 pub mod cluster;
 pub mod daemon;

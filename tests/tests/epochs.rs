@@ -104,8 +104,14 @@ fn bench_epochs_scores_policies_against_the_optimum() {
         for e in &epochs {
             assert_eq!(e["samples"].as_u64(), Some(files), "{policy}: {e}");
         }
-        // Cold: every byte of the dataset came from the UFS, once.
-        assert_eq!(epochs[0]["ufs_bytes"].as_u64(), Some(bytes), "{policy}");
+        // Cold: every byte of the dataset came from the UFS, and little twice (a prefetch
+        // that lands after its block's read began is not admitted, and that read fetches it
+        // again: the issue allows 2 % over the optimum).
+        let cold = epochs[0]["ufs_bytes"].as_u64().expect("UFS bytes");
+        assert!(
+            cold >= bytes && cold * 100 <= bytes * 102,
+            "{policy}: {cold} UFS bytes for {bytes}"
+        );
     }
     let later = |p: &str| run_of(&report, p)["later"].clone();
     let (clair, lru) = (later("clairvoyant"), later("lru"));

@@ -17,7 +17,9 @@ use loaderctl::client::shm::BatchClient;
 use loaderd_pipeline::sampler::order;
 use loaderd_proto::v1 as pb;
 use loaderd_tests::cluster::{TOKEN, owners};
-use loaderd_tests::epochs::{assert_min_and_below_lru, bench_epoch, min_misses, one_block_images};
+use loaderd_tests::epochs::{
+    assert_min_and_below_lru, bench_epoch, cache_toml, min_misses, one_block_images,
+};
 use loaderd_tests::{
     Daemon, args, config_file_args, file_mount_args, free_port, tail, tier, wait_until,
     write_random_file,
@@ -54,12 +56,12 @@ fn node(
     eviction: &str,
     mounts: &[(&str, &Path)],
 ) -> Daemon {
-    let toml = format!(
-        "[cache]\nblock_size = \"{BLOCK}\"\neviction = \"{eviction}\"\n\
-         memory = {{ capacity = \"{}\", watermarks = {{ high = 1.0, low = 0.8 }} }}\n\
-         [cluster]\npeer_timeout = \"2s\"\nsuspect_time = \"1s\"\n{SCHEDULES}",
-        memory_blocks as u64 * BLOCK
-    );
+    // Eviction alone, as in tests/tests/schedule.rs: a prefetch landing after its block's read
+    // began is read again, which the exact counts below would see (prefetch across nodes is
+    // tests/tests/prefetch.rs's).
+    let toml = cache_toml(BLOCK, memory_blocks, eviction)
+        + "[prefetch]\nenabled = false\n"
+        + &format!("[cluster]\npeer_timeout = \"2s\"\nsuspect_time = \"1s\"\n{SCHEDULES}");
     let dir = conf.join(id);
     std::fs::create_dir_all(&dir).expect("config dir");
     let token = dir.join("token");

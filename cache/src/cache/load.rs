@@ -133,7 +133,7 @@ impl Cache {
     }
 
     /// Waits until no fetch of `b` is in flight (its tier writes are done).
-    async fn settled(&self, b: &BlockRef) {
+    pub(super) async fn settled(&self, b: &BlockRef) {
         self.fetches.settled(&b.id).await;
     }
 }

@@ -1,6 +1,8 @@
 //! Blocks in a cluster: those this node reads from the peers that own them, and those a peer
 //! asks this node for as their owner.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use tracing::debug;
 
@@ -9,6 +11,7 @@ use crate::block::BlockRef;
 use crate::cluster::Cluster;
 use crate::cluster::peer::block_request;
 use crate::error::Result;
+use crate::prefetch::Served;
 use crate::stats;
 
 /// What a read of a block this node does not own keeps.
@@ -35,12 +38,20 @@ impl Cache {
     ) -> Result<(Bytes, u32, bool)> {
         if let Some((data, crc)) = self.tiers.memory().get_with_crc(b.id) {
             stats::hit("memory", data.len() as u64);
+            self.served(b, Served::Tier);
             return Ok((data, crc, true));
         }
         let (data, was_cached) = match self.tiers.get_lower(b).await {
-            Some(data) => (data, true),
+            Some(data) => {
+                self.served(b, Served::Tier);
+                (data, true)
+            }
             None => {
                 let res = self.fetch_owned(fh, b, ReadType::Cache).await;
+                let res = res.map(|(data, served)| {
+                    self.served(b, served);
+                    data
+                });
                 (self.refreshed(fh, res).await?, false)
             }
         };
@@ -63,13 +74,18 @@ impl Cache {
         for m in c.candidates(b.id) {
             if c.is_me(&m) {
                 // The owners before this node are down: it is the owner now.
-                return self.fetch_owned(fh, b, read_type).await.map(Some);
+                return Ok(Some(self.fetch_owned(fh, b, read_type).await?.0));
             }
             if c.peers().is_suspect(&m.addr) {
                 continue;
             }
             let req = block_request(fh, b, bs, keep == Keep::Discard);
-            match c.peers().get_block(&m, req).await {
+            let started = Instant::now();
+            let answer = c.peers().get_block(&m, req).await;
+            if answer.is_ok() {
+                self.latency.record(started.elapsed());
+            }
+            match answer {
                 Ok(block) if keep == Keep::Discard => {
                     let _ = block;
                     return Ok(None);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::ByteSize;
+use crate::tier::Tier;
 
 const BLOCK: u64 = 128 << 10;
 
@@ -111,4 +112,93 @@ fn a_fetch_started_as_its_runtime_shuts_down_is_unavailable() {
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the read answered");
     assert_eq!(res, Err(crate::ErrorKind::Unavailable));
+}
+
+/// A reader arriving while a prefetch of its block is in flight joins it: one fetch.
+#[test]
+fn a_reader_joins_a_prefetch_in_flight_and_the_block_is_fetched_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, rt, fh) = opened(dir.path());
+    let b = cache.blocks(&fh, 0..1)[0].clone();
+    // The whole budget held: the prefetch's fetch waits for it, in flight.
+    let all = cache.cfg.ufs.max_inflight_bytes.0;
+    let permit = rt.block_on(cache.budget.acquire(&fh.mount, all));
+    let prefetch = {
+        let (cache, fh, b) = (cache.clone(), fh.clone(), b.clone());
+        rt.spawn(async move { cache.prefetch_block(&fh, &b).await })
+    };
+    rt.block_on(async {
+        while !cache.fetches.contains(&b.id) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let read = {
+        let (cache, fh, b) = (cache.clone(), fh.clone(), b.clone());
+        rt.spawn(async move { cache.fetch_block(&fh, &b, ReadType::Cache).await })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    drop(permit);
+    let (data, served) = rt.block_on(read).unwrap().unwrap();
+    assert_eq!(served, Served::Joined, "the reader joined the prefetch");
+    assert_eq!(data.len() as u64, BLOCK);
+    assert_eq!(rt.block_on(prefetch).unwrap().unwrap(), Prefetched::Fetched);
+    assert!(cache.memory().contains(b.id));
+    assert_eq!(
+        rt.block_on(cache.prefetch_block(&fh, &b)).unwrap(),
+        Prefetched::Resident
+    );
+}
+
+/// A block on the SSD tier only is promoted into memory; a prefetched block's first read
+/// is a prefetch hit and is counted in the reader's tally as served from a tier.
+#[test]
+fn a_block_on_ssd_is_promoted_and_its_read_is_a_prefetch_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssd = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.bin"), vec![7u8; 3 * BLOCK as usize]).unwrap();
+    let cfg = CacheConfig {
+        block_size: ByteSize(BLOCK),
+        ssd: Some(crate::config::SsdTierConfig {
+            dir: ssd.path().to_path_buf(),
+            capacity: ByteSize(16 << 20),
+            watermarks: Default::default(),
+        }),
+        ..CacheConfig::default()
+    };
+    let spec = MountSpec {
+        path: "/ds".into(),
+        uri: format!("file://{}", dir.path().display()),
+        options: Default::default(),
+    };
+    let cache = Cache::open(cfg, vec![spec]).unwrap();
+    let rt = runtime();
+    let fh = rt
+        .block_on(cache.open_file(&LogicalPath::parse("/ds/f.bin").unwrap()))
+        .unwrap();
+    let b = cache.blocks(&fh, 0..1)[0].clone();
+    rt.block_on(
+        cache
+            .tiers
+            .put_lower(b.id, &Bytes::from(vec![7u8; BLOCK as usize])),
+    );
+    assert!(!cache.memory().contains(b.id));
+    let ledger = cache.prefetch_ledger();
+    let owner = ledger.owner();
+    assert!(ledger.plan(owner, b.id) && ledger.start(owner, b.id));
+    let done = rt.block_on(cache.prefetch_block(&fh, &b)).unwrap();
+    assert_eq!(done, Prefetched::Promoted);
+    assert!(cache.memory().contains(b.id), "promoted into memory");
+    ledger.landed(owner, b.id);
+    let hits = stats::snapshot().prefetch_hits;
+    let tally = Arc::new(crate::prefetch::ReadTally::default());
+    let data = rt
+        .block_on(crate::prefetch::tallied(
+            tally.clone(),
+            cache.get_block(&fh, &b, ReadType::Cache),
+        ))
+        .unwrap();
+    assert_eq!(&data[..], &[7u8; BLOCK as usize][..]);
+    assert_eq!(tally.get(), (1, 0), "served from a tier");
+    assert!(stats::snapshot().prefetch_hits > hits, "a prefetch hit");
+    assert!(ledger.is_empty(), "the mark went with the read");
 }

@@ -258,6 +258,14 @@ pub fn tier_status(t: &crate::tier::TierStatus) -> pb::TierStatus {
         fs_free_bytes: t.fs.map_or(0, |f| f.free),
         fs_total_bytes: t.fs.map_or(0, |f| f.total),
         configured_capacity_bytes: t.fs.map_or(t.capacity, |f| f.configured_capacity),
+        evictions_by_reason: t
+            .evictions_by_reason
+            .iter()
+            .map(|(r, n)| pb::EvictionCount {
+                reason: r.name().into(),
+                blocks: *n,
+            })
+            .collect(),
     }
 }
 

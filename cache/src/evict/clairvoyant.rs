@@ -24,9 +24,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::EvictionPolicy;
 use super::oracle::{Generation, NextUseOracle, Tick};
 use super::stable::Turnover;
+use super::{EvictReason, EvictionPolicy, Victim};
 use crate::block::BlockId;
 
 /// Victims re-asked per decision before the current first is taken as it is.
@@ -123,6 +123,23 @@ impl Clairvoyant {
     }
 }
 
+impl Clairvoyant {
+    /// Whether `candidate` may replace the victim; an unneeded block over an unneeded victim
+    /// only within the turnover allowance, used up when `spend`.
+    fn decide(&mut self, candidate: BlockId, spend: bool) -> bool {
+        self.refresh();
+        let Some(&(victim, _)) = self.order.first() else {
+            return true;
+        };
+        match (self.oracle.next_use(candidate), victim) {
+            (Some(_), Key::Unneeded(_)) => true,
+            (Some(mine), Key::Needed(Reverse(theirs))) => mine < theirs,
+            (None, Key::Needed(_)) => false,
+            (None, Key::Unneeded(_)) => spend && self.turnover.allow(),
+        }
+    }
+}
+
 impl EvictionPolicy for Clairvoyant {
     fn admitted(&mut self, id: BlockId) {
         self.removed(id);
@@ -150,24 +167,23 @@ impl EvictionPolicy for Clairvoyant {
         }
     }
 
-    fn pop_victim(&mut self) -> Option<BlockId> {
+    fn pop_victim(&mut self) -> Option<Victim> {
         self.refresh();
-        let (_, id) = self.order.pop_first()?;
+        let (key, id) = self.order.pop_first()?;
         self.entries.remove(&id);
-        Some(id)
+        let reason = match key {
+            Key::Unneeded(_) => EvictReason::Unneeded,
+            Key::Needed(_) => EvictReason::Farthest,
+        };
+        Some(Victim { id, reason })
     }
 
     fn admits(&mut self, candidate: BlockId) -> bool {
-        self.refresh();
-        let Some(&(victim, _)) = self.order.first() else {
-            return true;
-        };
-        match (self.oracle.next_use(candidate), victim) {
-            (Some(_), Key::Unneeded(_)) => true,
-            (Some(mine), Key::Needed(Reverse(theirs))) => mine < theirs,
-            (None, Key::Needed(_)) => false,
-            (None, Key::Unneeded(_)) => self.turnover.allow(),
-        }
+        self.decide(candidate, true)
+    }
+
+    fn would_admit(&mut self, candidate: BlockId) -> bool {
+        self.decide(candidate, false)
     }
 
     fn frees_to_low_watermark(&self) -> bool {

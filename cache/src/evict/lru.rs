@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::EvictionPolicy;
+use super::{EvictReason, EvictionPolicy, Victim};
 use crate::block::BlockId;
 
 /// Least recently used, O(log n) per operation.
@@ -41,9 +41,12 @@ impl EvictionPolicy for Lru {
         }
     }
 
-    fn pop_victim(&mut self) -> Option<BlockId> {
+    fn pop_victim(&mut self) -> Option<Victim> {
         let (_, id) = self.by_tick.pop_first()?;
         self.ticks.remove(&id);
-        Some(id)
+        Some(Victim {
+            id,
+            reason: EvictReason::Lru,
+        })
     }
 }

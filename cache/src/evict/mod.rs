@@ -36,11 +36,16 @@ pub trait EvictionPolicy: Send + Sync + std::fmt::Debug {
     fn touched(&mut self, id: BlockId);
     /// A block left the tier (evicted, freed or found corrupt).
     fn removed(&mut self, id: BlockId);
-    /// The next block to evict, removed from the policy's bookkeeping.
-    fn pop_victim(&mut self) -> Option<BlockId>;
+    /// The next block to evict, removed from the policy's bookkeeping, and why it goes.
+    fn pop_victim(&mut self) -> Option<Victim>;
     /// Whether `candidate` may replace resident blocks; asked only when admitting it needs
     /// an eviction. `false`: the tier does not keep it, and the reader still gets its bytes.
     fn admits(&mut self, _candidate: BlockId) -> bool {
+        true
+    }
+    /// What [`EvictionPolicy::admits`] would answer now, without using up an allowance (a
+    /// prefetcher asks before it fetches a block nobody reads yet).
+    fn would_admit(&mut self, _candidate: BlockId) -> bool {
         true
     }
     /// Whether an eviction frees down to the low watermark (space reserved for the next
@@ -59,6 +64,47 @@ pub fn policy(kind: Eviction, oracle: &Arc<NextUseOracle>) -> Box<dyn EvictionPo
     }
 }
 
+/// Why a resident was chosen to leave, as the policy decided (`reason` label of
+/// `loaderd_cache_evictions_total`, and the tiers' status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EvictReason {
+    /// `lru`: the least recently read.
+    Lru,
+    /// `stable`: the stable turnover let a block in over the least recently read resident.
+    Stable,
+    /// `clairvoyant`: no schedule reads it within its window.
+    Unneeded,
+    /// `clairvoyant`: every resident is needed, and this one is needed last (Belady's MIN).
+    Farthest,
+}
+
+impl EvictReason {
+    /// Every reason, in the order status reports them.
+    pub const ALL: [EvictReason; 4] = [
+        EvictReason::Lru,
+        EvictReason::Stable,
+        EvictReason::Unneeded,
+        EvictReason::Farthest,
+    ];
+
+    /// Its name in metrics and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvictReason::Lru => "lru",
+            EvictReason::Stable => "stable",
+            EvictReason::Unneeded => "unneeded",
+            EvictReason::Farthest => "farthest",
+        }
+    }
+}
+
+/// A block chosen to leave, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Victim {
+    pub id: BlockId,
+    pub reason: EvictReason,
+}
+
 /// Why a block was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -73,25 +119,36 @@ pub enum Refused {
 /// Capacity, usage and the eviction policy of one tier.
 #[derive(Debug)]
 pub struct Occupancy {
+    /// The tier's name, for the eviction metric.
+    tier: &'static str,
     capacity: u64,
     watermarks: Watermarks,
     used: u64,
     sizes: HashMap<BlockId, u64>,
     policy: Box<dyn EvictionPolicy>,
     evictions: u64,
+    /// Evictions by [`EvictReason`], indexed by its position in [`EvictReason::ALL`].
+    by_reason: [u64; EvictReason::ALL.len()],
     refusals: u64,
 }
 
 impl Occupancy {
-    /// An empty tier of `capacity` bytes.
-    pub fn new(capacity: u64, watermarks: Watermarks, policy: Box<dyn EvictionPolicy>) -> Self {
+    /// An empty tier named `tier` of `capacity` bytes.
+    pub fn new(
+        tier: &'static str,
+        capacity: u64,
+        watermarks: Watermarks,
+        policy: Box<dyn EvictionPolicy>,
+    ) -> Self {
         Occupancy {
+            tier,
             capacity,
             watermarks,
             used: 0,
             sizes: HashMap::new(),
             policy,
             evictions: 0,
+            by_reason: [0; EvictReason::ALL.len()],
             refusals: 0,
         }
     }
@@ -142,14 +199,27 @@ impl Occupancy {
         Ok(victims)
     }
 
-    /// Evicts the policy's next victim, if any.
+    /// Whether [`Occupancy::admit`] of `size` bytes under `id` would keep it now (room, or the
+    /// policy's [`EvictionPolicy::would_admit`]); changes nothing.
+    pub fn would_admit(&mut self, id: BlockId, size: u64) -> bool {
+        if self.capacity == 0 || size > self.high() {
+            return false;
+        }
+        self.sizes.contains_key(&id)
+            || self.used + size <= self.high()
+            || self.policy.would_admit(id)
+    }
+
+    /// Evicts the policy's next victim, if any, counting it by reason.
     pub fn evict_one(&mut self) -> Option<BlockId> {
         loop {
-            let v = self.policy.pop_victim()?;
-            if let Some(sz) = self.sizes.remove(&v) {
+            let Victim { id, reason } = self.policy.pop_victim()?;
+            if let Some(sz) = self.sizes.remove(&id) {
                 self.used -= sz;
                 self.evictions += 1;
-                return Some(v);
+                self.by_reason[reason as usize] += 1;
+                crate::stats::eviction(self.tier, reason.name());
+                return Some(id);
             }
         }
     }
@@ -211,6 +281,14 @@ impl Occupancy {
         self.evictions
     }
 
+    /// Blocks evicted since start, by reason (every reason, zeros included).
+    pub fn evictions_by_reason(&self) -> Vec<(EvictReason, u64)> {
+        EvictReason::ALL
+            .iter()
+            .map(|r| (*r, self.by_reason[*r as usize]))
+            .collect()
+    }
+
     /// Blocks the policy did not admit since start.
     pub fn refusals(&self) -> u64 {
         self.refusals
@@ -231,6 +309,7 @@ mod tests {
 
     fn occ(cap: u64) -> Occupancy {
         Occupancy::new(
+            "test",
             cap,
             Watermarks {
                 high: 0.9,
@@ -257,6 +336,13 @@ mod tests {
         }
         assert!(o.contains(BlockId(0)), "touched block survives");
         assert_eq!(o.evictions(), 5);
+        let lru = o.evictions_by_reason();
+        assert_eq!(
+            lru[0],
+            (EvictReason::Lru, 5),
+            "LRU evicts for lru only: {lru:?}"
+        );
+        assert!(lru[1..].iter().all(|(_, n)| *n == 0));
     }
 
     #[test]
@@ -265,7 +351,7 @@ mod tests {
             high: 1.0,
             low: 0.5,
         };
-        let mut o = Occupancy::new(100, w, Box::new(Stable::default()));
+        let mut o = Occupancy::new("test", 100, w, Box::new(Stable::default()));
         for i in 0..10 {
             o.admit(BlockId(i), 10).unwrap();
         }

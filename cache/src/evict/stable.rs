@@ -16,7 +16,7 @@
 //! what the admitted block needs, never down to the low watermark, which would turn each
 //! allowance into a refill of the reserved space.
 
-use super::{EvictionPolicy, Lru};
+use super::{EvictReason, EvictionPolicy, Lru, Victim};
 use crate::block::BlockId;
 
 /// One in this many admissions that would evict is let in.
@@ -61,12 +61,20 @@ impl EvictionPolicy for Stable {
         self.order.removed(id);
     }
 
-    fn pop_victim(&mut self) -> Option<BlockId> {
-        self.order.pop_victim()
+    fn pop_victim(&mut self) -> Option<Victim> {
+        let v = self.order.pop_victim()?;
+        Some(Victim {
+            reason: EvictReason::Stable,
+            ..v
+        })
     }
 
     fn admits(&mut self, _candidate: BlockId) -> bool {
         self.turnover.allow()
+    }
+
+    fn would_admit(&mut self, _candidate: BlockId) -> bool {
+        false
     }
 
     fn frees_to_low_watermark(&self) -> bool {

@@ -69,7 +69,7 @@ fn occupancy(blocks: u64, policy: Box<dyn EvictionPolicy>) -> Occupancy {
         high: 1.0,
         low: 1.0,
     };
-    Occupancy::new(blocks, exact, policy)
+    Occupancy::new("trace", blocks, exact, policy)
 }
 
 /// Plays `trace` through a tier of `cap` blocks; the hit count. `sources` are advanced to
@@ -278,7 +278,7 @@ fn a_block_read_elsewhere_is_re_asked_once_the_schedule_passes_it() {
         p.admitted(BlockId(b));
     }
     assert_eq!(
-        p.pop_victim(),
+        p.pop_victim().map(|v| v.id),
         Some(BlockId(3)),
         "at tick 0: 3 (due at 2) is farthest"
     );
@@ -287,9 +287,13 @@ fn a_block_read_elsewhere_is_re_asked_once_the_schedule_passes_it() {
     // of the three has become the farthest, and only the schedule's progress says so.
     source.advance(1);
     assert_eq!(oracle.next_use(BlockId(1)), Some(10));
-    assert_eq!(p.pop_victim(), Some(BlockId(1)), "the stale 1 is re-asked");
-    assert_eq!(p.pop_victim(), Some(BlockId(3)));
-    assert_eq!(p.pop_victim(), Some(BlockId(2)));
+    assert_eq!(
+        p.pop_victim().map(|v| v.id),
+        Some(BlockId(1)),
+        "the stale 1 is re-asked"
+    );
+    assert_eq!(p.pop_victim().map(|v| v.id), Some(BlockId(3)));
+    assert_eq!(p.pop_victim().map(|v| v.id), Some(BlockId(2)));
 }
 
 /// A change of plan (the source bumps its generation) re-asks every block, even where
@@ -315,12 +319,15 @@ fn a_changed_plan_reorders_every_block() {
     drop(_reg);
     let _reg = oracle.register(swapped.clone());
     assert_eq!(
-        p.pop_victim(),
+        p.pop_victim().map(|v| v.id),
         Some(BlockId(n as u128 - 1)),
         "plan in force: last read last"
     );
     swapped.now.store(1, Ordering::Relaxed);
-    let victims: Vec<u128> = (0..3).filter_map(|_| p.pop_victim()).map(|b| b.0).collect();
+    let victims: Vec<u128> = (0..3)
+        .filter_map(|_| p.pop_victim().map(|v| v.id))
+        .map(|b| b.0)
+        .collect();
     assert_eq!(
         victims,
         [0, 1, 2],
@@ -368,14 +375,14 @@ fn a_block_entering_the_window_is_no_longer_evicted_first() {
     }
     assert_eq!(oracle.next_use(BlockId(5)), None);
     assert_eq!(
-        p.pop_victim(),
+        p.pop_victim().map(|v| v.id),
         Some(BlockId(9)),
         "never read: the oldest unneeded"
     );
     // Tick 5: 6 has been read (elsewhere) and is needed by nobody; 5 entered the window.
     src.advance(5);
-    assert_eq!(p.pop_victim(), Some(BlockId(6)));
-    assert_eq!(p.pop_victim(), Some(BlockId(5)));
+    assert_eq!(p.pop_victim().map(|v| v.id), Some(BlockId(6)));
+    assert_eq!(p.pop_victim().map(|v| v.id), Some(BlockId(5)));
 }
 
 /// The admission check: a block nobody needs does not replace one that is needed, and a
@@ -408,6 +415,53 @@ fn admission_keeps_needed_blocks_over_later_and_unneeded_ones() {
     assert_eq!(occ.refusals(), 2);
 }
 
+/// Evictions are counted by the reason the policy had, and asking whether a block would be
+/// admitted changes nothing (a prefetcher asks before it fetches).
+#[test]
+fn evictions_are_counted_by_reason_and_would_admit_is_a_dry_run() {
+    // 1 due at 2, 2 at 3; 5 is never read.
+    let trace = [9, 9, 1, 2];
+    let oracle = NextUseOracle::new();
+    let src = TraceSource::new(&trace, |_| true);
+    let _reg = oracle.register(src.clone());
+    let mut occ = occupancy(2, policy(Eviction::Clairvoyant, &oracle));
+    occ.admit(BlockId(1), 1).unwrap();
+    occ.admit(BlockId(5), 1).unwrap();
+    assert!(
+        occ.would_admit(BlockId(2), 1),
+        "needed, over an unneeded resident"
+    );
+    assert!(
+        !occ.would_admit(BlockId(6), 1),
+        "unneeded, asked as a dry run"
+    );
+    assert_eq!(
+        (occ.used(), occ.refusals()),
+        (2, 0),
+        "a dry run changes nothing"
+    );
+    assert_eq!(occ.admit(BlockId(2), 1), Ok(vec![BlockId(5)]));
+    // Both residents needed: 7 would be needed sooner than 2? It is never read: refused.
+    assert!(!occ.would_admit(BlockId(7), 1));
+    src.advance(1);
+    let mut tight = occupancy(1, policy(Eviction::Clairvoyant, &oracle));
+    tight.admit(BlockId(2), 1).unwrap();
+    assert_eq!(
+        tight.admit(BlockId(1), 1),
+        Ok(vec![BlockId(2)]),
+        "1 is due first"
+    );
+    let reasons = |o: &Occupancy| -> Vec<(&str, u64)> {
+        o.evictions_by_reason()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (r.name(), n))
+            .collect()
+    };
+    assert_eq!(reasons(&occ), [("unneeded", 1)]);
+    assert_eq!(reasons(&tight), [("farthest", 1)]);
+}
+
 /// With no schedule the stable policy lets one in `TURNOVER` replacements through, and
 /// frees only the room the admitted block needs, whatever the low watermark says.
 #[test]
@@ -416,7 +470,7 @@ fn stable_turnover_is_one_in_turnover_and_frees_one_block() {
         high: 1.0,
         low: 0.5,
     };
-    let mut occ = Occupancy::new(10, w, Box::new(Stable::default()));
+    let mut occ = Occupancy::new("trace", 10, w, Box::new(Stable::default()));
     (0..10).for_each(|b| assert_eq!(occ.admit(BlockId(b), 1), Ok(vec![])));
     let mut admitted = 0;
     for b in 100..100 + 4 * TURNOVER as u128 {

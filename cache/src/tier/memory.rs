@@ -69,7 +69,7 @@ impl MemoryTier {
                 slots.len() as usize,
             )?))
         };
-        let occ = Occupancy::new(slots.len(), cfg.watermarks, policy);
+        let occ = Occupancy::new("memory", slots.len(), cfg.watermarks, policy);
         Ok(MemoryTier {
             arena,
             alloc: Arc::new(Mutex::new(slots)),
@@ -152,7 +152,6 @@ impl MemoryTier {
             }
             Err(Refused::Disabled | Refused::TooLarge) => return None,
         };
-        let evicted = victims.len() as u64;
         for v in victims {
             idx.blocks.remove(&v);
         }
@@ -164,12 +163,10 @@ impl MemoryTier {
             match idx.occ.evict_one() {
                 Some(v) if v != id => {
                     idx.blocks.remove(&v);
-                    stats::eviction("memory", 1);
                 }
                 _ => break None,
             }
         };
-        stats::eviction("memory", evicted);
         let Some(slot) = slot else {
             idx.occ.remove(id);
             stats::passthrough("memory_full");
@@ -227,6 +224,13 @@ impl Tier for MemoryTier {
         lock(&self.index).blocks.contains_key(&id)
     }
 
+    fn would_admit(&self, id: BlockId, len: u64) -> bool {
+        self.arena.is_some()
+            && lock(&self.index)
+                .occ
+                .would_admit(id, SlotAllocator::slot_size(len))
+    }
+
     fn status(&self) -> TierStatus {
         let idx = lock(&self.index);
         TierStatus {
@@ -235,6 +239,7 @@ impl Tier for MemoryTier {
             used: idx.occ.used(),
             blocks: idx.blocks.len() as u64,
             evictions: idx.occ.evictions(),
+            evictions_by_reason: idx.occ.evictions_by_reason(),
             watermarks: idx.occ.watermarks(),
             location: "memfd".into(),
             fs: None,

@@ -27,6 +27,8 @@ pub struct TierStatus {
     pub used: u64,
     pub blocks: u64,
     pub evictions: u64,
+    /// `evictions` by the policy's reason (every reason, zeros included).
+    pub evictions_by_reason: Vec<(crate::evict::EvictReason, u64)>,
     pub watermarks: Watermarks,
     pub location: String,
     /// The file system under a disk tier (`None` for memory).
@@ -56,6 +58,11 @@ pub trait Tier: Send + Sync {
     fn remove(&self, id: BlockId) -> bool;
     /// Whether the block is held (no I/O).
     fn contains(&self, id: BlockId) -> bool;
+    /// Whether a put of `len` bytes under `id` would be kept now (see
+    /// [`crate::evict::Occupancy::would_admit`]).
+    fn would_admit(&self, _id: BlockId, _len: u64) -> bool {
+        true
+    }
     /// Usage figures.
     fn status(&self) -> TierStatus;
 }

@@ -100,7 +100,7 @@ impl SsdTier {
             }
         }
         found.sort();
-        let mut occ = Occupancy::new(cfg.capacity.0, cfg.watermarks, policy);
+        let mut occ = Occupancy::new("ssd", cfg.capacity.0, cfg.watermarks, policy);
         let mut unwanted = Vec::new();
         for (_, id, len) in found {
             match occ.admit(id, len + HEADER as u64) {
@@ -243,12 +243,10 @@ impl Tier for SsdTier {
             }
             (res, shrunk)
         };
-        stats::eviction("ssd", shrunk.len() as u64);
         shrunk.into_iter().for_each(|v| self.delete(v));
         let Ok(victims) = admitted else {
             return false;
         };
-        stats::eviction("ssd", victims.len() as u64);
         for v in victims {
             self.delete(v);
         }
@@ -278,6 +276,10 @@ impl Tier for SsdTier {
         lock(&self.occ).contains(id)
     }
 
+    fn would_admit(&self, id: BlockId, len: u64) -> bool {
+        lock(&self.occ).would_admit(id, len + HEADER as u64)
+    }
+
     fn status(&self) -> TierStatus {
         let mut occ = lock(&self.occ);
         let fs = self.fit_capacity(&mut occ);
@@ -287,6 +289,7 @@ impl Tier for SsdTier {
             used: occ.used(),
             blocks: occ.blocks(),
             evictions: occ.evictions(),
+            evictions_by_reason: occ.evictions_by_reason(),
             watermarks: occ.watermarks(),
             location: self
                 .root

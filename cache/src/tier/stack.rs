@@ -75,14 +75,34 @@ impl TierStack {
 
     /// Block `b` from the first tier below memory that holds it, the hit counted.
     pub async fn get_lower(&self, b: &BlockRef) -> Option<Bytes> {
+        let (tier, data) = self.read_lower(b).await?;
+        stats::hit(tier, b.len());
+        Some(data)
+    }
+
+    /// Block `b` from the first tier below memory that holds it, and that tier's name.
+    async fn read_lower(&self, b: &BlockRef) -> Option<(&'static str, Bytes)> {
         for tier in self.lower.iter().filter(|t| t.contains(b.id)) {
             let (t, id) = (tier.clone(), b.id);
             if let Ok(Some(data)) = tokio::task::spawn_blocking(move || t.get(id)).await {
-                stats::hit(tier.name(), b.len());
-                return Some(data);
+                return Some((tier.name(), data));
             }
         }
         None
+    }
+
+    /// Copies block `b` from a lower tier into the memory tier, through its admission (not a
+    /// read: no hit is counted). `None` when no lower tier holds it, else whether the memory
+    /// tier took it.
+    pub async fn promote(&self, b: &BlockRef) -> Option<bool> {
+        let (_, data) = self.read_lower(b).await?;
+        Some(self.put_memory(b.id, &data))
+    }
+
+    /// Whether some tier would take block `id` of `len` bytes now (room, or its policy would
+    /// let it replace a resident), asking nothing of the policies' turnover.
+    pub fn would_admit(&self, id: BlockId, len: u64) -> bool {
+        self.memory.would_admit(id, len) || self.lower.iter().any(|t| t.would_admit(id, len))
     }
 
     /// Puts a block in the memory tier; `false` if it did not take it.

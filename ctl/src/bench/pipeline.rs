@@ -291,7 +291,8 @@ pub fn run(
         EpochOptions {
             copy: a.copy,
             keys_out: keys_out.as_mut().map(|w| w as &mut dyn Write),
-            status: a.gpu.then(|| (&mut *status_of, loader_name("cpu"))),
+            // Its line of the status: its hit ratio, and for `--gpu` the CPU side's numbers.
+            status: Some((&mut *status_of, loader_name("cpu"))),
         },
     )?;
     let gpu = if a.gpu {
@@ -360,7 +361,11 @@ fn epoch_json(
         "mb_per_s": e.bytes as f64 / e.secs / 1e6, "skipped": e.skipped,
         "sample_shape": e.opened.sample_shape, "dtype": dtype_name(e.opened.dtype),
         "checksum": e.checksum, "predecoded": predecoded, "steady_mb_per_s": steady_mb_s,
-        "memcpy_mb_per_s": memcpy_mb_s, "of_memcpy": of_memcpy})
+        "memcpy_mb_per_s": memcpy_mb_s, "of_memcpy": of_memcpy,
+        "hit_ratio": e.status.as_ref().map(|s| s.hit_ratio),
+        "block_reads_cached": e.status.as_ref().map(|s| s.block_reads_cached),
+        "block_reads_uncached": e.status.as_ref().map(|s| s.block_reads_uncached),
+        "prefetched_blocks": e.status.as_ref().map(|s| s.prefetched_blocks)})
 }
 
 /// The text report of one epoch.
@@ -391,6 +396,17 @@ fn epoch_text(e: &Epoch, memcpy_mb_s: Option<f64>) -> String {
             "steady delivery {s:.1} MB/s; memcpy of the same samples in this process {m:.1} MB/s; delivery reached {:.2} of it\n",
             s / m
         ));
+    }
+    if let Some(st) = e.status.as_ref() {
+        let reads = st.block_reads_cached + st.block_reads_uncached;
+        if reads > 0 {
+            out.push_str(&format!(
+                "block reads from this node's cache {:.1}% ({} of {reads}), {} blocks prefetched\n",
+                100.0 * st.hit_ratio,
+                st.block_reads_cached,
+                st.prefetched_blocks
+            ));
+        }
     }
     out
 }

@@ -16,11 +16,18 @@ pub(super) fn json(s: &pb::StatusResponse, out: &mut Map<String, Value>) {
         inflight_capacity_bytes, corrupt_blocks, ufs_errors),
     );
     let tiers = s.tiers.iter().map(|t| {
-        Value::Object(
-            fields!(t; name, capacity_bytes, used_bytes, blocks, evictions,
+        let mut fields = fields!(t; name, capacity_bytes, used_bytes, blocks, evictions,
             high_watermark, low_watermark, location, fs_free_bytes, fs_total_bytes,
-            configured_capacity_bytes),
-        )
+            configured_capacity_bytes);
+        let reasons = t
+            .evictions_by_reason
+            .iter()
+            .map(|e| (e.reason.clone(), Value::from(e.blocks)));
+        fields.insert(
+            "evictions_by_reason".into(),
+            Value::Object(reasons.collect()),
+        );
+        Value::Object(fields)
     });
     out.insert("tiers".into(), Value::Array(tiers.collect()));
 }
@@ -57,6 +64,21 @@ pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
     )
 }
 
+/// The reasons a tier's evictions had, those that happened: ` (farthest 3, unneeded 1)`.
+fn reasons_text(t: &pb::TierStatus) -> String {
+    let by: Vec<String> = t
+        .evictions_by_reason
+        .iter()
+        .filter(|e| e.blocks > 0)
+        .map(|e| format!("{} {}", e.reason, e.blocks))
+        .collect();
+    if by.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", by.join(", "))
+    }
+}
+
 /// A tier's line, and for a tier on a file system, that file system's.
 fn tier_text(t: &pb::TierStatus, out: &mut String) -> fmt::Result {
     let pct = if t.capacity_bytes == 0 {
@@ -66,12 +88,13 @@ fn tier_text(t: &pb::TierStatus, out: &mut String) -> fmt::Result {
     };
     writeln!(
         out,
-        "  tier {:<6} {:>10} / {:>10} ({pct:5.1}%), {} blocks, {} evictions, watermarks {:.2}/{:.2}, {}",
+        "  tier {:<6} {:>10} / {:>10} ({pct:5.1}%), {} blocks, {} evictions{}, watermarks {:.2}/{:.2}, {}",
         t.name,
         human(t.used_bytes),
         human(t.capacity_bytes),
         t.blocks,
         t.evictions,
+        reasons_text(t),
         t.high_watermark,
         t.low_watermark,
         t.location

@@ -1,7 +1,8 @@
 //! The training loaders: how many are open and the rings they hold, then one line each
 //! with its progress, rate, starvation and time per stage; for a GPU loader its device, the
 //! share of samples nvJPEG decoded and the CPU fallbacks, and for a loader that asked for a
-//! CUDA device but is served from the CPU, why.
+//! CUDA device but is served from the CPU, why; once it read blocks, the share its node's
+//! tiers served (its hit ratio) and what its prefetcher brought in.
 
 use std::fmt::{self, Write};
 
@@ -18,7 +19,9 @@ pub(super) fn json(s: &pb::StatusResponse, out: &mut Map<String, Value>) {
             fields!(l; name, dataset, rank, world_size, epoch, batches_delivered,
             batches_total, samples, skipped, elapsed_secs, samples_per_sec, starved_percent,
             fetch_secs, decode_secs, augment_secs, ready_batches, depth, ring_bytes, workers,
-            device, gpu_samples, cpu_fallback_samples, gpu_secs, gpu_reason, device_bytes),
+            device, gpu_samples, cpu_fallback_samples, gpu_secs, gpu_reason, device_bytes,
+            block_reads_cached, block_reads_uncached, hit_ratio, prefetched_blocks,
+            prefetched_bytes, prefetch_ahead_bytes),
         )
     });
     out.insert("loaders".into(), Value::Array(loaders.collect()));
@@ -61,10 +64,28 @@ pub(super) fn text(s: &pb::StatusResponse, out: &mut String) -> fmt::Result {
             per(l.decode_secs),
             per(l.augment_secs)
         )?;
+        cache_text(l, out)?;
         device_text(l, out)?;
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// A loader's block reads served from this node's tiers, and its prefetch, once it read.
+fn cache_text(l: &pb::LoaderStatus, out: &mut String) -> fmt::Result {
+    let reads = l.block_reads_cached + l.block_reads_uncached;
+    if reads == 0 {
+        return Ok(());
+    }
+    write!(
+        out,
+        "; hit ratio {:.1}% of {} block reads, prefetched {} ({}), ahead {}",
+        100.0 * l.hit_ratio,
+        reads,
+        l.prefetched_blocks,
+        human(l.prefetched_bytes),
+        human(l.prefetch_ahead_bytes)
+    )
 }
 
 /// The end of a loader's line: where it decodes, when that is not simply the CPU.

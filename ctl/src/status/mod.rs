@@ -1,4 +1,4 @@
-//! `loaderctl status`: the daemon's cache, tiers, mounts, loaders, cluster and GPUs.
+//! `loaderctl status`: the daemon's cache, tiers, prefetch, mounts, loaders, cluster and GPUs.
 //!
 //! One module a job, each rendering its part of one `StatusResponse` both ways: as fields
 //! of the `--json` object and as lines of the text report. [`JSON`] and [`TEXT`] list the
@@ -9,6 +9,7 @@ mod cluster;
 mod gpu;
 mod loaders;
 mod mounts;
+mod prefetch;
 mod shm;
 #[cfg(test)]
 mod tests;
@@ -38,8 +39,9 @@ type JsonPart = fn(&pb::StatusResponse, &mut Map<String, Value>);
 type TextPart = fn(&pb::StatusResponse, &mut String) -> fmt::Result;
 
 /// The parts of `status --json`.
-const JSON: [JsonPart; 6] = [
+const JSON: [JsonPart; 7] = [
     cache::json,
+    prefetch::json,
     mounts::json,
     gpu::json,
     cluster::json,
@@ -49,8 +51,9 @@ const JSON: [JsonPart; 6] = [
 
 /// The parts of the text report, in order: the ring budget stands beside the shared-memory
 /// leases, above one line per loader.
-const TEXT: [TextPart; 7] = [
+const TEXT: [TextPart; 8] = [
     cache::text,
+    prefetch::text,
     mounts::text,
     gpu::text,
     cluster::text,

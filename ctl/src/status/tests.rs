@@ -42,8 +42,9 @@ fn one_h200(mode: &str, driver_version: u32) -> pb::GpuStatus {
     }
 }
 
-/// A status with two tiers (the SSD one lowered to fit its file system), two mounts, a GPU,
-/// an unhealthy cluster with a member in each state, and a loader.
+/// A status with two tiers (the SSD one lowered to fit its file system, the memory one having
+/// evicted by schedule), prefetch, two mounts, a GPU, an unhealthy cluster with a member in
+/// each state, and a loader that read and prefetched.
 fn full() -> pb::StatusResponse {
     pb::StatusResponse {
         version: "9.8.7".into(),
@@ -61,6 +62,13 @@ fn full() -> pb::StatusResponse {
                 fs_free_bytes: 0,
                 fs_total_bytes: 0,
                 configured_capacity_bytes: GIB,
+                evictions_by_reason: [("lru", 0), ("stable", 0), ("unneeded", 1), ("farthest", 2)]
+                    .into_iter()
+                    .map(|(reason, blocks)| pb::EvictionCount {
+                        reason: reason.into(),
+                        blocks,
+                    })
+                    .collect(),
             },
             pb::TierStatus {
                 name: "ssd".into(),
@@ -74,6 +82,7 @@ fn full() -> pb::StatusResponse {
                 fs_free_bytes: 7 * GIB,
                 fs_total_bytes: 20 * GIB,
                 configured_capacity_bytes: 16 * GIB,
+                evictions_by_reason: Vec::new(),
             },
         ],
         hits: 30,
@@ -124,8 +133,26 @@ fn full() -> pb::StatusResponse {
             ring_bytes: 6 * MIB,
             workers: 3,
             device: "cpu".into(),
+            block_reads_cached: 600,
+            block_reads_uncached: 40,
+            hit_ratio: 0.9375,
+            prefetched_blocks: 320,
+            prefetched_bytes: 320 * 4 * MIB,
+            prefetch_ahead_bytes: 16 * MIB,
             ..Default::default()
         }],
+        prefetch: Some(pb::PrefetchStatus {
+            enabled: true,
+            prefetched_blocks: 320,
+            prefetched_bytes: 320 * 4 * MIB,
+            hits: 300,
+            late: 12,
+            failed: 1,
+            inflight_bytes: 8 * MIB,
+            peak_inflight_bytes: 64 * MIB,
+            ahead_bytes: 16 * MIB,
+            max_bytes: GIB,
+        }),
         ring_bytes: 6 * MIB,
         ring_capacity_bytes: 16 * GIB,
         cluster: Some(pb::ClusterStatus {

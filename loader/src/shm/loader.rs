@@ -231,6 +231,12 @@ pub fn loader_status(s: &LoaderStatus) -> pb::LoaderStatus {
         gpu_secs: s.gpu_secs,
         gpu_reason: s.gpu_reason.clone(),
         device_bytes: s.device_bytes,
+        block_reads_cached: s.block_reads_cached,
+        block_reads_uncached: s.block_reads_uncached,
+        hit_ratio: s.hit_ratio,
+        prefetched_blocks: s.prefetched_blocks,
+        prefetched_bytes: s.prefetched_bytes,
+        prefetch_ahead_bytes: s.prefetch_ahead_bytes,
     }
 }
 

@@ -84,6 +84,7 @@ mod tests {
                 source: Source::File {
                     path: LogicalPath::parse("/ds/x").unwrap(),
                     size: 1,
+                    version: String::new(),
                 },
             })
             .collect()

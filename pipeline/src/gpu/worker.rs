@@ -12,6 +12,7 @@
 //! the next, which keeps the device busy without holding more decode buffers than that
 //! overlap needs (each worker's buffer counts in `pipeline.max_device_bytes`).
 
+use loaderd_cache::prefetch::tallied;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +72,9 @@ impl GpuWorker {
         let shared = self.shared.clone();
         let r = self.recipe;
         let mut decoder = Decoder::new(r.limits);
-        shared.serve(r.batches, r.batch, |slot, indices| {
+        shared.serve(r.batches, r.batch, |slot, start, indices| {
+            // The batch's samples are fetched together.
+            shared.reading(start..start + indices.len());
             self.batch(&mut decoder, slot, indices)
         });
     }
@@ -138,7 +141,8 @@ impl GpuWorker {
             s.stats.record(Stage::Fetch, started.elapsed());
             data
         }));
-        s.rt.block_on(reads.buffered(FETCH_CONCURRENCY).collect())
+        let tally = s.stats.reads().clone();
+        s.rt.block_on(tallied(tally, reads.buffered(FETCH_CONCURRENCY).collect()))
     }
 
     /// Runs `items` into `out` and waits for the stream: the report and the stream time. On

@@ -273,6 +273,12 @@ max_total_workers = {{ include "loaderd.toml.int" $c.pipeline.max_total_workers 
 max_image_size = {{ include "loaderd.toml.int" $c.pipeline.max_image_size }}
 max_device_bytes = {{ include "loaderd.toml.quantity" $c.pipeline.max_device_bytes }}
 
+[prefetch]
+enabled = {{ include "loaderd.toml.bool" $c.prefetch.enabled }}
+max_bytes_per_loader = {{ include "loaderd.toml.quantity" $c.prefetch.max_bytes_per_loader }}
+max_bytes = {{ include "loaderd.toml.quantity" $c.prefetch.max_bytes }}
+concurrency = {{ include "loaderd.toml.int" $c.prefetch.concurrency }}
+
 [gpu]
 mode = {{ include "loaderd.toml.str" $c.gpu.mode }}
 
