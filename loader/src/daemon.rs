@@ -149,7 +149,7 @@ async fn mount_fuse(cfg: &DaemonConfig, cache: &Arc<Cache>) -> anyhow::Result<Op
         return Ok(None);
     };
     let (fuse_cfg, cache, rt) = (cfg.fuse.clone(), cache.clone(), Handle::current());
-    let mount = tokio::task::spawn_blocking(move || FuseMount::mount(&path, &fuse_cfg, cache, rt))
+    let mount = tokio::task::spawn_blocking(move || crate::fuse::mount(&path, &fuse_cfg, cache, rt))
         .await??;
     Ok(Some(mount))
 }
