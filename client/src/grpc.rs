@@ -180,6 +180,7 @@ pub async fn list_all(
             path: path.to_string(),
             recursive,
             page_size: 0,
+            with_mode: false,
         })
         .await?
         .into_inner();

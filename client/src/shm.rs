@@ -144,6 +144,19 @@ impl ShmClient {
         path: &str,
         offset: u64,
         length: u64,
+        f: impl FnMut(u64, Piece<'_>) -> std::io::Result<()>,
+    ) -> Result<u64, ShmError> {
+        self.read_version(path, offset, length, "", f)
+    }
+
+    /// Like [`ShmClient::read`], of object version `version` only (`ShmRead.version`;
+    /// empty: the current one): a file changed since fails with ABORTED instead.
+    pub fn read_version(
+        &mut self,
+        path: &str,
+        offset: u64,
+        length: u64,
+        version: &str,
         mut f: impl FnMut(u64, Piece<'_>) -> std::io::Result<()>,
     ) -> Result<u64, ShmError> {
         self.next_id += 1;
@@ -155,7 +168,7 @@ impl ShmClient {
                 offset,
                 length,
                 release: self.unreleased.take().into_iter().collect(),
-                version: String::new(),
+                version: version.to_string(),
             })),
         };
         send_msg(self.conn.as_fd(), &req.encode_to_vec(), None)?;

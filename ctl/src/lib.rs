@@ -100,7 +100,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => ls::ls(&mut c, path, recursive, long).await,
         Command::Stat { json, path } => {
             let f = c
-                .stat(pb::StatRequest { path })
+                .stat(pb::StatRequest {
+                    path,
+                    with_mode: false,
+                })
                 .await
                 .map_err(rpc_err)?
                 .into_inner();

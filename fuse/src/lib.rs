@@ -30,8 +30,8 @@
 
 mod backend;
 mod errno;
-mod fs;
 pub mod front;
+mod fs;
 mod inode;
 mod mount;
 mod options;

@@ -7,11 +7,7 @@ use crate::inode::ROOT_PATH;
 /// `parent` joined with one directory-entry `name`; `None` for a name no entry can have
 /// (empty, `.`, `..`, or holding `/`, a backslash or a NUL byte).
 pub fn join(parent: &str, name: &str) -> Option<String> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\\', '\0'])
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
         return None;
     }
     Some(if parent == ROOT_PATH {

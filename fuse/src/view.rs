@@ -82,9 +82,7 @@ fn listing_from(dir: &DirHandle, offset: u64) -> impl Iterator<Item = (u64, &str
         .entries
         .iter()
         .enumerate()
-        .map(|(i, (name, path, entry))| {
-            (i as u64 + 3, name.as_str(), Target::Child(path, entry))
-        });
+        .map(|(i, (name, path, entry))| (i as u64 + 3, name.as_str(), Target::Child(path, entry)));
     let skip = usize::try_from(offset).unwrap_or(usize::MAX);
     dots.chain(children).skip(skip)
 }

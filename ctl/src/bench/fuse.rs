@@ -151,7 +151,14 @@ pub async fn fuse(
         .map(|f| {
             let mut c = c.clone();
             let path = format!("{root}/{}", f.rel);
-            async move { c.stat(pb::StatRequest { path }).await.map_err(rpc_err) }
+            async move {
+                c.stat(pb::StatRequest {
+                    path,
+                    with_mode: false,
+                })
+                .await
+                .map_err(rpc_err)
+            }
         })
         .buffer_unordered(n)
         .try_for_each(|_| async { Ok(()) })

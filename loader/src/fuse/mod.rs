@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use loaderd_cache::Cache;
-pub use loaderd_fuse::{FuseMount, MountError as FuseError, Options};
 use loaderd_fuse::LoaderFs;
+pub use loaderd_fuse::{FuseMount, MountError as FuseError, Options};
 use tokio::runtime::Handle;
 
 pub use backend::{CacheBackend, error};

@@ -290,7 +290,11 @@ fn readdir_pages_through_one_listing() {
     let offsets: Vec<u64> = all.iter().map(|e| e.2).collect();
     assert_eq!(offsets, (1..=want.len() as u64).collect::<Vec<_>>());
     // Plain entries take no lookup: the files stay unknown to the inode table...
-    assert!(all[2..].iter().all(|e| f.view.state().inodes.path(e.1).is_none()));
+    assert!(
+        all[2..]
+            .iter()
+            .all(|e| f.view.state().inodes.path(e.1).is_none())
+    );
     // ...and the numbers are those lookups later give.
     let f03 = f.view.lookup(many.ino, OsStr::new("f03")).expect("f03");
     assert_eq!(f03.ino, all[5].1);
@@ -328,7 +332,11 @@ fn readdirplus_counts_a_lookup_for_each_entry_sent_only() {
     for e in &all[2..] {
         assert!(f.view.state().inodes.path(e.1).is_some(), "{} unknown", e.0);
         f.view.forget(e.1, 1);
-        assert!(f.view.state().inodes.path(e.1).is_none(), "{} held twice", e.0);
+        assert!(
+            f.view.state().inodes.path(e.1).is_none(),
+            "{} held twice",
+            e.0
+        );
     }
     // "." and ".." take no lookup.
     assert!(f.view.state().inodes.path(many.ino).is_some());

@@ -1,0 +1,103 @@
+//! `loaderd fuse`: the thin FUSE front ([`loaderd_fuse::front`]) as a subcommand of the
+//! daemon's binary — one binary in the image, the same config file (`[fuse]`) and flag
+//! parsing — that opens no cache, joins no cluster and serves the mount from the node's
+//! worker until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use loaderd_cache::Secs;
+use loaderd_fuse::front::{self, FrontConfig};
+use tracing::info;
+
+use crate::config::DaemonConfig;
+
+/// `loaderd fuse [OPTIONS] --socket PATH MOUNTPOINT`.
+#[derive(clap::Args, Debug)]
+pub struct FrontArgs {
+    /// TOML config file; only its `[fuse]` section is read.
+    #[arg(long, env = "LOADERD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The worker's gRPC socket, or the directory holding `loaderd.sock` (its shared-memory
+    /// socket is beside it).
+    #[arg(long, env = "LOADERD_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Threads serving FUSE requests (about the number of concurrent readers).
+    #[arg(long, env = "LOADERD_FUSE_THREADS")]
+    pub threads: Option<usize>,
+    /// How long the kernel trusts a name lookup, e.g. 10m.
+    #[arg(long, env = "LOADERD_FUSE_ENTRY_TIMEOUT")]
+    pub entry_timeout: Option<Secs>,
+    /// How long the kernel trusts attributes (size, mtime), e.g. 10m.
+    #[arg(long, env = "LOADERD_FUSE_ATTR_TIMEOUT")]
+    pub attr_timeout: Option<Secs>,
+    /// How long a request waits for an unreachable worker before failing with EIO
+    /// (`[fuse] worker_wait`), e.g. 60s.
+    #[arg(long, env = "LOADERD_FUSE_WORKER_WAIT")]
+    pub worker_wait: Option<Secs>,
+    /// Log filter (`[server] log_level`), e.g. info or loaderd_fuse=debug.
+    #[arg(long, env = "LOADERD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Where to mount.
+    pub mount_point: PathBuf,
+}
+
+/// The front's configuration: the config file's `[fuse]` section under the flags.
+pub fn config(args: &FrontArgs) -> anyhow::Result<(FrontConfig, String)> {
+    let mut cfg = match &args.config {
+        Some(path) => DaemonConfig::from_file(path)?,
+        None => DaemonConfig::default(),
+    };
+    let f = &mut cfg.fuse;
+    if let Some(v) = args.threads {
+        f.threads = v;
+    }
+    for (slot, flag) in [
+        (&mut f.entry_timeout, &args.entry_timeout),
+        (&mut f.attr_timeout, &args.attr_timeout),
+        (&mut f.worker_wait, &args.worker_wait),
+    ] {
+        if let Some(v) = flag {
+            *slot = v.clone();
+        }
+    }
+    cfg.validate()?;
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| cfg.server.socket.clone());
+    let mount_point = std::path::absolute(&args.mount_point)
+        .with_context(|| format!("mount point {:?}", args.mount_point))?;
+    let log = args
+        .log_level
+        .clone()
+        .unwrap_or_else(|| cfg.server.log_level.clone());
+    Ok((
+        FrontConfig {
+            socket: front::worker_socket(&socket),
+            mount_point,
+            options: crate::fuse::options(&cfg.fuse),
+            worker_wait: cfg.fuse.worker_wait.0,
+            object_mode: cfg.fuse.object_mode,
+        },
+        log,
+    ))
+}
+
+/// Mounts the front and serves until SIGTERM or SIGINT, then unmounts.
+pub fn run(cfg: FrontConfig) -> anyhow::Result<()> {
+    let mount = front::mount(&cfg)?;
+    info!(
+        mount_point = %cfg.mount_point.display(),
+        socket = %cfg.socket.display(),
+        worker_wait = ?cfg.worker_wait,
+        "FUSE front serving from the worker"
+    );
+    let signal = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::daemon::wait_for_signal())?;
+    info!(signal, "FUSE front shutting down");
+    mount.unmount();
+    Ok(())
+}
