@@ -323,3 +323,23 @@ impl Drop for FuseDaemon {
         }
     }
 }
+
+/// Each named test body (a `fn(FuseServer)` in the calling file) as two tests:
+/// `in_daemon::NAME` against the daemon's own mount and `front::NAME` against the front.
+#[macro_export]
+macro_rules! against_both_fuse_servers {
+    ($($name:ident),* $(,)?) => {
+        mod in_daemon {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::FuseServer::InDaemon)
+            })*
+        }
+        mod front {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::FuseServer::Front)
+            })*
+        }
+    };
+}

@@ -350,25 +350,7 @@ fn ufs_failures_are_eio_and_name_the_path(server: FuseServer) {
     assert_eq!(fs::read(&uncached).unwrap(), data.read("blobs/blob_01.bin"));
 }
 
-/// Each test body as two tests: against the in-daemon view and against the front.
-macro_rules! against_both {
-    ($($name:ident),* $(,)?) => {
-        mod in_daemon {
-            $(#[test]
-            fn $name() {
-                super::$name(super::FuseServer::InDaemon)
-            })*
-        }
-        mod front {
-            $(#[test]
-            fn $name() {
-                super::$name(super::FuseServer::Front)
-            })*
-        }
-    };
-}
-
-against_both!(
+loaderd_tests::against_both_fuse_servers!(
     walk_stat_and_read_match_the_source,
     parallel_readers_are_byte_exact,
     ufs_changes_appear_after_invalidate_and_kernel_timeouts,
