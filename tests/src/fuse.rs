@@ -160,6 +160,20 @@ impl FuseDaemon {
     /// ARGS...` (without the `--fuse-*` flags) is the worker, and `loaderd fuse --socket
     /// <its socket> <the --fuse-* flags, renamed> <tmp>/mnt` serves the mount.
     pub fn start_with(server: FuseServer, args: &[String]) -> Result<FuseDaemon, String> {
+        Self::start_inner(server, args, &[])
+    }
+
+    /// The worker `loaderd WORKER...` and the front `loaderd fuse --socket <its socket>
+    /// FRONT... <tmp>/mnt`.
+    pub fn start_front(worker: &[String], front: &[String]) -> Result<FuseDaemon, String> {
+        Self::start_inner(FuseServer::Front, worker, front)
+    }
+
+    fn start_inner(
+        server: FuseServer,
+        args: &[String],
+        front_extra: &[String],
+    ) -> Result<FuseDaemon, String> {
         if let Some(reason) = fuse_unavailable() {
             return Err(reason);
         }
@@ -174,7 +188,7 @@ impl FuseDaemon {
             }
             FuseServer::Front => {
                 let (worker, front) = split_front_args(args);
-                (worker, Some(front))
+                (worker, Some([front, front_extra.to_vec()].concat()))
             }
         };
         let started = Daemon::try_start(&all).and_then(|daemon| {

@@ -64,6 +64,22 @@ pub fn from_status(s: &Status) -> Error {
     Error::new(kind, s.message().to_string())
 }
 
+/// `e` and every error below it, as one line: the cause a log reader needs ("Connection
+/// refused", "No such file or directory") is usually at the bottom.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 impl Worker {
     /// The worker listening on `socket` (its shared-memory socket beside it); calls wait up
     /// to `wait` for it to be reachable.
@@ -144,7 +160,7 @@ impl Worker {
         let c = self
             .rt
             .block_on(connect_unix(&self.socket))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_causes(&e))?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -163,7 +179,7 @@ impl Worker {
             Ok(v) => Attempt::Done(Ok(v)),
             Err(s) if unreachable(&s) => {
                 lock(&self.grpc).take();
-                Attempt::Unreachable(format!("{}: {s}", self.socket.display()))
+                Attempt::Unreachable(format!("{}: {}", self.socket.display(), with_causes(&s)))
             }
             Err(s) => Attempt::Done(Err(from_status(&s))),
         }
