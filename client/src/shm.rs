@@ -147,10 +147,12 @@ impl ShmClient {
         f: impl FnMut(u64, Piece<'_>) -> std::io::Result<()>,
     ) -> Result<u64, ShmError> {
         self.read_version(path, offset, length, "", f)
+            .map(|(size, _)| size)
     }
 
     /// Like [`ShmClient::read`], of object version `version` only (`ShmRead.version`;
-    /// empty: the current one): a file changed since fails with ABORTED instead.
+    /// empty: the current one, whichever it is): a file changed since fails with ABORTED
+    /// instead. Returns the file's size and the version read.
     pub fn read_version(
         &mut self,
         path: &str,
@@ -158,7 +160,7 @@ impl ShmClient {
         length: u64,
         version: &str,
         mut f: impl FnMut(u64, Piece<'_>) -> std::io::Result<()>,
-    ) -> Result<u64, ShmError> {
+    ) -> Result<(u64, String), ShmError> {
         self.next_id += 1;
         let id = self.next_id;
         let req = pb::ShmRequest {
@@ -206,7 +208,7 @@ impl ShmClient {
             }
         }
         self.unreleased = Some(id);
-        res.map(|()| reply.file_size)
+        res.map(|()| (reply.file_size, reply.version))
     }
 }
 

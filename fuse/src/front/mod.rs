@@ -19,7 +19,7 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use backend::WorkerBackend;
+pub use backend::{HEAD, Head, WorkerBackend};
 pub use worker::{Attempt, Worker, from_status, unreachable};
 
 use crate::fs::LoaderFs;
