@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn root_is_one_and_paths_are_stable() {
         let t = InodeTable::default();
-        assert_eq!(t.lookup(&ROOT_PATH.to_string()), ROOT);
+        assert_eq!(t.lookup(ROOT_PATH), ROOT);
         assert_eq!(t.path(ROOT), Some(ROOT_PATH.to_string()));
         let a = t.lookup(&p("/data/a.jpg"));
         assert_eq!(a, preferred_ino(&p("/data/a.jpg")));

@@ -58,7 +58,7 @@ pub fn config(args: &FrontArgs) -> anyhow::Result<(FrontConfig, String)> {
         (&mut f.worker_wait, &args.worker_wait),
     ] {
         if let Some(v) = flag {
-            *slot = v.clone();
+            *slot = *v;
         }
     }
     cfg.validate()?;

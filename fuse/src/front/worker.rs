@@ -207,3 +207,75 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_client_side_failures_mean_the_worker_is_not_there() {
+        // What the worker sends: its answer, passed on.
+        for s in [
+            Status::not_found("/d/x: not found"),
+            Status::unavailable("s3://b/x: connection refused"),
+            Status::aborted("object changed during the read"),
+        ] {
+            assert!(!unreachable(&s), "{s:?}");
+        }
+        // Made on this side: no connection, reset, broken stream.
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(unreachable(&Status::from_error(Box::new(io))));
+    }
+
+    #[test]
+    fn worker_statuses_map_to_kinds() {
+        let cases = [
+            (Code::NotFound, ErrorKind::NotFound),
+            (Code::OutOfRange, ErrorKind::InvalidArgument),
+            (Code::FailedPrecondition, ErrorKind::IsDirectory),
+            (Code::Aborted, ErrorKind::Changed),
+            (Code::Unavailable, ErrorKind::Unavailable),
+            (Code::PermissionDenied, ErrorKind::PermissionDenied),
+            (Code::DeadlineExceeded, ErrorKind::Timeout),
+            (Code::ResourceExhausted, ErrorKind::ResourceExhausted),
+            (Code::Unknown, ErrorKind::Internal),
+        ];
+        for (code, kind) in cases {
+            let e = from_status(&Status::new(code, "/d/x: why"));
+            assert_eq!(
+                (e.kind, e.message.as_str()),
+                (kind, "/d/x: why"),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_absent_worker_is_waited_for_then_unavailable_naming_the_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("loaderd.sock");
+        let w = Worker::new(&socket, Duration::from_millis(300)).expect("worker");
+        let started = Instant::now();
+        let mut attempts = 0;
+        let r: Result<()> = w.call("/d/x", |w| {
+            attempts += 1;
+            w.grpc(|_c| async { Ok(()) })
+        });
+        let e = r.expect_err("no worker");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(attempts > 2, "retried {attempts} times");
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        let socket = socket.display().to_string();
+        for part in [
+            "/d/x",
+            socket.as_str(),
+            "unreachable for 300ms",
+            "No such file",
+        ] {
+            assert!(e.message.contains(part), "{part:?} not in {}", e.message);
+        }
+        // An attempt that is answered ends the wait at once.
+        let r = w.call("/d/x", |_| Attempt::Done(Ok(7)));
+        assert_eq!(r, Ok(7));
+    }
+}

@@ -433,3 +433,19 @@ fn statfs_counts_the_tiers_and_the_known_inodes() {
     assert_eq!(after.files, 3, "root, data, a.bin");
     assert!(after.free < before.free, "{after:?} vs {before:?}");
 }
+
+#[test]
+fn cache_errors_reach_the_right_errno() {
+    let missing = loaderd_cache::Error::NotFound {
+        path: "/d/x".into(),
+        uri: "file:///d/x".into(),
+    };
+    let e = error(&missing);
+    assert_eq!(loaderd_fuse::errno_of(e.kind).errno, Errno::ENOENT);
+    assert!(e.message.contains("/d/x"), "{e}");
+    let ufs = loaderd_cache::Error::UfsTimeout {
+        uri: "s3://b/x".into(),
+        secs: 1.0,
+    };
+    assert_eq!(loaderd_fuse::errno_of(error(&ufs).kind).errno, Errno::EIO);
+}
