@@ -190,3 +190,16 @@ pub async fn list_all(
     }
     Ok(entries)
 }
+
+/// A cached read of `length` bytes (0: to the end) of `path` from `offset`, of object
+/// version `version` only (empty: the current one): how the pieces of a shared-memory read
+/// that are not in the daemon's memory are read, pinned to the version of the others.
+pub fn pinned_read(path: &str, offset: u64, length: u64, version: &str) -> pb::ReadRequest {
+    pb::ReadRequest {
+        path: path.to_string(),
+        offset,
+        length,
+        read_type: pb::ReadType::Cache as i32,
+        version: version.to_string(),
+    }
+}

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use tempfile::TempDir;
 
 use crate::daemon::Daemon;
-use crate::process::{EXIT_TIMEOUT, bin, clean_env, spawn_logged, tail, terminate, wait_ready};
+use crate::process::{self, bin, clean_env, spawn_logged, tail, wait_ready};
 
 /// Who serves the FUSE mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,28 +85,13 @@ impl Front {
 
     /// SIGKILL: a crash; the mount stays, dead.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill9(&mut self.child);
     }
 
     /// SIGTERM, then asserts a clean exit (code 0).
     #[track_caller]
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            match terminate(&mut child) {
-                Some(status) => assert!(
-                    status.code() == Some(0),
-                    "loaderd fuse exited with {status} after SIGTERM; log:\n{}",
-                    tail(&self.log(), 4000)
-                ),
-                None => panic!(
-                    "loaderd fuse did not exit within {EXIT_TIMEOUT:?} of SIGTERM; log:\n{}",
-                    tail(&self.log(), 4000)
-                ),
-            }
-        }
+        process::stop(self.child.take(), "loaderd fuse", || self.log());
     }
 
     /// OS process id of the running front.

@@ -105,13 +105,7 @@ impl WorkerBackend {
             out.truncate(start);
             let buf = &mut *out;
             w.grpc(|mut c| async move {
-                let req = pb::ReadRequest {
-                    path: path.to_string(),
-                    offset,
-                    length: len,
-                    read_type: pb::ReadType::Cache as i32,
-                    version: version.to_string(),
-                };
+                let req = loaderd_client::pinned_read(path, offset, len, version);
                 let mut chunks = c.read(req).await?.into_inner();
                 while let Some(chunk) = chunks.message().await? {
                     buf.extend_from_slice(&chunk.data);
