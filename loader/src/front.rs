@@ -101,3 +101,71 @@ pub fn run(cfg: FrontConfig) -> anyhow::Result<()> {
     mount.unmount();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        front: FrontArgs,
+    }
+
+    fn parsed(flags: &[&str]) -> anyhow::Result<FrontConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("fuse").chain(flags.iter().copied()))?;
+        Ok(config(&cli.front)?.0)
+    }
+
+    #[test]
+    fn the_config_files_fuse_section_under_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loaderd.toml");
+        std::fs::write(
+            &file,
+            "[server]\nsocket = \"/run/w/loaderd.sock\"\n\
+             [fuse]\nworker_wait = \"5s\"\nthreads = 3\nkeep_cache = false\nobject_mode = 0o440\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let cfg = parsed(&["--config", file, "/mnt/x"]).unwrap();
+        assert_eq!(cfg.socket, PathBuf::from("/run/w/loaderd.sock"));
+        assert_eq!(cfg.mount_point, PathBuf::from("/mnt/x"));
+        assert_eq!(cfg.worker_wait, Duration::from_secs(5));
+        assert_eq!((cfg.options.threads, cfg.options.keep_cache), (3, false));
+        assert_eq!(cfg.object_mode, 0o440);
+
+        let cfg = parsed(&[
+            "--config",
+            file,
+            "--socket",
+            dir.path().to_str().unwrap(),
+            "--worker-wait",
+            "2m",
+            "--threads",
+            "9",
+            "--entry-timeout",
+            "1s",
+            "--attr-timeout",
+            "2s",
+            "/mnt/x",
+        ])
+        .unwrap();
+        // A directory names the socket in it.
+        assert_eq!(cfg.socket, dir.path().join("loaderd.sock"));
+        assert_eq!(cfg.worker_wait, Duration::from_secs(120));
+        assert_eq!(cfg.options.threads, 9);
+        assert_eq!(cfg.options.entry_timeout, Duration::from_secs(1));
+        assert_eq!(cfg.options.attr_timeout, Duration::from_secs(2));
+
+        // The defaults, and the config's own checks.
+        let cfg = parsed(&["/mnt/x"]).unwrap();
+        assert_eq!(cfg.worker_wait, Duration::from_secs(60));
+        assert!(parsed(&["--threads", "0", "/mnt/x"]).is_err());
+        assert!(parsed(&[]).is_err(), "the mount point is required");
+    }
+}
