@@ -15,7 +15,8 @@ use crate::config::DaemonConfig;
 /// `loaderd fuse [OPTIONS] --socket PATH MOUNTPOINT`.
 #[derive(clap::Args, Debug)]
 pub struct FrontArgs {
-    /// TOML config file; only its `[fuse]` section is read.
+    /// TOML config file (the worker's): its `[fuse]` section, `server.socket`,
+    /// `server.shm_socket` and `server.log_level` are read.
     #[arg(long, env = "LOADERD_CONFIG")]
     pub config: Option<PathBuf>,
     /// The worker's gRPC socket, or the directory holding `loaderd.sock` (its shared-memory
@@ -75,6 +76,7 @@ pub fn config(args: &FrontArgs) -> anyhow::Result<(FrontConfig, String)> {
     Ok((
         FrontConfig {
             socket: front::worker_socket(&socket),
+            shm_socket: cfg.server.shm_socket.clone(),
             mount_point,
             options: crate::fuse::options(&cfg.fuse),
             worker_wait: cfg.fuse.worker_wait.0,
@@ -134,6 +136,7 @@ mod tests {
         let file = file.to_str().unwrap();
         let cfg = parsed(&["--config", file, "/mnt/x"]).unwrap();
         assert_eq!(cfg.socket, PathBuf::from("/run/w/loaderd.sock"));
+        assert_eq!(cfg.shm_socket, None);
         assert_eq!(cfg.mount_point, PathBuf::from("/mnt/x"));
         assert_eq!(cfg.worker_wait, Duration::from_secs(5));
         assert_eq!((cfg.options.threads, cfg.options.keep_cache), (3, false));

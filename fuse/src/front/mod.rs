@@ -29,8 +29,10 @@ use crate::options::Options;
 /// What the front serves and how.
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
-    /// The worker's gRPC socket (its shared-memory socket is beside it).
+    /// The worker's gRPC socket.
     pub socket: PathBuf,
+    /// Its shared-memory socket; `None`: beside the gRPC socket (`<name>.shm.sock`).
+    pub shm_socket: Option<PathBuf>,
     pub mount_point: PathBuf,
     pub options: Options,
     /// How long a request waits for an unreachable worker before failing `EIO`.
@@ -52,10 +54,13 @@ pub fn worker_socket(arg: &Path) -> PathBuf {
 /// Mounts the front at `cfg.mount_point` and serves it until the returned mount is
 /// unmounted or dropped. The worker need not be up yet: requests wait for it.
 pub fn mount(cfg: &FrontConfig) -> Result<FuseMount, MountError> {
-    let worker = Worker::new(&cfg.socket, cfg.worker_wait).map_err(|source| MountError::Mount {
-        path: cfg.mount_point.clone(),
-        source,
-    })?;
+    let worker =
+        Worker::new(&cfg.socket, cfg.shm_socket.as_deref(), cfg.worker_wait).map_err(|source| {
+            MountError::Mount {
+                path: cfg.mount_point.clone(),
+                source,
+            }
+        })?;
     let fs = LoaderFs::new(WorkerBackend::new(worker, cfg.object_mode), &cfg.options);
     FuseMount::mount(&cfg.mount_point, fs, &cfg.options)
 }

@@ -81,9 +81,9 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Worker {
-    /// The worker listening on `socket` (its shared-memory socket beside it); calls wait up
-    /// to `wait` for it to be reachable.
-    pub fn new(socket: &Path, wait: Duration) -> std::io::Result<Self> {
+    /// The worker listening on `socket` and `shm_socket` (`None`: beside `socket`); calls
+    /// wait up to `wait` for it to be reachable.
+    pub fn new(socket: &Path, shm_socket: Option<&Path>, wait: Duration) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("loaderd-front")
@@ -91,7 +91,10 @@ impl Worker {
             .build()?;
         Ok(Worker {
             socket: socket.to_path_buf(),
-            shm_socket: loaderd_proto::transport::default_shm_socket(socket),
+            shm_socket: shm_socket.map_or_else(
+                || loaderd_proto::transport::default_shm_socket(socket),
+                Path::to_path_buf,
+            ),
             rt,
             grpc: Mutex::new(None),
             shm: Mutex::new(Vec::new()),
@@ -254,7 +257,7 @@ mod tests {
     fn an_absent_worker_is_waited_for_then_unavailable_naming_the_cause() {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("loaderd.sock");
-        let w = Worker::new(&socket, Duration::from_millis(300)).expect("worker");
+        let w = Worker::new(&socket, None, Duration::from_millis(300)).expect("worker");
         let started = Instant::now();
         let mut attempts = 0;
         let r: Result<()> = w.call("/d/x", |w| {
