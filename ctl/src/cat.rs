@@ -70,13 +70,7 @@ pub(crate) fn cat_shm(
             } => {
                 // Pinned to the version of the mapped pieces: a changed object fails the
                 // read instead of splicing the new version into the old.
-                let req = pb::ReadRequest {
-                    path: path.to_string(),
-                    offset,
-                    length: len,
-                    read_type: pb::ReadType::Cache as i32,
-                    version: version.to_string(),
-                };
+                let req = crate::client::pinned_read(path, offset, len, version);
                 rt.block_on(read_to(c, req, out))
                     .map(drop)
                     .map_err(std::io::Error::other)

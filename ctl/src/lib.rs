@@ -1,5 +1,5 @@
 //! `loaderctl`: the command-line client of a loaderd daemon, and the one Rust client of its
-//! API ([`client`]: gRPC and the zero-copy shared-memory reads) that the end-to-end tests use.
+//! API ([`client`], the `loaderd-client` crate re-exported: gRPC and the zero-copy shared-memory reads) that the end-to-end tests use.
 //!
 //! Commands: [`status`], `ls` / `stat` / `cat` ([`cat`]), [`load`], [`mount`], `free`,
 //! `invalidate`, [`bench`] (read, FUSE, pipeline and remote throughput) and `dataset gen`
@@ -8,7 +8,7 @@
 mod bench;
 mod cat;
 mod cli;
-pub mod client;
+pub use loaderd_client as client;
 pub mod dataset;
 mod load;
 mod ls;
@@ -105,7 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => ls::ls(&mut c, path, recursive, long).await,
         Command::Stat { json, path } => {
             let f = c
-                .stat(pb::StatRequest { path })
+                .stat(pb::StatRequest {
+                    path,
+                    with_mode: false,
+                })
                 .await
                 .map_err(rpc_err)?
                 .into_inner();

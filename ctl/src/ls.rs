@@ -20,6 +20,7 @@ pub(super) async fn ls(
             path,
             recursive,
             page_size: 0,
+            with_mode: false,
         })
         .await
         .map_err(rpc_err)?

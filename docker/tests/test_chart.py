@@ -41,14 +41,12 @@ SCENARIOS: dict[str, dict] = {
             "cache": {"memory": {"capacity": 0}, "ssd": {"capacity": "64MiB"}},
             "pipeline": {"max_client_bytes": "64MiB", "max_total_bytes": "128MiB"},
         },
-        "fuse": {"memoryCapacity": "16MiB", "ssdCapacity": "32MiB"},
     },
     "huge-cache": {
         "config": {
             "cache": {"memory": {"capacity": "512GiB"}, "ssd": {"capacity": "8TiB"}},
             "pipeline": {"max_total_bytes": "64GiB"},
         },
-        "fuse": {"memoryCapacity": "64GiB", "ssdCapacity": "2TiB"},
     },
     "host-network": {"hostNetwork": True},
     "example": {"example": {"enabled": True}, "config": {"mount": MOUNTS}},
@@ -85,6 +83,12 @@ def env_of(cont: dict) -> dict[str, dict]:
 
 def daemonsets(r) -> list[dict]:
     return r.of_kind("DaemonSet")
+
+
+def workers(r) -> list[dict]:
+    """The worker DaemonSet, as a list (the daemon; the FUSE front holds no cache, joins no
+    cluster and needs neither tokens nor credentials)."""
+    return [r.get("DaemonSet", "-worker")]
 
 
 def configs(r) -> dict[str, dict]:
@@ -139,7 +143,7 @@ def test_external_etcd_renders_no_statefulset(render):
     assert not r.of_kind("PodDisruptionBudget")
     assert not [s for s in r.of_kind("Service") if "etcd" in s["metadata"]["name"]]
     want = values["etcd"]["externalEndpoints"]
-    for ds in daemonsets(r):
+    for ds in workers(r):
         assert env_of(container(ds))["LOADERD_ETCD_ENDPOINTS"]["value"] == ",".join(want)
     for cfg in configs(r).values():
         assert cfg["cluster"]["etcd_endpoints"] == want
@@ -149,13 +153,19 @@ def test_worker_and_fuse_daemonsets(render):
     r = render()
     worker, fuse = r.get("DaemonSet", "-worker"), r.get("DaemonSet", "-fuse")
     assert container(worker)["args"] == ["--config", "/etc/loaderd/loaderd.toml"]
+    # The FUSE DaemonSet runs the thin front over the worker's socket, read from the hostPath
+    # the worker's socket lives in; it reads the worker's config for [fuse].
     assert container(fuse)["args"] == [
+        "fuse",
         "--config",
-        "/etc/loaderd/loaderd-fuse.toml",
-        "--fuse-mount",
+        "/etc/loaderd/loaderd.toml",
+        "--socket",
+        "/run/loaderd/loaderd.sock",
         "/mnt/loaderd/data",
     ]
-    # The worker runs as the image's non-root user; only the FUSE daemon is privileged.
+    assert volume(fuse, "socket")["hostPath"]["path"] == volume(worker, "socket")["hostPath"]["path"]
+    assert volume_mount(container(fuse), "socket")["mountPath"] == "/run/loaderd"
+    # The worker runs as the image's non-root user; only the FUSE front is privileged.
     assert pod_spec(worker)["securityContext"]["runAsNonRoot"] is True
     assert not container(worker)["securityContext"].get("privileged")
     assert container(fuse)["securityContext"]["privileged"] is True
@@ -164,15 +174,20 @@ def test_worker_and_fuse_daemonsets(render):
     assert host["mountPropagation"] == "Bidirectional"
     assert host["mountPath"] == "/mnt/loaderd"
     assert volume(fuse, "fuse-host")["hostPath"]["path"] == "/mnt/loaderd"
-    # Each node is two cluster members.
+    # Each node is one cluster member: the front has no cache, ports, tokens or node id.
     assert env_of(container(worker))["LOADERD_NODE_ID"]["value"] == "$(NODE_NAME)"
-    assert env_of(container(fuse))["LOADERD_NODE_ID"]["value"] == "$(NODE_NAME)-fuse"
+    assert "LOADERD_NODE_ID" not in env_of(container(fuse))
+    assert "ports" not in container(fuse)
+    assert not [v for v in pod_spec(fuse)["volumes"] if v["name"] in ("cluster-token", "ssd")]
     node_name = env_of(container(worker))["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert node_name == "spec.nodeName"
     cfg = configs(r)
+    assert set(cfg) == {"loaderd.toml"}
     assert cfg["loaderd.toml"]["cluster"]["listen_addr"] == "0.0.0.0:29998"
-    assert cfg["loaderd-fuse.toml"]["cluster"]["listen_addr"] == "0.0.0.0:29999"
+    assert cfg["loaderd.toml"]["fuse"]["worker_wait"] == "1m"
     assert env_of(container(worker))["LOADERD_ADVERTISE_ADDR"]["value"] == "$(POD_IP):29998"
+    # A front replaced by a rollout would remount the view: it rolls only when deleted.
+    assert fuse["spec"]["updateStrategy"] == {"type": "OnDelete"}
 
 
 def test_fuse_disabled(render):
@@ -185,22 +200,26 @@ def test_fuse_disabled(render):
 def test_probes_and_prometheus_annotations(render, scenario):
     r = render(SCENARIOS[scenario])
     cfg = configs(r)
-    for ds, config_name in [(r.get("DaemonSet", "-worker"), "loaderd.toml"), (r.get("DaemonSet", "-fuse"), "loaderd-fuse.toml")]:
-        cont = container(ds)
-        port = next(p["containerPort"] for p in cont["ports"] if p["name"] == "metrics")
-        assert cfg[config_name]["server"]["metrics_addr"] == f"0.0.0.0:{port}"
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert cont[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
-        ann = ds["spec"]["template"]["metadata"]["annotations"]
-        assert ann["prometheus.io/scrape"] == "true"
-        assert ann["prometheus.io/port"] == str(port)
-        assert ann["prometheus.io/path"] == "/metrics"
-        assert "checksum/config" in ann
+    ds = r.get("DaemonSet", "-worker")
+    cont = container(ds)
+    port = next(p["containerPort"] for p in cont["ports"] if p["name"] == "metrics")
+    assert cfg["loaderd.toml"]["server"]["metrics_addr"] == f"0.0.0.0:{port}"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert cont[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    ann = ds["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == str(port)
+    assert ann["prometheus.io/path"] == "/metrics"
+    assert "checksum/config" in ann
+    # The front has no HTTP endpoint, and a probe through the mount would wait on a
+    # restarting worker and get the front (and so the mount) killed.
+    front = container(r.get("DaemonSet", "-fuse"))
+    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(front)
 
 
 def test_host_network(render):
     r = render(SCENARIOS["host-network"])
-    for ds in daemonsets(r):
+    for ds in workers(r):
         spec = pod_spec(ds)
         assert spec["hostNetwork"] is True
         assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
@@ -220,7 +239,7 @@ def test_gpu_node_selector_and_tolerations(render):
 
 
 def test_dev_shm_is_a_memory_backed_empty_dir(render):
-    for ds in daemonsets(render()):
+    for ds in workers(render()):
         shm = volume(ds, "dshm")["emptyDir"]
         assert shm == {"medium": "Memory", "sizeLimit": "256Mi"}
         assert volume_mount(container(ds), "dshm")["mountPath"] == "/dev/shm"
@@ -259,7 +278,7 @@ def test_ssd_on_host_path_or_local_pv(render):
     assert volume_mount(container(worker), "ssd")["subPath"] == "worker"
 
     r = render(SCENARIOS["ssd-local-pv"])
-    for ds, capacity_mi in [(r.get("DaemonSet", "-worker"), 16 * 1024), (r.get("DaemonSet", "-fuse"), 16 * 1024)]:
+    for ds, capacity_mi in [(r.get("DaemonSet", "-worker"), 16 * 1024)]:
         claim = volume(ds, "ssd")["ephemeral"]["volumeClaimTemplate"]["spec"]
         assert claim["storageClassName"] == "topolvm"
         assert claim["resources"]["requests"]["storage"] == f"{-(-capacity_mi * 11 // 10)}Mi"
@@ -277,14 +296,14 @@ def mebibytes(text: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "scenario, memory_mi, rings_mi, fuse_memory_mi",
+    "scenario, memory_mi, rings_mi",
     [
-        ("defaults", 1024, 16 * 1024, 1024),
-        ("tiny-cache", 0, 128, 16),
-        ("huge-cache", 512 * 1024, 64 * 1024, 64 * 1024),
+        ("defaults", 1024, 16 * 1024),
+        ("tiny-cache", 0, 128),
+        ("huge-cache", 512 * 1024, 64 * 1024),
     ],
 )
-def test_memory_is_sized_from_the_cache(render, scenario, memory_mi, rings_mi, fuse_memory_mi):
+def test_memory_is_sized_from_the_cache(render, scenario, memory_mi, rings_mi):
     """The memory tier and the batch rings are memfd shared memory, charged to the daemon's
     container: its memory request and limit follow the cache sizes."""
     r = render(SCENARIOS[scenario])
@@ -293,9 +312,9 @@ def test_memory_is_sized_from_the_cache(render, scenario, memory_mi, rings_mi, f
     assert mebibytes(worker["requests"]["memory"]) == memory_mi + fixed + 1024
     assert mebibytes(worker["limits"]["memory"]) == memory_mi + fixed + 1024 + rings_mi
     assert worker["requests"]["cpu"] == "2"
+    # The front holds no cache: a small, fixed request whatever the cache's size.
     fuse = container(r.get("DaemonSet", "-fuse"))["resources"]
-    assert mebibytes(fuse["requests"]["memory"]) == fuse_memory_mi + fixed + 512
-    assert fuse["limits"]["memory"] == fuse["requests"]["memory"]
+    assert fuse == {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 
 
 def test_explicit_memory_resources_win(render):
@@ -315,7 +334,7 @@ def test_cluster_token_only_in_a_secret(render):
     for name, text in r.text.items():
         if not name.endswith("secret.yaml"):
             assert TOKEN not in text and encoded not in text, name
-    for ds in daemonsets(r):
+    for ds in workers(r):
         token_file = env_of(container(ds))["LOADERD_CLUSTER_TOKEN_FILE"]["value"]
         mounted = volume_mount(container(ds), "cluster-token")["mountPath"]
         assert token_file == f"{mounted}/token"
@@ -327,7 +346,7 @@ def test_cluster_token_only_in_a_secret(render):
 def test_cluster_token_from_an_existing_secret(render):
     r = render({"cluster": {"existingSecret": "peer-token", "existingSecretKey": "shared"}})
     assert not r.of_kind("Secret")
-    for ds in daemonsets(r):
+    for ds in workers(r):
         assert volume(ds, "cluster-token")["secret"]["secretName"] == "peer-token"
         assert env_of(container(ds))["LOADERD_CLUSTER_TOKEN_FILE"]["value"].endswith("/shared")
 
@@ -339,7 +358,8 @@ def test_generated_token_when_none_is_given(render):
 
 def test_s3_credentials_come_from_an_existing_secret(render):
     r = render(SCENARIOS["secrets"])
-    for ds in daemonsets(r):
+    assert "AWS_ACCESS_KEY_ID" not in env_of(container(r.get("DaemonSet", "-fuse")))
+    for ds in workers(r):
         env = env_of(container(ds))
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": name}
@@ -423,7 +443,7 @@ def daemon_keys(run_loaderd) -> set[str]:
 def test_rendered_config_round_trips_through_the_daemon(render, run_loaderd, daemon_keys, tmp_path, scenario):
     r = render(SCENARIOS[scenario])
     data = r.configmap_data()
-    for name, ds in [("loaderd.toml", r.get("DaemonSet", "-worker")), ("loaderd-fuse.toml", r.get("DaemonSet", "-fuse"))]:
+    for name, ds in [("loaderd.toml", r.get("DaemonSet", "-worker"))]:
         if ds is None:
             continue
         rendered = tomllib.loads(data[name])

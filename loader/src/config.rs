@@ -155,6 +155,9 @@ pub struct FuseConfig {
     /// Mode of object-store files (owner: the daemon's uid); their directories get the
     /// same bits plus x where r is set. `file://` mounts show the source's bits and owner.
     pub object_mode: u32,
+    /// The thin front (`loaderd fuse`): how long a request waits for an unreachable worker
+    /// (restarting, upgrading) before it fails with EIO.
+    pub worker_wait: Secs,
 }
 
 impl Default for FuseConfig {
@@ -169,6 +172,7 @@ impl Default for FuseConfig {
             default_permissions: true,
             keep_cache: true,
             object_mode: 0o444,
+            worker_wait: Secs(std::time::Duration::from_secs(60)),
         }
     }
 }

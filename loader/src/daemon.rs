@@ -153,8 +153,9 @@ async fn mount_fuse(cfg: &DaemonConfig, cache: &Arc<Cache>) -> anyhow::Result<Op
         return Ok(None);
     };
     let (fuse_cfg, cache, rt) = (cfg.fuse.clone(), cache.clone(), Handle::current());
-    let mount = tokio::task::spawn_blocking(move || FuseMount::mount(&path, &fuse_cfg, cache, rt))
-        .await??;
+    let mount =
+        tokio::task::spawn_blocking(move || crate::fuse::mount(&path, &fuse_cfg, cache, rt))
+            .await??;
     Ok(Some(mount))
 }
 
@@ -491,7 +492,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+/// The first SIGTERM or SIGINT, by name.
+pub async fn wait_for_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

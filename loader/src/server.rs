@@ -100,6 +100,16 @@ fn parse(path: &str) -> Result<LogicalPath, Status> {
     LogicalPath::parse(path).map_err(|e| to_status(&e))
 }
 
+/// The bits and owner the source gives `path` (`FileInfo.mode`), where it has any.
+fn file_mode(cache: &Cache, path: &LogicalPath) -> Option<pb::FileMode> {
+    let daemon = loaderd_fuse::Owner::process_ids();
+    crate::fuse::perm::source_owner(cache, path, daemon).map(|o| pb::FileMode {
+        perm: u32::from(o.perm),
+        uid: o.uid,
+        gid: o.gid,
+    })
+}
+
 fn file_info(cache: &Cache, path: &LogicalPath, stat: &Stat) -> pb::FileInfo {
     match stat {
         Stat::Dir => pb::FileInfo {
@@ -133,6 +143,7 @@ fn file_info(cache: &Cache, path: &LogicalPath, stat: &Stat) -> pb::FileInfo {
                         .collect(),
                     _ => Vec::new(),
                 },
+                mode: None,
             }
         }
     }
@@ -167,7 +178,11 @@ impl Loader for LoaderService {
             .stat(&path)
             .await
             .map_err(|e| status_at(&path, &e))?;
-        Ok(Response::new(file_info(&self.cache, &path, &stat)))
+        let mut info = file_info(&self.cache, &path, &stat);
+        if req.get_ref().with_mode {
+            info.mode = file_mode(&self.cache, &path);
+        }
+        Ok(Response::new(info))
     }
 
     type ListStream = BoxStream<pb::ListResponse>;
@@ -186,7 +201,17 @@ impl Loader for LoaderService {
             .await
             .map_err(|e| status_at(&path, &e))?;
         span.in_scope(|| debug!(entries = entries.len(), "listed"));
-        let pages = crate::list::pages(entries, r.page_size).map(Ok);
+        let (cache, with_mode) = (self.cache.clone(), r.with_mode);
+        let pages = crate::list::pages(entries, r.page_size).map(move |mut page| {
+            if with_mode {
+                for e in &mut page.entries {
+                    if let Ok(path) = LogicalPath::parse(&e.path) {
+                        e.mode = file_mode(&cache, &path);
+                    }
+                }
+            }
+            Ok(page)
+        });
         Ok(Response::new(Box::pin(futures::stream::iter(pages))))
     }
 

@@ -10,9 +10,7 @@ use tempfile::TempDir;
 
 use crate::metrics::metric_sum;
 use crate::net::{free_port, http_get};
-use crate::process::{
-    EXIT_TIMEOUT, bin, clean_env, spawn_logged, tail, terminate, wait_ready, wait_until,
-};
+use crate::process::{self, bin, clean_env, spawn_logged, tail, wait_ready, wait_until};
 
 /// A running `loaderd` with its own socket, metrics port and log file.
 pub struct Daemon {
@@ -201,28 +199,13 @@ impl Daemon {
 
     /// Sends SIGKILL and waits: a crash.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill9(&mut self.child);
     }
 
     /// SIGTERM, then asserts a clean exit (code 0) within 20 s.
     #[track_caller]
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            match terminate(&mut child) {
-                Some(status) => assert!(
-                    status.code() == Some(0),
-                    "loaderd exited with {status} after SIGTERM; log:\n{}",
-                    tail(&self.log(), 4000)
-                ),
-                None => panic!(
-                    "loaderd did not exit within {EXIT_TIMEOUT:?} of SIGTERM; log:\n{}",
-                    tail(&self.log(), 4000)
-                ),
-            }
-        }
+        process::stop(self.child.take(), "loaderd", || self.log());
     }
 
     /// Starts the daemon again (stopping it first if running) with the same

@@ -1,13 +1,110 @@
-//! A `loaderd` serving its FUSE view, and whether this machine can mount one.
+//! A `loaderd` serving its FUSE view — itself (`--fuse-mount`) or through the thin front
+//! (`loaderd fuse`, a second process serving the mount from the daemon's sockets) — and
+//! whether this machine can mount one.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
 
 use crate::daemon::Daemon;
-use crate::process::tail;
+use crate::process::{self, bin, clean_env, spawn_logged, tail, wait_ready};
+
+/// Who serves the FUSE mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuseServer {
+    /// The daemon itself (`loaderd --fuse-mount`).
+    InDaemon,
+    /// The thin front (`loaderd fuse --socket … MOUNTPOINT`) over the daemon, its worker.
+    Front,
+}
+
+/// The daemon flags of the FUSE view that the front takes too, without the `fuse-` prefix.
+const FRONT_FLAGS: [&str; 4] = [
+    "--fuse-threads",
+    "--fuse-entry-timeout",
+    "--fuse-attr-timeout",
+    "--fuse-worker-wait",
+];
+
+/// `args` split into the worker's and the front's (the `--fuse-*` flags, renamed).
+fn split_front_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut worker, mut front) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let flag = a.split('=').next().unwrap_or(a);
+        if FRONT_FLAGS.contains(&flag) {
+            front.push(a.replacen("--fuse-", "--", 1));
+            if !a.contains('=')
+                && let Some(v) = it.next()
+            {
+                front.push(v.clone());
+            }
+        } else {
+            worker.push(a.clone());
+        }
+    }
+    (worker, front)
+}
+
+/// A running `loaderd fuse` front with its own log.
+pub struct Front {
+    args: Vec<String>,
+    log: PathBuf,
+    mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Front {
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new(bin("loaderd"));
+        clean_env(&mut cmd)
+            .arg("fuse")
+            .args(&self.args)
+            .arg(&self.mnt);
+        let mut child = spawn_logged(&mut cmd, &self.log);
+        let mnt = self.mnt.clone();
+        let ready = wait_ready(
+            &mut child,
+            || (fuse_mounts(&mnt) > 0 && fs::read_dir(&mnt).is_ok()).then_some(()),
+            "loaderd fuse",
+            || format!("args {:?}; log:\n{}", self.args, self.log()),
+        );
+        if let Err(status) = ready {
+            return Err(format!("({status})\n{}", self.log()));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Everything the front wrote, across restarts.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: a crash; the mount stays, dead.
+    pub fn kill9(&mut self) {
+        process::kill9(&mut self.child);
+    }
+
+    /// SIGTERM, then asserts a clean exit (code 0).
+    #[track_caller]
+    pub fn stop(&mut self) {
+        process::stop(self.child.take(), "loaderd fuse", || self.log());
+    }
+
+    /// OS process id of the running front.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
 
 /// Why FUSE mounts cannot be tested on this machine, or `None` when they can be tried.
 pub fn fuse_unavailable() -> Option<String> {
@@ -28,8 +125,10 @@ pub fn fuse_unavailable() -> Option<String> {
 /// A `loaderd` serving its FUSE view at [`FuseDaemon::mnt`]. Dropping it kills the daemon
 /// and detaches the mount, so no stale mount outlives a test.
 pub struct FuseDaemon {
-    /// The daemon (gRPC and the rest work as usual).
+    /// The daemon (gRPC and the rest work as usual); the front's worker when there is one.
     pub daemon: Daemon,
+    /// The front serving the mount, if it is not the daemon.
+    pub front: Option<Front>,
     /// The FUSE mount point.
     pub mnt: PathBuf,
     _dir: TempDir,
@@ -39,18 +138,66 @@ impl FuseDaemon {
     /// Starts `loaderd --fuse-mount <tmp>/mnt ARGS...`; `Err` is a reason to skip (no
     /// FUSE device, mounting not permitted).
     pub fn start(args: &[String]) -> Result<FuseDaemon, String> {
+        Self::start_with(FuseServer::InDaemon, args)
+    }
+
+    /// Like [`FuseDaemon::start`], the mount served by `server`: for the front, `loaderd
+    /// ARGS...` (without the `--fuse-*` flags) is the worker, and `loaderd fuse --socket
+    /// <its socket> <the --fuse-* flags, renamed> <tmp>/mnt` serves the mount.
+    pub fn start_with(server: FuseServer, args: &[String]) -> Result<FuseDaemon, String> {
+        Self::start_inner(server, args, &[])
+    }
+
+    /// The worker `loaderd WORKER...` and the front `loaderd fuse --socket <its socket>
+    /// FRONT... <tmp>/mnt`.
+    pub fn start_front(worker: &[String], front: &[String]) -> Result<FuseDaemon, String> {
+        Self::start_inner(FuseServer::Front, worker, front)
+    }
+
+    fn start_inner(
+        server: FuseServer,
+        args: &[String],
+        front_extra: &[String],
+    ) -> Result<FuseDaemon, String> {
         if let Some(reason) = fuse_unavailable() {
             return Err(reason);
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let mnt = dir.path().join("mnt");
         fs::create_dir_all(&mnt).expect("mount point");
-        let mut all = vec!["--fuse-mount".to_string(), mnt.display().to_string()];
-        all.extend_from_slice(args);
-        match Daemon::try_start(&all) {
-            Ok(daemon) => {
+        let (all, front_args) = match server {
+            FuseServer::InDaemon => {
+                let mut all = vec!["--fuse-mount".to_string(), mnt.display().to_string()];
+                all.extend_from_slice(args);
+                (all, None)
+            }
+            FuseServer::Front => {
+                let (worker, front) = split_front_args(args);
+                (worker, Some([front, front_extra.to_vec()].concat()))
+            }
+        };
+        let started = Daemon::try_start(&all).and_then(|daemon| {
+            let Some(front_args) = front_args else {
+                return Ok((daemon, None));
+            };
+            let mut front = Front {
+                args: [
+                    vec!["--socket".to_string(), daemon.socket.display().to_string()],
+                    front_args,
+                ]
+                .concat(),
+                log: dir.path().join("front.log"),
+                mnt: mnt.clone(),
+                child: None,
+            };
+            front.try_spawn()?;
+            Ok((daemon, Some(front)))
+        });
+        match started {
+            Ok((daemon, front)) => {
                 let d = FuseDaemon {
                     daemon,
+                    front,
                     mnt,
                     _dir: dir,
                 };
@@ -78,6 +225,54 @@ impl FuseDaemon {
     /// `mnt` joined with a relative path.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
+    }
+
+    /// Who serves the mount.
+    pub fn server(&self) -> FuseServer {
+        match self.front {
+            Some(_) => FuseServer::Front,
+            None => FuseServer::InDaemon,
+        }
+    }
+
+    /// What the daemon and the front (if any) logged.
+    pub fn log(&self) -> String {
+        let mut log = self.daemon.log();
+        if let Some(f) = &self.front {
+            log.push_str(&f.log());
+        }
+        log
+    }
+
+    /// SIGKILL to the process serving the mount (the front, or the daemon).
+    pub fn kill9(&mut self) {
+        match &mut self.front {
+            Some(f) => f.kill9(),
+            None => self.daemon.kill9(),
+        }
+    }
+
+    /// Starts the process serving the mount again (stopping it first if running).
+    #[track_caller]
+    pub fn restart(&mut self) {
+        match &mut self.front {
+            Some(f) => {
+                f.stop();
+                if let Err(log) = f.try_spawn() {
+                    panic!("loaderd fuse exited during restart; log:\n{log}");
+                }
+            }
+            None => self.daemon.restart(),
+        }
+    }
+
+    /// SIGTERM to the front (if any), then to the daemon; each must exit cleanly.
+    #[track_caller]
+    pub fn stop(&mut self) {
+        if let Some(f) = &mut self.front {
+            f.stop();
+        }
+        self.daemon.stop();
     }
 }
 
@@ -110,6 +305,9 @@ impl std::ops::DerefMut for FuseDaemon {
 
 impl Drop for FuseDaemon {
     fn drop(&mut self) {
+        if let Some(f) = &mut self.front {
+            f.kill9();
+        }
         self.daemon.kill9();
         while fuse_mounts(&self.mnt) > 0 {
             let ok = Command::new("umount")
@@ -123,4 +321,24 @@ impl Drop for FuseDaemon {
             }
         }
     }
+}
+
+/// Each named test body (a `fn(FuseServer)` in the calling file) as two tests:
+/// `in_daemon::NAME` against the daemon's own mount and `front::NAME` against the front.
+#[macro_export]
+macro_rules! against_both_fuse_servers {
+    ($($name:ident),* $(,)?) => {
+        mod in_daemon {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::FuseServer::InDaemon)
+            })*
+        }
+        mod front {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::FuseServer::Front)
+            })*
+        }
+    };
 }

@@ -33,7 +33,7 @@ pub use data::{
     Dataset, assert_bytes_eq, flip_byte, gen_dataset, list_files, random_bytes, sha256,
     ssd_block_files, write_random_file,
 };
-pub use fuse::{FuseDaemon, fuse_mounts, fuse_unavailable};
+pub use fuse::{Front, FuseDaemon, FuseServer, fuse_mounts, fuse_unavailable};
 pub use metrics::metric_sum;
 pub use net::{BlackHole, free_port, http_get, try_http_get};
 pub use pipeline::{shm_read_mapped, small_epoch};

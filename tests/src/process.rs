@@ -70,6 +70,33 @@ pub(crate) fn terminate(child: &mut Child) -> Option<ExitStatus> {
     None
 }
 
+/// SIGKILL to the process in `child`, if any, and waits: a crash.
+pub(crate) fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// SIGTERM to `child`, if any, then asserts a clean exit (code 0) within
+/// [`EXIT_TIMEOUT`]; `what` and `log()` name it in the failure.
+#[track_caller]
+pub(crate) fn stop(child: Option<Child>, what: &str, log: impl Fn() -> String) {
+    if let Some(mut c) = child {
+        match terminate(&mut c) {
+            Some(status) => assert!(
+                status.code() == Some(0),
+                "{what} exited with {status} after SIGTERM; log:\n{}",
+                tail(&log(), 4000)
+            ),
+            None => panic!(
+                "{what} did not exit within {EXIT_TIMEOUT:?} of SIGTERM; log:\n{}",
+                tail(&log(), 4000)
+            ),
+        }
+    }
+}
+
 /// Spawns `cmd` with no stdin, its stdout and stderr appended to the file at `log`.
 pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
     let file = OpenOptions::new()

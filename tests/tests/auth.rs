@@ -17,8 +17,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use loaderd_tests::{
-    Daemon, FuseDaemon, args, bin, clean_env, file_mount_args, file_uri, free_port, tail,
-    wait_until,
+    Daemon, FuseDaemon, FuseServer, args, bin, clean_env, file_mount_args, file_uri, free_port,
+    tail, wait_until,
 };
 
 const NOBODY: &str = "65534";
@@ -509,8 +509,8 @@ fn the_tcp_api_needs_its_token_and_admin_calls_the_admin_token() {
     }
 }
 
-#[test]
-fn fuse_shows_the_source_owner_and_modes_and_the_kernel_enforces_them() {
+/// Through the daemon's own mount and through the front (`FileInfo.mode` over gRPC).
+fn fuse_shows_the_source_owner_and_modes_and_the_kernel_enforces_them(server: FuseServer) {
     if !can_switch_users() {
         return;
     }
@@ -530,7 +530,7 @@ fn fuse_shows_the_source_owner_and_modes_and_the_kernel_enforces_them() {
         .status()
         .expect("chown");
     assert!(status.success());
-    let d = match FuseDaemon::start(&file_mount_args("/data", src.path())) {
+    let d = match FuseDaemon::start_with(server, &file_mount_args("/data", src.path())) {
         Ok(d) => d,
         Err(reason) => {
             eprintln!("skipping: {reason}");
@@ -577,3 +577,7 @@ fn fuse_shows_the_source_owner_and_modes_and_the_kernel_enforces_them() {
         assert_eq!(out.stdout, format!("contents of {name}").as_bytes());
     }
 }
+
+loaderd_tests::against_both_fuse_servers!(
+    fuse_shows_the_source_owner_and_modes_and_the_kernel_enforces_them
+);

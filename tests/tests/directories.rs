@@ -3,7 +3,8 @@
 //! anything under them), through `loaderctl ls` (gRPC List), `loaderctl stat`, and a real FUSE
 //! mount read with std::fs and Python's `os.listdir`/`os.walk` (as DLIO lists its `valid/`).
 //! Both with manifests (the default) and with per-path metadata (`--no-manifest`). The FUSE
-//! checks skip, with the reason printed, where a FUSE mount cannot be made.
+//! checks skip, with the reason printed, where a FUSE mount cannot be made. Each test runs
+//! with the daemon's own mount (`in_daemon::`) and with the thin front (`front::`).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -13,8 +14,8 @@ use std::thread;
 use std::time::Duration;
 
 use loaderd_tests::{
-    Daemon, FuseDaemon, S3Sandbox, args, assert_bytes_eq, file_mount_args, fuse_unavailable,
-    random_bytes,
+    Daemon, FuseDaemon, FuseServer, S3Sandbox, args, assert_bytes_eq, file_mount_args,
+    fuse_unavailable, random_bytes,
 };
 
 /// Directories and files below a root, as relative paths.
@@ -31,7 +32,7 @@ enum Served {
 }
 
 impl Served {
-    fn start(mut a: Vec<String>, extra: &[&str]) -> Served {
+    fn start(server: FuseServer, mut a: Vec<String>, extra: &[&str]) -> Served {
         a.extend(args(extra));
         if let Some(reason) = fuse_unavailable() {
             eprintln!("skipping the FUSE checks: {reason}");
@@ -44,7 +45,7 @@ impl Served {
             "--fuse-attr-timeout",
             "1s",
         ]));
-        match FuseDaemon::start(&with_fuse) {
+        match FuseDaemon::start_with(server, &with_fuse) {
             Ok(d) => Served::Fuse(d),
             Err(reason) => {
                 eprintln!("skipping the FUSE checks: {reason}");
@@ -207,14 +208,13 @@ fn make_source(root: &Path) -> Vec<u8> {
     bytes
 }
 
-#[test]
-fn file_mounts_show_empty_and_nested_empty_directories() {
+fn file_mounts_show_empty_and_nested_empty_directories(server: FuseServer) {
     for mode in [&[][..], &["--no-manifest"][..]] {
         let src = tempfile::tempdir().expect("tempdir");
         let bytes = make_source(src.path());
         let mut extra = vec!["--metadata-ttl", "3s"];
         extra.extend_from_slice(mode);
-        let s = Served::start(file_mount_args("/data", src.path()), &extra);
+        let s = Served::start(server, file_mount_args("/data", src.path()), &extra);
         let what = format!("file:// {mode:?}");
 
         let want = fs_tree(src.path());
@@ -277,8 +277,7 @@ fn file_mounts_show_empty_and_nested_empty_directories() {
     }
 }
 
-#[test]
-fn s3_directory_markers_are_directories_and_never_files() {
+fn s3_directory_markers_are_directories_and_never_files(server: FuseServer) {
     let data = tempfile::tempdir().expect("tempdir");
     let bytes = make_source(data.path());
     // The upload writes objects for files only: `valid/` and `deep/er/est/` are absent.
@@ -300,7 +299,7 @@ fn s3_directory_markers_are_directories_and_never_files() {
     s3.put_object("ds/both/in.bin", b"inside");
 
     for mode in [&[][..], &["--no-manifest"][..]] {
-        let s = Served::start(s3.mount_args("/data", "ds"), mode);
+        let s = Served::start(server, s3.mount_args("/data", "ds"), mode);
         let what = format!("s3 {mode:?}");
         let mut want = fs_tree(data.path());
         // Without a marker, `deep/er/` and `deep/er/est/` (no file below them on disk) do not
@@ -344,7 +343,7 @@ fn s3_directory_markers_are_directories_and_never_files() {
     }
 
     // A marker deleted from the store leaves the view after an invalidate.
-    let s = Served::start(s3.mount_args("/data", "ds"), &[]);
+    let s = Served::start(server, s3.mount_args("/data", "ds"), &[]);
     assert!(ls_tree(s.daemon(), "/data").dirs.contains("valid"));
     s3.delete_object("ds/valid/");
     s.daemon().ctl_ok(&["invalidate", "/data"]);
@@ -360,3 +359,8 @@ fn s3_directory_markers_are_directories_and_never_files() {
         assert_eq!(fs_tree(&root), tree, "the FUSE view after invalidate");
     }
 }
+
+loaderd_tests::against_both_fuse_servers!(
+    file_mounts_show_empty_and_nested_empty_directories,
+    s3_directory_markers_are_directories_and_never_files,
+);

@@ -1,7 +1,9 @@
 //! The FUSE view: a real mount of the daemon's namespace read with std::fs and Python, as
 //! legacy training scripts do. Byte-exact walks, read-only POSIX errors, kernel timeouts
 //! against UFS changes, parallel readers, and recovery from a daemon killed while mounted.
-//! Every test skips with a printed reason where FUSE cannot be mounted.
+//! Every test runs twice: against the daemon's own mount (`in_daemon::`) and against the
+//! thin front serving the mount from the daemon's sockets (`front::`). Every test skips with
+//! a printed reason where FUSE cannot be mounted.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -13,18 +15,18 @@ use std::thread;
 use std::time::Duration;
 
 use loaderd_tests::{
-    Dataset, FuseDaemon, S3Sandbox, args, assert_bytes_eq, file_mount_args, fuse_mounts,
-    fuse_unavailable, random_bytes, sha256, tail,
+    Dataset, FuseDaemon, FuseServer, S3Sandbox, args, assert_bytes_eq, file_mount_args,
+    fuse_mounts, fuse_unavailable, random_bytes, sha256, tail,
 };
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-fn start(data: &Dataset, extra: &[&str]) -> Option<FuseDaemon> {
+fn start(server: FuseServer, data: &Dataset, extra: &[&str]) -> Option<FuseDaemon> {
     let mut a = file_mount_args("/data", &data.root);
     a.extend(args(&["--block-size", "64KiB"]));
     a.extend(args(extra));
-    match FuseDaemon::start(&a) {
+    match FuseDaemon::start_with(server, &a) {
         Ok(d) => Some(d),
         Err(reason) => {
             eprintln!("skipping: {reason}");
@@ -64,10 +66,11 @@ fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
 const EROFS: i32 = 30;
 const ENOENT: i32 = 2;
 
-#[test]
-fn walk_stat_and_read_match_the_source() {
+fn walk_stat_and_read_match_the_source(server: FuseServer) {
     let data = Dataset::new(3, 8, &[3 * MIB + 17, 200_000, 64 * KIB, 0]);
-    let Some(d) = start(&data, &[]) else { return };
+    let Some(d) = start(server, &data, &[]) else {
+        return;
+    };
     let root = d.path("data");
 
     let want: BTreeSet<String> = data.files.iter().map(|(r, _)| r.clone()).collect();
@@ -180,10 +183,9 @@ fn walk_stat_and_read_match_the_source() {
     );
 }
 
-#[test]
-fn parallel_readers_are_byte_exact() {
+fn parallel_readers_are_byte_exact(server: FuseServer) {
     let data = Dataset::new(4, 10, &[2 * MIB, 300_000, 100_000]);
-    let Some(d) = start(&data, &["--fuse-threads", "8"]) else {
+    let Some(d) = start(server, &data, &["--fuse-threads", "8"]) else {
         return;
     };
     let root = d.path("data");
@@ -207,12 +209,12 @@ fn parallel_readers_are_byte_exact() {
     });
 }
 
-#[test]
-fn ufs_changes_appear_after_invalidate_and_kernel_timeouts() {
+fn ufs_changes_appear_after_invalidate_and_kernel_timeouts(server: FuseServer) {
     let data = Dataset::blobs(&[1000]);
     let rel = "blobs/blob_00.bin";
     // Metadata trusted for a day in both; the kernel's timeouts short in one, long in the other.
     let Some(short) = start(
+        server,
         &data,
         &[
             "--metadata-ttl",
@@ -225,7 +227,7 @@ fn ufs_changes_appear_after_invalidate_and_kernel_timeouts() {
     ) else {
         return;
     };
-    let Some(long) = start(&data, &["--metadata-ttl", "24h"]) else {
+    let Some(long) = start(server, &data, &["--metadata-ttl", "24h"]) else {
         return;
     };
     let (sp, lp) = (short.path("data").join(rel), long.path("data").join(rel));
@@ -273,11 +275,11 @@ fn ufs_changes_appear_after_invalidate_and_kernel_timeouts() {
     assert_eq!(fuse_mounts(&long.mnt), 0);
 }
 
-#[test]
-fn a_killed_daemon_leaves_a_stale_mount_that_the_next_start_clears() {
+/// The process serving the mount (the daemon, or the front) killed and started again.
+fn a_killed_daemon_leaves_a_stale_mount_that_the_next_start_clears(server: FuseServer) {
     let data = Dataset::blobs(&[300_000]);
     let rel = "data/blobs/blob_00.bin";
-    let Some(mut d) = start(&data, &[]) else {
+    let Some(mut d) = start(server, &data, &[]) else {
         return;
     };
     assert_eq!(
@@ -311,8 +313,7 @@ fn a_killed_daemon_leaves_a_stale_mount_that_the_next_start_clears() {
     assert!(d.log().contains("FUSE view unmounted"));
 }
 
-#[test]
-fn ufs_failures_are_eio_and_name_the_path() {
+fn ufs_failures_are_eio_and_name_the_path(server: FuseServer) {
     if let Some(reason) = fuse_unavailable() {
         eprintln!("skipping: {reason}");
         return;
@@ -321,7 +322,7 @@ fn ufs_failures_are_eio_and_name_the_path() {
     let mut s3 = S3Sandbox::start(&[(&data.root, "ds")]);
     let mut a = args(&["--ufs-timeout", "2s", "--ufs-retries", "1"]);
     a.extend(s3.mount_args("/data", "ds"));
-    let d = match FuseDaemon::start(&a) {
+    let d = match FuseDaemon::start_with(server, &a) {
         Ok(d) => d,
         Err(reason) => {
             eprintln!("skipping: {reason}");
@@ -348,3 +349,11 @@ fn ufs_failures_are_eio_and_name_the_path() {
     s3.restart();
     assert_eq!(fs::read(&uncached).unwrap(), data.read("blobs/blob_01.bin"));
 }
+
+loaderd_tests::against_both_fuse_servers!(
+    walk_stat_and_read_match_the_source,
+    parallel_readers_are_byte_exact,
+    ufs_changes_appear_after_invalidate_and_kernel_timeouts,
+    a_killed_daemon_leaves_a_stale_mount_that_the_next_start_clears,
+    ufs_failures_are_eio_and_name_the_path,
+);

@@ -1,7 +1,8 @@
 //! `loaderctl bench fuse`: the same files read through the daemon's FUSE view, through its
 //! API (gRPC, and the shared-memory path when offered) and from a local copy in the page
 //! cache — sequential whole-file reads, random 4–64 KiB reads, and a metadata walk — in one
-//! run, as MB/s and ratios.
+//! run, as MB/s and ratios. With `--front`, every FUSE phase also runs through a thin front
+//! (`loaderd fuse`) over the same daemon, with its ratio to the in-daemon view.
 //!
 //! The daemon's cache is warmed first, so every phase measures serving cached data. FUSE
 //! reads are timed twice: with the files' kernel pages dropped first (`fadvise DONTNEED`:
@@ -41,6 +42,10 @@ pub struct FuseArgs {
     /// A local copy of the same files, read from the page cache as the baseline.
     #[arg(long)]
     local: Option<PathBuf>,
+    /// Where a thin FUSE front over the same daemon is mounted (`loaderd fuse --socket …
+    /// MOUNTPOINT`): the FUSE phases run through it too (`fuse-front` rows, `vs fuse`).
+    #[arg(long)]
+    front: Option<PathBuf>,
     /// Concurrent readers in every phase.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -137,13 +142,28 @@ pub async fn fuse(
     };
     let rand_fuse = rand_in(&fuse_dir);
     let whole_fuse = local_files(&fuse_dir, &files);
+    let front_dir = args
+        .front
+        .as_ref()
+        .map(|m| m.join(root.trim_start_matches('/')));
+    if let Some(d) = front_dir.as_ref().filter(|d| !d.is_dir()) {
+        bail!("{} is not a directory: is the front mounted?", d.display());
+    }
+    let (rand_front, whole_front) = match &front_dir {
+        Some(d) => (rand_in(d), local_files(d, &files)),
+        None => (Vec::new(), Vec::new()),
+    };
     let mut rows = Vec::new();
 
     // The walk first: the kernel has cached the fewest entries yet.
-    tokio::task::block_in_place(|| {
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
         timed(&mut rows, "walk", "fuse", files.len(), || {
             walk(&fuse_dir, n)
-        })
+        })?;
+        match &front_dir {
+            Some(d) => timed(&mut rows, "walk", "fuse-front", files.len(), || walk(d, n)),
+            None => Ok(()),
+        }
     })?;
     let t = Instant::now();
     let listed = list_files(c, &root).await?;
@@ -151,7 +171,14 @@ pub async fn fuse(
         .map(|f| {
             let mut c = c.clone();
             let path = format!("{root}/{}", f.rel);
-            async move { c.stat(pb::StatRequest { path }).await.map_err(rpc_err) }
+            async move {
+                c.stat(pb::StatRequest {
+                    path,
+                    with_mode: false,
+                })
+                .await
+                .map_err(rpc_err)
+            }
         })
         .buffer_unordered(n)
         .try_for_each(|_| async { Ok(()) })
@@ -175,9 +202,9 @@ pub async fn fuse(
         bail!("warm-up read {warmed} bytes, expected {total}");
     }
 
-    for (workload, fuse_reqs, logical, random) in [
-        ("sequential", &whole_fuse, &whole, false),
-        ("random", &rand_fuse, &rand_logical, true),
+    for (workload, fuse_reqs, front_reqs, logical, random) in [
+        ("sequential", &whole_fuse, &whole_front, &whole, false),
+        ("random", &rand_fuse, &rand_front, &rand_logical, true),
     ] {
         let ops = logical.len();
         tokio::task::block_in_place(|| -> anyhow::Result<()> {
@@ -187,7 +214,17 @@ pub async fn fuse(
             })?;
             timed(&mut rows, workload, "fuse-page-cache", ops, || {
                 fs_reads(fuse_reqs, n, random)
-            })
+            })?;
+            if front_dir.is_some() {
+                drop_pages(&whole_front)?;
+                timed(&mut rows, workload, "fuse-front", ops, || {
+                    fs_reads(front_reqs, n, random)
+                })?;
+                timed(&mut rows, workload, "fuse-front-page-cache", ops, || {
+                    fs_reads(front_reqs, n, random)
+                })?;
+            }
+            Ok(())
         })?;
         let t = Instant::now();
         let bytes = grpc_reads(c, logical, n).await?;
@@ -258,7 +295,10 @@ fn report(rows: &[Row], files: &[FileMeta], total: u64, n: usize, as_json: bool)
                     "secs": r.secs, "mb_per_s": r.mbps(), "ops_per_s": r.ops_per_s(),
                     "vs_local": base(r.workload, "local-page-cache").or(base(r.workload, "local"))
                         .map(|l| r.rate() / l),
-                    "vs_grpc": base(r.workload, "grpc").map(|g| r.rate() / g)})
+                    "vs_grpc": base(r.workload, "grpc").map(|g| r.rate() / g),
+                    "vs_fuse": r.via.starts_with("fuse-front")
+                        .then(|| base(r.workload, in_daemon(r.via)).map(|f| r.rate() / f))
+                        .flatten()})
             })
             .collect();
         println!(
@@ -268,9 +308,18 @@ fn report(rows: &[Row], files: &[FileMeta], total: u64, n: usize, as_json: bool)
         return;
     }
     println!("{}", summary_line(files.len(), total, n));
+    let fronted = rows.iter().any(|r| r.via.starts_with("fuse-front"));
     println!(
-        "{:<11} {:<17} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9}",
-        "workload", "via", "secs", "ops", "ops/s", "MB/s", "vs local", "vs grpc"
+        "{:<11} {:<22} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9}{}",
+        "workload",
+        "via",
+        "secs",
+        "ops",
+        "ops/s",
+        "MB/s",
+        "vs local",
+        "vs grpc",
+        if fronted { "   vs fuse" } else { "" }
     );
     for r in rows {
         let local = base(r.workload, "local-page-cache").or(base(r.workload, "local"));
@@ -280,8 +329,13 @@ fn report(rows: &[Row], files: &[FileMeta], total: u64, n: usize, as_json: bool)
         } else {
             format!("{:.1}", r.mbps())
         };
+        let vs_fuse = if fronted && r.via.starts_with("fuse-front") {
+            format!(" {:>9}", ratio(base(r.workload, in_daemon(r.via))))
+        } else {
+            String::new()
+        };
         println!(
-            "{:<11} {:<17} {:>8.3} {:>9} {:>10.0} {:>10} {:>9} {:>9}",
+            "{:<11} {:<22} {:>8.3} {:>9} {:>10.0} {:>10} {:>9} {:>9}{vs_fuse}",
             r.workload,
             r.via,
             r.secs,
@@ -291,6 +345,15 @@ fn report(rows: &[Row], files: &[FileMeta], total: u64, n: usize, as_json: bool)
             ratio(local),
             ratio(base(r.workload, "grpc"))
         );
+    }
+}
+
+/// The in-daemon row a front row compares with (`fuse-front-page-cache` → `fuse-page-cache`).
+fn in_daemon(via: &str) -> &str {
+    match via {
+        "fuse-front" => "fuse",
+        "fuse-front-page-cache" => "fuse-page-cache",
+        other => other,
     }
 }
 

@@ -37,6 +37,7 @@ pub(super) async fn run(
         let info = c
             .stat(pb::StatRequest {
                 path: format!("{root}/{}", f.rel),
+                with_mode: false,
             })
             .await
             .map_err(rpc_err)?

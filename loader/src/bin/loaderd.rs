@@ -38,6 +38,16 @@ struct Args {
     /// usable GPU) or `off`.
     #[arg(long, env = "LOADERD_GPU", help_heading = "GPU")]
     gpu: Option<loaderd::config::GpuMode>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+/// Other jobs of the same binary (none given: run the daemon).
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Serve a FUSE mount from the node's worker (the thin front): no cache of its own, no
+    /// cluster membership; requests wait out a worker restart (`[fuse] worker_wait`).
+    Fuse(loaderd::front::FrontArgs),
 }
 
 /// Listeners, access and logging (`[server]`).
@@ -327,6 +337,11 @@ fn apply_cluster(args: &ClusterArgs, k: &mut ClusterConfig) -> anyhow::Result<()
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Sub::Fuse(front)) = &args.command {
+        let (cfg, log_level) = loaderd::front::config(front)?;
+        init_logging(&log_level)?;
+        return loaderd::front::run(cfg);
+    }
     let mut cfg = match &args.config {
         Some(path) => DaemonConfig::from_file(path)?,
         None => DaemonConfig::default(),
@@ -338,15 +353,21 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     loaderd::daemon::tune_allocator();
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.server.log_level))
-        .context("invalid log filter (server.log_level)")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    init_logging(&cfg.server.log_level)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("loaderd")
         .build()?
         .block_on(loaderd::daemon::run(cfg))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `level` (`server.log_level`).
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .context("invalid log filter (server.log_level)")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    Ok(())
 }
 
 #[cfg(test)]

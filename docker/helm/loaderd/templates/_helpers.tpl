@@ -156,14 +156,13 @@ metadata + overhead, limit = request + rings.
 {{- end -}}
 
 {{/*
-loaderd.toml of one daemon: (dict "root" $ "instance" "worker"|"fuse"). Every key the daemon
-has is written out; node-specific ones (node_id, advertise_addr, token_file) come from the
-LOADERD_* environment of the pod.
+loaderd.toml of the worker: (dict "root" $ "instance" "worker"). Every key the daemon has is
+written out; node-specific ones (node_id, advertise_addr, token_file) come from the LOADERD_*
+environment of the pod. The FUSE front reads the same file (its [fuse] and server sockets).
 */}}
 {{- define "loaderd.config" -}}
 {{- $v := .root.Values -}}
 {{- $c := $v.config -}}
-{{- $fuse := eq .instance "fuse" -}}
 # loaderd.toml of the {{ .instance }} daemon, rendered by the loaderd Helm chart.
 # node_id, advertise_addr, etcd endpoints and token_file also come from LOADERD_* variables.
 {{- if not $c.mount }}
@@ -171,11 +170,7 @@ mount = []
 {{- end }}
 
 [server]
-{{- if $fuse }}
-socket = "/run/loaderd-fuse/loaderd.sock"
-{{- else }}
 socket = {{ include "loaderd.socketPath" .root | toJson }}
-{{- end }}
 {{- with $c.server.socket_group }}
 socket_group = {{ include "loaderd.toml.str" . }}
 {{- end }}
@@ -194,12 +189,12 @@ tcp_admin_token_file = {{ include "loaderd.toml.str" . }}
 {{- with $c.server.admin_group }}
 admin_group = {{ include "loaderd.toml.str" . }}
 {{- end }}
-metrics_addr = "0.0.0.0:{{ ternary $v.fuse.metricsPort $v.metrics.port $fuse | int }}"
+metrics_addr = "0.0.0.0:{{ $v.metrics.port | int }}"
 readahead_blocks = {{ include "loaderd.toml.int" $c.server.readahead_blocks }}
 load_parallelism = {{ include "loaderd.toml.int" $c.server.load_parallelism }}
 log_level = {{ include "loaderd.toml.str" $c.server.log_level }}
 shm_reads = {{ include "loaderd.toml.bool" $c.server.shm_reads }}
-{{- if and $c.server.shm_socket (not $fuse) }}
+{{- if $c.server.shm_socket }}
 shm_socket = {{ include "loaderd.toml.str" $c.server.shm_socket }}
 {{- end }}
 shm_max_leased = {{ include "loaderd.toml.quantity" $c.server.shm_max_leased }}
@@ -219,13 +214,13 @@ block_size = {{ include "loaderd.toml.quantity" $c.cache.block_size }}
 eviction = {{ include "loaderd.toml.str" $c.cache.eviction }}
 
 [cache.memory]
-capacity = {{ include "loaderd.toml.quantity" (ternary $v.fuse.memoryCapacity $c.cache.memory.capacity $fuse) }}
+capacity = {{ include "loaderd.toml.quantity" $c.cache.memory.capacity }}
 watermarks = {{ include "loaderd.toml.watermarks" $c.cache.memory.watermarks }}
 {{- if $v.ssd.enabled }}
 
 [cache.ssd]
 dir = {{ include "loaderd.ssdDir" .root | toJson }}
-capacity = {{ include "loaderd.toml.quantity" (ternary $v.fuse.ssdCapacity $c.cache.ssd.capacity $fuse) }}
+capacity = {{ include "loaderd.toml.quantity" $c.cache.ssd.capacity }}
 watermarks = {{ include "loaderd.toml.watermarks" $c.cache.ssd.watermarks }}
 {{- end }}
 
@@ -244,7 +239,7 @@ mount_reserved_bytes = {{ include "loaderd.toml.quantity" $c.cache.ufs.mount_res
 max_bandwidth = {{ include "loaderd.toml.quantity" $c.cache.ufs.max_bandwidth }}
 
 [fuse]
-# mount_point: the FUSE daemon gets --fuse-mount.
+# mount_point: unset; the FUSE DaemonSet's front (loaderd fuse) gets the mount point.
 entry_timeout = {{ include "loaderd.toml.quantity" $c.fuse.entry_timeout }}
 attr_timeout = {{ include "loaderd.toml.quantity" $c.fuse.attr_timeout }}
 threads = {{ include "loaderd.toml.int" $c.fuse.threads }}
@@ -253,6 +248,7 @@ allow_other = {{ include "loaderd.toml.bool" $c.fuse.allow_other }}
 default_permissions = {{ include "loaderd.toml.bool" $c.fuse.default_permissions }}
 keep_cache = {{ include "loaderd.toml.bool" $c.fuse.keep_cache }}
 object_mode = {{ include "loaderd.toml.int" $c.fuse.object_mode }}
+worker_wait = {{ include "loaderd.toml.quantity" $c.fuse.worker_wait }}
 
 [mounts]
 allowed_roots = {{ default list $c.mounts.allowed_roots | toJson }}
@@ -284,7 +280,7 @@ mode = {{ include "loaderd.toml.str" $c.gpu.mode }}
 
 [cluster]
 {{- if $v.cluster.enabled }}
-listen_addr = "0.0.0.0:{{ ternary $v.fuse.peerPort $v.worker.peerPort $fuse | int }}"
+listen_addr = "0.0.0.0:{{ $v.worker.peerPort | int }}"
 {{- end }}
 members = [
 {{- range $i, $m := $c.cluster.members }}{{ if $i }}, {{ end }}{ id = {{ include "loaderd.toml.str" $m.id }}, addr = {{ include "loaderd.toml.str" $m.addr }} }{{ end -}}
@@ -323,25 +319,24 @@ options = { {{- join ", " $pairs -}} }
 {{ end -}}
 
 {{/*
-Environment of a daemon: (dict "root" $ "instance" "worker"|"fuse"). The node id and the
-advertise address are per node; the token is a file from the Secret.
+Environment of the worker: (dict "root" $ "instance" "worker"). The node id and the advertise
+address are per node; the token is a file from the Secret.
 */}}
 {{- define "loaderd.env" -}}
 {{- $v := .root.Values -}}
-{{- $fuse := eq .instance "fuse" -}}
 - name: NODE_NAME
   valueFrom:
     fieldRef:
       fieldPath: spec.nodeName
 - name: LOADERD_NODE_ID
-  value: {{ ternary "$(NODE_NAME)-fuse" "$(NODE_NAME)" $fuse | quote }}
+  value: "$(NODE_NAME)"
 {{- if $v.cluster.enabled }}
 - name: POD_IP
   valueFrom:
     fieldRef:
       fieldPath: {{ ternary "status.hostIP" "status.podIP" $v.hostNetwork }}
 - name: LOADERD_ADVERTISE_ADDR
-  value: "$(POD_IP):{{ ternary $v.fuse.peerPort $v.worker.peerPort $fuse | int }}"
+  value: "$(POD_IP):{{ $v.worker.peerPort | int }}"
 {{- $eps := include "loaderd.etcdEndpoints" .root | fromJsonArray }}
 {{- if $eps }}
 - name: LOADERD_ETCD_ENDPOINTS

@@ -1,6 +1,7 @@
 //! Inode numbers for logical paths.
 //!
-//! The kernel names files by inode number; the cache names them by logical path. An inode's
+//! The kernel names files by inode number; the backend names them by logical path
+//! (`/data/a.jpg`, normalised: see [`crate::path`]). An inode's
 //! number is the xxh3 hash of its path (the root is 1), so a path keeps its number across
 //! lookups, forgets and daemon restarts; a collision with a different live path probes the
 //! next number. The table holds only inodes the kernel knows (it counts lookups and drops an
@@ -8,17 +9,19 @@
 //! of paths in memory.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use loaderd_cache::LogicalPath;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The root directory's inode number (FUSE's fixed value).
 pub const ROOT: u64 = 1;
 
+/// The root directory's path.
+pub const ROOT_PATH: &str = "/";
+
 #[derive(Debug)]
 struct Node {
-    path: LogicalPath,
+    path: String,
     lookups: u64,
 }
 
@@ -31,7 +34,7 @@ pub struct InodeTable {
 #[derive(Debug, Default)]
 struct Inner {
     by_ino: HashMap<u64, Node>,
-    by_path: HashMap<LogicalPath, u64>,
+    by_path: HashMap<String, u64>,
 }
 
 impl Default for InodeTable {
@@ -40,11 +43,11 @@ impl Default for InodeTable {
         inner.by_ino.insert(
             ROOT,
             Node {
-                path: LogicalPath::root(),
+                path: ROOT_PATH.to_string(),
                 lookups: 1,
             },
         );
-        inner.by_path.insert(LogicalPath::root(), ROOT);
+        inner.by_path.insert(ROOT_PATH.to_string(), ROOT);
         InodeTable {
             inner: Mutex::new(inner),
         }
@@ -52,11 +55,11 @@ impl Default for InodeTable {
 }
 
 /// The number a path gets when nothing else holds it: never 0 (invalid) or 1 (the root).
-pub fn preferred_ino(path: &LogicalPath) -> u64 {
-    if path.is_root() {
+pub fn preferred_ino(path: &str) -> u64 {
+    if path == ROOT_PATH {
         return ROOT;
     }
-    match xxh3_64(path.as_str().as_bytes()) {
+    match xxh3_64(path.as_bytes()) {
         h @ 0..=ROOT => h + 2,
         h => h,
     }
@@ -64,11 +67,11 @@ pub fn preferred_ino(path: &LogicalPath) -> u64 {
 
 impl InodeTable {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        loaderd_cache::sync::lock(&self.inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The inode of `path`, counting one kernel lookup (a LOOKUP or READDIRPLUS reply).
-    pub fn lookup(&self, path: &LogicalPath) -> u64 {
+    pub fn lookup(&self, path: &str) -> u64 {
         let mut inner = self.lock();
         if let Some(&ino) = inner.by_path.get(path) {
             if let Some(node) = inner.by_ino.get_mut(&ino) {
@@ -83,17 +86,17 @@ impl InodeTable {
         inner.by_ino.insert(
             ino,
             Node {
-                path: path.clone(),
+                path: path.to_string(),
                 lookups: 1,
             },
         );
-        inner.by_path.insert(path.clone(), ino);
+        inner.by_path.insert(path.to_string(), ino);
         ino
     }
 
     /// The inode `path` has or would get, without counting a lookup (plain READDIR entries,
     /// which the kernel does not remember).
-    pub fn peek(&self, path: &LogicalPath) -> u64 {
+    pub fn peek(&self, path: &str) -> u64 {
         self.lock()
             .by_path
             .get(path)
@@ -102,7 +105,7 @@ impl InodeTable {
     }
 
     /// The path of a known inode.
-    pub fn path(&self, ino: u64) -> Option<LogicalPath> {
+    pub fn path(&self, ino: u64) -> Option<String> {
         self.lock().by_ino.get(&ino).map(|n| n.path.clone())
     }
 
@@ -139,15 +142,15 @@ impl InodeTable {
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> LogicalPath {
-        LogicalPath::parse(s).unwrap()
+    fn p(s: &str) -> String {
+        s.to_string()
     }
 
     #[test]
     fn root_is_one_and_paths_are_stable() {
         let t = InodeTable::default();
-        assert_eq!(t.lookup(&LogicalPath::root()), ROOT);
-        assert_eq!(t.path(ROOT), Some(LogicalPath::root()));
+        assert_eq!(t.lookup(ROOT_PATH), ROOT);
+        assert_eq!(t.path(ROOT), Some(ROOT_PATH.to_string()));
         let a = t.lookup(&p("/data/a.jpg"));
         assert_eq!(a, preferred_ino(&p("/data/a.jpg")));
         assert!(a > ROOT);
@@ -172,7 +175,7 @@ mod tests {
         // Forgetting the root or an unknown inode is harmless.
         t.forget(ROOT, 10);
         t.forget(12345, 1);
-        assert_eq!(t.path(ROOT), Some(LogicalPath::root()));
+        assert_eq!(t.path(ROOT), Some(ROOT_PATH.to_string()));
         // The number comes back the same.
         assert_eq!(t.lookup(&p("/x")), a);
     }

@@ -4,5 +4,7 @@
 pub mod grpc;
 pub mod shm;
 
-pub use grpc::{BearerToken, Client, ConnectError, connect_tcp, connect_unix, list_all};
+pub use grpc::{
+    BearerToken, Client, ConnectError, connect_tcp, connect_unix, list_all, pinned_read,
+};
 pub use shm::{DeviceSlot, Piece, ShmClient, ShmError};

@@ -180,6 +180,7 @@ pub async fn list_all(
             path: path.to_string(),
             recursive,
             page_size: 0,
+            with_mode: false,
         })
         .await?
         .into_inner();
@@ -188,4 +189,17 @@ pub async fn list_all(
         entries.extend(page.entries);
     }
     Ok(entries)
+}
+
+/// A cached read of `length` bytes (0: to the end) of `path` from `offset`, of object
+/// version `version` only (empty: the current one): how the pieces of a shared-memory read
+/// that are not in the daemon's memory are read, pinned to the version of the others.
+pub fn pinned_read(path: &str, offset: u64, length: u64, version: &str) -> pb::ReadRequest {
+    pb::ReadRequest {
+        path: path.to_string(),
+        offset,
+        length,
+        read_type: pb::ReadType::Cache as i32,
+        version: version.to_string(),
+    }
 }

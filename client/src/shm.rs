@@ -144,8 +144,23 @@ impl ShmClient {
         path: &str,
         offset: u64,
         length: u64,
-        mut f: impl FnMut(u64, Piece<'_>) -> std::io::Result<()>,
+        f: impl FnMut(u64, Piece<'_>) -> std::io::Result<()>,
     ) -> Result<u64, ShmError> {
+        self.read_version(path, offset, length, "", f)
+            .map(|(size, _)| size)
+    }
+
+    /// Like [`ShmClient::read`], of object version `version` only (`ShmRead.version`;
+    /// empty: the current one, whichever it is): a file changed since fails with ABORTED
+    /// instead. Returns the file's size and the version read.
+    pub fn read_version(
+        &mut self,
+        path: &str,
+        offset: u64,
+        length: u64,
+        version: &str,
+        mut f: impl FnMut(u64, Piece<'_>) -> std::io::Result<()>,
+    ) -> Result<(u64, String), ShmError> {
         self.next_id += 1;
         let id = self.next_id;
         let req = pb::ShmRequest {
@@ -155,7 +170,7 @@ impl ShmClient {
                 offset,
                 length,
                 release: self.unreleased.take().into_iter().collect(),
-                version: String::new(),
+                version: version.to_string(),
             })),
         };
         send_msg(self.conn.as_fd(), &req.encode_to_vec(), None)?;
@@ -193,7 +208,7 @@ impl ShmClient {
             }
         }
         self.unreleased = Some(id);
-        res.map(|()| reply.file_size)
+        res.map(|()| (reply.file_size, reply.version))
     }
 }
 

@@ -14,28 +14,35 @@ use fuser::{
 };
 use tracing::debug;
 
-use super::view::{Attr, BLKSIZE, Kind, View};
-use crate::config::FuseConfig;
+use crate::backend::{Backend, Kind};
+use crate::options::Options;
+use crate::view::{Attr, BLKSIZE, View};
 
 /// The view mounted: it answers the kernel; what FUSE needs beyond it (timeouts, INIT
 /// parameters) lives here.
-pub struct LoaderFs {
-    view: View,
+pub struct LoaderFs<B: Backend> {
+    view: View<B>,
     entry_ttl: Duration,
     attr_ttl: Duration,
     max_read: u32,
     threads: usize,
 }
 
-impl LoaderFs {
-    pub fn new(view: View, cfg: &FuseConfig) -> Self {
+impl<B: Backend> LoaderFs<B> {
+    /// The file system of `backend`, answering the kernel as `opts` says.
+    pub fn new(backend: B, opts: &Options) -> Self {
         LoaderFs {
-            view,
-            entry_ttl: cfg.entry_timeout.0,
-            attr_ttl: cfg.attr_timeout.0,
-            max_read: u32::try_from(cfg.max_read.0).unwrap_or(u32::MAX),
-            threads: cfg.threads,
+            view: View::new(backend, opts.keep_cache),
+            entry_ttl: opts.entry_timeout,
+            attr_ttl: opts.attr_timeout,
+            max_read: opts.max_read,
+            threads: opts.threads,
         }
+    }
+
+    /// The view it serves.
+    pub fn view(&self) -> &View<B> {
+        &self.view
     }
 }
 
@@ -84,7 +91,7 @@ macro_rules! unsupported {
     };
 }
 
-impl Filesystem for LoaderFs {
+impl<B: Backend> Filesystem for LoaderFs<B> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let want = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO

@@ -1,11 +1,14 @@
-//! The view driven without a mount: a real cache over a `file://` mount of a temp dir, the
-//! calls the kernel would make, and the answers it would get.
+//! The view over the in-daemon backend, driven without a mount: a real cache over a
+//! `file://` mount of a temp dir, the calls the kernel would make, and the answers they get.
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::time::Duration;
 
 use loaderd_cache::config::{CacheConfig, MemoryTierConfig};
-use loaderd_cache::{ByteSize, MountSpec};
+use loaderd_cache::{ByteSize, LogicalPath, MountSpec};
+use loaderd_fuse::{Attr, BLKSIZE, DirEntry, Kind, ROOT, View};
+use nix::errno::Errno;
 
 use super::*;
 
@@ -24,7 +27,7 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 /// `f00`..`f22`), over a cache of 64 KiB blocks.
 struct Fixture {
     dir: tempfile::TempDir,
-    view: View,
+    view: View<CacheBackend>,
     cache: Arc<Cache>,
     // Dropped last: the view blocks on it.
     _rt: tokio::runtime::Runtime,
@@ -62,7 +65,9 @@ impl Fixture {
             let _in_runtime = rt.enter();
             Cache::open(cfg, vec![spec]).expect("cache")
         };
-        let view = View::new(cache.clone(), rt.handle().clone(), &FuseConfig::default());
+        let cfg = FuseConfig::default();
+        let backend = CacheBackend::new(cache.clone(), rt.handle().clone(), cfg.object_mode);
+        let view = View::new(backend, cfg.keep_cache);
         Fixture {
             dir,
             view,
@@ -285,7 +290,11 @@ fn readdir_pages_through_one_listing() {
     let offsets: Vec<u64> = all.iter().map(|e| e.2).collect();
     assert_eq!(offsets, (1..=want.len() as u64).collect::<Vec<_>>());
     // Plain entries take no lookup: the files stay unknown to the inode table...
-    assert!(all[2..].iter().all(|e| f.view.inodes.path(e.1).is_none()));
+    assert!(
+        all[2..]
+            .iter()
+            .all(|e| f.view.state().inodes.path(e.1).is_none())
+    );
     // ...and the numbers are those lookups later give.
     let f03 = f.view.lookup(many.ino, OsStr::new("f03")).expect("f03");
     assert_eq!(f03.ino, all[5].1);
@@ -321,12 +330,16 @@ fn readdirplus_counts_a_lookup_for_each_entry_sent_only() {
     // Every child sent is known once; the entry refused at the end of each page was
     // forgotten again, so one forget of each drops it.
     for e in &all[2..] {
-        assert!(f.view.inodes.path(e.1).is_some(), "{} unknown", e.0);
+        assert!(f.view.state().inodes.path(e.1).is_some(), "{} unknown", e.0);
         f.view.forget(e.1, 1);
-        assert!(f.view.inodes.path(e.1).is_none(), "{} held twice", e.0);
+        assert!(
+            f.view.state().inodes.path(e.1).is_none(),
+            "{} held twice",
+            e.0
+        );
     }
     // "." and ".." take no lookup.
-    assert!(f.view.inodes.path(many.ino).is_some());
+    assert!(f.view.state().inodes.path(many.ino).is_some());
 }
 
 #[test]
@@ -422,9 +435,17 @@ fn statfs_counts_the_tiers_and_the_known_inodes() {
 }
 
 #[test]
-fn parents() {
-    let p = |s| LogicalPath::parse(s).unwrap();
-    assert_eq!(parent_of(&p("/a/b/c")), p("/a/b"));
-    assert_eq!(parent_of(&p("/a")), LogicalPath::root());
-    assert_eq!(parent_of(&LogicalPath::root()), LogicalPath::root());
+fn cache_errors_reach_the_right_errno() {
+    let missing = loaderd_cache::Error::NotFound {
+        path: "/d/x".into(),
+        uri: "file:///d/x".into(),
+    };
+    let e = error(&missing);
+    assert_eq!(loaderd_fuse::errno_of(e.kind).errno, Errno::ENOENT);
+    assert!(e.message.contains("/d/x"), "{e}");
+    let ufs = loaderd_cache::Error::UfsTimeout {
+        uri: "s3://b/x".into(),
+        secs: 1.0,
+    };
+    assert_eq!(loaderd_fuse::errno_of(error(&ufs).kind).errno, Errno::EIO);
 }
