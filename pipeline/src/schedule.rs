@@ -22,11 +22,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use loaderd_cache::block::{BlockId, blocks_for};
 use loaderd_cache::cluster::schedules::Listing;
-use loaderd_cache::evict::{NextUse, Registration, Tick, clock};
+use loaderd_cache::evict::{Idle, NextUse, Registration, Tick, clock};
 use loaderd_cache::mount::Resolved;
 use loaderd_cache::sync::{read, write};
 use loaderd_cache::ufs::FileMeta;
@@ -214,6 +214,9 @@ pub struct Schedule {
     generation: AtomicU64,
     /// When and where the rate is measured from.
     started: (Instant, u64),
+    /// Whether the loader stopped consuming ([`loaderd_cache::evict::idle`]): then it needs
+    /// no block until it moves again.
+    idle: Idle,
 }
 
 impl Schedule {
@@ -235,7 +238,19 @@ impl Schedule {
             }),
             generation: AtomicU64::new(0),
             started: (Instant::now(), position),
+            idle: Idle::new(clock()),
         }
+    }
+
+    /// The same schedule going idle after `after` without a move (tests).
+    pub fn idle_after(mut self, after: Duration) -> Self {
+        self.idle = self.idle.after(after);
+        self
+    }
+
+    fn is_idle(&self) -> bool {
+        self.idle
+            .check(clock(), self.ns_per_sample(), &self.generation)
     }
 
     /// Heap bytes of a schedule of `epochs` passes over `samples` samples reading `reads`
@@ -285,6 +300,13 @@ impl Schedule {
         if position <= before {
             return;
         }
+        if self.idle.moved(clock(), &self.generation) {
+            // Back from a stall: its reads are predicted from now on, not from before it.
+            let mut anchor = write(&self.anchor);
+            anchor.tick = anchor.tick(position).max(clock());
+            anchor.position = position;
+            return;
+        }
         let (since, from) = self.started;
         let consumed = position - from;
         if consumed < RATE_MIN_SAMPLES {
@@ -311,6 +333,9 @@ impl Schedule {
 
 impl NextUse for Schedule {
     fn next_use(&self, id: BlockId) -> Option<Tick> {
+        if self.is_idle() {
+            return None;
+        }
         let at = self
             .index
             .next_at(id, self.position(), |p| self.read_begun.get(p))?;
@@ -322,6 +347,7 @@ impl NextUse for Schedule {
     }
 
     fn generation(&self) -> u64 {
+        self.is_idle();
         self.generation.load(Ordering::Acquire)
     }
 }

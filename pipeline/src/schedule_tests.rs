@@ -1,6 +1,8 @@
 use loaderd_cache::block::blocks_for;
 use loaderd_cache::ufs::FileMeta;
 
+use loaderd_cache::evict::idle::IDLE_SAMPLES;
+
 use super::*;
 use crate::sampler::SplitMix64;
 
@@ -156,6 +158,30 @@ fn advancing_keeps_ticks_absolute_until_the_rate_is_measured() {
     s.advance_to(1 << 40);
     assert_eq!(s.position(), 2 * len);
     assert_eq!(s.next_use(id(1)), None);
+}
+
+#[test]
+fn a_loader_that_stops_consuming_needs_nothing_until_it_moves_again() {
+    let len = 100;
+    let blocks = SampleBlocks::new((0..len).map(|i| vec![id(i.into())]));
+    let this: Vec<u64> = (0..len).collect();
+    let s = Schedule::new(&blocks, &this, &this, 0).idle_after(Duration::from_millis(50));
+    assert!(s.next_use(id(10)).is_some());
+    let g = s.generation();
+    // At least IDLE_SAMPLES samples' time at the default rate (1 ms a sample) passes.
+    std::thread::sleep(Duration::from_millis(IDLE_SAMPLES + 100));
+    assert_eq!(s.generation(), g + 1, "going idle changes every answer");
+    assert_eq!(s.next_use(id(10)), None);
+    assert_eq!(s.generation(), g + 1, "once");
+    // Moving again: needed again, predicted from now, not from before the stall.
+    let resumed = clock();
+    s.advance_to(5);
+    assert_eq!(s.generation(), g + 2);
+    let tick = s.next_use(id(10)).expect("needed again");
+    assert!(
+        tick >= resumed + 5 * s.ns_per_sample(),
+        "{tick} vs {resumed}"
+    );
 }
 
 #[test]

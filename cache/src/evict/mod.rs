@@ -11,6 +11,7 @@
 //! admitted block needs.
 
 mod clairvoyant;
+pub mod idle;
 mod lru;
 pub mod offline;
 pub mod oracle;
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use clairvoyant::{Clairvoyant, RECHECKS};
+pub use idle::Idle;
 pub use lru::Lru;
 pub use oracle::{NextUse, NextUseOracle, Registration, Tick, clock};
 pub use stable::{Stable, TURNOVER, Turnover};

@@ -14,13 +14,17 @@
 //! reaches its owner: [`RankSchedule::read`] marks the first upcoming position of the block
 //! as read, so the block is judged by its following read (what MIN does) without waiting for
 //! the next refresh.
+//!
+//! A rank whose position stops moving while its node keeps refreshing (a stalled trainer) is
+//! idle once refreshes have shown it still for a while ([`crate::evict::idle`], on the
+//! refreshes' clock) and needs nothing until it moves again.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::block::BlockId;
-use crate::evict::{NextUse, Tick};
+use crate::evict::{Idle, NextUse, Tick};
 use crate::sync::{lock, read, write};
 
 /// A rank's time per sample is kept within these bounds (1 M samples/s .. one per 10 s): a
@@ -134,6 +138,7 @@ pub struct RankSchedule {
     /// Positions at or after `position` already read (seen by this owner).
     read: Mutex<BTreeSet<u64>>,
     generation: AtomicU64,
+    idle: Idle,
 }
 
 impl std::fmt::Debug for RankSchedule {
@@ -168,7 +173,14 @@ impl RankSchedule {
             }),
             read: Mutex::default(),
             generation: AtomicU64::new(0),
+            idle: Idle::new(now),
         }
+    }
+
+    /// The same rank going idle after `after` without a move (tests).
+    pub fn idle_after(mut self, after: std::time::Duration) -> Self {
+        self.idle = self.idle.after(after);
+        self
     }
 
     /// The index (shared by the ranks of one job and epoch).
@@ -187,6 +199,14 @@ impl RankSchedule {
     pub fn refresh(&self, position: u64, now: Tick, ns: u64, drift: u64) {
         let position = position.min(self.ranks.len.saturating_mul(2));
         let before = self.position.fetch_max(position, Ordering::AcqRel);
+        if position > before {
+            self.idle.moved(now, &self.generation);
+        } else if self
+            .idle
+            .check(now, read(&self.anchor).ns_per_sample, &self.generation)
+        {
+            return;
+        }
         let position = position.max(before);
         {
             let mut marks = lock(&self.read);
@@ -250,6 +270,9 @@ impl RankSchedule {
 
 impl NextUse for RankSchedule {
     fn next_use(&self, id: BlockId) -> Option<Tick> {
+        if self.idle.is() {
+            return None;
+        }
         self.upcoming_read(id).map(|(t, _)| t)
     }
 

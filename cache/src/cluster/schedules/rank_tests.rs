@@ -158,3 +158,25 @@ fn a_read_seen_by_the_owner_moves_the_block_on_to_its_following_read() {
     // The blocks of its next reads, for a prefetcher: positions 13, 16, 19, 21, 24, 27.
     assert_eq!(s.upcoming(6), [BlockId(3), BlockId(1)]);
 }
+
+#[test]
+fn a_rank_refreshed_at_the_same_position_goes_idle_until_it_moves() {
+    let (now, ns) = (5_000_000_000, 1_000);
+    let ms = 1_000_000;
+    let s = schedule(now, ns).idle_after(std::time::Duration::from_millis(100));
+    assert!(s.next_use(BlockId(1)).is_some());
+    s.refresh(7, now + 50 * ms, ns, 0);
+    assert!(
+        s.next_use(BlockId(1)).is_some(),
+        "still within the idle time"
+    );
+    let g = s.generation();
+    // A stalled trainer: its node keeps announcing the same position.
+    s.refresh(7, now + 200 * ms, ns, 0);
+    assert_eq!(s.next_use(BlockId(1)), None, "idle: needs nothing");
+    assert_eq!(s.generation(), g + 1);
+    // It moves again: needed again, predicted from that refresh.
+    s.refresh(10, now + 300 * ms, ns, 0);
+    assert!(s.generation() > g + 1);
+    assert!(s.next_use(BlockId(3)).is_some_and(|t| t >= now + 300 * ms));
+}
