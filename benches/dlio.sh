@@ -5,16 +5,17 @@
 #   2. generates each workload's data with DLIO itself into DATA/<workload>/ (train/, valid/);
 #   3. per workload, trains E epochs (a) through a mount of a fresh loaderd serving
 #      `file://DATA/<workload>` (`loaderd --fuse-mount`, and with `--front` also through the thin
-#      FUSE front `loaderd fuse --socket SOCK MOUNTPOINT`), (b) straight from DATA/<workload>;
-#      the page cache is dropped before every run where the kernel allows it, so epoch 1 is cold
-#      (the daemon reads the UFS) and the later ones are warm (the kernel's page cache over the
-#      mount keeps the pages: FUSE's keep_cache);
+#      FUSE front `loaderd fuse --socket SOCK MOUNTPOINT`), (b) the same with `[fuse] keep_cache
+#      = false`, (c) straight from DATA/<workload>; the page cache is dropped before every run
+#      where the kernel allows it, so epoch 1 is cold (the daemon reads its UFS); in the later
+#      epochs (a) reads the kernel's page cache over the mount (FUSE's keep_cache, the
+#      default), (b) makes every epoch reach the daemon (its memory tier);
 #   4. prints one table: AU % and samples/s per run and per epoch, mount/local ratios, the
 #      daemon's UFS/cache byte counters over the run, the load average.
 # Needs root and /dev/fuse for the mount runs, Open MPI's library (libopenmpi-dev; installed
 # with apt-get when missing and root), ~8 GB free for the venv (torch's CUDA wheels).
 #
-# Usage: benches/dlio.sh [--venv DIR] [--work DIR] [--keep] [--front] [--no-inproc]
+# Usage: benches/dlio.sh [--venv DIR] [--work DIR] [--keep] [--front] [--no-inproc] [--no-nokeep]
 #                        [--workloads "unet3d resnet50"] [--epochs 3]
 #   --venv DIR        the venv [WORK/venv]; an existing one is reused and never removed
 #   --work DIR        scratch: data, DLIO's output, daemon logs [/tmp/loaderd-dlio]
@@ -22,8 +23,9 @@
 #   --front           also run through the thin FUSE front (skipped, saying so, while
 #                     `loaderd fuse` is not a known subcommand)
 #   --no-inproc       skip the in-daemon mount (`--fuse-mount`)
+#   --no-nokeep       skip the in-daemon mount without keep_cache
 #   --workloads LIST  unet3d (NPZ, 1 MiB files, 0.636 s compute per step of 7) and/or
-#                     resnet50 (JPEG, ~110 KB files, pytorch reader, 2 read threads)
+#                     resnet50 (JPEG, ~64 KB files, pytorch reader, 2 read threads)
 #   --epochs N        epochs per training run [3]
 #   BIN=dir           loaderd/loaderctl to use [target/release, built when missing]
 set -euo pipefail
@@ -34,6 +36,7 @@ VENV=
 KEEP=0
 FRONT=0
 INPROC=1
+NOKEEP=1
 WORKLOADS="unet3d resnet50"
 EPOCHS=3
 while [ $# -gt 0 ]; do
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --front) FRONT=1; shift ;;
     --no-inproc) INPROC=0; shift ;;
+    --no-nokeep) NOKEEP=0; shift ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --epochs) EPOCHS=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
@@ -140,6 +144,7 @@ fi
 for b in loaderd loaderctl; do [ -x "$BIN/$b" ] || die "no $BIN/$b"; done
 MODES=()
 if [ "$INPROC" = 1 ]; then MODES+=(inproc); fi
+if [ "$NOKEEP" = 1 ]; then MODES+=(nokeep); fi
 if [ "$FRONT" = 1 ]; then
   # The thin front is its own subcommand; until it exists the mode is skipped, not faked.
   if "$BIN/loaderd" fuse --help >/dev/null 2>&1; then
@@ -165,7 +170,7 @@ workload_args() {
     resnet50)
       echo workload=resnet50_a100 ++workload.framework=pytorch \
         ++workload.reader.data_loader=pytorch ++workload.dataset.format=jpeg \
-        ++workload.dataset.num_samples_per_file=1 ++workload.dataset.num_files_train=1200 \
+        ++workload.dataset.num_samples_per_file=1 ++workload.dataset.num_files_train=4000 \
         ++workload.reader.read_threads=2 ++workload.workflow.checkpoint=False
       ;;
     *) die "unknown workload $1 (unet3d, resnet50)" ;;
@@ -195,7 +200,13 @@ start_daemon() {
   local mode=$1 dir=$2
   mkdir -p "$MNT"
   local fuse=()
-  [ "$mode" = inproc ] && fuse=(--fuse-mount "$MNT")
+  case $mode in
+    inproc) fuse=(--fuse-mount "$MNT") ;;
+    nokeep)
+      printf '[fuse]\nkeep_cache = false\n' >"$WORK/nokeep.toml"
+      fuse=(--config "$WORK/nokeep.toml" --fuse-mount "$MNT")
+      ;;
+  esac
   METRICS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   "$BIN/loaderd" --socket "$SOCK" --metrics-addr "127.0.0.1:$METRICS_PORT" --memory-capacity 2GiB \
     --mount "/dlio=file://$dir" "${fuse[@]}" >"$WORK/out/loaderd-$mode.log" 2>&1 &

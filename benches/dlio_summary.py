@@ -140,7 +140,12 @@ def per_epoch(r: dict, key: str) -> str:
 def table(args) -> None:
     rows = [json.loads(line) for line in open(args.results) if line.strip()]
     local = {r["workload"]: r for r in rows if r["mode"] == "local"}
-    via = {"inproc": "FUSE, in-daemon (`--fuse-mount`)", "front": "FUSE, thin front", "local": "local directory"}
+    via = {
+        "inproc": "FUSE, in-daemon (`--fuse-mount`)",
+        "nokeep": "FUSE, in-daemon, `keep_cache = false`",
+        "front": "FUSE, thin front",
+        "local": "local directory",
+    }
     print(
         "| workload | read from | epoch s | AU % per epoch | AU % mean | samples/s per epoch "
         "| samples/s mean | AU vs local | samples/s vs local | MB via FUSE per epoch "
