@@ -75,7 +75,9 @@ def epoch_windows(out: pathlib.Path) -> list:
     stats = json.loads((out / "per_epoch_stats.json").read_text())
     epochs = sorted((k for k in stats if k.isdigit()), key=int)
     parse = datetime.datetime.fromisoformat
-    return [(parse(stats[e]["start"]).timestamp(), parse(stats[e]["end"]).timestamp()) for e in epochs]
+    return [
+        (parse(stats[e]["start"]).timestamp(), parse(stats[e]["end"]).timestamp()) for e in epochs
+    ]
 
 
 def per_epoch_counters(samples_file: str, windows: list) -> list:
@@ -175,7 +177,9 @@ def table(args) -> None:
                 f"over the run (`loaderctl status`); the training files hold {mb(r['data_bytes'])} MB."
             )
     if {r["page_cache_dropped"] for r in rows} == {True}:
-        print("- The page cache was dropped before every run: epoch 1 is cold, the later ones warm.")
+        print(
+            "- The page cache was dropped before every run: epoch 1 is cold, the later ones warm."
+        )
     else:
         print("- The page cache could not be dropped before every run: epoch 1 may be warm too.")
 
