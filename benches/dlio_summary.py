@@ -96,6 +96,16 @@ def per_epoch_counters(samples_file: str, windows: list) -> list:
     return result
 
 
+def record_counters(mode: str, counters: list) -> list:
+    # A separate FUSE front counts the view's bytes in its own process, not in the daemon.
+    if mode == "front":
+        for c in counters:
+            if c:
+                c.pop("fuse_bytes", None)
+                c.pop("fuse_opens", None)
+    return counters
+
+
 def counter_delta(before: dict, after: dict, key: str):
     if key not in after:
         return None
@@ -120,7 +130,9 @@ def record(args) -> None:
         "data_bytes": args.data_bytes,
         "ufs_bytes": counter_delta(before, after, "bytes_from_ufs"),
         "epoch_secs": [round(e - s, 2) for s, e in epoch_windows(summary_path.parent)],
-        "epoch_counters": per_epoch_counters(args.samples, epoch_windows(summary_path.parent)),
+        "epoch_counters": record_counters(
+            args.mode, per_epoch_counters(args.samples, epoch_windows(summary_path.parent))
+        ),
         "page_cache_dropped": args.dropped == "yes",
         "load_before": args.load_before,
         "load_after": args.load_after,
@@ -136,7 +148,7 @@ def per_epoch(r: dict, key: str) -> str:
     counters = r.get("epoch_counters") or []
     if not counters:
         return "–"
-    return " / ".join(mb(c[key]) if c else "?" for c in counters)
+    return " / ".join(mb(c.get(key)) if c else "?" for c in counters)
 
 
 def table(args) -> None:
