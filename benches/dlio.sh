@@ -82,9 +82,12 @@ pid=
 mnt_pid=
 sampler_pid=
 cleanup() {
+  local rc=$?
   stop_daemon
   if [ "$KEEP" = 0 ]; then
-    [ "$CREATED_DATA" = 1 ] && rm -rf "$WORK/data" "$WORK/out" "$WORK/hydra"
+    [ "$CREATED_DATA" = 1 ] && rm -rf "$WORK/data" "$WORK/hydra"
+    # The logs stay after a failure (they are small).
+    [ "$CREATED_DATA" = 1 ] && [ "$rc" = 0 ] && rm -rf "$WORK/out"
     [ "$CREATED_VENV" = 1 ] && rm -rf "$VENV"
     rmdir "$MNT" 2>/dev/null || true
   fi
