@@ -71,10 +71,19 @@ class ClusterStatus(_message.Message):
     replication: int
     def __init__(self, enabled: bool = ..., node_id: _Optional[str] = ..., membership: _Optional[str] = ..., membership_healthy: bool = ..., membership_error: _Optional[str] = ..., replication: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberStatus, _Mapping]]] = ..., peer_reads: _Optional[int] = ..., peer_read_failures: _Optional[int] = ..., peer_requests_refused: _Optional[int] = ..., remote_schedules: _Optional[_Union[RemoteSchedulesStatus, _Mapping]] = ...) -> None: ...
 
+class EvictionCount(_message.Message):
+    __slots__ = ["blocks", "reason"]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    blocks: int
+    reason: str
+    def __init__(self, reason: _Optional[str] = ..., blocks: _Optional[int] = ...) -> None: ...
+
 class FileInfo(_message.Message):
-    __slots__ = ["cached_bytes", "is_dir", "mtime_unix_ms", "owners", "path", "size", "version"]
+    __slots__ = ["cached_bytes", "is_dir", "mode", "mtime_unix_ms", "owners", "path", "size", "version"]
     CACHED_BYTES_FIELD_NUMBER: _ClassVar[int]
     IS_DIR_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     MTIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -82,12 +91,23 @@ class FileInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     cached_bytes: int
     is_dir: bool
+    mode: FileMode
     mtime_unix_ms: int
     owners: _containers.RepeatedScalarFieldContainer[str]
     path: str
     size: int
     version: str
-    def __init__(self, path: _Optional[str] = ..., is_dir: bool = ..., size: _Optional[int] = ..., version: _Optional[str] = ..., mtime_unix_ms: _Optional[int] = ..., cached_bytes: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, path: _Optional[str] = ..., is_dir: bool = ..., size: _Optional[int] = ..., version: _Optional[str] = ..., mtime_unix_ms: _Optional[int] = ..., cached_bytes: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[FileMode, _Mapping]] = ...) -> None: ...
+
+class FileMode(_message.Message):
+    __slots__ = ["gid", "perm", "uid"]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    PERM_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    gid: int
+    perm: int
+    uid: int
+    def __init__(self, perm: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
 
 class FreeRequest(_message.Message):
     __slots__ = ["path"]
@@ -144,14 +164,16 @@ class InvalidateResponse(_message.Message):
     def __init__(self, entries_dropped: _Optional[int] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ["page_size", "path", "recursive"]
+    __slots__ = ["page_size", "path", "recursive", "with_mode"]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    WITH_MODE_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     path: str
     recursive: bool
-    def __init__(self, path: _Optional[str] = ..., recursive: bool = ..., page_size: _Optional[int] = ...) -> None: ...
+    with_mode: bool
+    def __init__(self, path: _Optional[str] = ..., recursive: bool = ..., page_size: _Optional[int] = ..., with_mode: bool = ...) -> None: ...
 
 class ListResponse(_message.Message):
     __slots__ = ["entries"]
@@ -226,10 +248,12 @@ class LoaderOpened(_message.Message):
     def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., slot_bytes: _Optional[int] = ..., depth: _Optional[int] = ..., batches: _Optional[int] = ..., dataset_len: _Optional[int] = ..., sample_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., sample_bytes: _Optional[int] = ..., samples: _Optional[int] = ..., memory: _Optional[_Union[BatchMemory, str]] = ..., cuda_device: _Optional[int] = ..., ring_bytes: _Optional[int] = ..., gpu_reason: _Optional[str] = ...) -> None: ...
 
 class LoaderStatus(_message.Message):
-    __slots__ = ["augment_secs", "batches_delivered", "batches_total", "cpu_fallback_samples", "dataset", "decode_secs", "depth", "device", "device_bytes", "elapsed_secs", "epoch", "fetch_secs", "gpu_reason", "gpu_samples", "gpu_secs", "name", "rank", "ready_batches", "ring_bytes", "samples", "samples_per_sec", "skipped", "starved_percent", "workers", "world_size"]
+    __slots__ = ["augment_secs", "batches_delivered", "batches_total", "block_reads_cached", "block_reads_uncached", "cpu_fallback_samples", "dataset", "decode_secs", "depth", "device", "device_bytes", "elapsed_secs", "epoch", "fetch_secs", "gpu_reason", "gpu_samples", "gpu_secs", "hit_ratio", "name", "prefetch_ahead_bytes", "prefetched_blocks", "prefetched_bytes", "rank", "ready_batches", "ring_bytes", "samples", "samples_per_sec", "skipped", "starved_percent", "workers", "world_size"]
     AUGMENT_SECS_FIELD_NUMBER: _ClassVar[int]
     BATCHES_DELIVERED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_READS_CACHED_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_READS_UNCACHED_FIELD_NUMBER: _ClassVar[int]
     CPU_FALLBACK_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     DECODE_SECS_FIELD_NUMBER: _ClassVar[int]
@@ -242,7 +266,11 @@ class LoaderStatus(_message.Message):
     GPU_REASON_FIELD_NUMBER: _ClassVar[int]
     GPU_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     GPU_SECS_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATIO_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFETCHED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PREFETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_AHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     READY_BATCHES_FIELD_NUMBER: _ClassVar[int]
     RING_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +283,8 @@ class LoaderStatus(_message.Message):
     augment_secs: float
     batches_delivered: int
     batches_total: int
+    block_reads_cached: int
+    block_reads_uncached: int
     cpu_fallback_samples: int
     dataset: str
     decode_secs: float
@@ -267,7 +297,11 @@ class LoaderStatus(_message.Message):
     gpu_reason: str
     gpu_samples: int
     gpu_secs: float
+    hit_ratio: float
     name: str
+    prefetch_ahead_bytes: int
+    prefetched_blocks: int
+    prefetched_bytes: int
     rank: int
     ready_batches: int
     ring_bytes: int
@@ -277,7 +311,7 @@ class LoaderStatus(_message.Message):
     starved_percent: float
     workers: int
     world_size: int
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., batches_delivered: _Optional[int] = ..., batches_total: _Optional[int] = ..., samples: _Optional[int] = ..., skipped: _Optional[int] = ..., elapsed_secs: _Optional[float] = ..., samples_per_sec: _Optional[float] = ..., starved_percent: _Optional[float] = ..., fetch_secs: _Optional[float] = ..., decode_secs: _Optional[float] = ..., augment_secs: _Optional[float] = ..., ready_batches: _Optional[int] = ..., depth: _Optional[int] = ..., ring_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., device: _Optional[str] = ..., gpu_samples: _Optional[int] = ..., cpu_fallback_samples: _Optional[int] = ..., gpu_secs: _Optional[float] = ..., gpu_reason: _Optional[str] = ..., device_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., batches_delivered: _Optional[int] = ..., batches_total: _Optional[int] = ..., samples: _Optional[int] = ..., skipped: _Optional[int] = ..., elapsed_secs: _Optional[float] = ..., samples_per_sec: _Optional[float] = ..., starved_percent: _Optional[float] = ..., fetch_secs: _Optional[float] = ..., decode_secs: _Optional[float] = ..., augment_secs: _Optional[float] = ..., ready_batches: _Optional[int] = ..., depth: _Optional[int] = ..., ring_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., device: _Optional[str] = ..., gpu_samples: _Optional[int] = ..., cpu_fallback_samples: _Optional[int] = ..., gpu_secs: _Optional[float] = ..., gpu_reason: _Optional[str] = ..., device_bytes: _Optional[int] = ..., block_reads_cached: _Optional[int] = ..., block_reads_uncached: _Optional[int] = ..., hit_ratio: _Optional[float] = ..., prefetched_blocks: _Optional[int] = ..., prefetched_bytes: _Optional[int] = ..., prefetch_ahead_bytes: _Optional[int] = ...) -> None: ...
 
 class MemberStatus(_message.Message):
     __slots__ = ["addr", "capacity_bytes", "error", "hit_ratio", "id", "local", "reachable", "suspect", "used_bytes"]
@@ -457,6 +491,30 @@ class PeerBlockRequest(_message.Message):
     version: str
     def __init__(self, path: _Optional[str] = ..., ufs_uri: _Optional[str] = ..., rel: _Optional[str] = ..., size: _Optional[int] = ..., version: _Optional[str] = ..., mtime_ms: _Optional[int] = ..., block_size: _Optional[int] = ..., index: _Optional[int] = ..., block_id: _Optional[str] = ..., discard: bool = ...) -> None: ...
 
+class PrefetchStatus(_message.Message):
+    __slots__ = ["ahead_bytes", "enabled", "failed", "hits", "inflight_bytes", "late", "max_bytes", "peak_inflight_bytes", "prefetched_blocks", "prefetched_bytes"]
+    AHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREFETCHED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PREFETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ahead_bytes: int
+    enabled: bool
+    failed: int
+    hits: int
+    inflight_bytes: int
+    late: int
+    max_bytes: int
+    peak_inflight_bytes: int
+    prefetched_blocks: int
+    prefetched_bytes: int
+    def __init__(self, enabled: bool = ..., prefetched_blocks: _Optional[int] = ..., prefetched_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., late: _Optional[int] = ..., failed: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., peak_inflight_bytes: _Optional[int] = ..., ahead_bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
 class ReadChunk(_message.Message):
     __slots__ = ["data", "offset"]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -631,17 +689,19 @@ class ShmRequest(_message.Message):
     def __init__(self, read: _Optional[_Union[ShmRead, _Mapping]] = ..., release: _Optional[_Union[ShmRelease, _Mapping]] = ..., open_loader: _Optional[_Union[OpenLoader, _Mapping]] = ..., next_batch: _Optional[_Union[NextBatch, _Mapping]] = ...) -> None: ...
 
 class StatRequest(_message.Message):
-    __slots__ = ["path"]
+    __slots__ = ["path", "with_mode"]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    WITH_MODE_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    with_mode: bool
+    def __init__(self, path: _Optional[str] = ..., with_mode: bool = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = []
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ["block_size", "bytes_from_cache", "bytes_from_ufs", "cluster", "corrupt_blocks", "gpu", "hit_ratio", "hits", "inflight_bytes", "inflight_capacity_bytes", "loaders", "metadata_bytes", "metadata_entries", "misses", "mounts", "ring_bytes", "ring_capacity_bytes", "shm_connections", "shm_leased_bytes", "shm_leased_capacity_bytes", "tiers", "ufs_errors", "uptime_secs", "version"]
+    __slots__ = ["block_size", "bytes_from_cache", "bytes_from_ufs", "cluster", "corrupt_blocks", "gpu", "hit_ratio", "hits", "inflight_bytes", "inflight_capacity_bytes", "loaders", "metadata_bytes", "metadata_entries", "misses", "mounts", "prefetch", "ring_bytes", "ring_capacity_bytes", "shm_connections", "shm_leased_bytes", "shm_leased_capacity_bytes", "tiers", "ufs_errors", "uptime_secs", "version"]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     BYTES_FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     BYTES_FROM_UFS_FIELD_NUMBER: _ClassVar[int]
@@ -657,6 +717,7 @@ class StatusResponse(_message.Message):
     METADATA_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
     RING_BYTES_FIELD_NUMBER: _ClassVar[int]
     RING_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHM_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -681,6 +742,7 @@ class StatusResponse(_message.Message):
     metadata_entries: int
     misses: int
     mounts: _containers.RepeatedCompositeFieldContainer[MountInfo]
+    prefetch: PrefetchStatus
     ring_bytes: int
     ring_capacity_bytes: int
     shm_connections: int
@@ -690,13 +752,14 @@ class StatusResponse(_message.Message):
     ufs_errors: int
     uptime_secs: int
     version: str
-    def __init__(self, version: _Optional[str] = ..., uptime_secs: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_ratio: _Optional[float] = ..., bytes_from_ufs: _Optional[int] = ..., bytes_from_cache: _Optional[int] = ..., block_size: _Optional[int] = ..., metadata_entries: _Optional[int] = ..., metadata_bytes: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., inflight_capacity_bytes: _Optional[int] = ..., mounts: _Optional[_Iterable[_Union[MountInfo, _Mapping]]] = ..., corrupt_blocks: _Optional[int] = ..., ufs_errors: _Optional[int] = ..., loaders: _Optional[_Iterable[_Union[LoaderStatus, _Mapping]]] = ..., ring_bytes: _Optional[int] = ..., ring_capacity_bytes: _Optional[int] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ..., gpu: _Optional[_Union[GpuStatus, _Mapping]] = ..., shm_leased_bytes: _Optional[int] = ..., shm_leased_capacity_bytes: _Optional[int] = ..., shm_connections: _Optional[int] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., uptime_secs: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_ratio: _Optional[float] = ..., bytes_from_ufs: _Optional[int] = ..., bytes_from_cache: _Optional[int] = ..., block_size: _Optional[int] = ..., metadata_entries: _Optional[int] = ..., metadata_bytes: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., inflight_capacity_bytes: _Optional[int] = ..., mounts: _Optional[_Iterable[_Union[MountInfo, _Mapping]]] = ..., corrupt_blocks: _Optional[int] = ..., ufs_errors: _Optional[int] = ..., loaders: _Optional[_Iterable[_Union[LoaderStatus, _Mapping]]] = ..., ring_bytes: _Optional[int] = ..., ring_capacity_bytes: _Optional[int] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ..., gpu: _Optional[_Union[GpuStatus, _Mapping]] = ..., shm_leased_bytes: _Optional[int] = ..., shm_leased_capacity_bytes: _Optional[int] = ..., shm_connections: _Optional[int] = ..., prefetch: _Optional[_Union[PrefetchStatus, _Mapping]] = ...) -> None: ...
 
 class TierStatus(_message.Message):
-    __slots__ = ["blocks", "capacity_bytes", "configured_capacity_bytes", "evictions", "fs_free_bytes", "fs_total_bytes", "high_watermark", "location", "low_watermark", "name", "used_bytes"]
+    __slots__ = ["blocks", "capacity_bytes", "configured_capacity_bytes", "evictions", "evictions_by_reason", "fs_free_bytes", "fs_total_bytes", "high_watermark", "location", "low_watermark", "name", "used_bytes"]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     FS_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     FS_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -709,6 +772,7 @@ class TierStatus(_message.Message):
     capacity_bytes: int
     configured_capacity_bytes: int
     evictions: int
+    evictions_by_reason: _containers.RepeatedCompositeFieldContainer[EvictionCount]
     fs_free_bytes: int
     fs_total_bytes: int
     high_watermark: float
@@ -716,7 +780,7 @@ class TierStatus(_message.Message):
     low_watermark: float
     name: str
     used_bytes: int
-    def __init__(self, name: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., evictions: _Optional[int] = ..., high_watermark: _Optional[float] = ..., low_watermark: _Optional[float] = ..., location: _Optional[str] = ..., fs_free_bytes: _Optional[int] = ..., fs_total_bytes: _Optional[int] = ..., configured_capacity_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., evictions: _Optional[int] = ..., high_watermark: _Optional[float] = ..., low_watermark: _Optional[float] = ..., location: _Optional[str] = ..., fs_free_bytes: _Optional[int] = ..., fs_total_bytes: _Optional[int] = ..., configured_capacity_bytes: _Optional[int] = ..., evictions_by_reason: _Optional[_Iterable[_Union[EvictionCount, _Mapping]]] = ...) -> None: ...
 
 class ReadType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
