@@ -24,6 +24,8 @@ pub(super) struct DaemonConfig<'a> {
     pub ssd: Option<u64>,
     /// UFS bytes per second; 0: no cap.
     pub ufs_bandwidth: u64,
+    /// `prefetch.enabled`.
+    pub prefetch: bool,
 }
 
 /// A running daemon, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -50,13 +52,14 @@ impl BenchDaemon {
             "[server]\nsocket = {socket:?}\nmetrics_addr = {metrics_addr:?}\nlog_level = \"warn\"\n\
              [cache]\nblock_size = {bs}\neviction = {policy:?}\n\
              [cache.memory]\ncapacity = {mem}\n{ssd}\
-             [cache.ufs]\nmax_bandwidth = {bw}\n\
+             [cache.ufs]\nmax_bandwidth = {bw}\n[prefetch]\nenabled = {prefetch}\n\
              [[mount]]\npath = \"/bench\"\nuri = {uri:?}\n",
             socket = socket.display().to_string(),
             bs = cfg.block_size,
             policy = cfg.policy,
             mem = cfg.memory,
             bw = cfg.ufs_bandwidth,
+            prefetch = cfg.prefetch,
             uri = format!("file://{}", cfg.data.display()),
         );
         let config = cfg.dir.join("loaderd.toml");

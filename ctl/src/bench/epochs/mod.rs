@@ -79,6 +79,9 @@ pub struct EpochsArgs {
     train_rate: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run the daemons with `prefetch.enabled = false` (eviction alone).
+    #[arg(long)]
+    no_prefetch: bool,
     #[arg(long)]
     json: bool,
 }
@@ -140,6 +143,7 @@ fn run_in(a: &EpochsArgs, loaderd: &Path, scratch: &Path) -> anyhow::Result<()> 
         memory,
         a.ufs_bandwidth.0,
         a.train_rate,
+        !a.no_prefetch,
     );
     for tiers in &a.tiers {
         let ssd = (tiers == "ssd").then_some(2 * data.bytes.div_ceil(SLOT) * SLOT);
@@ -156,6 +160,7 @@ fn run_in(a: &EpochsArgs, loaderd: &Path, scratch: &Path) -> anyhow::Result<()> 
                 memory,
                 ssd,
                 ufs_bandwidth: a.ufs_bandwidth.0,
+                prefetch: !a.no_prefetch,
             };
             let d = BenchDaemon::start(loaderd, &cfg)?;
             let rows = run_epochs(a, &d, &data, policy)

@@ -83,17 +83,26 @@ pub(super) struct Report {
     memory: u64,
     bandwidth: u64,
     train_rate: f64,
+    prefetch: bool,
     runs: Vec<Run>,
 }
 
 impl Report {
-    pub fn new(files: usize, bytes: u64, memory: u64, bandwidth: u64, train_rate: f64) -> Self {
+    pub fn new(
+        files: usize,
+        bytes: u64,
+        memory: u64,
+        bandwidth: u64,
+        train_rate: f64,
+        prefetch: bool,
+    ) -> Self {
         Report {
             files,
             bytes,
             memory,
             bandwidth,
             train_rate,
+            prefetch,
             runs: Vec::new(),
         }
     }
@@ -162,12 +171,13 @@ impl Report {
             format!("capped at {}/s", human(self.bandwidth))
         };
         println!(
-            "bench epochs: {} images, {}; memory tier {} ({:.2}x); UFS {cap}; trainer {} img/s",
+            "bench epochs: {} images, {}; memory tier {} ({:.2}x); UFS {cap}; trainer {} img/s; prefetch {}",
             self.files,
             human(self.bytes),
             human(self.memory),
             self.memory as f64 / self.bytes.max(1) as f64,
             self.train_rate,
+            if self.prefetch { "on" } else { "off" },
         );
         println!(
             "{:<7} {:<12} {:>5} {:>7} {:>8} {:>9} {:>9} {:>10} {:>8} {:>8}",
@@ -263,6 +273,7 @@ impl Report {
             "memory_bytes": self.memory,
             "ufs_bandwidth": self.bandwidth,
             "train_rate": self.train_rate,
+            "prefetch": self.prefetch,
             "runs": runs,
         })
     }
