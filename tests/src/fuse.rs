@@ -83,9 +83,24 @@ impl Front {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL: a crash; the mount stays, dead.
+    /// SIGKILL: a crash; the mount stays, dead. The supervisor's serving front dies with it
+    /// (it is killed too here, and waited for, so the mount is dead on return).
     pub fn kill9(&mut self) {
+        let serving = self.pid().map(children_of).unwrap_or_default();
         process::kill9(&mut self.child);
+        for pid in serving {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+            crate::wait_until(std::time::Duration::from_secs(30), || {
+                fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+            });
+        }
     }
 
     /// SIGTERM, then asserts a clean exit (code 0).

@@ -86,14 +86,16 @@ pub fn supervise(
 
 /// Serves the mount that the holder at `socket` grants (a supervisor, after the previous
 /// serving front is gone) until SIGTERM or SIGINT, then releases it. `signals` must have
-/// been blocked first thing in `main`. A front started by the supervisor dies with it.
+/// been blocked first thing in `main`. A front started by the supervisor dies with it
+/// (SIGKILL: with the supervisor gone nothing could take the mount over, so it ends at once
+/// and the next supervisor detaches the dead mount).
 pub fn serve(
     cfg: &FrontConfig,
     socket: &Path,
     signals: StopSignals,
 ) -> Result<Served, RestartError> {
     if std::env::var_os(HANDOVER_SOCKET_ENV).is_some()
-        && let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
+        && let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
     {
         warn!(error = %e, "cannot tie the serving front to its supervisor");
     }
