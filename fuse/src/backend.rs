@@ -130,4 +130,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The cache's capacity and use.
     fn capacity(&self) -> Result<Capacity>;
+
+    /// An open file an earlier server of a handed-over mount opened, from what it logged
+    /// (path, size, version): reads stay pinned to that version. `None`: this backend's
+    /// handles hold more than that and cannot be rebuilt (the in-daemon view, which is never
+    /// handed over).
+    fn resume(&self, path: String, size: u64, version: String) -> Option<Handle<Self::File>> {
+        let _ = (path, size, version);
+        None
+    }
 }

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::backend::{Backend, Kind};
 use crate::options::Options;
+use crate::state::State;
 use crate::view::{Attr, BLKSIZE, View};
 
 /// The view mounted: it answers the kernel; what FUSE needs beyond it (timeouts, INIT
@@ -31,8 +32,14 @@ pub struct LoaderFs<B: Backend> {
 impl<B: Backend> LoaderFs<B> {
     /// The file system of `backend`, answering the kernel as `opts` says.
     pub fn new(backend: B, opts: &Options) -> Self {
+        Self::with_state(backend, opts, State::default())
+    }
+
+    /// Like [`LoaderFs::new`], remembering inodes and handles in `state` (a handed-over
+    /// mount's: [`State::shared`]).
+    pub fn with_state(backend: B, opts: &Options, state: State<B::File>) -> Self {
         LoaderFs {
-            view: View::new(backend, opts.keep_cache),
+            view: View::with_state(backend, opts.keep_cache, state),
             entry_ttl: opts.entry_timeout,
             attr_ttl: opts.attr_timeout,
             max_read: opts.max_read,
@@ -192,11 +199,14 @@ impl<B: Backend> Filesystem for LoaderFs<B> {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Err(e) = self.view.resume_dir(ino.0, fh.0) {
+            return reply.error(errno(e));
+        }
         let res = self.view.readdir(fh.0, offset, |e| {
             reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), e.name)
         });
@@ -209,11 +219,14 @@ impl<B: Backend> Filesystem for LoaderFs<B> {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        if let Err(e) = self.view.resume_dir(ino.0, fh.0) {
+            return reply.error(errno(e));
+        }
         let res = self.view.readdirplus(fh.0, offset, |e, attr| {
             reply.add(
                 INodeNo(e.ino),

@@ -48,5 +48,5 @@ pub use fs::LoaderFs;
 pub use inode::{InodeTable, ROOT, ROOT_PATH, preferred_ino};
 pub use mount::{FuseMount, MountError, clear_stale_mount, session_config};
 pub use options::Options;
-pub use state::{DirHandle, State};
+pub use state::{DirHandle, Inodes, State};
 pub use view::{Attr, BLKSIZE, DirEntry, FsStats, Opened, View};

@@ -135,7 +135,7 @@ pub fn session_config(opts: &Options) -> fuser::Config {
 /// Raises the kernel's readahead for the mount to `max_read` (the FUSE INIT reply cannot go
 /// beyond the kernel's 128 KiB default; the mount's backing device can). Sequential reads of
 /// large files take fewer, larger requests. Best effort: it needs root.
-fn raise_readahead(path: &Path, max_read: u32) {
+pub(crate) fn raise_readahead(path: &Path, max_read: u32) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(path) else {
         return;

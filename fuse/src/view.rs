@@ -101,9 +101,15 @@ impl<B: Backend> View<B> {
     /// The namespace of `backend`; `keep_cache` lets the kernel keep a file's pages across
     /// opens of one version.
     pub fn new(backend: B, keep_cache: bool) -> Self {
+        Self::with_state(backend, keep_cache, State::default())
+    }
+
+    /// Like [`View::new`], remembering inodes and handles in `state` (e.g.
+    /// [`State::shared`], a handed-over mount's).
+    pub fn with_state(backend: B, keep_cache: bool, state: State<B::File>) -> Self {
         View {
             backend,
-            state: State::default(),
+            state,
             keep_cache,
             dots: Owner::object(0o555, true, Owner::process_ids()),
             started: SystemTime::now(),
@@ -168,7 +174,7 @@ impl<B: Backend> View<B> {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
         let path = self.child(parent, name)?;
         let entry = self.stat("lookup", &path)?;
-        let ino = self.state.inodes.lookup(&path);
+        let ino = self.state.inodes.lookup(&path)?;
         Ok(self.attr(ino, &entry))
     }
 
@@ -195,7 +201,7 @@ impl<B: Backend> View<B> {
             .backend
             .open(&path)
             .map_err(|e| self.fail("open", &path, &e))?;
-        let (fh, same_version) = self.state.add_file(ino, handle);
+        let (fh, same_version) = self.state.add_file(ino, handle)?;
         counter!("loaderd_fuse_opens_total").increment(1);
         // Without keep_cache the kernel drops this inode's cached pages.
         Ok(Opened {
@@ -206,7 +212,7 @@ impl<B: Backend> View<B> {
 
     /// Up to `size` bytes of open file `fh` from `offset` (fewer at the end, none past it).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, Errno> {
-        let handle = self.state.file(fh).ok_or(Errno::EBADF)?;
+        let handle = self.state.file(fh, &self.backend).ok_or(Errno::EBADF)?;
         if offset >= handle.size {
             return Ok(Bytes::new());
         }
@@ -226,6 +232,21 @@ impl<B: Backend> View<B> {
     /// Lists directory `ino` once; every `readdir` of the returned handle pages through that
     /// listing.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        Ok(self.state.add_dir(self.list(ino)?))
+    }
+
+    /// Under a handover, rebuilds directory handle `fh` of `ino` that an earlier server
+    /// opened (directory handles are not logged: the listing is taken again, and the
+    /// kernel's offsets are positions in it). Nothing to do for a handle this server knows.
+    pub fn resume_dir(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        if !self.state.is_shared() || self.state.dir(fh).is_some() {
+            return Ok(());
+        }
+        self.state.put_dir(fh, self.list(ino)?);
+        Ok(())
+    }
+
+    fn list(&self, ino: u64) -> Result<DirHandle, Errno> {
         let path = self.path(ino)?;
         let listing = self
             .backend
@@ -243,11 +264,11 @@ impl<B: Backend> View<B> {
         } else {
             self.state.inodes.peek(path::parent(&path))
         };
-        Ok(self.state.add_dir(DirHandle {
+        Ok(DirHandle {
             ino,
             parent,
             entries,
-        }))
+        })
     }
 
     /// The entries of directory handle `fh` from `offset` on, given to `add` until it answers
@@ -296,7 +317,7 @@ impl<B: Backend> View<B> {
             let (attr, counted) = match target {
                 Target::Dot(ino) => (self.attr(ino, &dot), false),
                 Target::Child(path, entry) => {
-                    (self.attr(self.state.inodes.lookup(path), entry), true)
+                    (self.attr(self.state.inodes.lookup(path)?, entry), true)
                 }
             };
             let entry = DirEntry {

@@ -2,12 +2,21 @@
 //! daemon's binary — one binary in the image, the same config file (`[fuse]`) and flag
 //! parsing — that opens no cache, joins no cluster and serves the mount from the node's
 //! worker until SIGTERM or SIGINT.
+//!
+//! By default it is a supervisor ([`loaderd_fuse::front::restart`]): it mounts, holds the
+//! mount and runs the serving front (`loaderd fuse` again, with `LOADERD_FUSE_HANDOVER` set)
+//! as its child, restarting it whenever it exits, so a crashed or SIGTERMed serving front
+//! costs readers a pause, not ENOTCONN. `--takeover SOCKET` serves a mount another
+//! supervisor holds (an upgrade: the new binary waits, the old serving front is SIGTERMed);
+//! `--no-supervisor` mounts and serves in one process (a restart unmounts).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use loaderd_cache::Secs;
+use loaderd_fuse::front::restart::{self, HANDOVER_SOCKET_ENV};
 use loaderd_fuse::front::{self, FrontConfig};
+use loaderd_fuse::handover::StopSignals;
 use tracing::info;
 
 use crate::config::DaemonConfig;
@@ -39,12 +48,36 @@ pub struct FrontArgs {
     /// Log filter (`[server] log_level`), e.g. info or loaderd_fuse=debug.
     #[arg(long, env = "LOADERD_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Serve the mount the supervisor at this handover socket holds, instead of mounting:
+    /// how the supervisor starts its serving front, and how a new binary takes over (it
+    /// waits until the serving front is SIGTERMed).
+    #[arg(long, env = HANDOVER_SOCKET_ENV, value_name = "SOCKET", conflicts_with = "no_supervisor")]
+    pub takeover: Option<PathBuf>,
+    /// The supervisor's handover socket (default: in the temporary directory, named after
+    /// the mount point; the supervisor logs it).
+    #[arg(long, value_name = "SOCKET")]
+    pub handover_socket: Option<PathBuf>,
+    /// Mount and serve in this one process, without a supervisor: a restart or crash of
+    /// the front unmounts (readers get ENOTCONN until it mounts again).
+    #[arg(long)]
+    pub no_supervisor: bool,
     /// Where to mount.
     pub mount_point: PathBuf,
 }
 
+/// How `loaderd fuse` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Mount, hold the mount and run the serving front as a child (the default).
+    Supervisor { handover_socket: PathBuf },
+    /// Serve the mount held at this handover socket.
+    Takeover(PathBuf),
+    /// Mount and serve in this process.
+    Alone,
+}
+
 /// The front's configuration: the config file's `[fuse]` section under the flags.
-pub fn config(args: &FrontArgs) -> anyhow::Result<(FrontConfig, String)> {
+pub fn config(args: &FrontArgs) -> anyhow::Result<(FrontConfig, Role, String)> {
     let mut cfg = match &args.config {
         Some(path) => DaemonConfig::from_file(path)?,
         None => DaemonConfig::default(),
@@ -73,6 +106,16 @@ pub fn config(args: &FrontArgs) -> anyhow::Result<(FrontConfig, String)> {
         .log_level
         .clone()
         .unwrap_or_else(|| cfg.server.log_level.clone());
+    let role = match (&args.takeover, args.no_supervisor) {
+        (Some(socket), _) => Role::Takeover(socket.clone()),
+        (None, true) => Role::Alone,
+        (None, false) => Role::Supervisor {
+            handover_socket: args
+                .handover_socket
+                .clone()
+                .unwrap_or_else(|| restart::default_handover_socket(&mount_point)),
+        },
+    };
     Ok((
         FrontConfig {
             socket: front::worker_socket(&socket),
@@ -82,12 +125,38 @@ pub fn config(args: &FrontArgs) -> anyhow::Result<(FrontConfig, String)> {
             worker_wait: cfg.fuse.worker_wait.0,
             object_mode: cfg.fuse.object_mode,
         },
+        role,
         log,
     ))
 }
 
+/// Runs the front as `role` says until SIGTERM or SIGINT. Call it from `main` before any
+/// thread starts (the supervisor and the serving front take the signals on one thread).
+pub fn run(cfg: FrontConfig, role: Role) -> anyhow::Result<()> {
+    match role {
+        Role::Supervisor { handover_socket } => {
+            let exe = std::env::current_exe().context("the path of this program")?;
+            let server = std::iter::once(exe.into_os_string())
+                .chain(std::env::args_os().skip(1))
+                .collect();
+            restart::supervise(&cfg, &handover_socket, server).context("supervising the FUSE front")
+        }
+        Role::Takeover(socket) => {
+            let signals = StopSignals::block().context("blocking SIGTERM")?;
+            let served = restart::serve(&cfg, &socket, signals)
+                .with_context(|| format!("serving the mount held at {}", socket.display()))?;
+            info!(
+                generation = served.generation,
+                "FUSE front handed the mount over"
+            );
+            Ok(())
+        }
+        Role::Alone => run_alone(cfg),
+    }
+}
+
 /// Mounts the front and serves until SIGTERM or SIGINT, then unmounts.
-pub fn run(cfg: FrontConfig) -> anyhow::Result<()> {
+fn run_alone(cfg: FrontConfig) -> anyhow::Result<()> {
     let mount = front::mount(&cfg)?;
     info!(
         mount_point = %cfg.mount_point.display(),
@@ -121,6 +190,39 @@ mod tests {
     fn parsed(flags: &[&str]) -> anyhow::Result<FrontConfig> {
         let cli = Cli::try_parse_from(std::iter::once("fuse").chain(flags.iter().copied()))?;
         Ok(config(&cli.front)?.0)
+    }
+
+    fn role(flags: &[&str]) -> Role {
+        let cli = Cli::try_parse_from(std::iter::once("fuse").chain(flags.iter().copied()))
+            .expect("flags");
+        config(&cli.front).expect("config").1
+    }
+
+    #[test]
+    fn a_supervisor_by_default() {
+        assert_eq!(
+            role(&["/mnt/x"]),
+            Role::Supervisor {
+                handover_socket: restart::default_handover_socket(std::path::Path::new("/mnt/x"))
+            }
+        );
+        assert_ne!(
+            role(&["/mnt/x"]),
+            role(&["/mnt/y"]),
+            "one handover socket per mount point"
+        );
+        assert_eq!(
+            role(&["--handover-socket", "/run/h.sock", "/mnt/x"]),
+            Role::Supervisor {
+                handover_socket: "/run/h.sock".into()
+            }
+        );
+        assert_eq!(
+            role(&["--takeover", "/run/h.sock", "/mnt/x"]),
+            Role::Takeover("/run/h.sock".into())
+        );
+        assert_eq!(role(&["--no-supervisor", "/mnt/x"]), Role::Alone);
+        assert!(parsed(&["--no-supervisor", "--takeover", "/h", "/mnt/x"]).is_err());
     }
 
     #[test]

@@ -83,9 +83,24 @@ impl Front {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL: a crash; the mount stays, dead.
+    /// SIGKILL: a crash; the mount stays, dead. The supervisor's serving front dies with it
+    /// (it is killed too here, and waited for, so the mount is dead on return).
     pub fn kill9(&mut self) {
+        let serving = self.pid().map(children_of).unwrap_or_default();
         process::kill9(&mut self.child);
+        for pid in serving {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+            crate::wait_until(std::time::Duration::from_secs(30), || {
+                fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+            });
+        }
     }
 
     /// SIGTERM, then asserts a clean exit (code 0).
@@ -94,10 +109,66 @@ impl Front {
         process::stop(self.child.take(), "loaderd fuse", || self.log());
     }
 
-    /// OS process id of the running front.
+    /// OS process id of the running front (the supervisor, unless `--no-supervisor`).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// The serving front the supervisor runs as its child, once there is one (up to 60 s).
+    pub fn serving_pid(&self) -> Option<u32> {
+        let sup = self.pid()?;
+        let mut found = None;
+        crate::wait_until(std::time::Duration::from_secs(60), || {
+            found = children_of(sup).into_iter().next();
+            found.is_some()
+        });
+        found
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) to the serving front and waits (up to 60 s) until
+    /// the supervisor runs another one; returns the new one's pid.
+    #[track_caller]
+    pub fn signal_serving(&self, signal: &str) -> u32 {
+        let old = self
+            .serving_pid()
+            .unwrap_or_else(|| panic!("no serving front; log:\n{}", tail(&self.log(), 3000)));
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(old.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -{signal} {old}");
+        let sup = self.pid().expect("a supervisor");
+        let mut new = None;
+        crate::wait_until(std::time::Duration::from_secs(60), || {
+            new = children_of(sup).into_iter().find(|&p| p != old);
+            new.is_some()
+        });
+        new.unwrap_or_else(|| {
+            panic!(
+                "no new serving front after kill -{signal}; log:\n{}",
+                tail(&self.log(), 3000)
+            )
+        })
+    }
+}
+
+/// Processes whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?;
+        let ppid: u32 = fields.next()?.parse().ok()?;
+        (ppid == pid && state != "Z").then_some(child)
+    })
+    .collect()
 }
 
 impl Drop for Front {

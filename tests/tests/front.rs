@@ -5,6 +5,11 @@
 //! its next read rather than serving other bytes. Every test skips with a printed reason
 //! where FUSE cannot be mounted.
 //!
+//! The front's own restarts: the serving front SIGTERMed (a handover) and killed -9 (the
+//! supervisor starts another, which resends what the dead one held) while readers hash
+//! every file, stat, list and read through descriptors opened once: no error, no wrong
+//! byte; and the same crash without the supervisor is ENOTCONN (what the handover is for).
+//!
 //! The front runs with `keep_cache = false` and 1 s kernel timeouts, so every open and
 //! most lookups reach it (and the worker) instead of the kernel's page and dentry caches.
 
@@ -25,9 +30,15 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 const EIO: i32 = 5;
 const ESTALE: i32 = 116;
+const ENOTCONN: i32 = 107;
 
 /// The worker over `data` and a front with `worker_wait` and no page cache across opens.
 fn start(data: &Dataset, dir: &Path, worker_wait: &str) -> Option<FuseDaemon> {
+    start_with(data, dir, worker_wait, &[])
+}
+
+/// Like [`start`], the front with `extra` flags.
+fn start_with(data: &Dataset, dir: &Path, worker_wait: &str, extra: &[&str]) -> Option<FuseDaemon> {
     let mut worker = file_mount_args("/data", &data.root);
     worker.extend(args(&["--block-size", "64KiB"]));
     let mut front = config_file_args(
@@ -35,6 +46,7 @@ fn start(data: &Dataset, dir: &Path, worker_wait: &str) -> Option<FuseDaemon> {
         "[fuse]\nkeep_cache = false\nentry_timeout = \"1s\"\nattr_timeout = \"1s\"\n",
     );
     front.extend(args(&["--worker-wait", worker_wait, "--threads", "8"]));
+    front.extend(args(extra));
     match FuseDaemon::start_front(&worker, &front) {
         Ok(d) => Some(d),
         Err(reason) => {
@@ -235,4 +247,232 @@ fn an_object_changed_while_the_worker_is_down_fails_its_open_handle() {
     // A fresh open (after the kernel's 1 s attribute timeout) reads the new bytes whole.
     thread::sleep(Duration::from_millis(1200));
     assert_bytes_eq(&fs::read(&path).unwrap(), &new, "the new version");
+}
+
+/// Drops the page cache of `f`, so the next read of it reaches the front with its handle.
+fn drop_cached_pages(f: &fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is open for the call.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Reader threads that stat and list every directory and hash every file, and one that
+/// reads ranges of descriptors opened once at the start, until `stop` is set; each returns
+/// its failures.
+fn restart_readers(
+    root: PathBuf,
+    source: PathBuf,
+    want: Arc<Vec<(String, String)>>,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Vec<String>>> {
+    let mut threads = readers(root.clone(), want.clone(), tally.clone(), stop.clone());
+    {
+        let (root, source, want, tally, stop) = (
+            root.clone(),
+            source.clone(),
+            want.clone(),
+            tally.clone(),
+            stop.clone(),
+        );
+        threads.push(thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (rel, _) = &want[i % want.len()];
+                i += 1;
+                let started = Instant::now();
+                let path = root.join(rel);
+                let dir = path.parent().expect("a directory");
+                let src_dir = source
+                    .join(rel)
+                    .parent()
+                    .expect("a directory")
+                    .to_path_buf();
+                let names = |d: &Path| -> std::io::Result<Vec<String>> {
+                    let mut v: Vec<String> = fs::read_dir(d)?
+                        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                        .collect::<Result<_, _>>()?;
+                    v.sort();
+                    Ok(v)
+                };
+                let res = fs::metadata(&path).and_then(|m| {
+                    let src = fs::metadata(source.join(rel))?;
+                    let listed = names(dir)?;
+                    let want_names = names(&src_dir)?;
+                    Ok((m.len() == src.len(), listed == want_names))
+                });
+                tally
+                    .longest_us
+                    .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                match res {
+                    Ok((true, true)) => {}
+                    Ok(got) => {
+                        tally.wrong.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!(
+                            "{rel}: stat/readdir differ (size ok, names ok) = {got:?}"
+                        ));
+                    }
+                    Err(e) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{rel}: stat/readdir: {e}"));
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    threads.push(thread::spawn(move || {
+        use std::os::unix::fs::FileExt;
+        let held: Vec<(String, fs::File, Vec<u8>)> = want
+            .iter()
+            .filter_map(|(rel, _)| {
+                let bytes = fs::read(source.join(rel)).ok()?;
+                (bytes.len() > 4096).then(|| (rel.clone(), fs::File::open(root.join(rel)), bytes))
+            })
+            .take(4)
+            .map(|(rel, f, bytes)| (rel, f.expect("open a held descriptor"), bytes))
+            .collect();
+        assert!(!held.is_empty(), "no file to hold open");
+        let mut failures = Vec::new();
+        let mut n: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (rel, f, bytes) in &held {
+                n += 1;
+                let len = 4096.min(bytes.len());
+                let at = (n.wrapping_mul(2_654_435_761) % (bytes.len() - len) as u64) as usize;
+                drop_cached_pages(f);
+                let mut buf = vec![0; len];
+                let started = Instant::now();
+                let got = f.read_exact_at(&mut buf, at as u64);
+                tally
+                    .longest_us
+                    .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                match got {
+                    Ok(()) if buf == bytes[at..at + len] => {}
+                    Ok(()) => {
+                        tally.wrong.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{rel} (held): wrong bytes at {at}"));
+                    }
+                    Err(e) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{rel} (held) at {at}: {e}"));
+                    }
+                }
+            }
+        }
+        failures
+    }));
+    threads
+}
+
+#[test]
+fn readers_see_no_error_while_the_front_is_handed_over_and_killed() {
+    let data = Dataset::new(3, 6, &[3 * MIB + 17, 700_000, 64 * KIB, 1]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut d) = start(&data, dir.path(), "60s") else {
+        return;
+    };
+    let want: Arc<Vec<(String, String)>> = Arc::new(
+        data.files
+            .iter()
+            .map(|(rel, _)| (rel.clone(), sha256(&data.read(rel))))
+            .collect(),
+    );
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = restart_readers(
+        d.path("data"),
+        data.root.clone(),
+        want.clone(),
+        tally.clone(),
+        stop.clone(),
+    );
+    let reads_now = || tally.reads.load(Ordering::Relaxed);
+    let resumed = |what: &str, d: &FuseDaemon| {
+        let before = reads_now();
+        assert!(
+            wait_until(Duration::from_secs(90), || reads_now()
+                >= before + 2 * want.len() as u64),
+            "reads did not resume after {what}; front log:\n{}",
+            tail(&d.log(), 4000)
+        );
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || reads_now() >= 20),
+        "no reads through the front before the first restart"
+    );
+    let mut events = Vec::new();
+    for (what, signal) in [
+        ("SIGTERM (handover)", "TERM"),
+        ("SIGTERM (handover)", "TERM"),
+        ("kill -9", "KILL"),
+        ("worker kill -9", ""),
+        ("kill -9", "KILL"),
+    ] {
+        let front = d.front.as_ref().expect("a front");
+        if signal.is_empty() {
+            d.daemon.kill9();
+            thread::sleep(Duration::from_millis(500));
+            d.daemon.restart();
+        } else {
+            let pid = front.signal_serving(signal);
+            events.push(format!("{what} -> serving front {pid}"));
+        }
+        resumed(what, &d);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("reader thread"))
+        .collect();
+    let (reads, errors, wrong) = (
+        reads_now(),
+        tally.errors.load(Ordering::Relaxed),
+        tally.wrong.load(Ordering::Relaxed),
+    );
+    let longest = Duration::from_micros(tally.longest_us.load(Ordering::Relaxed));
+    println!(
+        "front across 2 handovers, 2 kill -9 and a worker kill -9: {reads} whole-file reads, \
+         {errors} errors, {wrong} wrong; longest pause (one read, stat+readdir or held read) \
+         {longest:?}; {events:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{errors} errors, {wrong} wrong of {reads} reads: {:?}; front log:\n{}",
+        &failures[..failures.len().min(10)],
+        tail(&d.log(), 4000)
+    );
+    let log = d.log();
+    assert_eq!(
+        (
+            log.matches("granted the mount").count(),
+            log.matches("then handing over").count()
+        ),
+        (5, 2),
+        "five serving fronts, two of them handing over: {}",
+        tail(&log, 4000)
+    );
+    // SIGTERM to the supervisor: everything stops, the mount goes.
+    d.front.as_mut().expect("a front").stop();
+    assert!(!d.is_mounted(), "the supervisor left the mount behind");
+}
+
+#[test]
+fn without_the_supervisor_a_crashed_front_is_enotconn() {
+    let data = Dataset::blobs(&[200_000]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut d) = start_with(&data, dir.path(), "60s", &["--no-supervisor"]) else {
+        return;
+    };
+    let path = d.path("data/blobs/blob_00.bin");
+    assert_eq!(fs::read(&path).unwrap(), data.read("blobs/blob_00.bin"));
+    assert!(
+        !d.log().contains("supervisor"),
+        "--no-supervisor still ran a supervisor: {}",
+        tail(&d.log(), 2000)
+    );
+    d.kill9();
+    let e = fs::read(&path).expect_err("a read through a dead front");
+    assert_eq!(e.raw_os_error(), Some(ENOTCONN), "{e}");
 }

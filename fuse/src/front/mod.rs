@@ -12,8 +12,14 @@
 //! version, nothing of the worker's), and a read after it is pinned to the version the file
 //! was opened at, so an object changed meanwhile fails (`ESTALE`) instead of serving other
 //! bytes.
+//!
+//! A front restart does not reach them either ([`restart`]): `loaderd fuse` is a supervisor
+//! holding the mount and running the serving front as its child; a SIGTERMed serving front
+//! hands the mount to the next, a crashed one is replaced, and both share the inode table
+//! and open files through the mount's state memfd.
 
 mod backend;
+pub mod restart;
 mod worker;
 
 use std::path::{Path, PathBuf};

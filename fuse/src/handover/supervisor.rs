@@ -104,7 +104,7 @@ pub fn supervise(cfg: &SupervisorConfig) -> Result<(), HandoverError> {
         warn!(error = %e, "unmounting");
     }
     let _ = std::fs::remove_file(&cfg.socket);
-    info!("unmounted");
+    info!(mount_point = %cfg.mount_point.display(), "FUSE view unmounted");
     res
 }
 

@@ -338,9 +338,9 @@ fn apply_cluster(args: &ClusterArgs, k: &mut ClusterConfig) -> anyhow::Result<()
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Sub::Fuse(front)) = &args.command {
-        let (cfg, log_level) = loaderd::front::config(front)?;
+        let (cfg, role, log_level) = loaderd::front::config(front)?;
         init_logging(&log_level)?;
-        return loaderd::front::run(cfg);
+        return loaderd::front::run(cfg, role);
     }
     let mut cfg = match &args.config {
         Some(path) => DaemonConfig::from_file(path)?,
