@@ -107,6 +107,16 @@ fn readers(
         .collect()
 }
 
+/// Every file of `data` with the sha256 of its bytes, as the readers check them.
+fn digests(data: &Dataset) -> Arc<Vec<(String, String)>> {
+    Arc::new(
+        data.files
+            .iter()
+            .map(|(rel, _)| (rel.clone(), sha256(&data.read(rel))))
+            .collect(),
+    )
+}
+
 #[test]
 fn readers_see_no_error_while_the_worker_is_killed_and_restarted() {
     let data = Dataset::new(3, 6, &[3 * MIB + 17, 700_000, 64 * KIB, 1]);
@@ -114,12 +124,7 @@ fn readers_see_no_error_while_the_worker_is_killed_and_restarted() {
     let Some(mut d) = start(&data, dir.path(), "60s") else {
         return;
     };
-    let want: Arc<Vec<(String, String)>> = Arc::new(
-        data.files
-            .iter()
-            .map(|(rel, _)| (rel.clone(), sha256(&data.read(rel))))
-            .collect(),
-    );
+    let want = digests(&data);
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let threads = readers(d.path("data"), want.clone(), tally.clone(), stop.clone());
@@ -373,12 +378,7 @@ fn readers_see_no_error_while_the_front_is_handed_over_and_killed() {
     let Some(mut d) = start(&data, dir.path(), "60s") else {
         return;
     };
-    let want: Arc<Vec<(String, String)>> = Arc::new(
-        data.files
-            .iter()
-            .map(|(rel, _)| (rel.clone(), sha256(&data.read(rel))))
-            .collect(),
-    );
+    let want = digests(&data);
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let threads = restart_readers(
