@@ -13,9 +13,16 @@
 
 /// The positions, counted from the first in `misses`, to plan now: one past the last miss
 /// whose latest start is within `due_ns` from now. `misses[i]` is the bytes sample `i` needs
-/// fetched (0 when resident); sample `i` is read `(i + 1) × ns_per_sample` from now. With no
-/// bandwidth known, nothing is due.
-pub fn lead(misses: &[u64], ns_per_sample: u64, bytes_per_sec: u64, due_ns: u64) -> usize {
+/// fetched (0 when resident); readers begin a `step` of samples at once, so sample `i` is
+/// read `(i + 1 - step) × ns_per_sample` from now (the first step now). With no bandwidth
+/// known, nothing is due.
+pub fn lead(
+    misses: &[u64],
+    ns_per_sample: u64,
+    step: u64,
+    bytes_per_sec: u64,
+    due_ns: u64,
+) -> usize {
     if bytes_per_sec == 0 {
         return 0;
     }
@@ -28,7 +35,7 @@ pub fn lead(misses: &[u64], ns_per_sample: u64, bytes_per_sec: u64, due_ns: u64)
         if bytes == 0 {
             continue;
         }
-        let read_at = (i as i128 + 1) * per_sample;
+        let read_at = (i as i128 + 1 - i128::from(step)).max(0) * per_sample;
         let fetch = i128::from(bytes) * 1_000_000_000 / rate;
         let start = read_at.min(next_start) - fetch;
         next_start = start;
@@ -50,8 +57,8 @@ mod tests {
         // 1 ms a sample, every sample a 1 KB miss, 10 MB/s: a fetch takes 0.1 ms. Nothing has
         // to start before its read is 0.1 ms away; with 2 ms due, the first two.
         let misses = vec![1_000; 100];
-        assert_eq!(lead(&misses, MS, 10_000_000, 0), 0);
-        assert_eq!(lead(&misses, MS, 10_000_000, 2 * MS), 2);
+        assert_eq!(lead(&misses, MS, 0, 10_000_000, 0), 0);
+        assert_eq!(lead(&misses, MS, 0, 10_000_000, 2 * MS), 2);
     }
 
     #[test]
@@ -61,10 +68,10 @@ mod tests {
         // must start 50 ms before its read at 51 ms, i.e. now: all of it is due.
         let mut misses = vec![0; 50];
         misses.extend(vec![20_000; 50]);
-        let n = lead(&misses, MS, 10_000_000, 0);
+        let n = lead(&misses, MS, 0, 10_000_000, 0);
         assert!(n >= 51, "the bunch's first miss is due now: {n}");
         // With twice the bandwidth the link keeps up: nothing is due yet.
-        assert_eq!(lead(&misses, MS, 20_000_000, 0), 0);
+        assert_eq!(lead(&misses, MS, 0, 20_000_000, 0), 0);
     }
 
     #[test]
@@ -73,14 +80,22 @@ mod tests {
         // due at 50 ms and later.
         let mut misses = vec![0; 99];
         misses.push(500_000);
-        assert_eq!(lead(&misses, MS, 10_000_000, 10 * MS), 0);
-        assert_eq!(lead(&misses, MS, 10_000_000, 50 * MS), 100);
+        assert_eq!(lead(&misses, MS, 0, 10_000_000, 10 * MS), 0);
+        assert_eq!(lead(&misses, MS, 0, 10_000_000, 50 * MS), 100);
     }
 
     #[test]
     fn nothing_is_due_without_a_bandwidth_or_misses() {
-        assert_eq!(lead(&[1_000; 8], MS, 0, u64::MAX), 0);
-        assert_eq!(lead(&[0; 8], MS, 1, u64::MAX), 0);
-        assert_eq!(lead(&[], MS, 1, u64::MAX), 0);
+        assert_eq!(lead(&[1_000; 8], MS, 0, 0, u64::MAX), 0);
+        assert_eq!(lead(&[0; 8], MS, 0, 1, u64::MAX), 0);
+        assert_eq!(lead(&[], MS, 0, 1, u64::MAX), 0);
+    }
+
+    #[test]
+    fn a_step_is_read_at_once() {
+        // Readers begin 4 samples at once: the first four are read now, so each miss among
+        // them is due however fast the link; the fifth is read 1 ms from now.
+        assert_eq!(lead(&[1_000; 8], MS, 4, 10_000_000, 0), 4);
+        assert_eq!(lead(&[1_000; 8], MS, 4, 10_000_000, MS), 5);
     }
 }
