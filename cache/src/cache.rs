@@ -28,7 +28,7 @@ use crate::inflight::{EndOnDrop, InFlight, Ticket};
 use crate::meta::{DirEntry, Metadata, Stat};
 use crate::mount::{Mount, MountSpec, MountTable, Resolved};
 use crate::path::LogicalPath;
-use crate::prefetch::{Ewma, Ledger, Served};
+use crate::prefetch::{Ewma, Ledger, LinkRate, Served};
 use crate::stats;
 use crate::tier::{Lease, MemoryTier, TierStack, TierStatus};
 use crate::ufs::FileMeta;
@@ -116,6 +116,8 @@ pub struct Cache {
     ledger: Arc<Ledger>,
     /// This node's block fetches from the UFS and from peers: how long one takes.
     latency: Arc<Ewma>,
+    /// This node's UFS link: bytes a second while busy.
+    link: Arc<LinkRate>,
     /// Prefetch bytes in flight now, and the most at once since start.
     prefetching: PrefetchGauge,
 }
@@ -146,6 +148,7 @@ impl Cache {
             oracle,
             ledger: Arc::default(),
             latency: Arc::default(),
+            link: Arc::default(),
             prefetching: PrefetchGauge::default(),
             cfg,
         }))
@@ -481,14 +484,16 @@ impl Cache {
         let (mount, meta, block) = (fh.mount.clone(), fh.meta.clone(), b.clone());
         let span = info_span!("fetch_block", path = %fh.path, block = block.index);
         let flight = EndOnDrop::new(self.fetches.clone(), ticket);
-        let latency = self.latency.clone();
+        let (latency, link) = (self.latency.clone(), self.link.clone());
         let task = async move {
             let _flight = flight;
             let len = block.len();
             let _permit = budget.acquire(&mount, len.max(1)).await;
             let started = Instant::now();
+            let on_link = link.begin();
             let res = mount.ufs.get_range(&meta, block.range.clone()).await;
             latency.record(started.elapsed());
+            on_link.done(res.as_ref().map_or(0, |d| d.len() as u64));
             if let Ok(data) = &res {
                 stats::miss(len);
                 tiers.put_memory(block.id, data);

@@ -1,6 +1,7 @@
 //! What the cache keeps for prefetching: which blocks a prefetcher planned, started or brought
-//! in ([`Ledger`]), how long this node's fetches take ([`Ewma`]), and whose reads were served
-//! from this node's tiers ([`ReadTally`]).
+//! in ([`Ledger`]), how long this node's fetches take ([`Ewma`]) and how many bytes a second
+//! its UFS link carries while busy ([`LinkRate`]), and whose reads were served from this
+//! node's tiers ([`ReadTally`]).
 //!
 //! The prefetcher itself follows a schedule (`loaderd-pipeline`'s `prefetch` module); the
 //! cache only fetches what it is asked to ([`crate::Cache::prefetch_block`]) and judges every
@@ -20,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::block::BlockId;
 use crate::stats;
@@ -174,6 +175,105 @@ impl Ewma {
     }
 }
 
+/// Busy time a [`LinkRate`] sample covers at least.
+pub const RATE_SPAN: Duration = Duration::from_millis(100);
+
+/// The UFS link's throughput while it is busy: bytes fetched over the time at least one fetch
+/// ran (idle gaps between fetches do not count), averaged with weight 1/8 over samples of at
+/// least [`RATE_SPAN`] of busy time. What a prefetcher can count on the link to carry; it
+/// underestimates a link that more concurrency would fill, which only makes prefetch start
+/// earlier.
+#[derive(Debug, Default)]
+pub struct LinkRate {
+    state: Mutex<LinkState>,
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// Fetches running.
+    active: u32,
+    /// The last begin or end, while any runs.
+    last: Option<Instant>,
+    /// Busy time and bytes of the sample being gathered.
+    busy: Duration,
+    bytes: u64,
+    /// Bytes per second; 0 before the first sample.
+    rate: u64,
+}
+
+impl LinkState {
+    fn tick(&mut self, now: Instant) {
+        if self.active > 0
+            && let Some(last) = self.last
+        {
+            self.busy += now.saturating_duration_since(last);
+        }
+        self.last = Some(now);
+    }
+
+    fn begin(&mut self, now: Instant) {
+        self.tick(now);
+        self.active += 1;
+    }
+
+    fn end(&mut self, now: Instant, bytes: u64) {
+        self.tick(now);
+        self.active = self.active.saturating_sub(1);
+        self.bytes += bytes;
+        if self.busy >= RATE_SPAN {
+            let x = (u128::from(self.bytes) * 1_000_000_000 / self.busy.as_nanos().max(1))
+                .try_into()
+                .unwrap_or(u64::MAX)
+                .max(1);
+            self.rate = match self.rate {
+                0 => x,
+                old => old - old / 8 + x / 8,
+            };
+            self.busy = Duration::ZERO;
+            self.bytes = 0;
+        }
+    }
+}
+
+/// One fetch on the link; [`FetchOnLink::done`] counts its bytes, dropping it ends it.
+#[derive(Debug)]
+pub struct FetchOnLink {
+    link: Arc<LinkRate>,
+    bytes: u64,
+}
+
+impl FetchOnLink {
+    /// The fetch brought `bytes`.
+    pub fn done(mut self, bytes: u64) {
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for FetchOnLink {
+    fn drop(&mut self) {
+        lock(&self.link.state).end(Instant::now(), self.bytes);
+    }
+}
+
+impl LinkRate {
+    /// A fetch starts.
+    pub fn begin(self: &Arc<Self>) -> FetchOnLink {
+        lock(&self.state).begin(Instant::now());
+        FetchOnLink {
+            link: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes per second while busy; `None` before [`RATE_SPAN`] of busy time was seen.
+    pub fn bytes_per_sec(&self) -> Option<u64> {
+        match lock(&self.state).rate {
+            0 => None,
+            r => Some(r),
+        }
+    }
+}
+
 /// One reader's block reads: served from this node's tiers, or not (a fetch, a joined fetch,
 /// a peer).
 #[derive(Debug, Default)]
@@ -261,6 +361,31 @@ mod tests {
         assert_eq!(e.get(), Some(Duration::from_micros(800)));
         e.record(Duration::from_micros(1600));
         assert_eq!(e.get(), Some(Duration::from_micros(900)));
+    }
+
+    #[test]
+    fn the_link_rate_counts_busy_time_only() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut s = LinkState::default();
+        // Two overlapping fetches of 1 MB: 2 MB over 100 ms busy, 20 MB/s.
+        s.begin(t0);
+        s.begin(t0 + ms(20));
+        s.end(t0 + ms(60), 1_000_000);
+        assert_eq!(s.rate, 0, "60 ms of busy time is not a sample yet");
+        s.end(t0 + ms(100), 1_000_000);
+        assert_eq!(s.rate, 20_000_000);
+        // An idle second, then 1 MB over 100 ms: 10 MB/s, the idle time not counted.
+        s.begin(t0 + ms(1100));
+        s.end(t0 + ms(1200), 1_000_000);
+        assert_eq!(s.rate, 20_000_000 - 2_500_000 + 1_250_000);
+        // Through the guard: a fetch dropped unfinished ends, without bytes.
+        let link = Arc::new(LinkRate::default());
+        assert_eq!(link.bytes_per_sec(), None);
+        drop(link.begin());
+        link.begin().done(10);
+        let s = lock(&link.state);
+        assert_eq!((s.active, s.bytes), (0, 10));
     }
 
     #[tokio::test]

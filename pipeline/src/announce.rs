@@ -15,12 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use loaderd_cache::Cache;
-use loaderd_cache::cluster::schedules::{Ack, Announcement};
+use loaderd_cache::cluster::schedules::{Ack, Announcement, job_name};
 use loaderd_cache::placement::Member;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::schedule::{Plan, Registered, Schedule};
 use crate::spec::LoaderSpec;
@@ -51,23 +50,6 @@ fn loader_id() -> u64 {
     (u64::from(std::process::id()) << 32) | NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The job a rank belongs to: what every rank of one training job shares, whatever the
-/// epoch.
-fn job(a: &Announcement) -> String {
-    let mut h = Xxh3::new();
-    h.update(a.dataset.as_bytes());
-    for n in [
-        a.seed,
-        a.world,
-        u64::from(a.shuffle),
-        u64::from(a.drop_last),
-    ] {
-        h.update(&n.to_le_bytes());
-    }
-    h.update(&a.listing.hash.to_le_bytes());
-    format!("{:016x}", h.digest())
-}
-
 /// What this rank's announcements say, less its position and rate.
 fn template(me: &str, req: &LoaderSpec, plan: &Plan, registered: &Registered) -> Announcement {
     let (listing, block_reads) = registered.listing();
@@ -89,7 +71,14 @@ fn template(me: &str, req: &LoaderSpec, plan: &Plan, registered: &Registered) ->
         ns_per_sample: 0,
         block_reads,
     };
-    a.job = job(&a);
+    a.job = job_name(
+        &a.dataset,
+        a.shuffle,
+        a.drop_last,
+        a.seed,
+        a.world,
+        &a.listing,
+    );
     a
 }
 

@@ -31,6 +31,7 @@ pub mod config;
 pub mod dataset;
 pub mod decode;
 pub mod gpu;
+pub mod lead;
 pub mod limits;
 pub mod prefetch;
 pub mod registry;

@@ -13,9 +13,14 @@
 //!
 //! The window is sized by time: the node's measured fetch latency ([`Cache::fetch_latency`],
 //! an EWMA of UFS and peer fetches) over the time per sample, times [`MARGIN`], and at least
-//! one step (batch × world). It is bounded by bytes: the bytes of planned blocks whose sample
-//! is not consumed yet stay under the loader's cap (`prefetch.max_bytes_per_loader`, and never
-//! more than [`MEMORY_SHARE`] of the memory tier) and, over all loaders, under
+//! one step (batch × world). Where the UFS link's bandwidth is known ([`Cache::ufs_rate`]:
+//! measured while busy, within `cache.ufs.max_bandwidth`), the window also reaches as far as
+//! the link needs: the upcoming misses are scanned and each is planned once its latest start
+//! on a link fetching in order is due ([`crate::lead`]), so misses that bunch beyond what the
+//! link carries are fetched early, while it would idle, and no earlier. It is bounded by
+//! bytes: the bytes of planned blocks whose sample is not consumed yet stay under the loader's
+//! cap (`prefetch.max_bytes_per_loader`, and never more than 1/[`MEMORY_SHARE`] of the memory
+//! tier) and, over all loaders, under
 //! `prefetch.max_bytes`; and at most `prefetch.concurrency` prefetches run at once. The time
 //! per sample is the schedule's, clamped to its bounds, so a claimed or measured rate however
 //! high only reaches the byte caps. A sample's bytes go back to the budgets once the position
@@ -29,7 +34,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -46,10 +51,15 @@ use crate::dataset::Dataset;
 
 /// The window is this many times the fetch latency's worth of samples.
 pub const MARGIN: u64 = 2;
-/// A loader's prefetch never holds more than this share of the memory tier (1/4).
-pub const MEMORY_SHARE: u64 = 4;
+/// A loader's prefetch never holds more than this share of the memory tier (1/2): room for
+/// the misses a bunch needs early, and half the tier left to what is resident.
+pub const MEMORY_SHARE: u64 = 2;
 /// How often a prefetcher looks at its schedule again when nothing told it to.
 const POLL: Duration = Duration::from_millis(50);
+/// Positions past the next one to plan that the link's lead looks at, at most.
+const LEAD_HORIZON: u64 = 16_384;
+/// How often the link's lead is computed again (it scans its whole horizon).
+const LEAD_EVERY: Duration = Duration::from_millis(25);
 
 /// Prefetch settings (`[prefetch]` of the daemon's config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +68,7 @@ pub struct PrefetchConfig {
     /// Whether loaders with a schedule prefetch (a schedule exists with
     /// `cache.eviction = clairvoyant`).
     pub enabled: bool,
-    /// Bytes one loader's prefetch may hold ahead of its position (also at most a quarter of
+    /// Bytes one loader's prefetch may hold ahead of its position (also at most half of
     /// the memory tier).
     pub max_bytes_per_loader: ByteSize,
     /// Bytes all loaders' prefetches may hold ahead together.
@@ -107,7 +117,7 @@ pub fn window_samples(latency: Option<Duration>, ns_per_sample: u64, step: u64) 
         .max(step.max(1))
 }
 
-/// One loader's byte cap: its configured cap, and at most a quarter of a `memory` tier.
+/// One loader's byte cap: its configured cap, and at most half of a `memory` tier.
 pub fn loader_cap(cfg: &PrefetchConfig, memory: u64) -> u64 {
     cfg.max_bytes_per_loader.0.min(memory / MEMORY_SHARE)
 }
@@ -210,8 +220,11 @@ impl Prefetcher {
             stats,
             cap,
             next: 0,
+            scanned: VecDeque::new(),
             planned: VecDeque::new(),
             queue: VecDeque::new(),
+            running: 0,
+            lead: None,
             held: 0,
             handles: HashMap::new(),
         };
@@ -227,6 +240,26 @@ struct Planned {
     position: u64,
     ids: Vec<BlockId>,
     bytes: u64,
+}
+
+/// A sample looked at ahead of planning: its file and blocks (`None`: it cannot be opened now;
+/// its reader will find out).
+struct Scanned {
+    position: u64,
+    blocks: Option<(Arc<FileHandle>, Vec<BlockRef>)>,
+}
+
+impl Scanned {
+    /// Bytes of its blocks the memory tier does not hold.
+    fn missing(&self, memory: &impl Tier) -> u64 {
+        self.blocks.as_ref().map_or(0, |(_, blocks)| {
+            blocks
+                .iter()
+                .filter(|b| !memory.contains(b.id))
+                .map(BlockRef::len)
+                .sum()
+        })
+    }
 }
 
 /// A block planned and not started.
@@ -247,8 +280,14 @@ struct Walk {
     cap: u64,
     /// The next position to plan.
     next: u64,
+    /// Samples from `next` on, looked at for the link's lead.
+    scanned: VecDeque<Scanned>,
     planned: VecDeque<Planned>,
     queue: VecDeque<Queued>,
+    /// Bytes of the prefetches running.
+    running: u64,
+    /// When the link's lead was last computed, and the position it planned to.
+    lead: Option<(Instant, u64)>,
     /// Bytes of `planned`, held in the total budget too.
     held: u64,
     /// Open files by path (the metadata every block id comes from).
@@ -281,6 +320,7 @@ impl Walk {
                     continue;
                 }
                 let cache = self.cache.clone();
+                self.running += q.block.len();
                 running.push(async move {
                     let res = cache.prefetch_block(&q.fh, &q.block).await;
                     (q.block, res)
@@ -296,7 +336,12 @@ impl Walk {
     }
 
     /// A prefetch ended: its mark lands, or goes.
-    fn finished(&self, b: &BlockRef, res: loaderd_cache::Result<loaderd_cache::cache::Prefetched>) {
+    fn finished(
+        &mut self,
+        b: &BlockRef,
+        res: loaderd_cache::Result<loaderd_cache::cache::Prefetched>,
+    ) {
+        self.running = self.running.saturating_sub(b.len());
         let ledger = self.cache.prefetch_ledger();
         match res {
             Ok(done) if done.brought_in() => {
@@ -329,21 +374,45 @@ impl Walk {
         self.stats.ahead_bytes.store(self.held, Ordering::Relaxed);
     }
 
-    /// Plans samples from the frontier to the window's end, within the byte caps.
+    /// Plans samples from the frontier to the window's end (the time window, or the link's
+    /// lead where that reaches further), within the byte caps.
     async fn plan(&mut self) {
         let frontier = self.ahead.frontier();
         self.next = self.next.max(frontier);
+        while self.scanned.front().is_some_and(|s| s.position < self.next) {
+            self.scanned.pop_front();
+        }
+        if self
+            .scanned
+            .front()
+            .is_some_and(|s| s.position != self.next)
+        {
+            self.scanned.clear();
+        }
         let window = window_samples(
             self.cache.fetch_latency(),
             self.ahead.ns_per_sample(),
             self.ahead.step(),
         );
-        let end = frontier.saturating_add(window).min(self.ahead.end());
-        while self.next < end {
-            let Some(sample) = self.ahead.sample(self.next) else {
-                break;
+        let mut end = frontier.saturating_add(window);
+        if let Some(rate) = self.cache.ufs_rate() {
+            let end_of_lead = match self.lead {
+                Some((at, end)) if at.elapsed() < LEAD_EVERY && end > frontier => end,
+                _ => {
+                    let end = self.lead_end(frontier, rate).await;
+                    self.lead = Some((Instant::now(), end));
+                    end
+                }
             };
-            let Some((fh, blocks)) = self.blocks_of(sample).await else {
+            end = end.max(end_of_lead);
+        }
+        let end = end.min(self.ahead.end());
+        while self.next < end {
+            let scanned = match self.scanned.pop_front() {
+                Some(s) => s,
+                None => self.scan(self.next).await,
+            };
+            let Some((fh, blocks)) = scanned.blocks else {
                 self.next += 1;
                 continue;
             };
@@ -359,6 +428,11 @@ impl Walk {
                 continue;
             }
             if self.held + bytes > self.cap || !self.shared.total.try_take(bytes) {
+                // Not planned: it stays first in line.
+                self.scanned.push_front(Scanned {
+                    position: self.next,
+                    blocks: Some((fh, wanted)),
+                });
                 break;
             }
             self.held += bytes;
@@ -381,6 +455,63 @@ impl Walk {
             self.next += 1;
         }
         self.stats.ahead_bytes.store(self.held, Ordering::Relaxed);
+    }
+
+    /// The position the link's lead plans to (see [`crate::lead`]): the samples from `next`
+    /// on are scanned until their missing bytes pass the loader's cap, or until they are read
+    /// later than the link needs to fetch a cap's worth (nothing further can be due now: what
+    /// it could plan before them is capped), or [`LEAD_HORIZON`]. The link is taken to work
+    /// through the prefetches queued and running first.
+    async fn lead_end(&mut self, frontier: u64, rate: u64) -> u64 {
+        let gap = self.next - frontier;
+        if gap >= LEAD_HORIZON {
+            return frontier;
+        }
+        let queued: u64 = self.queue.iter().map(|q| q.block.len()).sum();
+        let link_ns = |bytes: u64| u128::from(bytes) * 1_000_000_000 / u128::from(rate.max(1));
+        let margin_ns = self
+            .cache
+            .fetch_latency()
+            .map_or(0, |d| d.as_nanos().saturating_mul(u128::from(MARGIN)));
+        let due = link_ns(queued + self.running).saturating_add(margin_ns);
+        let ns_per_sample = self.ahead.ns_per_sample().max(1);
+        let reach = due.saturating_add(link_ns(self.cap)) / u128::from(ns_per_sample) + 1;
+        let limit = self
+            .ahead
+            .end()
+            .min(self.next.saturating_add(LEAD_HORIZON))
+            .min(frontier.saturating_add(u64::try_from(reach).unwrap_or(u64::MAX)));
+        let cache = self.cache.clone();
+        let memory = cache.memory().as_ref();
+        // Planned already: their bytes are in the link's queue.
+        let mut misses = vec![0; gap as usize];
+        let mut missing = 0;
+        for s in self.scanned.iter().take_while(|s| s.position < limit) {
+            let m = s.missing(memory);
+            missing += m;
+            misses.push(m);
+        }
+        let mut position = frontier + misses.len() as u64;
+        while missing <= self.cap && position < limit {
+            let s = self.scan(position).await;
+            let m = s.missing(memory);
+            missing += m;
+            misses.push(m);
+            self.scanned.push_back(s);
+            position += 1;
+        }
+        let due = u64::try_from(due).unwrap_or(u64::MAX);
+        let n = crate::lead::lead(&misses, ns_per_sample, self.ahead.step(), rate, due);
+        frontier.saturating_add(n as u64)
+    }
+
+    /// Looks at the sample at `position`.
+    async fn scan(&mut self, position: u64) -> Scanned {
+        let blocks = match self.ahead.sample(position) {
+            Some(sample) => self.blocks_of(sample).await,
+            None => None,
+        };
+        Scanned { position, blocks }
     }
 
     /// The file and blocks sample `index` reads (`None` if it cannot be opened now: its
@@ -430,11 +561,7 @@ mod tests {
         assert_eq!(w, 20_000_000);
         let cfg = PrefetchConfig::default();
         assert_eq!(loader_cap(&cfg, 64 << 30), 256 << 20, "the configured cap");
-        assert_eq!(
-            loader_cap(&cfg, 64 << 20),
-            16 << 20,
-            "a quarter of the memory tier"
-        );
+        assert_eq!(loader_cap(&cfg, 64 << 20), 32 << 20, "half the memory tier");
         assert_eq!(loader_cap(&cfg, 0), 0, "no memory tier: nothing ahead");
     }
 

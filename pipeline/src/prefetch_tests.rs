@@ -15,14 +15,21 @@ const FILES: u64 = 64;
 struct Manual {
     position: AtomicU64,
     step: u64,
+    ns_per_sample: u64,
     moved: Notify,
 }
 
 impl Manual {
+    /// One sample a second: a window of one step whatever the fetch latency.
     fn new(position: u64, step: u64) -> Arc<Self> {
+        Self::at(position, step, 1_000_000_000)
+    }
+
+    fn at(position: u64, step: u64, ns_per_sample: u64) -> Arc<Self> {
         Arc::new(Manual {
             position: AtomicU64::new(position),
             step,
+            ns_per_sample,
             moved: Notify::new(),
         })
     }
@@ -44,8 +51,7 @@ impl Ahead for Manual {
         FILES
     }
     fn ns_per_sample(&self) -> u64 {
-        // One sample a second: a window of one step whatever the fetch latency.
-        1_000_000_000
+        self.ns_per_sample
     }
     fn step(&self) -> u64 {
         self.step
@@ -60,6 +66,14 @@ impl Ahead for Manual {
 
 /// A cache over `FILES` one-block files, a dataset of them, and a runtime.
 fn setup(dir: &std::path::Path) -> (Arc<Cache>, tokio::runtime::Runtime, Arc<Dataset>) {
+    setup_capped(dir, 0)
+}
+
+/// [`setup`] with the UFS capped at `bandwidth` bytes a second (0: no cap).
+fn setup_capped(
+    dir: &std::path::Path,
+    bandwidth: u64,
+) -> (Arc<Cache>, tokio::runtime::Runtime, Arc<Dataset>) {
     for i in 0..FILES {
         std::fs::write(
             dir.join(format!("{i:03}.bin")),
@@ -67,10 +81,11 @@ fn setup(dir: &std::path::Path) -> (Arc<Cache>, tokio::runtime::Runtime, Arc<Dat
         )
         .unwrap();
     }
-    let cfg = CacheConfig {
+    let mut cfg = CacheConfig {
         block_size: ByteSize(BLOCK),
         ..CacheConfig::default()
     };
+    cfg.ufs.max_bandwidth = ByteSize(bandwidth);
     let spec = MountSpec {
         path: "/ds".into(),
         uri: format!("file://{}", dir.display()),
@@ -218,4 +233,28 @@ fn the_byte_caps_hold_the_window_back() {
         0,
         "no room in the total"
     );
+}
+
+/// The bytes a prefetcher plans at first, with its position held at 0 and the link at
+/// `bandwidth` against a read every 10 ms.
+fn first_plan(bandwidth: u64) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, rt, dataset) = setup_capped(dir.path(), bandwidth);
+    let ahead = Manual::at(0, 1, 10_000_000);
+    let shared = Prefetching::new(PrefetchConfig::default());
+    let stats = Arc::new(LoaderPrefetch::default());
+    let _p = Prefetcher::start(&cache, rt.handle(), &dataset, ahead, &shared, stats.clone());
+    until("a plan", || stats.ahead_bytes.load(Ordering::Relaxed) > 0);
+    stats.ahead_bytes.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_link_slower_than_the_reads_plans_every_miss_it_must_start_now() {
+    // 64 KiB/s: a block takes 62.5 ms of link and a read comes every 10 ms. Fetched in
+    // order, the last of the 64 must start by 577.5 ms and each one before 62.5 ms earlier,
+    // so the first 54 (those due by now) are planned at once, before any fetch has told the
+    // time window how slow the link is.
+    assert_eq!(first_plan(64 << 10), 54 * BLOCK);
+    // 64 MiB/s: a block takes 61 µs, no miss is due before its step: one step planned.
+    assert_eq!(first_plan(64 << 20), BLOCK);
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use loaderd_cache::block::{BlockId, blocks_for};
-use loaderd_cache::cluster::schedules::Listing;
+use loaderd_cache::cluster::schedules::{Listing, job_key, job_name};
 use loaderd_cache::evict::{Idle, NextUse, Registration, Tick, clock};
 use loaderd_cache::mount::Resolved;
 use loaderd_cache::sync::{read, write};
@@ -445,8 +445,12 @@ impl Ahead for Registered {
 }
 
 /// What a schedule is built from (the loader's request, checked).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
+    /// The dataset's name as the loader asked for it, and its batching: with the rest, what
+    /// names the job ([`job_name`]).
+    pub dataset: String,
+    pub drop_last: bool,
     pub seed: u64,
     pub epoch: u64,
     pub shuffle: bool,
@@ -503,7 +507,7 @@ pub fn block_reads(cache: &Cache, dataset: &Dataset) -> u64 {
 
 /// Builds the loader's schedule from `dataset`'s index and registers it with `cache`'s
 /// oracle (CPU work: sorting every block read of two epochs; run it off the async threads).
-pub(crate) fn build(cache: &Cache, dataset: &Dataset, plan: Plan) -> Arc<Registered> {
+pub(crate) fn build(cache: &Cache, dataset: &Dataset, plan: &Plan) -> Arc<Registered> {
     let blocks = sample_blocks(cache, dataset);
     let len = dataset.len() as u64;
     let this = order(len, plan.seed, plan.epoch, plan.shuffle);
@@ -520,8 +524,19 @@ pub(crate) fn build(cache: &Cache, dataset: &Dataset, plan: Plan) -> Arc<Registe
         bytes = schedule.heap_bytes(),
         "loader schedule registered"
     );
-    let registration = cache.next_use().register(schedule.clone());
     let listing = crate::remote::listing(dataset, &blocks);
+    let job = job_name(
+        &plan.dataset,
+        plan.shuffle,
+        plan.drop_last,
+        plan.seed,
+        plan.world.max(1),
+        &listing,
+    );
+    // Every rank of the job, here and announced to the owners, shares one fair share.
+    let registration = cache
+        .next_use()
+        .register_job(schedule.clone(), job_key(&job));
     Arc::new(Registered {
         listing,
         reads: blocks.reads(),

@@ -81,7 +81,7 @@ pub(crate) fn start(
     let span = info_span!("schedule_build", samples = dataset.len());
     rt.spawn_blocking(move || {
         let _span = span.enter();
-        let registered = schedule::build(&cache, &dataset, plan);
+        let registered = schedule::build(&cache, &dataset, &plan);
         // The loader closed meanwhile: the schedule (and its registration) drops here.
         let Some(slot) = weak.upgrade() else {
             return;

@@ -336,6 +336,8 @@ pub(crate) fn admit(
             announce: req.clone(),
         };
         let sp = schedule::Plan {
+            dataset: req.dataset.clone(),
+            drop_last: req.drop_last,
             seed: req.seed,
             epoch: req.epoch,
             shuffle: req.shuffle,

@@ -93,6 +93,17 @@ impl Cache {
         self.latency.get()
     }
 
+    /// Bytes a second this node's UFS link carries: what it carried while busy, and never more
+    /// than `cache.ufs.max_bandwidth`; that cap alone before anything was measured, `None`
+    /// when neither is known.
+    pub fn ufs_rate(&self) -> Option<u64> {
+        let cap = Some(self.cfg.ufs.max_bandwidth.0).filter(|c| *c > 0);
+        match (self.link.bytes_per_sec(), cap) {
+            (Some(seen), Some(cap)) => Some(seen.min(cap)),
+            (seen, cap) => seen.or(cap),
+        }
+    }
+
     /// Prefetch bytes in flight now, and the most at once since start.
     pub fn prefetch_inflight(&self) -> (u64, u64) {
         self.prefetching.get()

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use clairvoyant::{Clairvoyant, RECHECKS};
 pub use idle::Idle;
 pub use lru::Lru;
-pub use oracle::{NextUse, NextUseOracle, Registration, Tick, clock};
+pub use oracle::{Job, NextUse, NextUseOracle, Registration, Tick, clock};
 pub use stable::{Stable, TURNOVER, Turnover};
 
 use crate::block::BlockId;

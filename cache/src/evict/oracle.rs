@@ -3,10 +3,11 @@
 //! A source ([`NextUse`]) answers for one schedule (a loader's seeded permutation of
 //! this epoch and the next on this node, `loaderd_pipeline::schedule`; or one rank of
 //! another node's loader, over the blocks this node owns, `crate::cluster::schedules`). The
-//! cache
-//! owns one [`NextUseOracle`]; sources register with it and stay registered while their
+//! cache owns one [`NextUseOracle`]; sources register with it and stay registered while their
 //! [`Registration`] lives, so a loader that closes or dies takes its schedule with it. The
-//! oracle combines sources by the earliest next use.
+//! oracle combines sources by the earliest next use, and says which job that use is of
+//! ([`Job`]: the ranks of one training job, here and on other nodes, register under one job),
+//! so a policy can keep each job's fair share.
 //!
 //! Answers are [`Tick`]s on one clock shared by every source, absolute, not relative: a
 //! block's next use does not change while a schedule advances, only when the block is read
@@ -27,6 +28,9 @@ use crate::sync::{read, write};
 /// to ticks with their consumption rate, so several jobs compare on one axis; a source that
 /// stands alone (a recorded trace) may use positions directly.
 pub type Tick = u64;
+
+/// A training job, as the sources of its ranks register ([`NextUseOracle::register_job`]).
+pub type Job = u64;
 
 /// The shared clock's reading now: nanoseconds since this process first asked. Sources that
 /// predict by position anchor their ticks here (position `p` is read at about
@@ -62,10 +66,14 @@ pub struct Generation {
     plans: u64,
 }
 
+/// A registered source and its job.
+type Source = (Arc<dyn NextUse>, Job);
+
 /// The sources registered with a cache, combined by the earliest next use.
 #[derive(Default)]
 pub struct NextUseOracle {
-    sources: RwLock<BTreeMap<u64, Arc<dyn NextUse>>>,
+    /// By registration key.
+    sources: RwLock<BTreeMap<u64, Source>>,
     next_key: AtomicU64,
     /// Bumped on every registration and unregistration.
     membership: AtomicU64,
@@ -86,11 +94,23 @@ impl NextUseOracle {
         Arc::default()
     }
 
-    /// Adds `source` until the returned registration drops.
+    /// Adds `source`, a job of its own, until the returned registration drops.
     #[must_use = "the source is unregistered when the registration drops"]
     pub fn register(self: &Arc<Self>, source: Arc<dyn NextUse>) -> Registration {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        write(&self.sources).insert(key, source);
+        // Keys of their own, out of the way of hashed job names.
+        self.insert(key, source, Job::MAX - key)
+    }
+
+    /// Adds `source`, one rank of `job`, until the returned registration drops.
+    #[must_use = "the source is unregistered when the registration drops"]
+    pub fn register_job(self: &Arc<Self>, source: Arc<dyn NextUse>, job: Job) -> Registration {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        self.insert(key, source, job)
+    }
+
+    fn insert(self: &Arc<Self>, key: u64, source: Arc<dyn NextUse>, job: Job) -> Registration {
+        write(&self.sources).insert(key, (source, job));
         self.membership.fetch_add(1, Ordering::Release);
         Registration {
             oracle: Arc::downgrade(self),
@@ -100,9 +120,14 @@ impl NextUseOracle {
 
     /// The earliest next use of `id` by any source.
     pub fn next_use(&self, id: BlockId) -> Option<Tick> {
+        self.next_use_by(id).map(|(t, _)| t)
+    }
+
+    /// The earliest next use of `id` by any source, and that source's job.
+    pub fn next_use_by(&self, id: BlockId) -> Option<(Tick, Job)> {
         read(&self.sources)
             .values()
-            .filter_map(|s| s.next_use(id))
+            .filter_map(|(s, job)| s.next_use(id).map(|t| (t, *job)))
             .min()
     }
 
@@ -111,7 +136,7 @@ impl NextUseOracle {
     pub fn now(&self) -> Tick {
         read(&self.sources)
             .values()
-            .map(|s| s.now())
+            .map(|(s, _)| s.now())
             .min()
             .unwrap_or(Tick::MAX)
     }
@@ -122,7 +147,7 @@ impl NextUseOracle {
         let membership = self.membership.load(Ordering::Acquire);
         let plans = sources
             .values()
-            .fold(0u64, |a, s| a.wrapping_add(s.generation()));
+            .fold(0u64, |a, (s, _)| a.wrapping_add(s.generation()));
         Generation { membership, plans }
     }
 

@@ -181,12 +181,16 @@ fn clairvoyant_misses_equal_offline_min_on_random_traces() {
             want,
             "case {case}: cap {cap}, {trace:?}"
         );
-        // Two schedules each knowing half the reads combine by the earliest next use.
+        // Two schedules of one job, each knowing half the reads, combine by the earliest
+        // next use.
         let split = rng.next();
         let oracle = NextUseOracle::new();
         let a = TraceSource::new(&trace, |i| (split >> (i % 64)) & 1 == 0);
         let b = TraceSource::new(&trace, |i| (split >> (i % 64)) & 1 == 1);
-        let (_ra, _rb) = (oracle.register(a.clone()), oracle.register(b.clone()));
+        let (_ra, _rb) = (
+            oracle.register_job(a.clone(), 7),
+            oracle.register_job(b.clone(), 7),
+        );
         let two = play(
             &trace,
             cap,
@@ -195,6 +199,69 @@ fn clairvoyant_misses_equal_offline_min_on_random_traces() {
         );
         assert_eq!(two, want, "case {case} split over two schedules: {trace:?}");
     }
+}
+
+/// Two jobs through one tier of 40 blocks: `a` reads 9 of every 10 positions, looping over
+/// 60 blocks (each read again ~67 positions later); `b` reads the 10th, looping over 10 blocks
+/// (each read again 100 later). `b`'s hits, all hits, and the reads of each, after a warm-up.
+fn two_jobs(same_job: bool) -> (usize, usize, usize) {
+    let trace: Vec<u64> = (0..4000u64)
+        .map(|i| match i % 10 {
+            9 => 1000 + (i / 10) % 10,
+            _ => (i - i / 10) % 60,
+        })
+        .collect();
+    let oracle = NextUseOracle::new();
+    let a = TraceSource::new(&trace, |i| i % 10 != 9);
+    let b = TraceSource::new(&trace, |i| i % 10 == 9);
+    let (_ra, _rb) = if same_job {
+        (
+            oracle.register_job(a.clone(), 1),
+            oracle.register_job(b.clone(), 1),
+        )
+    } else {
+        (
+            oracle.register_job(a.clone(), 1),
+            oracle.register_job(b.clone(), 2),
+        )
+    };
+    let mut occ = occupancy(40, policy(Eviction::Clairvoyant, &oracle));
+    let (mut b_hits, mut hits, mut b_reads) = (0, 0, 0);
+    for (i, &blk) in trace.iter().enumerate() {
+        a.advance(i as u64 + 1);
+        b.advance(i as u64 + 1);
+        let id = BlockId(u128::from(blk));
+        let hit = occ.contains(id);
+        if hit {
+            occ.touch(id);
+        } else {
+            let _ = occ.admit(id, 1);
+        }
+        assert!(occ.used() <= 40);
+        if i >= 1000 {
+            hits += usize::from(hit);
+            if i % 10 == 9 {
+                b_reads += 1;
+                b_hits += usize::from(hit);
+            }
+        }
+    }
+    (b_hits, hits, b_reads)
+}
+
+#[test]
+fn a_job_within_its_fair_share_keeps_its_blocks_against_a_sooner_one() {
+    // As one job (plain MIN), `a`'s reads always come sooner: `b` keeps nothing.
+    let (b_min, all_min, b_reads) = two_jobs(true);
+    assert!(b_min * 10 < b_reads, "MIN gives b {b_min} of {b_reads}");
+    // As two jobs, `b` needs 10 blocks, under its share of 20: it keeps all of them, and `a`
+    // still hits on the 30 it has.
+    let (b_fair, all_fair, _) = two_jobs(false);
+    assert_eq!(b_fair, b_reads, "b keeps its share");
+    assert!(
+        all_fair * 10 >= all_min * 8,
+        "fairness costs little overall: {all_fair} vs MIN's {all_min}"
+    );
 }
 
 /// Hit ratios of `epochs` shuffled epochs over `blocks` blocks in a cache of `cap`: (LRU,

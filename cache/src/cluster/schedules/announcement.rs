@@ -6,8 +6,11 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use loaderd_proto::v1 as pb;
 
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
 use super::rank::{PositionIndex, Ranks};
 use crate::block::BlockId;
+use crate::evict::Job;
 
 /// A listing's fingerprint: its samples, and a hash of every sample's (path, version, size)
 /// and blocks.
@@ -15,6 +18,31 @@ use crate::block::BlockId;
 pub struct Listing {
     pub count: u64,
     pub hash: u64,
+}
+
+/// The job a rank belongs to: what every rank of one training job shares, whatever the
+/// epoch (the `job` of its announcements).
+pub fn job_name(
+    dataset: &str,
+    shuffle: bool,
+    drop_last: bool,
+    seed: u64,
+    world: u64,
+    listing: &Listing,
+) -> String {
+    let mut h = Xxh3::new();
+    h.update(dataset.as_bytes());
+    for n in [seed, world, u64::from(shuffle), u64::from(drop_last)] {
+        h.update(&n.to_le_bytes());
+    }
+    h.update(&listing.hash.to_le_bytes());
+    format!("{:016x}", h.digest())
+}
+
+/// The job a [`job_name`] names, as the next-use oracle groups sources: every rank of one
+/// job, local or announced, registers under the same one, and shares one fair share.
+pub fn job_key(name: &str) -> Job {
+    xxh3_64(name.as_bytes())
 }
 
 /// One rank's schedule as announced (the wire message, checked).

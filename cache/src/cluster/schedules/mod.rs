@@ -33,7 +33,9 @@ use crate::evict::{NextUseOracle, Registration, clock};
 use crate::placement::Placement;
 use crate::sync::lock;
 
-pub use announcement::{Ack, Announcement, Ignored, IndexBuilder, Listing, Owns, Refusal};
+pub use announcement::{
+    Ack, Announcement, Ignored, IndexBuilder, Listing, Owns, Refusal, job_key, job_name,
+};
 pub use rank::{Anchor, MAX_MARKS, NS_PER_SAMPLE_BOUNDS, PositionIndex, RankSchedule, Ranks};
 
 /// An index and the bytes it holds against the cap, given back when the last rank drops it.
@@ -380,7 +382,7 @@ impl RemoteSchedules {
             clock(),
             a.ns_per_sample,
         ));
-        let registration = oracle.register(schedule.clone());
+        let registration = oracle.register_job(schedule.clone(), job_key(&a.job));
         e.ready = Some(Ready {
             schedule,
             epoch: held.epoch,

@@ -266,6 +266,8 @@ fn run_epochs(
             ufs_bytes: m.sum("loaderd_ufs_bytes_total", &[]) as u64,
             memory_hits: m.sum("loaderd_cache_hits_total", &["tier=\"memory\""]) as u64,
             ssd_hits: m.sum("loaderd_cache_hits_total", &["tier=\"ssd\""]) as u64,
+            prefetched: m.sum("loaderd_prefetch_blocks_total", &[]) as u64,
+            late: m.sum("loaderd_prefetch_late_total", &[]) as u64,
             secs: wall.as_secs_f64(),
             starved: if steady.is_zero() {
                 0.0

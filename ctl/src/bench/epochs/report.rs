@@ -16,6 +16,9 @@ pub(super) struct EpochRow {
     pub ufs_bytes: u64,
     pub memory_hits: u64,
     pub ssd_hits: u64,
+    /// Blocks prefetched, and reads that found their block's prefetch planned or running.
+    pub prefetched: u64,
+    pub late: u64,
     pub secs: f64,
     /// Share of the epoch (after its first batch) the trainer waited for batches.
     pub starved: f64,
@@ -180,7 +183,7 @@ impl Report {
             if self.prefetch { "on" } else { "off" },
         );
         println!(
-            "{:<7} {:<12} {:>5} {:>7} {:>8} {:>9} {:>9} {:>10} {:>8} {:>8}",
+            "{:<7} {:<12} {:>5} {:>7} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8}",
             "tiers",
             "policy",
             "epoch",
@@ -189,6 +192,7 @@ impl Report {
             "UFS MiB",
             "opt MiB",
             "mem/ssd",
+            "pf/late",
             "img/s",
             "starved"
         );
@@ -196,7 +200,7 @@ impl Report {
         for r in &self.runs {
             for e in &r.epochs {
                 println!(
-                    "{:<7} {:<12} {:>5} {:>6.1}% {:>7.1}% {:>9.2} {:>9.2} {:>10} {:>8.0} {:>7.1}%",
+                    "{:<7} {:<12} {:>5} {:>6.1}% {:>7.1}% {:>9.2} {:>9.2} {:>10} {:>10} {:>8.0} {:>7.1}%",
                     r.tiers,
                     r.policy,
                     e.row.epoch + 1,
@@ -205,6 +209,7 @@ impl Report {
                     mib(e.ufs_bytes()),
                     mib(e.opt_ufs_bytes),
                     format!("{}/{}", e.row.memory_hits, e.row.ssd_hits),
+                    format!("{}/{}", e.row.prefetched, e.row.late),
                     e.img_per_s(),
                     100.0 * e.row.starved,
                 );
@@ -253,6 +258,8 @@ impl Report {
                         "opt_ufs_bytes": e.opt_ufs_bytes,
                         "memory_hits": e.row.memory_hits,
                         "ssd_hits": e.row.ssd_hits,
+                        "prefetched_blocks": e.row.prefetched,
+                        "late_prefetches": e.row.late,
                         "secs": e.row.secs,
                         "img_per_s": e.img_per_s(),
                         "starved": e.row.starved,
