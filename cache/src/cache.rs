@@ -192,6 +192,11 @@ impl Cache {
         self.tiers.memory()
     }
 
+    /// Whether any tier of this node holds block `id` (no I/O).
+    pub fn holds(&self, id: BlockId) -> bool {
+        self.tiers.contains(id)
+    }
+
     /// Mounts `spec` at runtime, if `policy` allows it.
     pub fn mount_add(
         &self,

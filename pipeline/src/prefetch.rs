@@ -250,12 +250,13 @@ struct Scanned {
 }
 
 impl Scanned {
-    /// Bytes of its blocks the memory tier does not hold.
-    fn missing(&self, memory: &impl Tier) -> u64 {
+    /// Bytes of its blocks no tier of this node holds: what the UFS link (or a peer) must
+    /// bring (a block on the SSD tier is promoted without it).
+    fn missing(&self, cache: &Cache) -> u64 {
         self.blocks.as_ref().map_or(0, |(_, blocks)| {
             blocks
                 .iter()
-                .filter(|b| !memory.contains(b.id))
+                .filter(|b| !cache.holds(b.id))
                 .map(BlockRef::len)
                 .sum()
         })
@@ -482,19 +483,18 @@ impl Walk {
             .min(self.next.saturating_add(LEAD_HORIZON))
             .min(frontier.saturating_add(u64::try_from(reach).unwrap_or(u64::MAX)));
         let cache = self.cache.clone();
-        let memory = cache.memory().as_ref();
         // Planned already: their bytes are in the link's queue.
         let mut misses = vec![0; gap as usize];
         let mut missing = 0;
         for s in self.scanned.iter().take_while(|s| s.position < limit) {
-            let m = s.missing(memory);
+            let m = s.missing(&cache);
             missing += m;
             misses.push(m);
         }
         let mut position = frontier + misses.len() as u64;
         while missing <= self.cap && position < limit {
             let s = self.scan(position).await;
-            let m = s.missing(memory);
+            let m = s.missing(&cache);
             missing += m;
             misses.push(m);
             self.scanned.push_back(s);

@@ -74,6 +74,14 @@ fn setup_capped(
     dir: &std::path::Path,
     bandwidth: u64,
 ) -> (Arc<Cache>, tokio::runtime::Runtime, Arc<Dataset>) {
+    setup_with(dir, |cfg| cfg.ufs.max_bandwidth = ByteSize(bandwidth))
+}
+
+/// [`setup`] with the cache's config changed by `change`.
+fn setup_with(
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut CacheConfig),
+) -> (Arc<Cache>, tokio::runtime::Runtime, Arc<Dataset>) {
     for i in 0..FILES {
         std::fs::write(
             dir.join(format!("{i:03}.bin")),
@@ -85,7 +93,7 @@ fn setup_capped(
         block_size: ByteSize(BLOCK),
         ..CacheConfig::default()
     };
-    cfg.ufs.max_bandwidth = ByteSize(bandwidth);
+    change(&mut cfg);
     let spec = MountSpec {
         path: "/ds".into(),
         uri: format!("file://{}", dir.display()),
@@ -257,4 +265,44 @@ fn a_link_slower_than_the_reads_plans_every_miss_it_must_start_now() {
     assert_eq!(first_plan(64 << 10), 54 * BLOCK);
     // 64 MiB/s: a block takes 61 µs, no miss is due before its step: one step planned.
     assert_eq!(first_plan(64 << 20), BLOCK);
+}
+
+#[test]
+fn blocks_on_the_ssd_tier_are_not_misses_of_the_link() {
+    let (dir, ssd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tiers = |cfg: &mut CacheConfig| {
+        cfg.memory.capacity = ByteSize(16 * BLOCK);
+        cfg.ssd = Some(loaderd_cache::config::SsdTierConfig {
+            dir: ssd.path().to_path_buf(),
+            capacity: ByteSize(4 * FILES * BLOCK),
+            watermarks: Default::default(),
+        });
+    };
+    // Every block read once: all of them on the SSD tier, which a restart keeps.
+    {
+        let (cache, rt, _) = setup_with(dir.path(), tiers);
+        rt.block_on(async {
+            for i in 0..FILES {
+                let path = LogicalPath::parse(&format!("/ds/{i:03}.bin")).unwrap();
+                let fh = cache.open_file(&path).await.unwrap();
+                for b in cache.blocks(&fh, 0..BLOCK) {
+                    let read = cache.get_block(&fh, &b, loaderd_cache::ReadType::Cache);
+                    read.await.unwrap();
+                }
+            }
+        });
+    }
+    // Restarted with an empty memory tier behind the slow link of `first_plan`: the blocks
+    // are promoted from the SSD tier, not fetched, so none is due on the link and only the
+    // time window (one step: one block) is planned, not a cap's worth (8 blocks).
+    let (cache, rt, dataset) = setup_with(dir.path(), |cfg| {
+        tiers(cfg);
+        cfg.ufs.max_bandwidth = ByteSize(64 << 10);
+    });
+    let ahead = Manual::at(0, 1, 10_000_000);
+    let shared = Prefetching::new(PrefetchConfig::default());
+    let stats = Arc::new(LoaderPrefetch::default());
+    let _p = Prefetcher::start(&cache, rt.handle(), &dataset, ahead, &shared, stats.clone());
+    until("a plan", || stats.ahead_bytes.load(Ordering::Relaxed) > 0);
+    assert_eq!(stats.ahead_bytes.load(Ordering::Relaxed), BLOCK);
 }
