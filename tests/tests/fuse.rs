@@ -289,10 +289,12 @@ fn a_killed_daemon_leaves_a_stale_mount_that_the_next_start_clears(server: FuseS
 
     d.kill9();
     assert_eq!(fuse_mounts(&d.mnt), 1, "the mount outlives its daemon");
-    assert_eq!(
-        errno(fs::read_dir(&d.mnt)),
-        Some(107), // ENOTCONN
-        "a dead mount answers ENOTCONN"
+    // ENOTCONN, or ECONNABORTED when the kernel aborts the connection while the request is
+    // queued: both say the daemon is gone.
+    let dead = errno(fs::read_dir(&d.mnt));
+    assert!(
+        matches!(dead, Some(107 | 103)),
+        "a dead mount answers ENOTCONN: {dead:?}"
     );
 
     d.restart();
